@@ -1,0 +1,41 @@
+/* crashpoint.h - named points where a test makes the process SIGKILL itself.
+ *
+ * Contract: every build carries the points as one never-taken branch on a process-global
+ * flag, armed once at load time from SHMQ_CRASH_AT=<point>[:<n>] (kill at the n-th hit,
+ * default 1). Unarmed cost: one predictable load and branch. The table below is the single
+ * list of points; tests/crash/ must kill a process at every one (a lint test checks).
+ */
+#ifndef SHMQ_CRASHPOINT_H
+#define SHMQ_CRASHPOINT_H
+
+#include "common.h"
+
+/* X(name, where) */
+#define SHMQ_CRASH_POINTS(X)                                                                  \
+    X(after_desc_claim, "put: descriptor claimed (WRITING), payload not yet written")        \
+    X(after_alloc, "put: arena chunk recorded in the descriptor, payload not yet written")    \
+    X(mid_copy, "put: half of the payload written")                                           \
+    X(after_claim, "put: ring cell claimed (stamped), handle not yet published")              \
+    X(before_commit, "put: handle written to the cell, publishing CAS not yet done")          \
+    X(after_commit, "put: published, wake-up not yet sent")                                   \
+    X(mid_get, "get: cell taken, descriptor not yet marked READING")                          \
+    X(after_take, "get: descriptor READING, payload not yet copied out")                      \
+    X(before_free, "get: payload copied, descriptor and chunk not yet freed")                 \
+    X(arena_locked, "arena lock held, free lists half updated")                               \
+    X(grow_locked, "grow lock held, new area being initialised")                              \
+    X(attach_locked, "attach: slot lock taken, slot not yet initialised")
+
+extern int shmq_crash_armed;
+void shmq_crash_hit(const char *name);
+/* Number of points and their names, for the lint test and the docs table. */
+int shmq_crash_count(void);
+const char *shmq_crash_name(int i);
+const char *shmq_crash_where(int i);
+
+#define SHMQ_CRASH_POINT(name)                          \
+    do {                                                \
+        if (SHMQ_UNLIKELY(shmq_crash_armed))            \
+            shmq_crash_hit(#name);                      \
+    } while (0)
+
+#endif

@@ -1,0 +1,65 @@
+/* desc.h - message descriptors: one 128-byte record per message in an area.
+ *
+ * Word (the only field others CAS): dgen:28 | state:4 | owner:32.
+ *   FREE     -> WRITING(owner)   producer claims (CAS), bumps dgen
+ *   WRITING  -> READY            producer, after the payload is written, before the ring publish
+ *   READY    -> READING(owner)   consumer claims the handle it took from the ring (CAS, checks dgen)
+ *   READING  -> FREE             consumer, after copying out (chunk returned first, under the arena lock)
+ *   (INFLIGHT, DELAYED: reserved for at-least-once delivery)
+ * A handle = area:8 | index:24 | dgen:32 (28 used); a stale handle fails the dgen check.
+ * Crash windows: a descriptor in WRITING or READING whose owner is dead is freed by repair
+ * (the put had not returned / at-most-once: the dead consumer's message is the one lost).
+ * Payload: inline if it fits, else one arena block (chunk, chunk_order).
+ * untrusted: size, chunk and chunk_order are checked against the area before every use.
+ */
+#ifndef SHMQ_DESC_H
+#define SHMQ_DESC_H
+
+#include "common.h"
+
+#define SHMQ_D_FREE 0u
+#define SHMQ_D_WRITING 1u
+#define SHMQ_D_READY 2u
+#define SHMQ_D_READING 3u
+#define SHMQ_D_INFLIGHT 4u
+#define SHMQ_D_DELAYED 5u
+
+#define SHMQ_NO_CHUNK UINT32_MAX
+#define SHMQ_DGEN_MASK ((1u << 28) - 1)
+
+typedef struct {
+    uint64_t word;          /* dgen:28 | state:4 | owner:32 */
+    uint64_t id;            /* unique, increasing per queue */
+    uint64_t timestamp_ns;  /* wall clock at put */
+    uint64_t deadline_ns;   /* monotonic: lease/delay (reserved) */
+    uint32_t size;          /* payload bytes */
+    uint32_t chunk;         /* first arena unit, or SHMQ_NO_CHUNK when inline */
+    uint8_t chunk_order;
+    uint8_t kind;           /* payload kind tag of the Python layer */
+    uint8_t priority;
+    uint8_t flags;
+    uint16_t delivery_count;
+    uint16_t hdr_size;      /* header block bytes at the start of the payload (reserved) */
+    uint64_t _reserved;     /* lease/DLQ links (reserved for the delivery issue) */
+    uint8_t inline_data[72];
+} shmq_desc_t;
+_Static_assert(sizeof(shmq_desc_t) == 128, "descriptor is two cache lines");
+#define SHMQ_INLINE_MAX ((uint32_t)sizeof(((shmq_desc_t *)0)->inline_data))
+
+static inline uint64_t shmq_desc_word(uint32_t dgen, uint32_t state, uint32_t owner)
+{
+    return ((uint64_t)(dgen & SHMQ_DGEN_MASK) << 36) | ((uint64_t)(state & 15u) << 32) | owner;
+}
+static inline uint32_t shmq_desc_dgen(uint64_t w) { return (uint32_t)(w >> 36) & SHMQ_DGEN_MASK; }
+static inline uint32_t shmq_desc_state(uint64_t w) { return (uint32_t)(w >> 32) & 15u; }
+static inline uint32_t shmq_desc_owner(uint64_t w) { return (uint32_t)w; }
+
+static inline uint64_t shmq_handle_make(uint32_t area, uint32_t idx, uint32_t dgen)
+{
+    return ((uint64_t)area << 56) | ((uint64_t)(idx & 0xffffffu) << 32) | dgen;
+}
+static inline uint32_t shmq_handle_area(uint64_t h) { return (uint32_t)(h >> 56); }
+static inline uint32_t shmq_handle_idx(uint64_t h) { return (uint32_t)(h >> 32) & 0xffffffu; }
+static inline uint32_t shmq_handle_dgen(uint64_t h) { return (uint32_t)h; }
+
+#endif

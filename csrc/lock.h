@@ -1,0 +1,28 @@
+/* lock.h - owner-stamped robust lock on a 32-bit word in shared memory (cold paths only).
+ *
+ * Word: 0 = free, else the holder's owner id (common.h, 30 bits) | CONTENDED (bit 31).
+ * Who may call: any participant; not re-entrant. Used for the arena free lists and growth,
+ * never held across a payload copy or a wait for another party.
+ *
+ * Progress: blocks up to the deadline. A waiter spins briefly, then sleeps on the word
+ * (futex, shared) in slices; after each slice it checks whether the holder is still alive
+ * (its participant slot's OFD lock byte, and the slot generation). If the holder is dead the
+ * waiter steals the lock by CAS and gets SHMQ_EAGAIN: it now holds the lock and must rebuild
+ * the guarded state before using it (the holder may have died halfway through an update).
+ * A holder that was merely slow cannot lose the lock this way: liveness comes from the kernel.
+ *
+ * Crash windows: dying while holding leaves the stamp: repaired by the next acquirer as above.
+ * Dying while waiting leaves at most the CONTENDED bit: the next release does one extra wake.
+ */
+#ifndef SHMQ_LOCK_H
+#define SHMQ_LOCK_H
+
+#include "segment.h"
+
+#define SHMQ_LOCK_CONTENDED 0x80000000u
+
+/* SHMQ_OK (acquired), SHMQ_EAGAIN (acquired from a dead holder: rebuild), SHMQ_TIMEOUT. */
+int shmq_lock_acquire(shmq_seg_t *seg, uint32_t *word, uint64_t deadline_ns);
+void shmq_lock_release(shmq_seg_t *seg, uint32_t *word);
+
+#endif

@@ -1,0 +1,606 @@
+#define _GNU_SOURCE
+#include "queue.h"
+
+#include <sched.h>
+#include <string.h>
+
+#include "arena.h"
+#include "atomic.h"
+#include "crashpoint.h"
+#include "lock.h"
+#include "wait.h"
+
+static uint64_t spin_ns = SHMQ_SPIN_NS_DEFAULT;
+void shmq_set_spin_ns(uint64_t ns) { __atomic_store_n(&spin_ns, ns, __ATOMIC_RELAXED); }
+uint64_t shmq_get_spin_ns(void) { return __atomic_load_n(&spin_ns, __ATOMIC_RELAXED); }
+
+static inline shmq_desc_t *desc_at(shmq_area_t *a, uint32_t i) { return (shmq_desc_t *)(a->desc + (uint64_t)i * SHMQ_DESC_SIZE); }
+
+static inline uint8_t *payload_ptr(shmq_area_t *a, shmq_desc_t *d)
+{
+    return d->chunk == SHMQ_NO_CHUNK ? d->inline_data : a->arena + (uint64_t)d->chunk * SHMQ_ARENA_UNIT;
+}
+
+/* Claim a FREE descriptor: a scan from this process's cursor. Frees happen in roughly FIFO
+ * order, so the next descriptor after the last one claimed is usually free. */
+static int desc_claim(shmq_seg_t *q, shmq_area_t *a, uint32_t *idx, uint32_t *dgen)
+{
+    uint32_t n = a->n_desc;
+    uint32_t start = __atomic_load_n(&a->desc_cursor, __ATOMIC_RELAXED);
+    for (uint32_t k = 0; k < n; k++) {
+        uint32_t i = start + k;
+        if (i >= n)
+            i -= n;
+        shmq_desc_t *d = desc_at(a, i);
+        uint64_t w = shmq_load_relaxed(&d->word);
+        if (shmq_desc_state(w) != SHMQ_D_FREE)
+            continue;
+        uint32_t g = (shmq_desc_dgen(w) + 1) & SHMQ_DGEN_MASK;
+        /* acquire: the previous owner's writes (chunk reference) are visible before we reuse it */
+        if (shmq_cas_acq_rel(&d->word, &w, shmq_desc_word(g, SHMQ_D_WRITING, q->owner))) {
+            __atomic_store_n(&a->desc_cursor, i + 1 < n ? i + 1 : 0, __ATOMIC_RELAXED);
+            *idx = i;
+            *dgen = g;
+            return SHMQ_OK;
+        }
+    }
+    return SHMQ_FULL;
+}
+
+static void chunk_free(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d)
+{
+    if (d->chunk == SHMQ_NO_CHUNK)
+        return;
+    int rc = shmq_lock_acquire(q, &a->hdr->arena_lock, SHMQ_NO_DEADLINE);
+    if (rc == SHMQ_EAGAIN)
+        shmq_arena_rebuild_locked(a); /* the previous holder died mid-update */
+    shmq_arena_free_locked(a, d);
+    shmq_lock_release(q, &a->hdr->arena_lock);
+}
+
+/* Release a descriptor we own (WRITING or READING) back to FREE. */
+static void desc_release(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d)
+{
+    chunk_free(q, a, d);
+    uint64_t w = shmq_load_relaxed(&d->word);
+    /* exchange (a full barrier on x86): the free must be visible before we read the put-waiter
+     * count (lost-wake-up rule, wait.h). */
+    shmq_exchange_seq(&d->word, shmq_desc_word(shmq_desc_dgen(w), SHMQ_D_FREE, 0));
+}
+
+static inline void wake_getters(shmq_seg_t *q)
+{
+    shmq_header_t *h = q->hdr;
+    /* seq_cst: the publication (a locked CAS) precedes this load; see wait.h. */
+    if (SHMQ_UNLIKELY(shmq_load_seq(&h->waiters_get) != 0)) {
+        shmq_fetch_add_seq(&h->not_empty_seq, 1);
+        shmq_futex_wake(&h->not_empty_seq, 1);
+    }
+}
+
+static inline void wake_putters(shmq_seg_t *q)
+{
+    shmq_header_t *h = q->hdr;
+    if (SHMQ_UNLIKELY(shmq_load_seq(&h->waiters_put) != 0)) {
+        shmq_fetch_add_seq(&h->not_full_seq, 1);
+        shmq_futex_wake(&h->not_full_seq, INT32_MAX); /* putters wait for different amounts of room */
+    }
+}
+
+void shmq_wake_all(shmq_seg_t *q)
+{
+    shmq_header_t *h = q->hdr;
+    shmq_fetch_add_seq(&h->not_empty_seq, 1);
+    shmq_futex_wake(&h->not_empty_seq, INT32_MAX);
+    shmq_fetch_add_seq(&h->not_full_seq, 1);
+    shmq_futex_wake(&h->not_full_seq, INT32_MAX);
+    shmq_fetch_add_seq(&h->join_seq, 1);
+    shmq_futex_wake(&h->join_seq, INT32_MAX);
+}
+
+/* Sleep on a wait word with the waiter-count protocol (wait.h). check() runs after we are
+ * registered: SHMQ_EAGAIN means "still nothing, sleep"; anything else is returned at once
+ * (SHMQ_OK: the check itself succeeded, e.g. took a message). After a wake-up, a slice or a
+ * changed word the result is SHMQ_EAGAIN ("look again"); else SHMQ_TIMEOUT or SHMQ_EINTR. */
+typedef int (*check_fn)(shmq_seg_t *q, void *ctx);
+
+static int sleep_until(shmq_seg_t *q, uint32_t *seqw, uint32_t *waiters, uint32_t slot_unit, check_fn check,
+                       void *ctx, uint64_t deadline_ns)
+{
+    uint32_t seq = shmq_load_seq(seqw);
+    shmq_fetch_add_seq(waiters, 1);
+    shmq_slot_t *sl = q->slot != UINT32_MAX ? &q->slots[q->slot] : NULL;
+    if (sl) {
+        if (slot_unit)
+            shmq_fetch_add_seq(&sl->waiting, slot_unit); /* lets repair undo our count if we die asleep */
+        shmq_store_relaxed(&sl->run_state, SHMQ_RUN_SLEEPING);
+    }
+    int rc = check(q, ctx);
+    if (rc == SHMQ_EAGAIN) {
+        rc = shmq_futex_wait(seqw, seq, deadline_ns);
+        if (rc == SHMQ_OK)
+            rc = SHMQ_EAGAIN;
+    }
+    if (sl) {
+        shmq_store_relaxed(&sl->run_state, SHMQ_RUN_RUNNING);
+        if (slot_unit)
+            __atomic_fetch_sub(&sl->waiting, slot_unit, __ATOMIC_SEQ_CST);
+    }
+    __atomic_fetch_sub(waiters, 1, __ATOMIC_SEQ_CST);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- put */
+
+static int reserve_count(shmq_header_t *h)
+{
+    uint64_t c = shmq_load_relaxed(&h->count);
+    for (;;) {
+        if (c >= h->maxsize)
+            return SHMQ_FULL;
+        if (shmq_cas_acq_rel(&h->count, &c, c + 1))
+            return SHMQ_OK;
+    }
+}
+
+typedef struct {
+    const shmq_iov_t *iov;
+    uint32_t n;
+    uint64_t total;
+    uint32_t kind;
+    int counted;     /* maxsize reservation held */
+    shmq_area_t *a;  /* descriptor held in this area */
+    uint32_t idx;
+    uint32_t dgen;
+} put_ctx;
+
+static void put_undo(shmq_seg_t *q, put_ctx *c)
+{
+    if (c->a) {
+        desc_release(q, c->a, desc_at(c->a, c->idx));
+        c->a = NULL;
+    }
+    if (c->counted) {
+        __atomic_fetch_sub(&q->hdr->count, 1, __ATOMIC_SEQ_CST);
+        c->counted = 0;
+    }
+}
+
+/* One non-blocking attempt to get room: descriptor (+chunk) held on success. */
+static int put_reserve(shmq_seg_t *q, put_ctx *c)
+{
+    shmq_header_t *h = q->hdr;
+    if (h->maxsize && !c->counted) {
+        if (reserve_count(h) != SHMQ_OK)
+            return SHMQ_FULL;
+        c->counted = 1;
+    }
+    for (;;) {
+        uint32_t ai = shmq_load_acquire(&h->area_tail);
+        int rc;
+        shmq_area_t *a = shmq_seg_area(q, ai, &rc);
+        if (!a)
+            return rc;
+        if (desc_claim(q, a, &c->idx, &c->dgen) == SHMQ_OK) {
+            SHMQ_CRASH_POINT(after_desc_claim);
+            shmq_desc_t *d = desc_at(a, c->idx);
+            c->a = a;
+            d->chunk = SHMQ_NO_CHUNK;
+            if (c->total <= SHMQ_INLINE_MAX)
+                return SHMQ_OK;
+            rc = shmq_lock_acquire(q, &a->hdr->arena_lock, SHMQ_NO_DEADLINE);
+            if (rc == SHMQ_EAGAIN)
+                shmq_arena_rebuild_locked(a);
+            rc = shmq_arena_alloc_locked(a, d, c->total);
+            shmq_lock_release(q, &a->hdr->arena_lock);
+            if (rc == SHMQ_OK) {
+                SHMQ_CRASH_POINT(after_alloc);
+                return SHMQ_OK;
+            }
+            desc_release(q, a, d);
+            c->a = NULL;
+        }
+        if (!(h->flags & SHMQ_F_GROWABLE))
+            return SHMQ_FULL;
+        rc = shmq_seg_grow(q, ai, c->total);
+        if (rc != SHMQ_OK)
+            return rc;
+    }
+}
+
+static int put_check(shmq_seg_t *q, void *ctx)
+{
+    int rc = put_reserve(q, (put_ctx *)ctx);
+    return rc == SHMQ_FULL ? SHMQ_EAGAIN : rc;
+}
+
+static int put_commit(shmq_seg_t *q, put_ctx *c, uint64_t *id_out)
+{
+    shmq_header_t *h = q->hdr;
+    shmq_area_t *a = c->a;
+    shmq_desc_t *d = desc_at(a, c->idx);
+    uint8_t *dst = payload_ptr(a, d);
+    uint64_t off = 0;
+    for (uint32_t i = 0; i < c->n; i++) {
+        if (c->iov[i].len)
+            memcpy(dst + off, c->iov[i].ptr, c->iov[i].len);
+        off += c->iov[i].len;
+        if (i == 0)
+            SHMQ_CRASH_POINT(mid_copy);
+    }
+    uint64_t id = shmq_fetch_add_relaxed(&h->next_id, 1);
+    d->id = id;
+    d->timestamp_ns = shmq_now_wall_ns();
+    d->deadline_ns = 0;
+    d->size = (uint32_t)c->total;
+    d->kind = (uint8_t)c->kind;
+    d->priority = 0;
+    d->flags = 0;
+    d->delivery_count = 0;
+    d->hdr_size = 0;
+    if (h->flags & SHMQ_F_JOINABLE)
+        shmq_fetch_add_seq(&h->unfinished, 1);
+    /* release: payload and fields before the READY state a consumer's CAS acquires */
+    shmq_store_release(&d->word, shmq_desc_word(c->dgen, SHMQ_D_READY, q->owner));
+    uint64_t handle = shmq_handle_make((uint32_t)(a - q->areas), c->idx, c->dgen);
+    for (;;) {
+        uint32_t ai = shmq_load_acquire(&h->area_tail);
+        int rc;
+        shmq_area_t *ta = shmq_seg_area(q, ai, &rc);
+        if (!ta)
+            return rc; /* corrupt: the descriptor stays READY and unreachable; repair's problem */
+        rc = shmq_ring_put_mpmc(&ta->ring, handle);
+        if (rc == SHMQ_OK)
+            break;
+        if (rc == SHMQ_ESEALED) {
+            /* consumers sealed this area after producers moved on: move on too */
+            if (shmq_load_acquire(&h->area_tail) == ai) {
+                rc = shmq_seg_grow(q, ai, 0);
+                if (rc != SHMQ_OK && rc != SHMQ_FULL)
+                    return rc;
+            }
+            continue;
+        }
+        /* ring full while we hold a descriptor: grow, or wait for a consumer (bounded) */
+        if (h->flags & SHMQ_F_GROWABLE) {
+            rc = shmq_seg_grow(q, ai, 0);
+            if (rc != SHMQ_OK)
+                return rc;
+            continue;
+        }
+        for (int i = 0; i < 64; i++)
+            shmq_cpu_relax();
+        sched_yield();
+    }
+    SHMQ_CRASH_POINT(after_commit);
+    if (q->slot != UINT32_MAX)
+        shmq_fetch_add_relaxed(&q->slots[q->slot].enqueued, 1);
+    if (id_out)
+        *id_out = id;
+    c->a = NULL;
+    c->counted = 0;
+    wake_getters(q);
+    return SHMQ_OK;
+}
+
+int shmq_put(shmq_seg_t *q, const shmq_iov_t *iov, uint32_t n, uint32_t kind, uint64_t deadline_ns, uint64_t *id_out)
+{
+    shmq_header_t *h = q->hdr;
+    put_ctx c = {.iov = iov, .n = n, .total = 0, .kind = kind};
+    for (uint32_t i = 0; i < n; i++)
+        c.total += iov[i].len;
+    if (c.total > h->max_message)
+        return SHMQ_ETOOBIG;
+    int rc = put_reserve(q, &c);
+    while (rc == SHMQ_FULL) {
+        if (deadline_ns == 0)
+            break;
+        rc = sleep_until(q, &h->not_full_seq, &h->waiters_put, 1u << 16, put_check, &c, deadline_ns);
+        if (rc == SHMQ_EAGAIN)
+            rc = put_reserve(q, &c);
+        else if (rc == SHMQ_TIMEOUT) {
+            rc = SHMQ_FULL;
+            break;
+        }
+    }
+    if (rc != SHMQ_OK) {
+        put_undo(q, &c);
+        return rc;
+    }
+    if (q->slot != UINT32_MAX && !(q->slots[q->slot].role & SHMQ_ROLE_PRODUCER))
+        __atomic_fetch_or(&q->slots[q->slot].role, SHMQ_ROLE_PRODUCER, __ATOMIC_RELAXED);
+    rc = put_commit(q, &c, id_out);
+    if (rc != SHMQ_OK)
+        put_undo(q, &c);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- get */
+
+typedef struct {
+    shmq_seg_t *q;
+    shmq_area_t *a;
+    shmq_desc_t *d;
+} take_ctx;
+
+static int take_cb(void *vctx, uint64_t handle)
+{
+    take_ctx *t = vctx;
+    int rc;
+    /* untrusted: the handle names an area, a descriptor and a generation; check all three */
+    shmq_area_t *a = shmq_seg_area(t->q, shmq_handle_area(handle), &rc);
+    if (!a || shmq_handle_idx(handle) >= a->n_desc) {
+        __atomic_fetch_add(&t->q->hdr->corrupt_skipped, 1, __ATOMIC_RELAXED);
+        return SHMQ_ECORRUPT;
+    }
+    shmq_desc_t *d = desc_at(a, shmq_handle_idx(handle));
+    uint64_t w = shmq_load_acquire(&d->word);
+    if (shmq_desc_state(w) != SHMQ_D_READY || shmq_desc_dgen(w) != (shmq_handle_dgen(handle) & SHMQ_DGEN_MASK))
+        return SHMQ_EAGAIN; /* another consumer has it (or it is stale) */
+    if (!shmq_cas_acq_rel(&d->word, &w, shmq_desc_word(shmq_desc_dgen(w), SHMQ_D_READING, t->q->owner)))
+        return SHMQ_EAGAIN;
+    t->a = a;
+    t->d = d;
+    return SHMQ_OK;
+}
+
+static int try_get(shmq_seg_t *q, shmq_msg_t *m)
+{
+    shmq_header_t *h = q->hdr;
+    for (;;) {
+        uint32_t ai = shmq_load_acquire(&h->area_head);
+        int rc;
+        shmq_area_t *a = shmq_seg_area(q, ai, &rc);
+        if (!a)
+            return rc;
+        take_ctx t = {q, NULL, NULL};
+        uint64_t handle;
+        rc = shmq_ring_get_mpmc(&a->ring, take_cb, &t, &handle);
+        if (rc == SHMQ_OK) {
+            SHMQ_CRASH_POINT(after_take);
+            shmq_desc_t *d = t.d;
+            uint64_t size = d->size;
+            /* untrusted: the payload must lie inside the descriptor or its arena block */
+            if (d->chunk == SHMQ_NO_CHUNK ? size > SHMQ_INLINE_MAX
+                                          : (!shmq_arena_ref_valid(t.a, d->chunk, d->chunk_order) ||
+                                             size > ((uint64_t)SHMQ_ARENA_UNIT << d->chunk_order))) {
+                __atomic_fetch_add(&h->corrupt_skipped, 1, __ATOMIC_RELAXED);
+                d->chunk = SHMQ_NO_CHUNK; /* do not hand a garbage block to the arena */
+                desc_release(q, t.a, d);
+                continue;
+            }
+            m->handle = handle;
+            m->area = t.a;
+            m->d = d;
+            m->data = payload_ptr(t.a, d);
+            m->size = size;
+            m->id = d->id;
+            m->timestamp_ns = d->timestamp_ns;
+            m->kind = d->kind;
+            m->delivery_count = d->delivery_count;
+            return SHMQ_OK;
+        }
+        if (rc == SHMQ_ESEALED) {
+            uint32_t exp = ai;
+            shmq_cas_acq_rel(&h->area_head, &exp, ai + 1); /* help: the next area is where messages are */
+            continue;
+        }
+        if (rc == SHMQ_EMPTY && shmq_load_acquire(&h->area_tail) > ai) {
+            /* Producers moved on: seal this drained area so no late put lands here. */
+            if (shmq_ring_seal_mpmc(&a->ring) == SHMQ_OK) {
+                uint32_t exp = ai;
+                shmq_cas_acq_rel(&h->area_head, &exp, ai + 1);
+            }
+            continue;
+        }
+        return rc;
+    }
+}
+
+static int get_check(shmq_seg_t *q, void *ctx)
+{
+    int rc = try_get(q, (shmq_msg_t *)ctx);
+    return rc == SHMQ_EMPTY ? SHMQ_EAGAIN : rc;
+}
+
+/* Spin only if another participant runs on another CPU and we may run on more than one. */
+static int worth_spinning(shmq_seg_t *q)
+{
+    if (shmq_get_spin_ns() == 0 || shmq_cpus_allowed() < 2 || q->slot == UINT32_MAX)
+        return 0;
+    int me = shmq_current_cpu();
+    shmq_store_relaxed(&q->slots[q->slot].cpu, (uint32_t)me);
+    uint32_t hwm = shmq_load_relaxed(&q->hdr->slot_hwm);
+    if (hwm > q->max_slots)
+        hwm = q->max_slots; /* untrusted */
+    for (uint32_t s = 0; s < hwm; s++) {
+        if (s == q->slot)
+            continue;
+        shmq_slot_t *sl = &q->slots[s];
+        if (shmq_load_relaxed(&sl->state) == SHMQ_SLOT_ATTACHED && shmq_load_relaxed(&sl->run_state) == SHMQ_RUN_RUNNING &&
+            (int)shmq_load_relaxed(&sl->cpu) != me)
+            return 1;
+    }
+    return 0;
+}
+
+int shmq_get_begin(shmq_seg_t *q, shmq_msg_t *m, uint64_t deadline_ns)
+{
+    shmq_header_t *h = q->hdr;
+    int rc = try_get(q, m);
+    if (SHMQ_LIKELY(rc != SHMQ_EMPTY))
+        goto done;
+    if (deadline_ns == 0)
+        return SHMQ_EMPTY;
+    if (worth_spinning(q)) {
+        uint64_t until = shmq_now_mono_ns() + shmq_get_spin_ns();
+        if (until > deadline_ns)
+            until = deadline_ns;
+        for (unsigned i = 1;; i++) {
+            for (int k = 0; k < 16; k++)
+                shmq_cpu_relax();
+            rc = try_get(q, m);
+            if (rc != SHMQ_EMPTY)
+                goto done;
+            if ((i & 7) == 0 && shmq_now_mono_ns() >= until)
+                break;
+        }
+    }
+    for (;;) {
+        rc = sleep_until(q, &h->not_empty_seq, &h->waiters_get, 1u, get_check, m, deadline_ns);
+        if (rc == SHMQ_EAGAIN) {
+            rc = try_get(q, m);
+            if (rc == SHMQ_EMPTY)
+                continue;
+            goto done;
+        }
+        if (rc == SHMQ_TIMEOUT || rc == SHMQ_EINTR) {
+            /* A wake-up meant for us may be consumed by our leaving: pass it on. */
+            if (shmq_depth(q) > 0)
+                wake_getters(q);
+            return rc == SHMQ_TIMEOUT ? SHMQ_EMPTY : SHMQ_EINTR;
+        }
+        goto done; /* SHMQ_OK from the check: m is filled */
+    }
+done:
+    if (rc == SHMQ_OK && q->slot != UINT32_MAX && !(q->slots[q->slot].role & SHMQ_ROLE_CONSUMER))
+        __atomic_fetch_or(&q->slots[q->slot].role, SHMQ_ROLE_CONSUMER, __ATOMIC_RELAXED);
+    return rc;
+}
+
+void shmq_get_end(shmq_seg_t *q, shmq_msg_t *m)
+{
+    shmq_header_t *h = q->hdr;
+    SHMQ_CRASH_POINT(before_free);
+    desc_release(q, m->area, m->d);
+    if (h->maxsize)
+        __atomic_fetch_sub(&h->count, 1, __ATOMIC_SEQ_CST);
+    if (q->slot != UINT32_MAX)
+        shmq_fetch_add_relaxed(&q->slots[q->slot].dequeued, 1);
+    if (!(h->flags & SHMQ_F_GROWABLE) || h->maxsize)
+        wake_putters(q);
+    m->d = NULL;
+}
+
+uint64_t shmq_depth(shmq_seg_t *q)
+{
+    shmq_header_t *h = q->hdr;
+    uint32_t head = shmq_load_acquire(&h->area_head), tail = shmq_load_acquire(&h->area_tail);
+    uint64_t n = 0;
+    for (uint32_t i = head; i <= tail && i < h->max_areas; i++) {
+        int rc;
+        shmq_area_t *a = shmq_seg_area(q, i, &rc);
+        if (a)
+            n += shmq_ring_count(&a->ring);
+    }
+    return n;
+}
+
+void shmq_stats(shmq_seg_t *q, shmq_stats_t *st)
+{
+    shmq_header_t *h = q->hdr;
+    memset(st, 0, sizeof *st);
+    st->depth = shmq_depth(q);
+    uint32_t tail = shmq_load_acquire(&h->area_tail);
+    uint64_t used = 0;
+    for (uint32_t i = 0; i <= tail && i < h->max_areas; i++) {
+        int rc;
+        shmq_area_t *a = shmq_seg_area(q, i, &rc);
+        if (!a)
+            continue;
+        st->areas++;
+        uint64_t fu = shmq_arena_free_units(a);
+        used += (a->arena_units > fu ? a->arena_units - fu : 0) * SHMQ_ARENA_UNIT;
+    }
+    st->bytes_used = used + st->depth * SHMQ_DESC_SIZE;
+    st->capacity = h->capacity;
+    st->file_size = shmq_load_relaxed(&h->file_size);
+    st->max_message = h->max_message;
+    st->maxsize = h->maxsize;
+    st->enqueued = shmq_load_relaxed(&h->enq_folded);
+    st->dequeued = shmq_load_relaxed(&h->deq_folded);
+    uint32_t hwm = shmq_load_relaxed(&h->slot_hwm);
+    for (uint32_t s = 0; s < hwm && s < q->max_slots; s++) {
+        st->enqueued += shmq_load_relaxed(&q->slots[s].enqueued);
+        st->dequeued += shmq_load_relaxed(&q->slots[s].dequeued);
+    }
+    st->repairs = shmq_load_relaxed(&h->repairs);
+    st->corrupt_skipped = shmq_load_relaxed(&h->corrupt_skipped);
+    st->unfinished = shmq_load_relaxed(&h->unfinished);
+    st->creator_pid = h->creator_pid;
+    st->created_at_ns = h->created_at_ns;
+    st->flags = h->flags;
+    st->kind = h->kind;
+    st->mode = h->mode;
+    st->max_slots = h->max_slots;
+    shmq_seg_participants(q, &st->attached, &st->producers, &st->consumers);
+}
+
+/* ---------------------------------------------------------------- join */
+
+int shmq_task_done(shmq_seg_t *q)
+{
+    shmq_header_t *h = q->hdr;
+    uint64_t u = shmq_load_relaxed(&h->unfinished);
+    do {
+        if (u == 0)
+            return SHMQ_EINVAL;
+    } while (!shmq_cas_acq_rel(&h->unfinished, &u, u - 1));
+    if (u == 1 && shmq_load_seq(&h->join_waiters)) {
+        shmq_fetch_add_seq(&h->join_seq, 1);
+        shmq_futex_wake(&h->join_seq, INT32_MAX);
+    }
+    return SHMQ_OK;
+}
+
+static int join_check(shmq_seg_t *q, void *ctx)
+{
+    (void)ctx;
+    return shmq_load_seq(&q->hdr->unfinished) == 0 ? SHMQ_OK : SHMQ_EAGAIN;
+}
+
+int shmq_join(shmq_seg_t *q, uint64_t deadline_ns)
+{
+    shmq_header_t *h = q->hdr;
+    for (;;) {
+        int rc = sleep_until(q, &h->join_seq, &h->join_waiters, 0, join_check, NULL, deadline_ns);
+        if (rc != SHMQ_EAGAIN)
+            return rc;
+    }
+}
+
+/* ---------------------------------------------------------------- repair */
+
+void shmq_queue_repair_slot(shmq_seg_t *q, uint32_t s)
+{
+    shmq_header_t *h = q->hdr;
+    uint64_t t0 = shmq_now_mono_ns();
+    shmq_slot_t *sl = &q->slots[s];
+    uint32_t dead = shmq_owner_make(s, shmq_load_relaxed(&sl->gen));
+    uint32_t tail = shmq_load_acquire(&h->area_tail);
+    for (uint32_t i = 0; i <= tail && i < h->max_areas; i++) {
+        int rc;
+        shmq_area_t *a = shmq_seg_area(q, i, &rc);
+        if (!a)
+            continue;
+        for (uint32_t k = 0; k < a->n_desc; k++) {
+            shmq_desc_t *d = desc_at(a, k);
+            uint64_t w = shmq_load_acquire(&d->word);
+            uint32_t st = shmq_desc_state(w);
+            if ((st != SHMQ_D_WRITING && st != SHMQ_D_READING) || shmq_desc_owner(w) != dead)
+                continue;
+            /* The dead process's put had not returned (WRITING) or its taken message is the one
+             * at-most-once may lose (READING): free the descriptor and its chunk. */
+            chunk_free(q, a, d);
+            uint64_t exp = w;
+            shmq_cas_acq_rel(&d->word, &exp, shmq_desc_word(shmq_desc_dgen(w), SHMQ_D_FREE, 0));
+            if (h->maxsize)
+                __atomic_fetch_sub(&h->count, 1, __ATOMIC_SEQ_CST);
+        }
+    }
+    shmq_seg_fold_slot(q, s);
+    shmq_store_seq(&sl->state, SHMQ_SLOT_FREE);
+    __atomic_fetch_add(&h->repairs, 1, __ATOMIC_RELAXED);
+    shmq_store_relaxed(&h->last_repair_ns, shmq_now_mono_ns() - t0);
+    wake_putters(q);
+}

@@ -1,0 +1,91 @@
+/* queue.h - a work queue: descriptors + arena + ring per area, composed; waiting and repair.
+ *
+ * Who may call what concurrently: any number of producers (shmq_put) and consumers
+ * (shmq_get_begin/shmq_get_end) in any processes and threads, through attached handles.
+ * A handle (shmq_seg_t) may be shared by the threads of one process.
+ *
+ * Progress: put and get are lock-free on the hot path (CASes on descriptor words and ring
+ * cells); the arena lock is taken only for payloads that do not fit inline (72 bytes), and
+ * growth takes the grow lock. Blocking calls wait on futex words with absolute monotonic
+ * deadlines: after a bounded spin (only when another participant is running on another CPU
+ * and we may use more than one CPU) they sleep, and return SHMQ_EINTR on a signal.
+ *
+ * Put, step by step (crash point names in brackets):
+ *   1. claim a FREE descriptor of the newest area: CAS -> WRITING(me)      [after_desc_claim]
+ *   2. large payload: arena block recorded in the descriptor (arena lock)  [after_alloc]
+ *   3. copy the payload                                                    [mid_copy]
+ *   4. fill id/time/size; WRITING -> READY
+ *   5. publish the handle with one 16-byte CAS on a ring cell             [after_claim, before_commit]
+ *   6. wake a sleeping consumer if the waiter count says one sleeps        [after_commit]
+ *   A crash before 5 leaves a WRITING descriptor stamped with the dead owner: repair frees it
+ *   (the put had not returned). After 5 the message is queued.
+ * Get: take a FULL cell and claim its descriptor READY -> READING(me) [mid_get, after_take];
+ *   copy out; return the chunk and free the descriptor [before_free]. A crash between take and
+ *   free loses that one message (at-most-once); repair frees its descriptor and chunk.
+ */
+#ifndef SHMQ_QUEUE_H
+#define SHMQ_QUEUE_H
+
+#include "desc.h"
+#include "segment.h"
+
+typedef struct {
+    const void *ptr;
+    uint64_t len;
+} shmq_iov_t;
+
+typedef struct {
+    uint64_t handle;
+    shmq_area_t *area;
+    shmq_desc_t *d;
+    const uint8_t *data;  /* payload, valid until shmq_get_end */
+    uint64_t size;
+    uint64_t id;
+    uint64_t timestamp_ns;
+    uint32_t kind;
+    uint32_t delivery_count;
+} shmq_msg_t;
+
+typedef struct {
+    uint64_t depth;
+    uint64_t bytes_used;
+    uint64_t capacity;
+    uint64_t file_size;
+    uint64_t max_message;
+    uint64_t maxsize;
+    uint64_t enqueued;
+    uint64_t dequeued;
+    uint64_t repairs;
+    uint64_t corrupt_skipped;
+    uint64_t unfinished;
+    int64_t creator_pid;
+    uint64_t created_at_ns;
+    uint32_t attached;
+    uint32_t producers;
+    uint32_t consumers;
+    uint32_t areas;
+    uint32_t flags;
+    uint32_t kind;
+    uint32_t mode;
+    uint32_t max_slots;
+} shmq_stats_t;
+
+/* deadline_ns: 0 = do not wait, SHMQ_NO_DEADLINE = wait forever, else absolute monotonic. */
+/* SHMQ_OK, SHMQ_FULL/SHMQ_TIMEOUT (no room in time), SHMQ_ETOOBIG, SHMQ_EINTR, SHMQ_ENOMEM, SHMQ_ESYS. */
+int shmq_put(shmq_seg_t *q, const shmq_iov_t *iov, uint32_t n, uint32_t kind, uint64_t deadline_ns, uint64_t *id_out);
+/* SHMQ_OK (m filled, call shmq_get_end), SHMQ_EMPTY/SHMQ_TIMEOUT, SHMQ_EINTR. */
+int shmq_get_begin(shmq_seg_t *q, shmq_msg_t *m, uint64_t deadline_ns);
+void shmq_get_end(shmq_seg_t *q, shmq_msg_t *m);
+uint64_t shmq_depth(shmq_seg_t *q);
+void shmq_stats(shmq_seg_t *q, shmq_stats_t *st);
+/* JoinableQueue: SHMQ_OK, SHMQ_EINVAL (called more often than put). */
+int shmq_task_done(shmq_seg_t *q);
+/* SHMQ_OK when every put was task_done'd, SHMQ_TIMEOUT, SHMQ_EINTR. */
+int shmq_join(shmq_seg_t *q, uint64_t deadline_ns);
+/* Wake every sleeper of this queue (used by close so blocked threads notice). */
+void shmq_wake_all(shmq_seg_t *q);
+/* Spin budget for blocking gets (ns); 0 disables spinning. Process-wide. */
+void shmq_set_spin_ns(uint64_t ns);
+uint64_t shmq_get_spin_ns(void);
+
+#endif

@@ -1,0 +1,155 @@
+#include "ring.h"
+
+#include "atomic.h"
+#include "crashpoint.h"
+
+typedef unsigned __int128 shmq_u128;
+
+static inline shmq_u128 cell_pack(uint64_t word, uint64_t handle) { return ((shmq_u128)handle << 64) | word; }
+
+void shmq_ring_init(shmq_ring_t *r)
+{
+    uint64_t n = r->mask + 1;
+    for (uint64_t i = 0; i < n; i++) {
+        r->cells[i].word = shmq_cell_word(0, SHMQ_CELL_EMPTY);
+        r->cells[i].handle = 0;
+    }
+    shmq_store_release(r->head, 0);
+    shmq_store_release(r->tail, 0);
+}
+
+int shmq_ring_put_mpmc(shmq_ring_t *r, uint64_t handle)
+{
+    for (;;) {
+        uint64_t t = shmq_load_acquire(r->tail); /* acquire: pairs with the index CAS of the last publisher */
+        shmq_cell_t *c = &r->cells[t & r->mask];
+        uint32_t lap = (uint32_t)(t >> r->log2);
+        uint64_t w = shmq_load_acquire(&c->word); /* acquire: see the consumer's release of this cell */
+        int32_t d = (int32_t)(shmq_cell_lap(w) - lap);
+        uint32_t st = shmq_cell_state(w);
+        if (d == 0 && st == SHMQ_CELL_EMPTY) {
+            uint64_t h_old = shmq_load_relaxed(&c->handle);
+            SHMQ_CRASH_POINT(after_claim);
+            /* The publication: state and handle in one 16-byte CAS (full barrier), so the cell
+             * is never seen FULL with a stale handle and no claimed-but-empty cell exists. */
+            if (__sync_bool_compare_and_swap((shmq_u128 *)c, cell_pack(w, h_old),
+                                             cell_pack(shmq_cell_word(lap, SHMQ_CELL_FULL), handle))) {
+                SHMQ_CRASH_POINT(before_commit);
+                uint64_t exp = t;
+                shmq_cas_acq_rel(r->tail, &exp, t + 1); /* help: failure means someone already moved it */
+                return SHMQ_OK;
+            }
+            continue;
+        }
+        if (d == 0 && st == SHMQ_CELL_SEALED)
+            return SHMQ_ESEALED;
+        if (d >= 0) {
+            /* FULL at our lap (published, tail not moved yet) or a later lap: tail is stale. */
+            uint64_t exp = t;
+            shmq_cas_acq_rel(r->tail, &exp, t + 1);
+            continue;
+        }
+        if (d == -1 && st == SHMQ_CELL_FULL) {
+            /* The previous lap's message is still there: full, unless tail moved meanwhile. */
+            if (shmq_load_acquire(r->tail) == t)
+                return SHMQ_FULL;
+            continue;
+        }
+        /* Only a tail read older than the cell can get here; reload. */
+        if (shmq_load_acquire(r->tail) == t)
+            return SHMQ_FULL;
+    }
+}
+
+int shmq_ring_get_mpmc(shmq_ring_t *r, shmq_take_fn take, void *ctx, uint64_t *handle)
+{
+    for (;;) {
+        uint64_t hd = shmq_load_acquire(r->head);
+        shmq_cell_t *c = &r->cells[hd & r->mask];
+        uint32_t lap = (uint32_t)(hd >> r->log2);
+        uint64_t w = shmq_load_acquire(&c->word); /* acquire: pairs with the publishing CAS */
+        int32_t d = (int32_t)(shmq_cell_lap(w) - lap);
+        uint32_t st = shmq_cell_state(w);
+        if (d == 0 && st == SHMQ_CELL_FULL) {
+            uint64_t h = shmq_load_relaxed(&c->handle);
+            /* Re-read the word: if it is still FULL(lap) the handle belongs to it (the handle
+             * only changes through a CAS that requires the word to be EMPTY). */
+            if (shmq_load_acquire(&c->word) != w)
+                continue;
+            int rc = take(ctx, h);
+            SHMQ_CRASH_POINT(mid_get);
+            uint64_t exp = w;
+            /* Advance the cell whether or not the take was ours: a consumer that died after
+             * its take must not block the ring. release: our reads of the cell come first. */
+            __atomic_compare_exchange_n(&c->word, &exp, shmq_cell_word(lap + 1, SHMQ_CELL_EMPTY), 0,
+                                        __ATOMIC_RELEASE, __ATOMIC_RELAXED);
+            exp = hd;
+            shmq_cas_acq_rel(r->head, &exp, hd + 1); /* help: failure means someone already moved it */
+            if (rc == SHMQ_OK) {
+                *handle = h;
+                return SHMQ_OK;
+            }
+            continue;
+        }
+        if (d == 0 && st == SHMQ_CELL_EMPTY) {
+            if (shmq_load_acquire(r->head) != hd)
+                continue;
+            return SHMQ_EMPTY;
+        }
+        if (d == 0 && st == SHMQ_CELL_SEALED)
+            return SHMQ_ESEALED;
+        if (d > 0) {
+            /* Already consumed at this lap: head is stale, help it along. */
+            uint64_t exp = hd;
+            shmq_cas_acq_rel(r->head, &exp, hd + 1);
+            continue;
+        }
+        /* d < 0: our head read is newer than the cell can be, or the cell is garbage. */
+        if (shmq_load_acquire(r->head) == hd)
+            return SHMQ_EMPTY;
+    }
+}
+
+int shmq_ring_seal_mpmc(shmq_ring_t *r)
+{
+    for (;;) {
+        uint64_t t = shmq_load_acquire(r->tail);
+        shmq_cell_t *c = &r->cells[t & r->mask];
+        uint32_t lap = (uint32_t)(t >> r->log2);
+        uint64_t w = shmq_load_acquire(&c->word);
+        int32_t d = (int32_t)(shmq_cell_lap(w) - lap);
+        uint32_t st = shmq_cell_state(w);
+        if (d == 0 && st == SHMQ_CELL_SEALED)
+            return SHMQ_OK;
+        if (d == 0 && st == SHMQ_CELL_EMPTY) {
+            if (shmq_load_acquire(r->head) != t)
+                return SHMQ_EAGAIN; /* messages remain before tail */
+            uint64_t exp = w;
+            /* Only this word changes; the handle half is irrelevant in a SEALED cell. */
+            if (shmq_cas_acq_rel(&c->word, &exp, shmq_cell_word(lap, SHMQ_CELL_SEALED)))
+                return SHMQ_OK;
+            continue;
+        }
+        if (d >= 0) {
+            uint64_t exp = t;
+            shmq_cas_acq_rel(r->tail, &exp, t + 1);
+            continue;
+        }
+        return SHMQ_EAGAIN;
+    }
+}
+
+uint64_t shmq_ring_count(const shmq_ring_t *r)
+{
+    uint64_t hd = shmq_load_acquire(r->head);
+    uint64_t t = shmq_load_acquire(r->tail);
+    return t > hd ? t - hd : 0;
+}
+
+int shmq_ring_valid(const shmq_ring_t *r)
+{
+    uint64_t hd = shmq_load_acquire(r->head);
+    uint64_t t = shmq_load_acquire(r->tail);
+    /* untrusted: a consistent ring has head <= tail <= head + size (+1 for a tail being helped). */
+    return t >= hd && t - hd <= r->mask + 2;
+}

@@ -1,0 +1,265 @@
+/* segment.h - the shared-memory segment of one queue: header, participant table, areas.
+ *
+ * File: /dev/shm/shmq.<name> (tmpfs, the same files shm_open uses). Layout v1:
+ *
+ *   0        shmq_header_t  (4 KiB: identity, options, wait words, counters, area table)
+ *   4096     participant table: max_slots x shmq_slot_t (64 B each)
+ *   A0       area 0 (page aligned): area header, ring cells, descriptors, arena metadata, arena
+ *   A1..     areas 1.. appended to the same file when an unbounded queue grows
+ *
+ * Areas are appended to the one file (posix_fallocate beyond EOF) rather than kept in separate
+ * files: a process that holds the file open (even after unlink) can always reach every area,
+ * and unlink removes everything at once. Each process maps each area on demand.
+ *
+ * Creation (no wedge window): the creator builds the whole file under a temporary name
+ * ("shmq.<name>~c<pid>.<n>": '~' is outside the name alphabet), fchmod()s it, sets
+ * init_state = READY, then link()s it into place; EEXIST means another creator won and we open
+ * theirs. An opener therefore never sees a half-built segment under the real name.
+ *
+ * Participants: each attached handle owns one slot {state, gen, pid, ...}. Liveness is an OFD
+ * lock (F_OFD_SETLK) on byte 2^40 + slot of this file, held on the handle's private open file
+ * description: the kernel drops it when the process dies. A slot is taken by locking its byte;
+ * a slot whose byte is lockable but whose state says ATTACHED belonged to a dead process and is
+ * repaired before re-use. The slot generation increases at each attach, so an owner id
+ * (slot, gen) written elsewhere is never mistaken for a later process in the same slot.
+ *
+ * Concurrency: the header's immutable part is written once before link(); the rest is atomics.
+ * Crash windows: creation - a dead creator leaves only a temp file (shmq gc removes it);
+ * attach - a process killed between taking its lock byte and writing its slot leaves a slot
+ * whose byte is free again: the next attacher re-initialises it; growth - see shmq_seg_grow.
+ * Everything read from the file is untrusted and validated in shmq_seg_validate / at use.
+ */
+#ifndef SHMQ_SEGMENT_H
+#define SHMQ_SEGMENT_H
+
+#include "common.h"
+#include "ring.h"
+
+#define SHMQ_MAGIC 0x3176514d48530a7fULL /* "\x7f\nSHMQv1" little-endian */
+#define SHMQ_AREA_MAGIC 0x61657261514d4853ULL /* "SHMQarea" */
+#define SHMQ_LAYOUT_VERSION 1u
+#define SHMQ_READY 0x52454459u /* init_state once fully built */
+
+#define SHMQ_KIND_QUEUE 1u
+#define SHMQ_KIND_PRIORITY 2u
+#define SHMQ_KIND_TOPIC 3u
+
+#define SHMQ_F_GROWABLE 0x1u  /* unbounded: areas are appended when full */
+#define SHMQ_F_RAW 0x2u       /* bytes-like bodies only */
+#define SHMQ_F_ANONYMOUS 0x4u /* unlinked by its creator at close/exit */
+#define SHMQ_F_JOINABLE 0x8u  /* task_done/join accounting */
+#define SHMQ_F_ACK 0x10u      /* at-least-once (reserved for the delivery issue) */
+
+#define SHMQ_HEADER_SIZE 4096u
+#define SHMQ_MAX_AREAS 64u
+#define SHMQ_DEFAULT_SLOTS 128u
+#define SHMQ_LOCK_BYTE_BASE (1ull << 40)
+#define SHMQ_AREA_HDR_SIZE 1024u
+#define SHMQ_DESC_SIZE 128u
+#define SHMQ_ARENA_UNIT 64u
+#define SHMQ_ARENA_MAX_ORDERS 40u
+#define SHMQ_MIN_AREA_SIZE (64u * 1024u)
+#define SHMQ_MAX_AREA_GROW (1ull << 30) /* doubling stops at 1 GiB per area (unless a message needs more) */
+
+/* participant slot states */
+#define SHMQ_SLOT_FREE 0u
+#define SHMQ_SLOT_ATTACHED 1u
+/* run states (spin policy) */
+#define SHMQ_RUN_RUNNING 0u
+#define SHMQ_RUN_SLEEPING 1u
+/* role bits */
+#define SHMQ_ROLE_PRODUCER 1u
+#define SHMQ_ROLE_CONSUMER 2u
+#define SHMQ_ROLE_INSPECTOR 4u
+
+typedef struct {
+    uint32_t state;     /* FREE / ATTACHED */
+    uint32_t gen;       /* bumped at each attach; owner ids carry its low 20 bits */
+    int32_t pid;        /* informational: liveness is the OFD lock, never the pid */
+    uint32_t role;      /* ROLE_* bits, set on first put/get */
+    uint32_t cpu;       /* CPU of the last operation (spin policy) */
+    uint32_t run_state; /* RUNNING / SLEEPING (spin policy) */
+    uint32_t waiting;   /* this slot's entries in the waiter counts: get in low 16 bits, put in high 16 */
+    uint32_t _pad0;     /* keeps the 64-bit counters 8-aligned */
+    uint64_t attach_ns; /* wall clock at attach */
+    uint64_t enqueued;  /* single-writer counters (this slot only); readers sum, repair folds */
+    uint64_t dequeued;
+    uint64_t _pad1;     /* one slot per cache line: slots are written by different processes */
+} shmq_slot_t;
+_Static_assert(sizeof(shmq_slot_t) == 64, "slot must be one cache line");
+
+typedef struct {
+    uint64_t off;   /* byte offset of the area in the file (page aligned) */
+    uint64_t size;  /* bytes */
+    uint32_t state; /* 0 = absent, 1 = ready (written last, release) */
+    uint32_t _pad0;
+    uint64_t _pad1; /* 32-byte entries */
+} shmq_area_ent_t;
+_Static_assert(sizeof(shmq_area_ent_t) == 32, "area entry layout");
+
+typedef struct {
+    /* --- identity and options: written once before the file is linked into place --- */
+    uint64_t magic;
+    uint32_t version;
+    uint32_t kind;
+    uint32_t init_state;
+    uint32_t header_size;
+    uint32_t flags;
+    uint32_t max_slots;
+    uint64_t capacity;     /* bytes requested (0 = unbounded) */
+    uint64_t max_message;  /* largest body+header accepted */
+    uint64_t maxsize;      /* 0 = no item bound */
+    uint64_t slots_off;
+    int64_t creator_pid;
+    uint64_t created_at_ns; /* wall clock */
+    uint32_t mode;
+    uint32_t max_areas;
+    uint64_t first_area_size;
+    uint8_t _pad0[128 - 96]; /* identity in its own 128-byte block: read-mostly */
+    /* --- growth (producers, rare) --- */
+    uint64_t file_size;    /* bytes the areas cover; grows under grow_lock */
+    uint32_t grow_lock;    /* owner-stamped lock (lock.h) */
+    uint32_t area_tail;    /* newest area: producers put here */
+    uint32_t slot_hwm;     /* 1 + highest slot ever attached: bounds the spin-policy scan */
+    uint8_t _pad1[128 - 20];
+    /* --- consumers' area cursor --- */
+    uint32_t area_head;    /* oldest area that may hold messages */
+    uint8_t _pad2[128 - 4];
+    /* --- not-empty wait words (written by producers when someone sleeps) --- */
+    uint32_t not_empty_seq;
+    uint32_t waiters_get;
+    uint8_t _pad3[128 - 8];
+    /* --- not-full wait words (written by consumers when someone sleeps) --- */
+    uint32_t not_full_seq;
+    uint32_t waiters_put;
+    uint8_t _pad4[128 - 8];
+    /* --- shared counters (only touched when the option needs them) --- */
+    uint64_t count;        /* items reserved against maxsize (bounded queues only) */
+    uint64_t next_id;      /* message ids: unique, increasing */
+    uint64_t unfinished;   /* JoinableQueue: put minus task_done */
+    uint32_t join_seq;     /* futex word for join() */
+    uint32_t join_waiters;
+    uint8_t _pad5[128 - 32];
+    /* --- totals folded in from detached/dead slots --- */
+    uint64_t enq_folded;
+    uint64_t deq_folded;
+    uint64_t repairs;
+    uint64_t last_repair_ns;
+    uint64_t corrupt_skipped;
+    uint8_t _pad6[128 - 40];
+    shmq_area_ent_t areas[SHMQ_MAX_AREAS]; /* 2048 bytes */
+    uint8_t _pad7[SHMQ_HEADER_SIZE - 128 * 7 - 32 * SHMQ_MAX_AREAS];
+} shmq_header_t;
+_Static_assert(sizeof(shmq_header_t) == SHMQ_HEADER_SIZE, "header is one page");
+_Static_assert(offsetof(shmq_header_t, file_size) == 128, "growth block");
+_Static_assert(offsetof(shmq_header_t, area_head) == 256, "area head block");
+_Static_assert(offsetof(shmq_header_t, not_empty_seq) == 384, "not-empty block");
+_Static_assert(offsetof(shmq_header_t, not_full_seq) == 512, "not-full block");
+_Static_assert(offsetof(shmq_header_t, count) == 640, "counters block");
+_Static_assert(offsetof(shmq_header_t, areas) == 896, "area table");
+
+/* Area header: at the start of each area. */
+typedef struct {
+    uint64_t magic;
+    uint32_t index;
+    uint32_t cells_log2;
+    uint32_t n_desc;
+    uint32_t arena_max_order;
+    uint64_t size;        /* whole area, bytes */
+    uint64_t cells_off;   /* offsets relative to the area start */
+    uint64_t desc_off;
+    uint64_t meta_off;
+    uint64_t arena_off;
+    uint64_t arena_units; /* arena size in 64-byte units */
+    uint8_t _pad0[128 - 72];
+    /* --- arena: lock, accounting and free lists (lock holders only) --- */
+    uint32_t arena_lock;
+    uint32_t _pad1;
+    uint64_t arena_free_units;
+    uint32_t free_head[SHMQ_ARENA_MAX_ORDERS]; /* first free block of each order, UINT32_MAX = none */
+    uint8_t _pad2[384 - 128 - 16 - 4 * SHMQ_ARENA_MAX_ORDERS];
+    /* --- ring cursors, each alone on a 128-byte block (consumers vs producers) --- */
+    uint64_t ring_head;
+    uint8_t _pad3[SHMQ_CURSOR_PAD - 8];
+    uint64_t ring_tail;
+    uint8_t _pad4[SHMQ_CURSOR_PAD - 8];
+    /* --- descriptors in use (for stats; relaxed) --- */
+    uint8_t _pad5[SHMQ_AREA_HDR_SIZE - 384 - 2 * SHMQ_CURSOR_PAD];
+} shmq_area_hdr_t;
+_Static_assert(sizeof(shmq_area_hdr_t) == SHMQ_AREA_HDR_SIZE, "area header size");
+_Static_assert(offsetof(shmq_area_hdr_t, ring_head) % SHMQ_CURSOR_PAD == 0, "head alone");
+_Static_assert(offsetof(shmq_area_hdr_t, ring_tail) % SHMQ_CURSOR_PAD == 0, "tail alone");
+
+/* Process-local view of one mapped area. */
+typedef struct {
+    uint8_t *base;            /* NULL until mapped */
+    uint64_t size;
+    shmq_area_hdr_t *hdr;
+    shmq_ring_t ring;
+    uint8_t *desc;            /* n_desc x SHMQ_DESC_SIZE */
+    uint8_t *meta;            /* arena metadata, 1 byte per unit */
+    uint8_t *arena;
+    uint32_t n_desc;
+    uint64_t arena_units;
+    uint32_t arena_max_order;
+    uint32_t desc_cursor;     /* allocation hint, process-local */
+} shmq_area_t;
+
+typedef struct {
+    const char *path;        /* full path under /dev/shm */
+    uint32_t kind;
+    uint32_t flags;
+    uint64_t capacity;       /* bytes of area 0 (growable: the first area's size) */
+    uint64_t max_message;    /* 0 = default */
+    uint64_t maxsize;
+    uint32_t mode;
+    uint32_t max_slots;      /* 0 = default */
+} shmq_create_opts_t;
+
+typedef struct {
+    int fd;                   /* private open file description: holds our slot's lock byte */
+    uint8_t *map0;            /* header + slots (+ area 0 if it follows) */
+    uint64_t map0_len;
+    shmq_header_t *hdr;
+    shmq_slot_t *slots;
+    uint32_t max_slots;
+    uint32_t slot;            /* UINT32_MAX when not attached (inspector) */
+    uint32_t owner;           /* shmq_owner_make(slot, gen) */
+    shmq_area_t areas[SHMQ_MAX_AREAS];
+    int err;                  /* errno of the last SHMQ_ESYS */
+    int map_busy;             /* process-local: serialises first mappings of an area between threads */
+} shmq_seg_t;
+
+/* Create (exist_ok: open an existing one instead of failing with EEXIST in seg->err). */
+int shmq_seg_create(shmq_seg_t *seg, const shmq_create_opts_t *o, int exist_ok, int *created);
+/* Open an existing segment by path, or adopt an already open fd (fd >= 0, path may be NULL). */
+int shmq_seg_open(shmq_seg_t *seg, const char *path, int fd);
+/* Attach as a participant (takes a slot and its lock byte). */
+int shmq_seg_attach(shmq_seg_t *seg);
+/* Detach (slot freed, lock released) and unmap everything. Idempotent. */
+void shmq_seg_close(shmq_seg_t *seg);
+/* After fork in the child: forget the parent's slot and lock (the child must not release or
+ * hold them), reopen a private open file description, and attach under a new slot. */
+int shmq_seg_after_fork(shmq_seg_t *seg);
+/* untrusted: full validation of the header and the mapped areas. */
+int shmq_seg_validate(shmq_seg_t *seg);
+/* Map area i if needed; validates it. NULL on failure (seg->err / rc in *rc). */
+shmq_area_t *shmq_seg_area(shmq_seg_t *seg, uint32_t i, int *rc);
+/* Append a new area able to hold a message of need bytes, after area `from` filled up.
+ * Returns SHMQ_OK also if another process grew meanwhile. */
+int shmq_seg_grow(shmq_seg_t *seg, uint32_t from, uint64_t need);
+/* 1 if the participant owning owner id is alive (or owner is 0), 0 if dead. */
+int shmq_seg_owner_alive(shmq_seg_t *seg, uint32_t owner);
+/* 1 if slot s currently has a live holder. */
+int shmq_seg_slot_alive(shmq_seg_t *seg, uint32_t s);
+/* Fold slot s's counters and waiter entries into the header (detach and repair). */
+void shmq_seg_fold_slot(shmq_seg_t *seg, uint32_t s);
+/* Fill a slot table summary: live attached count, producers, consumers. */
+void shmq_seg_participants(shmq_seg_t *seg, uint32_t *attached, uint32_t *producers, uint32_t *consumers);
+/* Area sizing rule, also used to answer "how big must an area be for need bytes". */
+void shmq_area_geometry(uint64_t size, uint32_t *cells_log2, uint32_t *n_desc, uint64_t *meta_off,
+                        uint64_t *arena_off, uint64_t *arena_units);
+/* Largest payload an area of this size can hold in one arena block. */
+uint64_t shmq_area_max_payload(uint64_t size);
+
+#endif
