@@ -1,0 +1,14 @@
+"""shmq: a message queue for processes on one host, in POSIX shared memory."""
+from ._core import crash_points, get_spin_us, set_spin_us
+from .errors import (CorruptQueueError, Empty, Full, IncompatibleQueueError, LeaseExpiredError,
+                     MessageTooLargeError, QueueClosedError, QueueMemoryError, QueueNotFound, ShmqError)
+from .queue import JoinableQueue, Queue, SimpleQueue, unlink
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Queue", "SimpleQueue", "JoinableQueue", "unlink",
+    "ShmqError", "Empty", "Full", "QueueClosedError", "QueueNotFound", "CorruptQueueError",
+    "IncompatibleQueueError", "MessageTooLargeError", "QueueMemoryError", "LeaseExpiredError",
+    "crash_points", "set_spin_us", "get_spin_us", "__version__",
+]

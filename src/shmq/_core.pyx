@@ -1,0 +1,580 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, embedsignature=True
+"""Thin binding over the C core: argument conversion, GIL handling and error mapping only."""
+from cpython.buffer cimport PyBUF_ANY_CONTIGUOUS, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.memoryview cimport PyMemoryView_FromMemory
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy, memset
+
+from shmq cimport _shmq_c as c
+
+import os
+
+from shmq import errors as _errors
+
+cdef extern from "Python.h":
+    int PyErr_CheckSignals() except -1
+    int PyByteArray_CheckExact(object o)
+    int PyMemoryView_Check(object o)
+    enum:
+        PyBUF_READ
+
+# Payload kinds (descriptor "kind" byte), owned by this layer.
+DEF KIND_BYTES = 1
+DEF KIND_BYTEARRAY = 2
+DEF KIND_PICKLE = 3
+DEF KIND_PICKLE_OOB = 4
+DEF GIL_RELEASE_BYTES = 65536   # copies this large run without the GIL
+DEF OOB_ALIGN = 64
+
+KIND_QUEUE = c.SHMQ_KIND_QUEUE
+KIND_PRIORITY = c.SHMQ_KIND_PRIORITY
+KIND_TOPIC = c.SHMQ_KIND_TOPIC
+F_GROWABLE = c.SHMQ_F_GROWABLE
+F_RAW = c.SHMQ_F_RAW
+F_ANONYMOUS = c.SHMQ_F_ANONYMOUS
+F_JOINABLE = c.SHMQ_F_JOINABLE
+F_ACK = c.SHMQ_F_ACK
+LAYOUT_VERSION = c.SHMQ_LAYOUT_VERSION
+
+# Set by shmq.queue: (pickler_factory(file, buffer_callback) -> Pickler, loads)
+cdef object _make_pickler = None
+cdef object _loads = None
+cdef object _BytesIO = None
+
+def _set_serializer(make_pickler, loads, bytes_io):
+    global _make_pickler, _loads, _BytesIO
+    _make_pickler = make_pickler
+    _loads = loads
+    _BytesIO = bytes_io
+
+cdef bytes _ZEROS = b"\0" * OOB_ALIGN
+
+def crash_points():
+    """[(name, where)] of every crash point compiled into the core."""
+    return [(c.shmq_crash_name(i).decode(), c.shmq_crash_where(i).decode()) for i in range(c.shmq_crash_count())]
+
+def set_spin_us(double us):
+    """Spin budget of blocking gets in microseconds (0 disables spinning), process-wide."""
+    if not (us >= 0):
+        raise ValueError("spin budget must be a non-negative number of microseconds")
+    c.shmq_set_spin_ns(<uint64_t>(us * 1000.0))
+
+def get_spin_us():
+    return c.shmq_get_spin_ns() / 1000.0
+
+
+cdef int _deadline(object block, object timeout, uint64_t *out) except -1:
+    cdef double t
+    if not block:
+        out[0] = 0
+        return 0
+    if timeout is None:
+        out[0] = c.SHMQ_NO_DEADLINE
+        return 0
+    try:
+        t = float(timeout)
+    except (TypeError, ValueError):
+        raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}") from None
+    if t != t:
+        raise ValueError("timeout must be a number, not NaN")
+    if t < 0:
+        raise ValueError("'timeout' must be a non-negative number")
+    if t > 1e9:
+        out[0] = c.SHMQ_NO_DEADLINE
+        return 0
+    out[0] = c.shmq_now_mono_ns() + <uint64_t>(t * 1e9)
+    if out[0] == 0:
+        out[0] = 1
+    return 0
+
+
+cdef class Core:
+    """One attached handle on one queue segment."""
+    cdef c.shmq_seg_t seg
+    cdef readonly bint opened
+    cdef bint _closed
+    cdef int _active          # calls running without the GIL (close waits for them)
+    cdef uint32_t _flags
+    cdef readonly str path
+
+    def __cinit__(self):
+        self.opened = False
+        self._closed = False
+        self._active = 0
+        self.seg.fd = -1
+        self.path = None
+
+    def __dealloc__(self):
+        if self.opened:
+            c.shmq_seg_close(&self.seg)
+            self.opened = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def _create(self, str path, uint32_t kind, uint32_t flags, uint64_t capacity, uint64_t max_message,
+                uint64_t maxsize, uint32_t mode, uint32_t max_slots, bint exist_ok):
+        """Create (or with exist_ok open) the segment at path and attach. Returns True if created."""
+        cdef c.shmq_create_opts_t o
+        cdef int created = 0
+        cdef int rc
+        bpath = os.fsencode(path)
+        memset(&o, 0, sizeof(o))
+        o.path = bpath
+        o.kind = kind
+        o.flags = flags
+        o.capacity = capacity
+        o.max_message = max_message
+        o.maxsize = maxsize
+        o.mode = mode
+        o.max_slots = max_slots
+        rc = c.shmq_seg_create(&self.seg, &o, exist_ok, &created)
+        if rc != c.SHMQ_OK:
+            self._raise_open(rc, path)
+        self._opened(path)
+        self._attach()
+        return bool(created)
+
+    def _open(self, str path, int fd=-1, bint attach=True):
+        """Open an existing segment by path (or by an inherited descriptor) and attach."""
+        cdef int rc
+        bpath = os.fsencode(path) if path is not None else None
+        cdef const char *p = NULL
+        if bpath is not None:
+            p = bpath
+        rc = c.shmq_seg_open(&self.seg, p, fd)
+        if rc != c.SHMQ_OK:
+            self._raise_open(rc, path)
+        self._opened(path)
+        if attach:
+            self._attach()
+
+    cdef _opened(self, path):
+        self.opened = True
+        self.path = path
+        self._flags = self.seg.hdr.flags
+
+    cdef _attach(self):
+        cdef int rc = c.shmq_seg_attach(&self.seg)
+        if rc != c.SHMQ_OK:
+            c.shmq_seg_close(&self.seg)
+            self.opened = False
+            raise _errors.ShmqError(f"cannot attach to queue {self.path!r}: the participant table is full "
+                                    "(too many handles open on it at once); close unused handles")
+
+    cdef _raise_open(self, int rc, path):
+        cdef int e = self.seg.err
+        if rc == c.SHMQ_ECORRUPT:
+            raise _errors.CorruptQueueError(f"{path}: not a valid shmq segment (failed validation); "
+                                            "remove it with `shmq rm` if it is garbage")
+        if rc == c.SHMQ_EINCOMPAT:
+            raise _errors.IncompatibleQueueError(f"{path}: made by an shmq with another layout version "
+                                                 f"(this one reads version {c.SHMQ_LAYOUT_VERSION})")
+        if rc == c.SHMQ_ETOOBIG:
+            raise ValueError(f"max_message is larger than the capacity can ever hold")
+        if rc == c.SHMQ_ESYS:
+            raise _errors._oserror(e, path)
+        raise _errors.ShmqError(f"{path}: {c.shmq_strerror(rc).decode()}")
+
+    def _after_fork(self):
+        """In a forked child: take a slot of our own (the parent's stays the parent's)."""
+        if not self.opened:
+            return
+        cdef int rc = c.shmq_seg_after_fork(&self.seg)
+        if rc != c.SHMQ_OK:
+            c.shmq_seg_close(&self.seg)
+            self.opened = False
+
+    def _close(self):
+        """Detach and unmap (deferred until calls running without the GIL return)."""
+        self._closed = True
+        if not self.opened:
+            return
+        if self._active:
+            c.shmq_wake_all(&self.seg)   # blocked threads of ours wake, see _closed and leave
+            return
+        c.shmq_seg_close(&self.seg)
+        self.opened = False
+
+    cdef inline int _leave(self) except -1:
+        self._active -= 1
+        if self._closed and self._active == 0 and self.opened:
+            c.shmq_seg_close(&self.seg)
+            self.opened = False
+        return 0
+
+    cdef inline int _check(self) except -1:
+        if self._closed or not self.opened:
+            raise _errors.QueueClosedError(f"queue {self.path!r} is closed")
+        return 0
+
+    @property
+    def _fd(self):
+        return self.seg.fd
+
+    @property
+    def _flags_value(self):
+        return self._flags
+
+    @property
+    def closed(self):
+        return self._closed
+
+    # -- put -------------------------------------------------------------------------
+    cdef int _put_iov(self, c.shmq_iov_t *iov, uint32_t n, uint32_t kind, uint64_t total,
+                      uint64_t dl) except -1:
+        cdef int rc
+        if total < GIL_RELEASE_BYTES:
+            rc = c.shmq_put(&self.seg, iov, n, kind, 0, NULL)
+            if rc == c.SHMQ_OK:
+                return 0
+            if rc != c.SHMQ_FULL or dl == 0:
+                return self._put_error(rc, total)
+        while True:
+            self._active += 1
+            try:
+                with nogil:
+                    rc = c.shmq_put(&self.seg, iov, n, kind, dl, NULL)
+            finally:
+                self._leave()
+            if rc == c.SHMQ_EINTR:
+                PyErr_CheckSignals()
+                self._check()
+                continue
+            if rc == c.SHMQ_OK:
+                return 0
+            if self._closed:
+                self._check()
+            return self._put_error(rc, total)
+
+    cdef int _put_error(self, int rc, uint64_t total) except -1:
+        if rc == c.SHMQ_FULL:
+            raise _errors.Full()
+        if rc == c.SHMQ_ETOOBIG:
+            raise _errors.MessageTooLargeError(
+                f"message of {total} bytes is larger than this queue's max_message "
+                f"({self.seg.hdr.max_message} bytes); create the queue with a larger capacity or max_message")
+        if rc == c.SHMQ_ENOMEM:
+            raise _errors.QueueMemoryError(f"queue {self.path!r} cannot grow any further")
+        if rc == c.SHMQ_ESYS:
+            raise _errors._oserror(self.seg.err, self.path)
+        if rc == c.SHMQ_ECORRUPT:
+            raise _errors.CorruptQueueError(f"queue {self.path!r} failed validation during put")
+        raise _errors.ShmqError(f"put failed: {c.shmq_strerror(rc).decode()}")
+
+    cdef int _put_obj(self, object obj, uint64_t dl) except -1:
+        cdef c.shmq_iov_t iov
+        cdef Py_buffer view
+        cdef uint32_t kind
+        if PyBytes_CheckExact(obj):
+            iov.ptr = PyBytes_AS_STRING(obj)
+            iov.len = <uint64_t>PyBytes_GET_SIZE(obj)
+            return self._put_iov(&iov, 1, KIND_BYTES, iov.len, dl)
+        if PyByteArray_CheckExact(obj) or PyMemoryView_Check(obj) or (self._flags & c.SHMQ_F_RAW):
+            if self._flags & c.SHMQ_F_RAW and not (PyByteArray_CheckExact(obj) or PyMemoryView_Check(obj)
+                                                   or isinstance(obj, (bytes, bytearray, memoryview))):
+                raise TypeError(f"raw queues carry bytes-like bodies only, not {type(obj).__name__}")
+            kind = KIND_BYTEARRAY if PyByteArray_CheckExact(obj) or isinstance(obj, bytearray) else KIND_BYTES
+            if PyMemoryView_Check(obj) and not obj.contiguous:
+                obj = obj.tobytes()
+            PyObject_GetBuffer(obj, &view, PyBUF_ANY_CONTIGUOUS)
+            try:
+                iov.ptr = view.buf
+                iov.len = <uint64_t>view.len
+                return self._put_iov(&iov, 1, kind, iov.len, dl)
+            finally:
+                PyBuffer_Release(&view)
+        return self._put_pickled(obj, dl)
+
+    cdef int _put_pickled(self, object obj, uint64_t dl) except -1:
+        cdef c.shmq_iov_t *iov
+        cdef Py_buffer *views
+        cdef Py_ssize_t nbuf, i, k, nviews = 0
+        cdef uint64_t total, off, pad
+        buffers = []
+        f = _BytesIO()
+        _make_pickler(f, buffers.append).dump(obj)
+        stream = f.getbuffer()
+        if not buffers:
+            try:
+                return self._put_contig(stream, KIND_PICKLE, dl)
+            finally:
+                stream.release()
+        # Out-of-band: [u64 n][u64 stream_len][u64 len_i x n] pad | stream pad | buf_i pad ...
+        nbuf = len(buffers)
+        raws = [b.raw() for b in buffers]   # contiguous views (PickleBuffer.raw raises if not contiguous)
+        lens = [len(stream)] + [r.nbytes for r in raws]
+        header = (nbuf).to_bytes(8, "little") + b"".join(l.to_bytes(8, "little") for l in lens)
+        parts = [header, stream] + raws
+        views = <Py_buffer *>malloc(sizeof(Py_buffer) * len(parts))
+        iov = <c.shmq_iov_t *>malloc(sizeof(c.shmq_iov_t) * len(parts) * 2)
+        if views == NULL or iov == NULL:
+            free(views)
+            free(iov)
+            raise MemoryError()
+        try:
+            k = 0
+            off = 0
+            for i in range(len(parts)):
+                PyObject_GetBuffer(parts[i], &views[i], PyBUF_ANY_CONTIGUOUS)
+                nviews += 1
+                iov[k].ptr = views[i].buf
+                iov[k].len = <uint64_t>views[i].len
+                off += iov[k].len
+                k += 1
+                pad = (OOB_ALIGN - (off % OOB_ALIGN)) % OOB_ALIGN
+                if pad and i + 1 < len(parts):
+                    iov[k].ptr = PyBytes_AS_STRING(_ZEROS)
+                    iov[k].len = pad
+                    off += pad
+                    k += 1
+            return self._put_iov(iov, <uint32_t>k, KIND_PICKLE_OOB, off, dl)
+        finally:
+            for i in range(nviews):
+                PyBuffer_Release(&views[i])
+            free(views)
+            free(iov)
+
+    cdef int _put_contig(self, object data, uint32_t kind, uint64_t dl) except -1:
+        cdef Py_buffer view
+        cdef c.shmq_iov_t iov
+        PyObject_GetBuffer(data, &view, PyBUF_ANY_CONTIGUOUS)
+        try:
+            iov.ptr = view.buf
+            iov.len = <uint64_t>view.len
+            return self._put_iov(&iov, 1, kind, iov.len, dl)
+        finally:
+            PyBuffer_Release(&view)
+
+    def put(self, obj, block=True, timeout=None):
+        """Put obj. Raises Full (timeout/non-blocking), MessageTooLargeError, QueueClosedError."""
+        cdef uint64_t dl
+        self._check()
+        _deadline(block, timeout, &dl)
+        self._put_obj(obj, dl)
+
+    def put_nowait(self, obj):
+        self._check()
+        self._put_obj(obj, 0)
+
+    def put_many(self, items, block=True, timeout=None):
+        """Put every item of an iterable, in order; returns how many were put. The timeout is for
+        the whole batch."""
+        cdef uint64_t dl
+        cdef Py_ssize_t n = 0
+        self._check()
+        _deadline(block, timeout, &dl)
+        for obj in items:
+            self._put_obj(obj, dl)
+            n += 1
+        return n
+
+    # -- get -------------------------------------------------------------------------
+    cdef object _decode(self, c.shmq_msg_t *m):
+        cdef object out
+        cdef char *dst
+        cdef uint64_t n = m.size
+        cdef uint32_t kind = m.kind
+        if kind == KIND_BYTES:
+            if n < GIL_RELEASE_BYTES:
+                return PyBytes_FromStringAndSize(<const char *>m.data, <Py_ssize_t>n)
+            out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>n)
+            dst = PyBytes_AS_STRING(out)
+            with nogil:
+                memcpy(dst, m.data, n)
+            return out
+        if kind == KIND_BYTEARRAY:
+            out = PyByteArray_FromStringAndSize(NULL, <Py_ssize_t>n)
+            dst = PyByteArray_AS_STRING(out)
+            if n < GIL_RELEASE_BYTES:
+                memcpy(dst, m.data, n)
+            else:
+                with nogil:
+                    memcpy(dst, m.data, n)
+            return out
+        if kind == KIND_PICKLE:
+            mv = PyMemoryView_FromMemory(<char *>m.data, <Py_ssize_t>n, PyBUF_READ)
+            try:
+                return _loads(mv)
+            finally:
+                mv.release()
+        if kind == KIND_PICKLE_OOB:
+            return self._decode_oob(m)
+        raise _errors.CorruptQueueError(f"message {m.id} has an unknown payload kind {kind}")
+
+    cdef object _decode_oob(self, c.shmq_msg_t *m):
+        cdef uint64_t size = m.size, nbuf, hdr, off, ln, i
+        cdef const uint8_t *p = m.data
+        cdef char *dst
+        # untrusted: every length and offset is checked against the payload size
+        if size < 16:
+            raise _errors.CorruptQueueError("out-of-band message shorter than its header")
+        memcpy(&nbuf, p, 8)
+        if nbuf > (size - 16) // 8:
+            raise _errors.CorruptQueueError("out-of-band message with an impossible buffer count")
+        hdr = 8 + 8 * (nbuf + 1)
+        off = hdr
+        lens = []
+        for i in range(nbuf + 1):
+            memcpy(&ln, p + 8 + 8 * i, 8)
+            lens.append(ln)
+        off = hdr + (OOB_ALIGN - hdr % OOB_ALIGN) % OOB_ALIGN
+        pieces = []
+        for i in range(nbuf + 1):
+            ln = lens[i]
+            if ln > size or off > size - ln:
+                raise _errors.CorruptQueueError("out-of-band message with a buffer outside the payload")
+            if i == 0:
+                pieces.append(PyBytes_FromStringAndSize(<const char *>(p + off), <Py_ssize_t>ln))
+            else:
+                ba = PyByteArray_FromStringAndSize(NULL, <Py_ssize_t>ln)
+                dst = PyByteArray_AS_STRING(ba)
+                if ln < GIL_RELEASE_BYTES:
+                    memcpy(dst, p + off, ln)
+                else:
+                    with nogil:
+                        memcpy(dst, p + off, ln)
+                pieces.append(ba)
+            off += ln
+            off += (OOB_ALIGN - off % OOB_ALIGN) % OOB_ALIGN
+        return _loads(pieces[0], buffers=pieces[1:])
+
+    cdef object _get_one(self, uint64_t dl, bint *got):
+        cdef c.shmq_msg_t m
+        cdef int rc = c.shmq_get_begin(&self.seg, &m, 0)
+        got[0] = False
+        if rc == c.SHMQ_EMPTY and dl != 0:
+            while True:
+                self._active += 1
+                try:
+                    with nogil:
+                        rc = c.shmq_get_begin(&self.seg, &m, dl)
+                finally:
+                    if rc == c.SHMQ_OK:
+                        self._active -= 1   # the message pins the mapping until get_end below
+                    else:
+                        self._leave()
+                if rc == c.SHMQ_EINTR:
+                    PyErr_CheckSignals()
+                    self._check()
+                    continue
+                break
+            if rc != c.SHMQ_OK and self._closed:
+                self._check()
+        if rc == c.SHMQ_EMPTY:
+            return None
+        if rc != c.SHMQ_OK:
+            if rc == c.SHMQ_ECORRUPT:
+                raise _errors.CorruptQueueError(f"queue {self.path!r} failed validation during get")
+            if rc == c.SHMQ_ESYS:
+                raise _errors._oserror(self.seg.err, self.path)
+            raise _errors.ShmqError(f"get failed: {c.shmq_strerror(rc).decode()}")
+        got[0] = True
+        try:
+            return self._decode(&m)
+        finally:
+            c.shmq_get_end(&self.seg, &m)
+            if self._closed and self._active == 0 and self.opened:
+                c.shmq_seg_close(&self.seg)
+                self.opened = False
+
+    def get(self, block=True, timeout=None):
+        """Remove and return an item. Raises Empty (timeout/non-blocking), QueueClosedError."""
+        cdef uint64_t dl
+        cdef bint got
+        self._check()
+        _deadline(block, timeout, &dl)
+        obj = self._get_one(dl, &got)
+        if not got:
+            raise _errors.Empty()
+        return obj
+
+    def get_nowait(self):
+        cdef bint got
+        self._check()
+        obj = self._get_one(0, &got)
+        if not got:
+            raise _errors.Empty()
+        return obj
+
+    def get_many(self, Py_ssize_t max_items=64, timeout=None, block=True):
+        """Return a list of 1..max_items items as soon as at least one is there. Raises Empty."""
+        cdef uint64_t dl
+        cdef bint got
+        self._check()
+        if max_items < 1:
+            raise ValueError("max_items must be at least 1")
+        _deadline(block, timeout, &dl)
+        first = self._get_one(dl, &got)
+        if not got:
+            raise _errors.Empty()
+        out = [first]
+        while len(out) < max_items:
+            obj = self._get_one(0, &got)
+            if not got:
+                break
+            out.append(obj)
+        return out
+
+    # -- state ------------------------------------------------------------------------
+    def qsize(self):
+        self._check()
+        return c.shmq_depth(&self.seg)
+
+    def empty(self):
+        self._check()
+        return c.shmq_depth(&self.seg) == 0
+
+    def full(self):
+        self._check()
+        if self.seg.hdr.maxsize == 0:
+            return False
+        return c.shmq_depth(&self.seg) >= self.seg.hdr.maxsize
+
+    def _raw_stats(self):
+        cdef c.shmq_stats_t st
+        if not self.opened:
+            raise _errors.QueueClosedError(f"queue {self.path!r} is closed")
+        c.shmq_stats(&self.seg, &st)
+        return {
+            "depth": st.depth, "bytes_used": st.bytes_used, "capacity": st.capacity,
+            "file_size": st.file_size, "max_message": st.max_message, "maxsize": st.maxsize,
+            "enqueued": st.enqueued, "dequeued": st.dequeued, "repairs": st.repairs,
+            "corrupt_skipped": st.corrupt_skipped, "unfinished": st.unfinished,
+            "creator_pid": st.creator_pid, "created_at": st.created_at_ns / 1e9,
+            "attached": st.attached, "producers": st.producers, "consumers": st.consumers,
+            "areas": st.areas, "flags": st.flags, "kind": st.kind, "mode": st.mode,
+            "max_slots": st.max_slots,
+        }
+
+    def _validate(self):
+        cdef int rc = c.shmq_seg_validate(&self.seg)
+        if rc != c.SHMQ_OK:
+            self._raise_open(rc, self.path)
+
+    # -- JoinableQueue -----------------------------------------------------------------
+    def _task_done(self):
+        self._check()
+        if c.shmq_task_done(&self.seg) != c.SHMQ_OK:
+            raise ValueError("task_done() called too many times")
+
+    def _join(self, timeout=None):
+        cdef uint64_t dl
+        cdef int rc
+        self._check()
+        _deadline(True, timeout, &dl)
+        while True:
+            self._active += 1
+            try:
+                with nogil:
+                    rc = c.shmq_join(&self.seg, dl)
+            finally:
+                self._leave()
+            if rc == c.SHMQ_EINTR:
+                PyErr_CheckSignals()
+                self._check()
+                continue
+            if self._closed:
+                self._check()
+            return rc == c.SHMQ_OK

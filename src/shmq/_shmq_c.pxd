@@ -1,0 +1,109 @@
+# Extern declarations of the C core (csrc/*.h); names are identical to the C names.
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+
+cdef extern from "common.h" nogil:
+    enum:
+        SHMQ_OK
+        SHMQ_EMPTY
+        SHMQ_FULL
+        SHMQ_TIMEOUT
+        SHMQ_EINTR
+        SHMQ_ETOOBIG
+        SHMQ_ECORRUPT
+        SHMQ_EINCOMPAT
+        SHMQ_ESYS
+        SHMQ_ESLOTS
+        SHMQ_ESEALED
+        SHMQ_EINVAL
+        SHMQ_ENOMEM
+        SHMQ_ECLOSED
+        SHMQ_EAGAIN
+    const char *shmq_strerror(int rc)
+    uint64_t shmq_now_mono_ns()
+    uint64_t SHMQ_NO_DEADLINE
+
+cdef extern from "crashpoint.h" nogil:
+    int shmq_crash_count()
+    const char *shmq_crash_name(int i)
+    const char *shmq_crash_where(int i)
+
+cdef extern from "segment.h" nogil:
+    enum:
+        SHMQ_KIND_QUEUE
+        SHMQ_KIND_PRIORITY
+        SHMQ_KIND_TOPIC
+        SHMQ_F_GROWABLE
+        SHMQ_F_RAW
+        SHMQ_F_ANONYMOUS
+        SHMQ_F_JOINABLE
+        SHMQ_F_ACK
+        SHMQ_LAYOUT_VERSION
+    ctypedef struct shmq_header_t:
+        uint32_t flags
+        uint64_t maxsize
+        uint64_t max_message
+        int64_t creator_pid
+    ctypedef struct shmq_seg_t:
+        int fd
+        shmq_header_t *hdr
+        uint32_t slot
+        int err
+    ctypedef struct shmq_create_opts_t:
+        const char *path
+        uint32_t kind
+        uint32_t flags
+        uint64_t capacity
+        uint64_t max_message
+        uint64_t maxsize
+        uint32_t mode
+        uint32_t max_slots
+    int shmq_seg_create(shmq_seg_t *seg, const shmq_create_opts_t *o, int exist_ok, int *created)
+    int shmq_seg_open(shmq_seg_t *seg, const char *path, int fd)
+    int shmq_seg_attach(shmq_seg_t *seg)
+    void shmq_seg_close(shmq_seg_t *seg)
+    int shmq_seg_after_fork(shmq_seg_t *seg)
+    int shmq_seg_validate(shmq_seg_t *seg)
+
+cdef extern from "queue.h" nogil:
+    ctypedef struct shmq_iov_t:
+        const void *ptr
+        uint64_t len
+    ctypedef struct shmq_msg_t:
+        const uint8_t *data
+        uint64_t size
+        uint64_t id
+        uint64_t timestamp_ns
+        uint32_t kind
+        uint32_t delivery_count
+    ctypedef struct shmq_stats_t:
+        uint64_t depth
+        uint64_t bytes_used
+        uint64_t capacity
+        uint64_t file_size
+        uint64_t max_message
+        uint64_t maxsize
+        uint64_t enqueued
+        uint64_t dequeued
+        uint64_t repairs
+        uint64_t corrupt_skipped
+        uint64_t unfinished
+        int64_t creator_pid
+        uint64_t created_at_ns
+        uint32_t attached
+        uint32_t producers
+        uint32_t consumers
+        uint32_t areas
+        uint32_t flags
+        uint32_t kind
+        uint32_t mode
+        uint32_t max_slots
+    int shmq_put(shmq_seg_t *q, const shmq_iov_t *iov, uint32_t n, uint32_t kind, uint64_t deadline_ns, uint64_t *id_out)
+    int shmq_get_begin(shmq_seg_t *q, shmq_msg_t *m, uint64_t deadline_ns)
+    void shmq_get_end(shmq_seg_t *q, shmq_msg_t *m)
+    uint64_t shmq_depth(shmq_seg_t *q)
+    void shmq_stats(shmq_seg_t *q, shmq_stats_t *st)
+    int shmq_task_done(shmq_seg_t *q)
+    int shmq_join(shmq_seg_t *q, uint64_t deadline_ns)
+    void shmq_wake_all(shmq_seg_t *q)
+    void shmq_set_spin_ns(uint64_t ns)
+    uint64_t shmq_get_spin_ns()

@@ -1,0 +1,281 @@
+"""Queue, SimpleQueue and JoinableQueue: multiprocessing drop-ins and named queues."""
+import collections
+import copyreg
+import errno
+import io
+import os
+import pickle
+import threading
+import weakref
+from multiprocessing import context as _mp_context
+from multiprocessing import reduction as _reduction
+from multiprocessing import util as _mp_util
+
+from . import _core, _names
+from .errors import QueueClosedError, QueueNotFound, _oserror
+
+__all__ = ["Queue", "SimpleQueue", "JoinableQueue", "unlink", "DEFAULT_CAPACITY"]
+
+DEFAULT_CAPACITY = 64 * 1024 * 1024      # named queues (DESIGN §5.1)
+ANON_INITIAL_CAPACITY = 1024 * 1024      # anonymous queues start here and grow
+
+
+class _Pickler(pickle.Pickler):
+    # A live view of what ForkingPickler would use (its registered reducers first), without
+    # ForkingPickler's per-instance copy of the whole dispatch table.
+    dispatch_table = collections.ChainMap(_reduction.ForkingPickler._extra_reducers, copyreg.dispatch_table)
+
+
+def _make_pickler(f, buffer_callback):
+    return _Pickler(f, 5, buffer_callback=buffer_callback)
+
+
+_core._set_serializer(_make_pickler, pickle.loads, io.BytesIO)
+
+_live = weakref.WeakSet()          # open handles of this process (fork re-attach, exit close)
+_live_lock = threading.Lock()
+_exit_registered_pid = None
+_UNSET = object()
+
+
+def _close_all():
+    for q in list(_live):
+        try:
+            q.close()
+        except Exception:
+            pass
+
+
+def _ensure_exit_hook():
+    # multiprocessing children leave through os._exit after util._exit_function(), which runs
+    # Finalize callbacks; the main process runs it from atexit. Process._bootstrap clears the
+    # registry, so this is re-done per process (from the after-fork hook below).
+    global _exit_registered_pid
+    pid = os.getpid()
+    if _exit_registered_pid != pid:
+        _exit_registered_pid = pid
+        _mp_util.Finalize(None, _close_all, exitpriority=-100)
+
+
+def _after_fork_in_child():
+    for q in list(_live):
+        q._after_fork()
+
+
+def _after_mp_bootstrap(q):
+    _ensure_exit_hook()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _register(q):
+    with _live_lock:
+        _live.add(q)
+    _ensure_exit_hook()
+    _mp_util.register_after_fork(q, _after_mp_bootstrap)
+
+
+def unlink(name):
+    """Remove the named queue. Attached processes keep working until they close.
+
+    Raises QueueNotFound if there is no such queue, ValueError for an invalid name."""
+    _names.check_name(name)
+    try:
+        os.unlink(_names.path_of(name))
+    except OSError as e:
+        raise _oserror(e.errno, _names.path_of(name)) from None
+
+
+def _rebuild(cls, name, path, fdobj, maxsize_hint):
+    q = cls.__new__(cls)
+    fd = fdobj.detach() if fdobj is not None else -1
+    try:
+        if fd >= 0:
+            q._open(path, fd)
+        else:
+            try:
+                q._open(path)
+            except FileNotFoundError:
+                raise QueueNotFound(errno.ENOENT, f"queue {name or path!r} no longer exists "
+                                    "(its creator closed it before this process attached)", path) from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    q._setup(name, anonymous=name is None, owner=False)
+    return q
+
+
+class Queue(_core.Core):
+    """A process-shared FIFO queue in POSIX shared memory.
+
+    ``Queue()`` / ``Queue(maxsize)``: the multiprocessing drop-in (anonymous, unbounded bytes,
+    removed when its creating process closes it or exits). ``Queue("name", create=True, ...)``
+    creates a named queue; ``Queue("name")`` opens one.
+    """
+
+    _joinable = False
+
+    def __cinit__(self, *args, **kwargs):
+        pass
+
+    def __init__(self, name_or_maxsize=0, *, maxsize=None, create=False, exist_ok=False,
+                 capacity=_UNSET, max_message=None, mode=0o600, raw=False, max_participants=None, ctx=None):
+        if isinstance(name_or_maxsize, str):
+            name = _names.check_name(name_or_maxsize)
+            maxsize = 0 if maxsize is None else maxsize
+        elif isinstance(name_or_maxsize, int) and not isinstance(name_or_maxsize, bool):
+            if maxsize is not None and name_or_maxsize:
+                raise TypeError("maxsize given twice")
+            maxsize = name_or_maxsize if maxsize is None else maxsize
+            name = None
+        else:
+            raise TypeError(f"Queue() takes a maxsize (int) or a queue name (str), not {type(name_or_maxsize).__name__}")
+        if not isinstance(maxsize, int) or isinstance(maxsize, bool):
+            raise TypeError(f"maxsize must be an int, not {type(maxsize).__name__}")
+        maxsize = max(maxsize, 0)  # as multiprocessing: <= 0 means unbounded
+        if not isinstance(mode, int) or not 0 <= mode <= 0o777:
+            raise ValueError(f"mode must be a permission mode such as 0o600, got {mode!r}")
+        slots = 0
+        if max_participants is not None:
+            if not isinstance(max_participants, int) or not 1 <= max_participants <= 1023:
+                raise ValueError("max_participants must be an int from 1 to 1023")
+            slots = max_participants
+        mm = 0 if max_message is None else _names.parse_size(max_message, "max_message")
+        flags = (_core.F_RAW if raw else 0) | (_core.F_JOINABLE if self._joinable else 0)
+        if name is None:
+            if create:
+                raise ValueError("create=True needs a queue name")
+            cap = ANON_INITIAL_CAPACITY if capacity is _UNSET or capacity is None else _names.parse_size(capacity)
+            growable = capacity is _UNSET or capacity is None
+            flags |= _core.F_ANONYMOUS | (_core.F_GROWABLE if growable else 0)
+            path = _names.path_of(_names.anonymous_name())
+            self._create(path, _core.KIND_QUEUE, flags, cap, mm, maxsize, mode, slots, False)
+            self._setup(None, anonymous=True, owner=True)
+            return
+        path = _names.path_of(name)
+        if create:
+            if capacity is None:
+                flags |= _core.F_GROWABLE
+                cap = ANON_INITIAL_CAPACITY
+            else:
+                cap = DEFAULT_CAPACITY if capacity is _UNSET else _names.parse_size(capacity)
+            self._create(path, _core.KIND_QUEUE, flags, cap, mm, maxsize, mode, slots, exist_ok)
+        else:
+            try:
+                self._open(path)
+            except FileNotFoundError:
+                raise QueueNotFound(errno.ENOENT, f"no such queue: {name!r} (create it with create=True)", path) from None
+        self._setup(name, anonymous=False, owner=False)
+
+    def _setup(self, name, anonymous, owner):
+        self._name = name
+        self._anonymous = anonymous
+        self._owner_pid = os.getpid() if owner else None
+        _register(self)
+
+    # -- identity -----------------------------------------------------------------
+    @property
+    def name(self):
+        """The queue's name (None for an anonymous queue)."""
+        return self._name
+
+    def __repr__(self):
+        state = "closed" if self.closed else "open"
+        return f"<shmq.{type(self).__name__} {self._name or 'anonymous'} {state}>"
+
+    # -- lifecycle ----------------------------------------------------------------
+    def close(self):
+        """Close this handle; further use raises QueueClosedError. An anonymous queue is
+        removed when the process that created it closes it."""
+        if self._owner_pid is not None and self._owner_pid == os.getpid() and self.path:
+            self._owner_pid = None
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+        self._close()
+        with _live_lock:
+            _live.discard(self)
+
+    def join_thread(self):
+        """No feeder thread exists (puts land in shared memory at once); kept for the drop-in."""
+        assert self.closed, f"Queue {self!r} not closed"
+
+    def cancel_join_thread(self):
+        """No feeder thread exists; kept for the drop-in."""
+
+    def unlink(self):
+        """Remove this queue's name; attached processes keep working until they close."""
+        if self._name is None:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+        else:
+            unlink(self._name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            if self._owner_pid is not None and self._owner_pid == os.getpid() and self.path:
+                os.unlink(self.path)
+        except Exception:
+            pass
+
+    # -- pickling: handles travel to children and through other queues ---------------
+    def __reduce__(self):
+        if self.closed:
+            raise QueueClosedError(f"cannot pickle closed queue {self!r}")
+        fdobj = None
+        popen = _mp_context.get_spawning_popen()
+        if popen is not None:
+            # While spawning, send the segment itself (a descriptor with no locks on it), so a
+            # child that starts after we closed the queue still reaches it.
+            fd = os.open(f"/proc/self/fd/{self._fd}", os.O_RDWR | os.O_CLOEXEC)
+            _mp_util.Finalize(popen, os.close, (fd,))
+            fdobj = _reduction.DupFd(fd)
+        return (_rebuild, (type(self), self._name, self.path, fdobj, None))
+
+    # -- monitoring ------------------------------------------------------------------
+    def stats(self):
+        """Counters of this queue (see docs/guide/monitoring.md)."""
+        s = self._raw_stats()
+        s["name"] = self._name
+        return s
+
+
+class SimpleQueue(Queue):
+    """Drop-in for multiprocessing.SimpleQueue: put(obj), get(), empty(), close()."""
+
+    def __init__(self, *, ctx=None, **kwargs):
+        super().__init__(0, ctx=ctx, **kwargs)
+
+    def put(self, obj):
+        Queue.put(self, obj)
+
+    def get(self):
+        return Queue.get(self)
+
+
+class JoinableQueue(Queue):
+    """Drop-in for multiprocessing.JoinableQueue: adds task_done() and join()."""
+
+    _joinable = True
+
+    def task_done(self):
+        """Mark one item as processed. Raises ValueError if called more often than put."""
+        self._task_done()
+
+    def join(self, timeout=None):
+        """Block until every item put has been task_done()'d. With a timeout, return False if
+        it passed first (multiprocessing's join has no timeout and returns None)."""
+        ok = self._join(timeout)
+        if timeout is not None:
+            return ok
+        return None
