@@ -90,6 +90,7 @@ static inline void wake_putters(shmq_seg_t *q)
 void shmq_wake_all(shmq_seg_t *q)
 {
     shmq_header_t *h = q->hdr;
+    __atomic_store_n(&q->closing, 1, __ATOMIC_SEQ_CST);
     shmq_fetch_add_seq(&h->not_empty_seq, 1);
     shmq_futex_wake(&h->not_empty_seq, INT32_MAX);
     shmq_fetch_add_seq(&h->not_full_seq, 1);
@@ -120,6 +121,8 @@ static int sleep_until(shmq_seg_t *q, uint32_t *seqw, uint32_t *waiters, uint32_
         rc = shmq_futex_wait(seqw, seq, deadline_ns);
         if (rc == SHMQ_OK)
             rc = SHMQ_EAGAIN;
+        if (__atomic_load_n(&q->closing, __ATOMIC_SEQ_CST))
+            rc = SHMQ_ECLOSED; /* this handle is being closed by another thread */
     }
     if (sl) {
         shmq_store_relaxed(&sl->run_state, SHMQ_RUN_RUNNING);

@@ -82,7 +82,8 @@ void shmq_stats(shmq_seg_t *q, shmq_stats_t *st);
 int shmq_task_done(shmq_seg_t *q);
 /* SHMQ_OK when every put was task_done'd, SHMQ_TIMEOUT, SHMQ_EINTR. */
 int shmq_join(shmq_seg_t *q, uint64_t deadline_ns);
-/* Wake every sleeper of this queue (used by close so blocked threads notice). */
+/* Mark this handle closing and wake every sleeper of the queue: this handle's blocked calls
+ * return SHMQ_ECLOSED (other processes' sleepers wake, find nothing and sleep again). */
 void shmq_wake_all(shmq_seg_t *q);
 /* Spin budget for blocking gets (ns); 0 disables spinning. Process-wide. */
 void shmq_set_spin_ns(uint64_t ns);

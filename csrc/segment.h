@@ -227,7 +227,8 @@ typedef struct {
     uint32_t owner;           /* shmq_owner_make(slot, gen) */
     shmq_area_t areas[SHMQ_MAX_AREAS];
     int err;                  /* errno of the last SHMQ_ESYS */
-    int map_busy;             /* process-local: serialises first mappings of an area between threads */
+    int map_busy;
+    int closing;              /* process-local: set by close so this handle's blocked waits return SHMQ_ECLOSED */             /* process-local: serialises first mappings of an area between threads */
 } shmq_seg_t;
 
 /* Create (exist_ok: open an existing one instead of failing with EEXIST in seg->err). */
