@@ -68,6 +68,18 @@ static void desc_release(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d)
     shmq_exchange_seq(&d->word, shmq_desc_word(shmq_desc_dgen(w), SHMQ_D_FREE, 0));
 }
 
+/* Publish the CPU we run on (spin policy of the other side). sched_getcpu is a TLS read with
+ * rseq (glibc >= 2.35); the slot line is written only when the CPU changed. */
+static inline void note_cpu(shmq_seg_t *q)
+{
+    if (q->slot == UINT32_MAX)
+        return;
+    uint32_t cpu = (uint32_t)shmq_current_cpu();
+    uint32_t *w = &q->slots[q->slot].cpu;
+    if (shmq_load_relaxed(w) != cpu)
+        shmq_store_relaxed(w, cpu);
+}
+
 static inline void wake_getters(shmq_seg_t *q)
 {
     shmq_header_t *h = q->hdr;
@@ -278,6 +290,7 @@ static int put_commit(shmq_seg_t *q, put_ctx *c, uint64_t *id_out)
     SHMQ_CRASH_POINT(after_commit);
     if (q->slot != UINT32_MAX)
         shmq_fetch_add_relaxed(&q->slots[q->slot].enqueued, 1);
+    note_cpu(q);
     if (id_out)
         *id_out = id;
     c->a = NULL;
@@ -406,13 +419,15 @@ static int get_check(shmq_seg_t *q, void *ctx)
     return rc == SHMQ_EMPTY ? SHMQ_EAGAIN : rc;
 }
 
-/* Spin only if another participant runs on another CPU and we may run on more than one. */
+/* Spin only if another participant is running (not asleep in shmq) on another CPU than ours:
+ * then the spin cannot take CPU time from it. A process pinned to one CPU may still spin
+ * against a counterpart pinned to another; on a one-CPU machine nobody spins. */
 static int worth_spinning(shmq_seg_t *q)
 {
-    if (shmq_get_spin_ns() == 0 || shmq_cpus_allowed() < 2 || q->slot == UINT32_MAX)
+    if (shmq_get_spin_ns() == 0 || shmq_cpus_online() < 2 || q->slot == UINT32_MAX)
         return 0;
     int me = shmq_current_cpu();
-    shmq_store_relaxed(&q->slots[q->slot].cpu, (uint32_t)me);
+    note_cpu(q);
     uint32_t hwm = shmq_load_relaxed(&q->hdr->slot_hwm);
     if (hwm > q->max_slots)
         hwm = q->max_slots; /* untrusted */
@@ -480,6 +495,7 @@ void shmq_get_end(shmq_seg_t *q, shmq_msg_t *m)
         __atomic_fetch_sub(&h->count, 1, __ATOMIC_SEQ_CST);
     if (q->slot != UINT32_MAX)
         shmq_fetch_add_relaxed(&q->slots[q->slot].dequeued, 1);
+    note_cpu(q);
     if (!(h->flags & SHMQ_F_GROWABLE) || h->maxsize)
         wake_putters(q);
     m->d = NULL;

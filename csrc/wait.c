@@ -56,4 +56,17 @@ int shmq_cpus_allowed(void)
 
 void shmq_cpus_allowed_reset(void) { __atomic_store_n(&cpus_cached, 0, __ATOMIC_RELAXED); }
 
+int shmq_cpus_online(void)
+{
+    static int n = 0;
+    int c = __atomic_load_n(&n, __ATOMIC_RELAXED);
+    if (c <= 0) {
+        c = (int)sysconf(_SC_NPROCESSORS_ONLN);
+        if (c < 1)
+            c = 1;
+        __atomic_store_n(&n, c, __ATOMIC_RELAXED);
+    }
+    return c;
+}
+
 int shmq_current_cpu(void) { return sched_getcpu(); }

@@ -30,6 +30,8 @@ void shmq_futex_wake(uint32_t *word, int n);
 /* How many CPUs this process may run on (cached after the first call; refreshed after fork). */
 int shmq_cpus_allowed(void);
 void shmq_cpus_allowed_reset(void);
+/* CPUs online on the machine (cached). */
+int shmq_cpus_online(void);
 /* Current CPU or -1. */
 int shmq_current_cpu(void);
 
