@@ -2,6 +2,7 @@
 #include "queue.h"
 
 #include <sched.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "arena.h"
@@ -131,6 +132,12 @@ static int sleep_until(shmq_seg_t *q, uint32_t *seqw, uint32_t *waiters, uint32_
     int rc = check(q, ctx);
     if (rc == SHMQ_EAGAIN) {
         rc = shmq_futex_wait(seqw, seq, deadline_ns);
+        if (rc == SHMQ_OK && shmq_now_mono_ns() - q->last_liveness_ns >= SHMQ_LIVENESS_SLICE_NS) {
+            /* Asleep for a slice: look for dead participants and repair them (they may hold
+             * the room or descriptors we wait for). At most one sweep per slice per handle. */
+            q->last_liveness_ns = shmq_now_mono_ns();
+            shmq_repair_dead(q);
+        }
         if (rc == SHMQ_OK)
             rc = SHMQ_EAGAIN;
         if (__atomic_load_n(&q->closing, __ATOMIC_SEQ_CST))
@@ -253,10 +260,11 @@ static int put_commit(shmq_seg_t *q, put_ctx *c, uint64_t *id_out)
     d->flags = 0;
     d->delivery_count = 0;
     d->hdr_size = 0;
-    if (h->flags & SHMQ_F_JOINABLE)
-        shmq_fetch_add_seq(&h->unfinished, 1);
     /* release: payload and fields before the READY state a consumer's CAS acquires */
     shmq_store_release(&d->word, shmq_desc_word(c->dgen, SHMQ_D_READY, q->owner));
+    /* After READY: repair counts a READY descriptor of a dead producer as counted (wait.h). */
+    if (h->flags & SHMQ_F_JOINABLE)
+        shmq_fetch_add_seq(&h->unfinished, 1);
     uint64_t handle = shmq_handle_make((uint32_t)(a - q->areas), c->idx, c->dgen);
     for (;;) {
         uint32_t ai = shmq_load_acquire(&h->area_tail);
@@ -590,6 +598,65 @@ int shmq_join(shmq_seg_t *q, uint64_t deadline_ns)
 
 /* ---------------------------------------------------------------- repair */
 
+/* Mark, per area, the descriptors referenced by a FULL cell of any ring (bitmap, 1 bit each).
+ * untrusted: handles naming no valid descriptor are ignored. Caller frees. */
+static uint8_t **referenced_map(shmq_seg_t *q)
+{
+    shmq_header_t *h = q->hdr;
+    uint32_t tail = shmq_load_acquire(&h->area_tail);
+    uint8_t **maps = calloc(SHMQ_MAX_AREAS, sizeof *maps);
+    if (!maps)
+        return NULL;
+    for (uint32_t i = 0; i <= tail && i < h->max_areas; i++) {
+        int rc;
+        shmq_area_t *a = shmq_seg_area(q, i, &rc);
+        if (a)
+            maps[i] = calloc((a->n_desc + 7) / 8, 1);
+    }
+    for (uint32_t i = 0; i <= tail && i < h->max_areas; i++) {
+        int rc;
+        shmq_area_t *a = shmq_seg_area(q, i, &rc);
+        if (!a)
+            continue;
+        uint64_t n = a->ring.mask + 1;
+        for (uint64_t k = 0; k < n; k++) {
+            uint64_t w = shmq_load_acquire(&a->ring.cells[k].word);
+            if (shmq_cell_state(w) != SHMQ_CELL_FULL)
+                continue;
+            uint64_t hd = shmq_load_relaxed(&a->ring.cells[k].handle);
+            uint32_t ai = shmq_handle_area(hd), idx = shmq_handle_idx(hd);
+            if (ai < SHMQ_MAX_AREAS && maps[ai] && q->areas[ai].base && idx < q->areas[ai].n_desc)
+                maps[ai][idx / 8] |= (uint8_t)(1u << (idx % 8));
+        }
+    }
+    return maps;
+}
+
+static void free_maps(uint8_t **maps)
+{
+    if (!maps)
+        return;
+    for (uint32_t i = 0; i < SHMQ_MAX_AREAS; i++)
+        free(maps[i]);
+    free(maps);
+}
+
+static void free_dead_desc(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d, uint64_t w, int was_ready)
+{
+    shmq_header_t *h = q->hdr;
+    uint64_t exp = w;
+    /* First win the descriptor (a live consumer may take a READY one at the same moment), then
+     * return its chunk: nobody else can reach a descriptor we moved to WRITING(us). */
+    if (!shmq_cas_acq_rel(&d->word, &exp, shmq_desc_word(shmq_desc_dgen(w), SHMQ_D_WRITING, q->owner)))
+        return;
+    chunk_free(q, a, d);
+    shmq_exchange_seq(&d->word, shmq_desc_word(shmq_desc_dgen(w), SHMQ_D_FREE, 0));
+    if (h->maxsize)
+        __atomic_fetch_sub(&h->count, 1, __ATOMIC_SEQ_CST);
+    if (was_ready && (h->flags & SHMQ_F_JOINABLE))
+        __atomic_fetch_sub(&h->unfinished, 1, __ATOMIC_SEQ_CST);
+}
+
 void shmq_queue_repair_slot(shmq_seg_t *q, uint32_t s)
 {
     shmq_header_t *h = q->hdr;
@@ -597,6 +664,7 @@ void shmq_queue_repair_slot(shmq_seg_t *q, uint32_t s)
     shmq_slot_t *sl = &q->slots[s];
     uint32_t dead = shmq_owner_make(s, shmq_load_relaxed(&sl->gen));
     uint32_t tail = shmq_load_acquire(&h->area_tail);
+    int any_ready = 0;
     for (uint32_t i = 0; i <= tail && i < h->max_areas; i++) {
         int rc;
         shmq_area_t *a = shmq_seg_area(q, i, &rc);
@@ -605,21 +673,108 @@ void shmq_queue_repair_slot(shmq_seg_t *q, uint32_t s)
         for (uint32_t k = 0; k < a->n_desc; k++) {
             shmq_desc_t *d = desc_at(a, k);
             uint64_t w = shmq_load_acquire(&d->word);
-            uint32_t st = shmq_desc_state(w);
-            if ((st != SHMQ_D_WRITING && st != SHMQ_D_READING) || shmq_desc_owner(w) != dead)
+            if (shmq_desc_owner(w) != dead)
                 continue;
-            /* The dead process's put had not returned (WRITING) or its taken message is the one
-             * at-most-once may lose (READING): free the descriptor and its chunk. */
-            chunk_free(q, a, d);
-            uint64_t exp = w;
-            shmq_cas_acq_rel(&d->word, &exp, shmq_desc_word(shmq_desc_dgen(w), SHMQ_D_FREE, 0));
-            if (h->maxsize)
-                __atomic_fetch_sub(&h->count, 1, __ATOMIC_SEQ_CST);
+            uint32_t st = shmq_desc_state(w);
+            if (st == SHMQ_D_WRITING || st == SHMQ_D_READING)
+                /* WRITING: the dead put had not returned. READING: the message the dead
+                 * consumer had taken, the one at-most-once delivery may lose. */
+                free_dead_desc(q, a, d, w, 0);
+            else if (st == SHMQ_D_READY)
+                any_ready = 1;
         }
+    }
+    if (any_ready) {
+        /* READY but in no ring: the producer died between READY and its publishing CAS. A dead
+         * producer can publish nothing more, so "not referenced now" means never. */
+        uint8_t **maps = referenced_map(q);
+        for (uint32_t i = 0; maps && i <= tail && i < h->max_areas; i++) {
+            shmq_area_t *a = q->areas[i].base ? &q->areas[i] : NULL;
+            if (!a || !maps[i])
+                continue;
+            for (uint32_t k = 0; k < a->n_desc; k++) {
+                shmq_desc_t *d = desc_at(a, k);
+                uint64_t w = shmq_load_acquire(&d->word);
+                if (shmq_desc_owner(w) == dead && shmq_desc_state(w) == SHMQ_D_READY && !(maps[i][k / 8] & (1u << (k % 8))))
+                    free_dead_desc(q, a, d, w, 1);
+            }
+        }
+        free_maps(maps);
     }
     shmq_seg_fold_slot(q, s);
     shmq_store_seq(&sl->state, SHMQ_SLOT_FREE);
     __atomic_fetch_add(&h->repairs, 1, __ATOMIC_RELAXED);
     shmq_store_relaxed(&h->last_repair_ns, shmq_now_mono_ns() - t0);
     wake_putters(q);
+}
+
+int shmq_repair_dead(shmq_seg_t *q)
+{
+    int n = 0;
+    uint32_t hwm = shmq_load_relaxed(&q->hdr->slot_hwm);
+    if (hwm > q->max_slots)
+        hwm = q->max_slots; /* untrusted */
+    for (uint32_t s = 0; s < hwm; s++) {
+        if (s == q->slot || shmq_load_acquire(&q->slots[s].state) != SHMQ_SLOT_ATTACHED)
+            continue;
+        if (shmq_seg_slot_alive(q, s))
+            continue;
+        /* Elect the repairer: whoever takes the dead slot's lock byte. If this process dies while
+         * repairing, the kernel drops the byte and the next one redoes the (idempotent) work. */
+        if (shmq_seg_lock_slot(q, s) != SHMQ_OK)
+            continue;
+        if (shmq_load_acquire(&q->slots[s].state) == SHMQ_SLOT_ATTACHED) {
+            shmq_queue_repair_slot(q, s);
+            n++;
+        }
+        shmq_seg_unlock_slot(q, s);
+    }
+    return n;
+}
+
+/* Consistency walk for tests and `shmq stat --check`: call while no one else operates. */
+void shmq_check(shmq_seg_t *q, shmq_check_t *out)
+{
+    shmq_header_t *h = q->hdr;
+    memset(out, 0, sizeof *out);
+    uint8_t **maps = referenced_map(q);
+    uint32_t tail = shmq_load_acquire(&h->area_tail);
+    for (uint32_t i = 0; i <= tail && i < h->max_areas; i++) {
+        int rc;
+        shmq_area_t *a = shmq_seg_area(q, i, &rc);
+        if (!a) {
+            out->bad_areas++;
+            continue;
+        }
+        uint64_t used = 0;
+        for (uint32_t k = 0; k < a->n_desc; k++) {
+            shmq_desc_t *d = desc_at(a, k);
+            uint64_t w = shmq_load_acquire(&d->word);
+            uint32_t st = shmq_desc_state(w);
+            if (st == SHMQ_D_FREE) {
+                out->free_desc++;
+                continue;
+            }
+            if (st == SHMQ_D_READY) {
+                out->ready_desc++;
+                if (maps && maps[i] && !(maps[i][k / 8] & (1u << (k % 8))))
+                    out->orphan_ready++;
+            } else {
+                out->owned_desc++;
+                if (!shmq_seg_owner_alive(q, shmq_desc_owner(w)))
+                    out->dead_owned++;
+            }
+            if (d->chunk != SHMQ_NO_CHUNK) {
+                if (shmq_arena_ref_valid(a, d->chunk, d->chunk_order))
+                    used += 1ull << d->chunk_order;
+                else
+                    out->bad_chunks++;
+            }
+        }
+        uint64_t fu = shmq_arena_free_units(a);
+        if (used + fu != a->arena_units)
+            out->arena_mismatch++;
+        out->queued += shmq_ring_count(&a->ring);
+    }
+    free_maps(maps);
 }

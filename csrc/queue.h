@@ -70,6 +70,18 @@ typedef struct {
     uint32_t max_slots;
 } shmq_stats_t;
 
+typedef struct {
+    uint64_t free_desc;
+    uint64_t ready_desc;
+    uint64_t owned_desc;    /* WRITING/READING (in someone's hands) */
+    uint64_t dead_owned;    /* ... of which the owner is dead (repair pending) */
+    uint64_t orphan_ready;  /* READY but referenced by no ring cell */
+    uint64_t bad_chunks;    /* descriptor chunk references outside the arena */
+    uint64_t arena_mismatch;/* areas whose free + referenced units != arena size */
+    uint64_t bad_areas;     /* areas that fail validation */
+    uint64_t queued;        /* ring count over all areas */
+} shmq_check_t;
+
 /* deadline_ns: 0 = do not wait, SHMQ_NO_DEADLINE = wait forever, else absolute monotonic. */
 /* SHMQ_OK, SHMQ_FULL/SHMQ_TIMEOUT (no room in time), SHMQ_ETOOBIG, SHMQ_EINTR, SHMQ_ENOMEM, SHMQ_ESYS. */
 int shmq_put(shmq_seg_t *q, const shmq_iov_t *iov, uint32_t n, uint32_t kind, uint64_t deadline_ns, uint64_t *id_out);
@@ -85,6 +97,11 @@ int shmq_join(shmq_seg_t *q, uint64_t deadline_ns);
 /* Mark this handle closing and wake every sleeper of the queue: this handle's blocked calls
  * return SHMQ_ECLOSED (other processes' sleepers wake, find nothing and sleep again). */
 void shmq_wake_all(shmq_seg_t *q);
+/* Repair every dead participant this process can elect itself for; returns how many. Blocking
+ * calls run it every liveness slice while asleep; `shmq_check` callers run it first. */
+int shmq_repair_dead(shmq_seg_t *q);
+/* Consistency walk (quiescent queue): counts of what is where; see shmq_check_t. */
+void shmq_check(shmq_seg_t *q, shmq_check_t *out);
 /* Spin budget for blocking gets (ns); 0 disables spinning. Process-wide. */
 void shmq_set_spin_ns(uint64_t ns);
 uint64_t shmq_get_spin_ns(void);

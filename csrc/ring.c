@@ -150,6 +150,8 @@ int shmq_ring_valid(const shmq_ring_t *r)
 {
     uint64_t hd = shmq_load_acquire(r->head);
     uint64_t t = shmq_load_acquire(r->tail);
-    /* untrusted: a consistent ring has head <= tail <= head + size (+1 for a tail being helped). */
-    return t >= hd && t - hd <= r->mask + 2;
+    /* untrusted: a consistent ring has head - 1 <= tail <= head + size + 1. A producer that
+     * died between its publishing CAS and its tail CAS leaves tail one behind; consumers may
+     * then take that cell and move head one past tail until the next producer helps. */
+    return t + 1 >= hd && t <= hd + r->mask + 2;
 }

@@ -478,6 +478,19 @@ static int lock_byte(int fd, uint32_t s, short type, int cmd, struct flock *out)
     return r;
 }
 
+int shmq_seg_lock_slot(shmq_seg_t *seg, uint32_t s)
+{
+    if (s >= seg->max_slots)
+        return SHMQ_EINVAL;
+    return lock_byte(seg->fd, s, F_WRLCK, F_OFD_SETLK, NULL) == 0 ? SHMQ_OK : SHMQ_EAGAIN;
+}
+
+void shmq_seg_unlock_slot(shmq_seg_t *seg, uint32_t s)
+{
+    if (s < seg->max_slots && s != seg->slot)
+        lock_byte(seg->fd, s, F_UNLCK, F_OFD_SETLK, NULL);
+}
+
 int shmq_seg_slot_alive(shmq_seg_t *seg, uint32_t s)
 {
     if (s >= seg->max_slots)

@@ -228,7 +228,8 @@ typedef struct {
     shmq_area_t areas[SHMQ_MAX_AREAS];
     int err;                  /* errno of the last SHMQ_ESYS */
     int map_busy;
-    int closing;              /* process-local: set by close so this handle's blocked waits return SHMQ_ECLOSED */             /* process-local: serialises first mappings of an area between threads */
+    int closing;
+    uint64_t last_liveness_ns; /* process-local: last dead-participant sweep of this handle */              /* process-local: set by close so this handle's blocked waits return SHMQ_ECLOSED */             /* process-local: serialises first mappings of an area between threads */
 } shmq_seg_t;
 
 /* Create (exist_ok: open an existing one instead of failing with EEXIST in seg->err). */
@@ -251,6 +252,9 @@ shmq_area_t *shmq_seg_area(shmq_seg_t *seg, uint32_t i, int *rc);
 int shmq_seg_grow(shmq_seg_t *seg, uint32_t from, uint64_t need);
 /* 1 if the participant owning owner id is alive (or owner is 0), 0 if dead. */
 int shmq_seg_owner_alive(shmq_seg_t *seg, uint32_t owner);
+/* Take / release slot s's lock byte without attaching (repairer election). */
+int shmq_seg_lock_slot(shmq_seg_t *seg, uint32_t s);
+void shmq_seg_unlock_slot(shmq_seg_t *seg, uint32_t s);
 /* 1 if slot s currently has a live holder. */
 int shmq_seg_slot_alive(shmq_seg_t *seg, uint32_t s);
 /* Fold slot s's counters and waiter entries into the header (detach and repair). */

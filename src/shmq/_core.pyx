@@ -548,6 +548,23 @@ cdef class Core:
             "max_slots": st.max_slots,
         }
 
+    def _repair(self):
+        """Repair every dead participant we can; returns how many were repaired."""
+        if not self.opened:
+            raise _errors.QueueClosedError(f"queue {self.path!r} is closed")
+        return c.shmq_repair_dead(&self.seg)
+
+    def _consistency(self):
+        """Consistency walk (call on a quiescent queue): counts of descriptors by state,
+        orphans, chunk and arena mismatches."""
+        cdef c.shmq_check_t ck
+        if not self.opened:
+            raise _errors.QueueClosedError(f"queue {self.path!r} is closed")
+        c.shmq_check(&self.seg, &ck)
+        return {"free_desc": ck.free_desc, "ready_desc": ck.ready_desc, "owned_desc": ck.owned_desc,
+                "dead_owned": ck.dead_owned, "orphan_ready": ck.orphan_ready, "bad_chunks": ck.bad_chunks,
+                "arena_mismatch": ck.arena_mismatch, "bad_areas": ck.bad_areas, "queued": ck.queued}
+
     def _validate(self):
         cdef int rc = c.shmq_seg_validate(&self.seg)
         if rc != c.SHMQ_OK:

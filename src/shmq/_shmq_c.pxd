@@ -97,6 +97,18 @@ cdef extern from "queue.h" nogil:
         uint32_t kind
         uint32_t mode
         uint32_t max_slots
+    ctypedef struct shmq_check_t:
+        uint64_t free_desc
+        uint64_t ready_desc
+        uint64_t owned_desc
+        uint64_t dead_owned
+        uint64_t orphan_ready
+        uint64_t bad_chunks
+        uint64_t arena_mismatch
+        uint64_t bad_areas
+        uint64_t queued
+    int shmq_repair_dead(shmq_seg_t *q)
+    void shmq_check(shmq_seg_t *q, shmq_check_t *out)
     int shmq_put(shmq_seg_t *q, const shmq_iov_t *iov, uint32_t n, uint32_t kind, uint64_t deadline_ns, uint64_t *id_out)
     int shmq_get_begin(shmq_seg_t *q, shmq_msg_t *m, uint64_t deadline_ns)
     void shmq_get_end(shmq_seg_t *q, shmq_msg_t *m)
