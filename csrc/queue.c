@@ -732,6 +732,68 @@ int shmq_repair_dead(shmq_seg_t *q)
     return n;
 }
 
+int shmq_peek(shmq_seg_t *q, uint64_t n, shmq_peek_t *out, void *buf, uint64_t cap)
+{
+    shmq_header_t *h = q->hdr;
+    uint32_t head = shmq_load_acquire(&h->area_head), tail = shmq_load_acquire(&h->area_tail);
+    for (uint32_t ai = head; ai <= tail && ai < h->max_areas; ai++) {
+        int rc;
+        shmq_area_t *a = shmq_seg_area(q, ai, &rc);
+        if (!a)
+            return rc;
+        uint64_t hd = shmq_load_acquire(a->ring.head), t = shmq_load_acquire(a->ring.tail);
+        for (uint64_t pos = hd; pos < t + 1 && pos < hd + a->ring.mask + 1; pos++) {
+            shmq_cell_t *c = &a->ring.cells[pos & a->ring.mask];
+            uint64_t w = shmq_load_acquire(&c->word);
+            if (shmq_cell_state(w) != SHMQ_CELL_FULL || shmq_cell_lap(w) != (uint32_t)(pos >> a->ring.log2))
+                continue;
+            uint64_t handle = shmq_load_relaxed(&c->handle);
+            if (shmq_load_acquire(&c->word) != w)
+                return SHMQ_EAGAIN;
+            if (n-- > 0)
+                continue;
+            /* untrusted: the handle and the descriptor are checked like a consumer checks them */
+            shmq_area_t *da = shmq_seg_area(q, shmq_handle_area(handle), &rc);
+            if (!da || shmq_handle_idx(handle) >= da->n_desc)
+                return SHMQ_ECORRUPT;
+            shmq_desc_t *d = desc_at(da, shmq_handle_idx(handle));
+            uint64_t dw = shmq_load_acquire(&d->word);
+            if (shmq_desc_state(dw) != SHMQ_D_READY || shmq_desc_dgen(dw) != (shmq_handle_dgen(handle) & SHMQ_DGEN_MASK))
+                return SHMQ_EAGAIN;
+            uint64_t size = d->size;
+            uint32_t chunk = d->chunk, order = d->chunk_order;
+            if (chunk == SHMQ_NO_CHUNK ? size > SHMQ_INLINE_MAX
+                                       : (!shmq_arena_ref_valid(da, chunk, order) || size > ((uint64_t)SHMQ_ARENA_UNIT << order)))
+                return SHMQ_ECORRUPT;
+            const uint8_t *src = chunk == SHMQ_NO_CHUNK ? d->inline_data : da->arena + (uint64_t)chunk * SHMQ_ARENA_UNIT;
+            out->id = d->id;
+            out->timestamp_ns = d->timestamp_ns;
+            out->kind = d->kind;
+            out->delivery_count = d->delivery_count;
+            out->size = size;
+            out->copied = size < cap ? size : cap;
+            memcpy(buf, src, out->copied);
+            /* acquire fence: the copy above happens before the re-check below */
+            __atomic_thread_fence(__ATOMIC_ACQUIRE);
+            if (shmq_load_relaxed(&d->word) != dw)
+                return SHMQ_EAGAIN; /* taken (and maybe re-used) while we copied */
+            return SHMQ_OK;
+        }
+    }
+    return SHMQ_EMPTY;
+}
+
+uint64_t shmq_purge(shmq_seg_t *q)
+{
+    uint64_t n = 0;
+    shmq_msg_t m;
+    while (shmq_get_begin(q, &m, 0) == SHMQ_OK) {
+        shmq_get_end(q, &m);
+        n++;
+    }
+    return n;
+}
+
 /* Consistency walk for tests and `shmq stat --check`: call while no one else operates. */
 void shmq_check(shmq_seg_t *q, shmq_check_t *out)
 {

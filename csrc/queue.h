@@ -97,6 +97,21 @@ int shmq_join(shmq_seg_t *q, uint64_t deadline_ns);
 /* Mark this handle closing and wake every sleeper of the queue: this handle's blocked calls
  * return SHMQ_ECLOSED (other processes' sleepers wake, find nothing and sleep again). */
 void shmq_wake_all(shmq_seg_t *q);
+typedef struct {
+    uint64_t id;
+    uint64_t timestamp_ns;
+    uint64_t size;      /* full payload size */
+    uint64_t copied;    /* bytes copied into the caller's buffer (a prefix when it is smaller) */
+    uint32_t kind;
+    uint32_t delivery_count;
+} shmq_peek_t;
+
+/* Copy the n-th queued message (0 = next to be delivered) without taking it. Re-checks the
+ * descriptor's generation after the copy, so a message taken meanwhile is never half-reported.
+ * SHMQ_OK, SHMQ_EMPTY (fewer than n+1 messages), SHMQ_EAGAIN (the queue moved: call again). */
+int shmq_peek(shmq_seg_t *q, uint64_t n, shmq_peek_t *out, void *buf, uint64_t cap);
+/* Take and discard every message queued now; returns how many. */
+uint64_t shmq_purge(shmq_seg_t *q);
 /* Repair every dead participant this process can elect itself for; returns how many. Blocking
  * calls run it every liveness slice while asleep; `shmq_check` callers run it first. */
 int shmq_repair_dead(shmq_seg_t *q);

@@ -54,7 +54,7 @@ def _in_our_tree(pid):
 
 def _foreign(seg):
     """A segment made by a live process outside this test run (another user of the machine)."""
-    m = re.search(r"@(\d+)-", seg)
+    m = re.match(r"shmq\.(?:@|t-)(\d+)-", seg)
     if not m:
         return False
     pid = int(m.group(1))

@@ -3,11 +3,12 @@ from ._core import crash_points, get_spin_us, set_spin_us
 from .errors import (CorruptQueueError, Empty, Full, IncompatibleQueueError, LeaseExpiredError,
                      MessageTooLargeError, QueueClosedError, QueueMemoryError, QueueNotFound, ShmqError)
 from .queue import JoinableQueue, Queue, SimpleQueue, unlink
+from .stats import QueueInfo, list_queues
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Queue", "SimpleQueue", "JoinableQueue", "unlink",
+    "Queue", "SimpleQueue", "JoinableQueue", "unlink", "list_queues", "QueueInfo",
     "ShmqError", "Empty", "Full", "QueueClosedError", "QueueNotFound", "CorruptQueueError",
     "IncompatibleQueueError", "MessageTooLargeError", "QueueMemoryError", "LeaseExpiredError",
     "crash_points", "set_spin_us", "get_spin_us", "__version__",

@@ -922,7 +922,11 @@ def machine_info():
         peers["numpy"] = numpy.__version__
     except ImportError:
         peers["numpy"] = "skipped: not installed"
-    return {"cpu_model": cpu, "cores": os.cpu_count(), "usable_cpus": _cpus(),
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = None
+    return {"cpu_model": cpu, "cores": os.cpu_count(), "usable_cpus": _cpus(), "loadavg_at_start": load,
             "python": sys.version.split()[0], "implementation": platform.python_implementation(),
             "platform": platform.platform(), "kernel": platform.release(), "peers": peers}
 
@@ -1080,14 +1084,83 @@ class Suite:
         if "ckernel" in self.only:
             self.log("C core alone (csrc/tests/bench_ring.c)")
             try:
-                self.results["ckernel"] = ckernel(2_000_000 if self.quick else 10_000_000, 1 if self.quick else 3)
+                self.results["ckernel"] = ckernel(2_000_000 if self.quick else 5_000_000, 1 if self.quick else 3)
             except Skip as e:
                 self.results["skipped"].append({"peer": "C core", "workload": "ckernel", "reason": str(e)})
             except Exception as e:
                 self.results["skipped"].append({"peer": "C core", "workload": "ckernel",
                                                 "reason": f"FAILED: {str(e).strip().splitlines()[-1]}"})
         self.results["elapsed_s"] = time.monotonic() - t_start
+        try:
+            self.results["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        except OSError:
+            pass
         return self.results
+
+
+def goals(res):
+    """[(goal, measured, met)] for the DESIGN section 9 goals this run measured."""
+    tp = res["throughput"]
+
+    def row(workload, peer, p=1):
+        return next((r for r in tp if r["workload"] == workload and r["peer"] == peer and r["producers"] == p), None)
+
+    def rate(workload, peer, p=1):
+        r = row(workload, peer, p)
+        return r["msgs_per_s"] if r else None
+
+    out = []
+    s, mq, zq = rate("64 B", "shmq"), rate("64 B", BASELINE), rate("64 B", _Zmq.name)
+    if s and mq:
+        m = f"{_fmt_rate(s)}msg/s, {s / mq:.1f}x mp.Queue" + (f", {s / zq:.1f}x pyzmq" if zq else "")
+        out.append(("64 B bytes 1->1, one call per message: >= 3 M msg/s, >= 15x mp.Queue, >= 2x pyzmq", m,
+                    s >= 3e6 and s >= 15 * mq and (zq is None or s >= 2 * zq)))
+    b = rate("64 B", "shmq raw (put_many/get_many)")
+    if b:
+        out.append(("64 B raw put_many/get_many: >= 10 M msg/s", f"{_fmt_rate(b)}msg/s", b >= 10e6))
+    d, dm = rate(DICT[0], "shmq"), rate(DICT[0], BASELINE)
+    if d and dm:
+        best = max((r["msgs_per_s"] for r in tp if r["workload"] == DICT[0] and r["family"] != "shmq"), default=0)
+        out.append(("small dict 1->1: >= 3x mp.Queue and >= the best peer",
+                    f"{d / dm:.1f}x mp.Queue, {d / best:.2f}x best peer", d >= 3 * dm and d >= best))
+    m2, z2 = rate("64 B", "shmq", 2), rate("64 B", _Zmq.name, 2)
+    if m2 and z2:
+        out.append(("2->2 processes, 64 B: >= 2x pyzmq", f"{m2 / z2:.1f}x pyzmq", m2 >= 2 * z2))
+    lat = res["latency"]
+    diff = [r for r in lat if r["cpus"] == "different CPUs"]
+    sd = next((r for r in diff if r["peer"] == "shmq"), None)
+    if sd:
+        others = [r["p50_us"] for r in diff if r["family"] != "shmq"]
+        ratio = min(others) / sd["p50_us"] if others else None
+        out.append(("ping-pong p50, different CPUs: <= 4 us and >= 10x lower than every peer",
+                    f"{sd['p50_us']:.1f} us" + (f", {ratio:.1f}x lower than the best peer" if ratio else ""),
+                    sd["p50_us"] <= 4 and (ratio is None or ratio >= 10)))
+    same = [r for r in lat if r["cpus"] == "same CPU"]
+    ss = next((r for r in same if r["peer"] == "shmq"), None)
+    sp = next((r for r in same if r["family"] == "os.pipe"), None)
+    if ss and sp:
+        out.append(("ping-pong, same CPU: no worse than a pipe",
+                    f"p50 {ss['p50_us']:.1f} us vs pipe {sp['p50_us']:.1f} us", ss["p50_us"] <= sp["p50_us"]))
+    for wl in ("1 MiB", NUMPY[0]):
+        r = row(wl, "shmq")
+        if r:
+            mqr, ff = rate(wl, BASELINE), rate(wl, "faster-fifo")
+            m = f"{_fmt_bytes(r['bytes_per_s'])}" + (f", {r['msgs_per_s'] / mqr:.1f}x mp.Queue" if mqr else "") + \
+                (f", {r['msgs_per_s'] / ff:.2f}x faster-fifo" if ff else "")
+            out.append((f"{wl} 1->1: >= 10 GB/s, >= 10x mp.Queue, >= faster-fifo", m,
+                        r["bytes_per_s"] >= 10e9 and (not mqr or r["msgs_per_s"] >= 10 * mqr)
+                        and (not ff or r["msgs_per_s"] >= ff)))
+    idle = next((r for r in res["idle"] if r["peer"] == "shmq"), None)
+    if idle:
+        out.append(("idle blocked consumer: 0% CPU after the spin budget", f"{idle['cpu_pct']:.2f} % over "
+                    f"{idle['wall_s']:.1f} s", idle["cpu_pct"] < 1.0))
+    ck = res.get("ckernel")
+    if ck and ck["runs"]:
+        best = max(r["best_msgs_per_s"] for r in ck["runs"])
+        out.append(("C core alone, 64 B, 1->1 processes, MPMC: >= 20 M msg/s",
+                    f"best {_fmt_rate(best)}msg/s (" + ", ".join(f"{r['mode']} {_fmt_rate(r['median_msgs_per_s'])}"
+                                                           for r in ck["runs"]) + " median)", best >= 20e6))
+    return out
 
 
 def report(res):
@@ -1098,6 +1171,7 @@ def report(res):
     out.append("")
     out.append(f"- CPU: {m['cpu_model']}, {m['cores']} cores (usable: {m['usable_cpus']})")
     out.append(f"- Python: {m['implementation']} {m['python']} on {m['platform']}")
+    out.append(f"- load average (1/5/15 min) at start {m.get('loadavg_at_start')}, at end {m.get('loadavg_at_end')}")
     out.append("- peers: " + "; ".join(f"{k} {v}" for k, v in m["peers"].items()))
     out.append("- figures: median of the runs; x-ratios are against multiprocessing.Queue and against the "
                "fastest non-shmq peer of the same workload, measured in the same run")
@@ -1129,13 +1203,13 @@ def report(res):
     if res["latency"]:
         out.append("## Ping-pong round trip, 64 B (microseconds)")
         out.append("")
-        out.append("| CPUs | peer | round trips | p50 | p99 | p99.9 | x mp.Queue (p50) |")
+        out.append("| CPUs | peer | round trips | p50 | p99 | p99.9 | mp.Queue p50 / p50 |")
         out.append("|---|---|---:|---:|---:|---:|---:|")
         for mode in dict.fromkeys(r["cpus"] for r in res["latency"]):
             rows = [r for r in res["latency"] if r["cpus"] == mode]
             base = next((r["p50_us"] for r in rows if r["peer"] == BASELINE), None)
             for r in rows:
-                ratio = f"{base / r['p50_us']:.1f}x lower" if base else "-"
+                ratio = f"{base / r['p50_us']:.1f}" if base else "-"
                 out.append(f"| {mode} {r['cpu_pair']} | {r['peer']} | {r['round_trips']} | {r['p50_us']:.1f} | "
                            f"{r['p99_us']:.1f} | {r['p999_us']:.1f} | {ratio} |")
         out.append("")
@@ -1146,6 +1220,15 @@ def report(res):
         out.append("|---|---:|---:|---:|")
         for r in res["idle"]:
             out.append(f"| {r['peer']} | {r['wall_s']:.2f} | {r['cpu_s']:.3f} | {r['cpu_pct']:.2f} |")
+        out.append("")
+    g = goals(res)
+    if g:
+        out.append("## Against the goals of DESIGN.md section 9 (this run)")
+        out.append("")
+        out.append("| goal | measured | met |")
+        out.append("|---|---|---|")
+        for goal, measured, ok in g:
+            out.append(f"| {goal} | {measured} | {'yes' if ok else 'NO'} |")
         out.append("")
     ck = res.get("ckernel")
     if ck:

@@ -29,6 +29,8 @@ DEF KIND_PICKLE_OOB = 4
 DEF GIL_RELEASE_BYTES = 65536   # copies this large run without the GIL
 DEF OOB_ALIGN = 64
 
+_KIND_NAMES = {KIND_BYTES: "bytes", KIND_BYTEARRAY: "bytearray", KIND_PICKLE: "pickle", KIND_PICKLE_OOB: "pickle+oob"}
+
 KIND_QUEUE = c.SHMQ_KIND_QUEUE
 KIND_PRIORITY = c.SHMQ_KIND_PRIORITY
 KIND_TOPIC = c.SHMQ_KIND_TOPIC
@@ -547,6 +549,55 @@ cdef class Core:
             "areas": st.areas, "flags": st.flags, "kind": st.kind, "mode": st.mode,
             "max_slots": st.max_slots,
         }
+
+    def _peek(self, uint64_t n, Py_ssize_t cap=64):
+        """(id, timestamp, kind, size, prefix bytes) of the n-th queued message, without taking
+        it; None when there are fewer messages. Never unpickles."""
+        cdef c.shmq_peek_t pk
+        cdef int rc
+        if not self.opened:
+            raise _errors.QueueClosedError(f"queue {self.path!r} is closed")
+        buf = PyBytes_FromStringAndSize(NULL, cap)
+        for _ in range(1000):
+            rc = c.shmq_peek(&self.seg, n, &pk, PyBytes_AS_STRING(buf), <uint64_t>cap)
+            if rc != c.SHMQ_EAGAIN:
+                break
+        if rc == c.SHMQ_EMPTY:
+            return None
+        if rc == c.SHMQ_ECORRUPT:
+            raise _errors.CorruptQueueError(f"queue {self.path!r}: a queued message failed validation")
+        if rc != c.SHMQ_OK:
+            raise _errors.ShmqError(f"peek failed: {c.shmq_strerror(rc).decode()}")
+        return (pk.id, pk.timestamp_ns / 1e9, _KIND_NAMES.get(pk.kind, str(pk.kind)), pk.size, buf[:pk.copied])
+
+    def _peek_body(self, uint64_t n):
+        """The object of the n-th queued message (unpickles: runs code from the queue)."""
+        info = self._peek(n, 0)
+        if info is None:
+            return None
+        cdef c.shmq_peek_t pk
+        cdef int rc
+        for _ in range(1000):
+            buf = PyBytes_FromStringAndSize(NULL, info[3])
+            rc = c.shmq_peek(&self.seg, n, &pk, PyBytes_AS_STRING(buf), info[3])
+            if rc == c.SHMQ_OK and pk.size == pk.copied:
+                break
+            if rc == c.SHMQ_OK:
+                info = (0, 0, 0, pk.size)
+        if rc != c.SHMQ_OK:
+            return None
+        if pk.kind == KIND_BYTES:
+            return buf
+        if pk.kind == KIND_BYTEARRAY:
+            return bytearray(buf)
+        if pk.kind == KIND_PICKLE:
+            return _loads(buf)
+        return "<message with out-of-band buffers>"
+
+    def _purge(self):
+        """Take and discard every queued message (no unpickling); returns how many."""
+        self._check()
+        return c.shmq_purge(&self.seg)
 
     def _repair(self):
         """Repair every dead participant we can; returns how many were repaired."""

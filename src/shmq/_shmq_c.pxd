@@ -107,6 +107,15 @@ cdef extern from "queue.h" nogil:
         uint64_t arena_mismatch
         uint64_t bad_areas
         uint64_t queued
+    ctypedef struct shmq_peek_t:
+        uint64_t id
+        uint64_t timestamp_ns
+        uint64_t size
+        uint64_t copied
+        uint32_t kind
+        uint32_t delivery_count
+    int shmq_peek(shmq_seg_t *q, uint64_t n, shmq_peek_t *out, void *buf, uint64_t cap)
+    uint64_t shmq_purge(shmq_seg_t *q)
     int shmq_repair_dead(shmq_seg_t *q)
     void shmq_check(shmq_seg_t *q, shmq_check_t *out)
     int shmq_put(shmq_seg_t *q, const shmq_iov_t *iov, uint32_t n, uint32_t kind, uint64_t deadline_ns, uint64_t *id_out)

@@ -7,7 +7,8 @@ import sys
 import time
 
 from . import _core, _names
-from .errors import CorruptQueueError, IncompatibleQueueError, QueueNotFound, ShmqError
+from .errors import QueueNotFound, ShmqError
+from .stats import inspect_path, kind_name, list_queues
 
 # argparse (standard library): the CLI needs subcommands, --help and exit codes, nothing a
 # third-party library would add enough to justify a runtime dependency.
@@ -39,22 +40,6 @@ def _entries():
     return out
 
 
-def _inspect(path):
-    """Stats of a segment without attaching to it (inspection never disturbs participants)."""
-    c = _core.Core()
-    c._open(path, -1, False)
-    try:
-        return c._raw_stats()
-    finally:
-        c._close()
-
-
-def _kind_name(st):
-    kinds = {_core.KIND_QUEUE: "queue", _core.KIND_PRIORITY: "priority", _core.KIND_TOPIC: "topic"}
-    k = kinds.get(st["kind"], "?")
-    if st["flags"] & _core.F_JOINABLE:
-        k = "joinable"
-    return k
 
 
 def _fmt_bytes(n):
@@ -71,36 +56,41 @@ def _resolve(name):
     return _names.path_of(name)
 
 
-def cmd_ls(args):
+def _ls_rows():
     rows = []
-    for name, path in _entries():
-        try:
-            st = _inspect(path)
-            rows.append((name, _kind_name(st), str(st["depth"]), _fmt_bytes(st["bytes_used"]),
-                         str(st["consumers"]), str(st["producers"]), str(st["attached"])))
-        except (CorruptQueueError, IncompatibleQueueError) as e:
-            rows.append((name, "corrupt" if isinstance(e, CorruptQueueError) else "incompatible", "-", "-", "-", "-", "-"))
-        except OSError as e:
-            rows.append((name, f"unreadable ({e.strerror})", "-", "-", "-", "-", "-"))
+    for qi in list_queues():
+        dash = lambda v: "-" if v is None else v  # noqa: E731
+        rows.append((qi.name, qi.kind, str(dash(qi.depth)),
+                     "-" if qi.bytes_used is None else _fmt_bytes(qi.bytes_used),
+                     str(dash(qi.consumers)), str(dash(qi.producers)), str(dash(qi.attached))))
+    return rows
+
+
+_LS_HEAD = ("NAME", "KIND", "DEPTH", "BYTES", "CONSUMERS", "PRODUCERS", "ATTACHED")
+
+
+def _table(head, rows):
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    return ["  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip() for r in [head] + rows]
+
+
+def cmd_ls(args):
     if args.json:
-        keys = ("name", "kind", "depth", "bytes", "consumers", "producers", "attached")
-        print(json.dumps([dict(zip(keys, r)) for r in rows], indent=2))
+        print(json.dumps([qi._asdict() for qi in list_queues()], indent=2))
         return 0
-    head = ("NAME", "KIND", "DEPTH", "BYTES", "CONSUMERS", "PRODUCERS", "ATTACHED")
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)] if rows else [len(h) for h in head]
-    for r in [head] + rows:
-        print("  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip())
+    for line in _table(_LS_HEAD, _ls_rows()):
+        print(line)
     return 0
 
 
 def cmd_stat(args):
     path = _resolve(args.name)
     try:
-        st = _inspect(path)
+        st = inspect_path(path)
     except FileNotFoundError:
         raise QueueNotFound(2, f"no such queue: {args.name!r}", path) from None
     st["name"] = args.name
-    st["kind"] = _kind_name(st)
+    st["kind"] = kind_name(st)
     if args.json:
         print(json.dumps(st, indent=2, sort_keys=True))
     else:
@@ -119,6 +109,91 @@ def cmd_rm(args):
             print(f"shmq rm: no such queue: {name!r}", file=sys.stderr)
             rc = 1
     return rc
+
+
+def _open_attached(name):
+    path = _resolve(name)
+    c = _core.Core()
+    try:
+        c._open(path, -1, True)
+    except FileNotFoundError:
+        raise QueueNotFound(2, f"no such queue: {name!r}", path) from None
+    return c
+
+
+def _open_inspector(name):
+    path = _resolve(name)
+    c = _core.Core()
+    try:
+        c._open(path, -1, False)
+    except FileNotFoundError:
+        raise QueueNotFound(2, f"no such queue: {name!r}", path) from None
+    return c
+
+
+def cmd_peek(args):
+    c = _open_inspector(args.name)
+    try:
+        shown = 0
+        for i in range(args.n):
+            info = c._peek(i, args.bytes)
+            if info is None:
+                break
+            mid, ts, kind, size, prefix = info
+            line = f"id={mid} time={time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ts))} type={kind} size={size} hex={prefix.hex()}"
+            if args.unpickle:
+                line += f" value={c._peek_body(i)!r}"
+            print(line)
+            shown += 1
+        if not shown:
+            print("(empty)")
+    finally:
+        c._close()
+    return 0
+
+
+def cmd_purge(args):
+    c = _open_attached(args.name)
+    try:
+        n = c._purge()
+    finally:
+        c._close()
+    print(f"purged {n} message(s) from {args.name}")
+    return 0
+
+
+def cmd_top(args):
+    prev = {}
+    it = 0
+    try:
+        while args.iterations is None or it < args.iterations:
+            now = time.monotonic()
+            rows = []
+            for qi in list_queues():
+                try:
+                    st = inspect_path(_resolve(qi.name))
+                except (ShmqError, OSError, ValueError):
+                    continue
+                p = prev.get(qi.name)
+                rin = rout = 0.0
+                if p:
+                    dt = max(now - p[0], 1e-9)
+                    rin, rout = (st["enqueued"] - p[1]) / dt, (st["dequeued"] - p[2]) / dt
+                prev[qi.name] = (now, st["enqueued"], st["dequeued"])
+                rows.append((qi.name, qi.kind, str(st["depth"]), _fmt_bytes(st["bytes_used"]), f"{rin:.0f}",
+                             f"{rout:.0f}", str(st["consumers"]), str(st["producers"])))
+            if sys.stdout.isatty():
+                print("\x1b[2J\x1b[H", end="")
+            print(time.strftime("%H:%M:%S"), f"{len(rows)} queue(s)")
+            for line in _table(("NAME", "KIND", "DEPTH", "BYTES", "IN/s", "OUT/s", "CONSUMERS", "PRODUCERS"), rows):
+                print(line)
+            sys.stdout.flush()
+            it += 1
+            if args.iterations is None or it < args.iterations:
+                time.sleep(args.interval)
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 def cmd_gc(args):
@@ -145,7 +220,7 @@ def cmd_gc(args):
         if not m or _pid_alive(int(m.group(1))):
             continue
         try:
-            st = _inspect(path)
+            st = inspect_path(path)
             if st["attached"]:
                 continue
         except (ShmqError, OSError):
@@ -175,6 +250,18 @@ def build_parser():
     s.add_argument("--json", action="store_true", help="print JSON")
     s = sub.add_parser("rm", help="remove queues", description="Remove queues by name (attached processes keep working).")
     s.add_argument("names", nargs="+", metavar="NAME")
+    s = sub.add_parser("peek", help="show queued messages without taking them",
+                       description="Show id, type, size and a hex prefix of the next messages, without consuming them. "
+                                   "Unpickles only with --unpickle: unpickling runs code chosen by whoever can write the queue.")
+    s.add_argument("name")
+    s.add_argument("-n", type=int, default=10, help="how many messages (default 10)")
+    s.add_argument("--bytes", type=int, default=32, help="hex prefix length (default 32)")
+    s.add_argument("--unpickle", action="store_true", help="also show the decoded value (runs pickle: trust the writers)")
+    s = sub.add_parser("purge", help="discard every queued message", description="Take and discard every queued message.")
+    s.add_argument("name")
+    s = sub.add_parser("top", help="live view of queues with rates", description="Refresh `ls` with in/out rates until Ctrl-C.")
+    s.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
+    s.add_argument("--iterations", type=int, default=None, help="stop after N refreshes")
     sub.add_parser("gc", help="remove anonymous queues of dead processes",
                    description="Remove anonymous segments whose creator is dead and that no live process holds.")
     sub.add_parser("bench", help="benchmark against multiprocessing.Queue and installed peers", add_help=False,
@@ -192,7 +279,10 @@ def main(argv=None):
         parser.print_help()
         return 2
     try:
-        return {"ls": cmd_ls, "stat": cmd_stat, "rm": cmd_rm, "gc": cmd_gc}[args.cmd](args)
+        if getattr(args, "n", 1) is not None and getattr(args, "n", 1) < 0:
+            raise ValueError("-n must be >= 0")
+        return {"ls": cmd_ls, "stat": cmd_stat, "rm": cmd_rm, "gc": cmd_gc, "peek": cmd_peek, "purge": cmd_purge,
+                "top": cmd_top}[args.cmd](args)
     except ValueError as e:
         print(f"shmq {args.cmd}: {e}", file=sys.stderr)
         return 2

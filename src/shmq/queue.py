@@ -121,6 +121,7 @@ class Queue(_core.Core):
 
     def __init__(self, name_or_maxsize=0, *, maxsize=None, create=False, exist_ok=False,
                  capacity=_UNSET, max_message=None, mode=0o600, raw=False, max_participants=None, ctx=None):
+        maxsize_given = maxsize is not None
         if isinstance(name_or_maxsize, str):
             name = _names.check_name(name_or_maxsize)
             maxsize = 0 if maxsize is None else maxsize
@@ -154,19 +155,56 @@ class Queue(_core.Core):
             self._setup(None, anonymous=True, owner=True)
             return
         path = _names.path_of(name)
+        explicit = {}
+        if maxsize_given:
+            explicit["maxsize"] = maxsize
+        if raw:
+            explicit["raw"] = True
+        if capacity is not _UNSET:
+            explicit["capacity"] = capacity
+        if max_message is not None:
+            explicit["max_message"] = mm
         if create:
             if capacity is None:
                 flags |= _core.F_GROWABLE
                 cap = ANON_INITIAL_CAPACITY
             else:
                 cap = DEFAULT_CAPACITY if capacity is _UNSET else _names.parse_size(capacity)
-            self._create(path, _core.KIND_QUEUE, flags, cap, mm, maxsize, mode, slots, exist_ok)
+            created = self._create(path, _core.KIND_QUEUE, flags, cap, mm, maxsize, mode, slots, exist_ok)
+            if not created:
+                self._check_options(name, explicit)
         else:
             try:
                 self._open(path)
             except FileNotFoundError:
                 raise QueueNotFound(errno.ENOENT, f"no such queue: {name!r} (create it with create=True)", path) from None
+            self._check_options(name, explicit)
         self._setup(name, anonymous=False, owner=False)
+
+    def _check_options(self, name, explicit):
+        """Opening an existing queue with options that contradict its creator's is an error."""
+        st = self._raw_stats()
+        problems = []
+        if "maxsize" in explicit and max(explicit["maxsize"], 0) != st["maxsize"]:
+            problems.append(f"maxsize={explicit['maxsize']} (the queue has maxsize={st['maxsize']})")
+        if "raw" in explicit and not st["flags"] & _core.F_RAW:
+            problems.append("raw=True (the queue was created without raw)")
+        if "capacity" in explicit:
+            want = explicit["capacity"]
+            have = None if st["flags"] & _core.F_GROWABLE else st["capacity"]
+            if want is None and have is not None:
+                problems.append(f"capacity=None (the queue has a fixed capacity of {have} bytes)")
+            elif want is not None and have is not None and _names.parse_size(want) > have:
+                problems.append(f"capacity={want!r} (the queue holds {have} bytes)")
+            elif want is not None and have is None:
+                problems.append(f"capacity={want!r} (the queue is unbounded: capacity=None)")
+        if "max_message" in explicit and explicit["max_message"] > st["max_message"]:
+            problems.append(f"max_message={explicit['max_message']} (the queue accepts up to {st['max_message']})")
+        if st["kind"] != _core.KIND_QUEUE:
+            problems.append("kind: the segment is not a work queue")
+        if problems:
+            self._close()
+            raise ValueError(f"queue {name!r} exists with other options: " + "; ".join(problems))
 
     def _setup(self, name, anonymous, owner):
         self._name = name
