@@ -36,6 +36,12 @@ static void list_push(shmq_area_t *a, uint32_t unit, uint32_t order)
 {
     shmq_area_hdr_t *h = a->hdr;
     uint32_t head = h->free_head[order];
+    /* untrusted: a head that is not a free block of this order is garbage. Drop that list (its
+     * blocks come back at the rebuild the caller runs once its own update is complete). */
+    if (head != NIL && (head >= a->arena_units || a->meta[head] != (SHMQ_META_FREE | order))) {
+        a->arena_corrupt = 1;
+        head = NIL;
+    }
     link_t *l = link_at(a, unit);
     l->next = head;
     l->prev = NIL;
@@ -95,6 +101,10 @@ int shmq_arena_alloc_locked(shmq_area_t *a, shmq_desc_t *d, uint64_t bytes)
         d->chunk = unit;
         d->chunk_order = (uint8_t)want;
         shmq_store_relaxed(&a->hdr->arena_free_units, a->hdr->arena_free_units - (1ull << want));
+        if (a->arena_corrupt) { /* d already holds its block, so the rebuild keeps it */
+            a->arena_corrupt = 0;
+            shmq_arena_rebuild_locked(a);
+        }
         return SHMQ_OK;
     }
     return SHMQ_FULL;
@@ -123,6 +133,10 @@ void shmq_arena_free_locked(shmq_area_t *a, shmq_desc_t *d)
         order++;
     }
     list_push(a, unit, order);
+    if (a->arena_corrupt) {
+        a->arena_corrupt = 0;
+        shmq_arena_rebuild_locked(a);
+    }
 }
 
 /* Carve [u, end) into maximal aligned free blocks. */
@@ -143,6 +157,7 @@ static uint64_t carve(shmq_area_t *a, uint64_t u, uint64_t end)
 void shmq_arena_rebuild_locked(shmq_area_t *a)
 {
     shmq_area_hdr_t *h = a->hdr;
+    a->arena_corrupt = 0;
     for (uint32_t o = 0; o < SHMQ_ARENA_MAX_ORDERS; o++)
         h->free_head[o] = NIL;
     memset(a->meta, 0, a->arena_units);

@@ -15,10 +15,10 @@
     X(after_desc_claim, "put: descriptor claimed (WRITING), payload not yet written")        \
     X(after_alloc, "put: arena chunk recorded in the descriptor, payload not yet written")    \
     X(mid_copy, "put: half of the payload written")                                           \
-    X(after_claim, "put: ring cell claimed (stamped), handle not yet published")              \
-    X(before_commit, "put: handle written to the cell, publishing CAS not yet done")          \
-    X(after_commit, "put: published, wake-up not yet sent")                                   \
-    X(mid_get, "get: cell taken, descriptor not yet marked READING")                          \
+    X(after_claim, "put: descriptor READY, the publishing 16-byte CAS on the cell not yet done") \
+    X(before_commit, "put: published by the cell CAS, tail index not yet advanced")           \
+    X(after_commit, "put: published and tail advanced, wake-up not yet sent")                 \
+    X(mid_get, "get: descriptor claimed READING, cell not yet advanced")                      \
     X(after_take, "get: descriptor READING, payload not yet copied out")                      \
     X(before_free, "get: payload copied, descriptor and chunk not yet freed")                 \
     X(arena_locked, "arena lock held, free lists half updated")                               \

@@ -1,14 +1,42 @@
 #include "lock.h"
 
+#include <sched.h>
+
 #include "atomic.h"
 #include "wait.h"
 
+static void local_enter(shmq_seg_t *seg)
+{
+    /* Threads of one process share an owner id: they take turns here first, so that while we
+     * hold this, a shared lock stamped with our own id can only be a stale or forged stamp. */
+    while (__atomic_exchange_n(&seg->lock_busy, 1, __ATOMIC_ACQUIRE))
+        sched_yield();
+}
+
+static void local_leave(shmq_seg_t *seg) { __atomic_store_n(&seg->lock_busy, 0, __ATOMIC_RELEASE); }
+
+static int acquire(shmq_seg_t *seg, uint32_t *word, uint64_t deadline_ns);
+
 int shmq_lock_acquire(shmq_seg_t *seg, uint32_t *word, uint64_t deadline_ns)
+{
+    local_enter(seg);
+    int rc = acquire(seg, word, deadline_ns);
+    if (rc == SHMQ_TIMEOUT)
+        local_leave(seg);
+    return rc;
+}
+
+static int acquire(shmq_seg_t *seg, uint32_t *word, uint64_t deadline_ns)
 {
     uint32_t me = seg->owner;
     uint32_t exp = 0;
     if (shmq_cas_acq_rel(word, &exp, me)) /* acquire: the guarded state written by the last holder */
         return SHMQ_OK;
+    if ((exp & ~SHMQ_LOCK_CONTENDED) == me) {
+        /* untrusted: "held by us" while no thread of ours holds it: stale stamp, take over */
+        if (shmq_cas_acq_rel(word, &exp, me | SHMQ_LOCK_CONTENDED))
+            return SHMQ_EAGAIN;
+    }
     for (int i = 0; i < 200; i++) {
         shmq_cpu_relax();
         exp = 0;
@@ -17,9 +45,10 @@ int shmq_lock_acquire(shmq_seg_t *seg, uint32_t *word, uint64_t deadline_ns)
     }
     for (;;) {
         uint32_t v = shmq_load_acquire(word);
-        if (v == 0) {
-            exp = 0;
-            /* Take it marked contended: others may be asleep, the release must wake them. */
+        if ((v & ~SHMQ_LOCK_CONTENDED) == 0) {
+            /* Free (a bare CONTENDED bit, left by a waiter that died or written by garbage, is
+             * free too). Take it marked contended: others may be asleep, the release wakes them. */
+            exp = v;
             if (shmq_cas_acq_rel(word, &exp, me | SHMQ_LOCK_CONTENDED))
                 return SHMQ_OK;
             continue;
@@ -32,10 +61,12 @@ int shmq_lock_acquire(shmq_seg_t *seg, uint32_t *word, uint64_t deadline_ns)
         }
         int rc = shmq_futex_wait(word, v, deadline_ns);
         if (rc == SHMQ_TIMEOUT)
-            return SHMQ_TIMEOUT;
-        /* A slice passed or we were woken: if the holder died, steal. */
+            return SHMQ_TIMEOUT; /* (EINTR and slices: look again; lock holds are short) */
+        /* A slice passed or we were woken: if the holder died (or the stamp is our own, which
+         * while we hold the local flag can only be stale), steal. */
         uint32_t cur = shmq_load_acquire(word);
-        if (cur != 0 && !shmq_seg_owner_alive(seg, cur & ~SHMQ_LOCK_CONTENDED)) {
+        uint32_t holder = cur & ~SHMQ_LOCK_CONTENDED;
+        if (cur != 0 && (holder == me || !shmq_seg_owner_alive(seg, holder))) {
             exp = cur;
             if (shmq_cas_acq_rel(word, &exp, me | SHMQ_LOCK_CONTENDED))
                 return SHMQ_EAGAIN;
@@ -45,8 +76,8 @@ int shmq_lock_acquire(shmq_seg_t *seg, uint32_t *word, uint64_t deadline_ns)
 
 void shmq_lock_release(shmq_seg_t *seg, uint32_t *word)
 {
-    (void)seg;
     uint32_t old = shmq_exchange_seq(word, 0); /* release: publishes the guarded state */
     if (old & SHMQ_LOCK_CONTENDED)
         shmq_futex_wake(word, 1);
+    local_leave(seg);
 }

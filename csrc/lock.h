@@ -1,6 +1,7 @@
 /* lock.h - owner-stamped robust lock on a 32-bit word in shared memory (cold paths only).
  *
- * Word: 0 = free, else the holder's owner id (common.h, 30 bits) | CONTENDED (bit 31).
+ * Word: 0 = free, else the holder's owner id (common.h: slot+1 in 10 bits, generation in 21)
+ * | CONTENDED (bit 31). A word whose owner part is 0 is free.
  * Who may call: any participant; not re-entrant. Used for the arena free lists and growth,
  * never held across a payload copy or a wait for another party.
  *
@@ -10,6 +11,9 @@
  * waiter steals the lock by CAS and gets SHMQ_EAGAIN: it now holds the lock and must rebuild
  * the guarded state before using it (the holder may have died halfway through an update).
  * A holder that was merely slow cannot lose the lock this way: liveness comes from the kernel.
+ *
+ * Threads of one process share the owner id; they also take a process-local flag around the
+ * shared lock, so "the word names us" while we hold the flag means a stale or forged stamp.
  *
  * Crash windows: dying while holding leaves the stamp: repaired by the next acquirer as above.
  * Dying while waiting leaves at most the CONTENDED bit: the next release does one extra wake.

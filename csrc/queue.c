@@ -115,7 +115,8 @@ void shmq_wake_all(shmq_seg_t *q)
 /* Sleep on a wait word with the waiter-count protocol (wait.h). check() runs after we are
  * registered: SHMQ_EAGAIN means "still nothing, sleep"; anything else is returned at once
  * (SHMQ_OK: the check itself succeeded, e.g. took a message). After a wake-up, a slice or a
- * changed word the result is SHMQ_EAGAIN ("look again"); else SHMQ_TIMEOUT or SHMQ_EINTR. */
+ * changed word the result is SHMQ_EAGAIN ("look again"); else SHMQ_TIMEOUT or SHMQ_EINTR
+ * (also after each slice when q->poll_signals is set, so the caller can check signals). */
 typedef int (*check_fn)(shmq_seg_t *q, void *ctx);
 
 static int sleep_until(shmq_seg_t *q, uint32_t *seqw, uint32_t *waiters, uint32_t slot_unit, check_fn check,
@@ -132,14 +133,20 @@ static int sleep_until(shmq_seg_t *q, uint32_t *seqw, uint32_t *waiters, uint32_
     int rc = check(q, ctx);
     if (rc == SHMQ_EAGAIN) {
         rc = shmq_futex_wait(seqw, seq, deadline_ns);
-        if (rc == SHMQ_OK && shmq_now_mono_ns() - q->last_liveness_ns >= SHMQ_LIVENESS_SLICE_NS) {
-            /* Asleep for a slice: look for dead participants and repair them (they may hold
-             * the room or descriptors we wait for). At most one sweep per slice per handle. */
-            q->last_liveness_ns = shmq_now_mono_ns();
-            shmq_repair_dead(q);
-        }
-        if (rc == SHMQ_OK)
+        if (rc == SHMQ_EAGAIN) {
+            /* A whole slice asleep: look for dead participants and repair them (they may hold
+             * the room or descriptors we wait for); at most one sweep per slice per handle. */
+            if (shmq_now_mono_ns() - q->last_liveness_ns >= SHMQ_LIVENESS_SLICE_NS) {
+                q->last_liveness_ns = shmq_now_mono_ns();
+                shmq_repair_dead(q);
+            }
+            /* A signal that arrived before we slept (while spinning) did not interrupt the
+             * futex: a binding that asked for it comes up for air to run its handlers. */
+            if (q->poll_signals)
+                rc = SHMQ_EINTR;
+        } else if (rc == SHMQ_OK) {
             rc = SHMQ_EAGAIN;
+        }
         if (__atomic_load_n(&q->closing, __ATOMIC_SEQ_CST))
             rc = SHMQ_ECLOSED; /* this handle is being closed by another thread */
     }
@@ -236,7 +243,17 @@ static int put_check(shmq_seg_t *q, void *ctx)
     return rc == SHMQ_FULL ? SHMQ_EAGAIN : rc;
 }
 
-static int put_commit(shmq_seg_t *q, put_ctx *c, uint64_t *id_out)
+/* Room in a ring (for a producer that already holds its descriptor). */
+static int ring_room_check(shmq_seg_t *q, void *ctx)
+{
+    (void)q;
+    shmq_area_t *a = ctx;
+    uint64_t t = shmq_load_acquire(a->ring.tail);
+    uint64_t w = shmq_load_acquire(&a->ring.cells[t & a->ring.mask].word);
+    return shmq_cell_state(w) == SHMQ_CELL_EMPTY ? SHMQ_OK : SHMQ_EAGAIN;
+}
+
+static int put_commit(shmq_seg_t *q, put_ctx *c, uint64_t deadline_ns, uint64_t *id_out)
 {
     shmq_header_t *h = q->hdr;
     shmq_area_t *a = c->a;
@@ -266,21 +283,25 @@ static int put_commit(shmq_seg_t *q, put_ctx *c, uint64_t *id_out)
     if (h->flags & SHMQ_F_JOINABLE)
         shmq_fetch_add_seq(&h->unfinished, 1);
     uint64_t handle = shmq_handle_make((uint32_t)(a - q->areas), c->idx, c->dgen);
+    int rc;
     for (;;) {
         uint32_t ai = shmq_load_acquire(&h->area_tail);
-        int rc;
         shmq_area_t *ta = shmq_seg_area(q, ai, &rc);
         if (!ta)
-            return rc; /* corrupt: the descriptor stays READY and unreachable; repair's problem */
+            goto unpublish;
         rc = shmq_ring_put_mpmc(&ta->ring, handle);
         if (rc == SHMQ_OK)
             break;
         if (rc == SHMQ_ESEALED) {
+            if (!(h->flags & SHMQ_F_GROWABLE)) {
+                rc = SHMQ_ECORRUPT; /* untrusted: a bounded queue is never sealed */
+                goto unpublish;
+            }
             /* consumers sealed this area after producers moved on: move on too */
             if (shmq_load_acquire(&h->area_tail) == ai) {
                 rc = shmq_seg_grow(q, ai, 0);
-                if (rc != SHMQ_OK && rc != SHMQ_FULL)
-                    return rc;
+                if (rc != SHMQ_OK)
+                    goto unpublish;
             }
             continue;
         }
@@ -288,12 +309,16 @@ static int put_commit(shmq_seg_t *q, put_ctx *c, uint64_t *id_out)
         if (h->flags & SHMQ_F_GROWABLE) {
             rc = shmq_seg_grow(q, ai, 0);
             if (rc != SHMQ_OK)
-                return rc;
+                goto unpublish;
             continue;
         }
-        for (int i = 0; i < 64; i++)
-            shmq_cpu_relax();
-        sched_yield();
+        rc = deadline_ns == 0 ? SHMQ_TIMEOUT
+                              : sleep_until(q, &h->not_full_seq, &h->waiters_put, 1u << 16, ring_room_check, ta, deadline_ns);
+        if (rc == SHMQ_TIMEOUT || rc == SHMQ_EINTR || rc == SHMQ_ECLOSED) {
+            if (rc == SHMQ_TIMEOUT)
+                rc = SHMQ_FULL;
+            goto unpublish;
+        }
     }
     SHMQ_CRASH_POINT(after_commit);
     if (q->slot != UINT32_MAX)
@@ -305,6 +330,12 @@ static int put_commit(shmq_seg_t *q, put_ctx *c, uint64_t *id_out)
     c->counted = 0;
     wake_getters(q);
     return SHMQ_OK;
+unpublish:
+    /* Not published, so nobody else can hold it: back to WRITING, the caller undoes the rest. */
+    if (h->flags & SHMQ_F_JOINABLE)
+        __atomic_fetch_sub(&h->unfinished, 1, __ATOMIC_SEQ_CST);
+    shmq_store_release(&d->word, shmq_desc_word(c->dgen, SHMQ_D_WRITING, q->owner));
+    return rc;
 }
 
 int shmq_put(shmq_seg_t *q, const shmq_iov_t *iov, uint32_t n, uint32_t kind, uint64_t deadline_ns, uint64_t *id_out)
@@ -316,6 +347,12 @@ int shmq_put(shmq_seg_t *q, const shmq_iov_t *iov, uint32_t n, uint32_t kind, ui
     if (c.total > h->max_message)
         return SHMQ_ETOOBIG;
     int rc = put_reserve(q, &c);
+    if (rc == SHMQ_FULL && shmq_now_mono_ns() - q->last_liveness_ns >= SHMQ_LIVENESS_SLICE_NS) {
+        /* No room: a dead participant may hold it. Sweep (at most once per slice). */
+        q->last_liveness_ns = shmq_now_mono_ns();
+        if (shmq_repair_dead(q))
+            rc = put_reserve(q, &c);
+    }
     while (rc == SHMQ_FULL) {
         if (deadline_ns == 0)
             break;
@@ -333,7 +370,7 @@ int shmq_put(shmq_seg_t *q, const shmq_iov_t *iov, uint32_t n, uint32_t kind, ui
     }
     if (q->slot != UINT32_MAX && !(q->slots[q->slot].role & SHMQ_ROLE_PRODUCER))
         __atomic_fetch_or(&q->slots[q->slot].role, SHMQ_ROLE_PRODUCER, __ATOMIC_RELAXED);
-    rc = put_commit(q, &c, id_out);
+    rc = put_commit(q, &c, deadline_ns, id_out);
     if (rc != SHMQ_OK)
         put_undo(q, &c);
     return rc;
@@ -657,12 +694,11 @@ static void free_dead_desc(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d, uint64
         __atomic_fetch_sub(&h->unfinished, 1, __ATOMIC_SEQ_CST);
 }
 
-void shmq_queue_repair_slot(shmq_seg_t *q, uint32_t s)
+/* Free everything the dead owner id still holds. Idempotent; any live participant may run it. */
+void shmq_queue_repair_owner(shmq_seg_t *q, uint32_t dead)
 {
     shmq_header_t *h = q->hdr;
     uint64_t t0 = shmq_now_mono_ns();
-    shmq_slot_t *sl = &q->slots[s];
-    uint32_t dead = shmq_owner_make(s, shmq_load_relaxed(&sl->gen));
     uint32_t tail = shmq_load_acquire(&h->area_tail);
     int any_ready = 0;
     for (uint32_t i = 0; i <= tail && i < h->max_areas; i++) {
@@ -701,11 +737,19 @@ void shmq_queue_repair_slot(shmq_seg_t *q, uint32_t s)
         }
         free_maps(maps);
     }
-    shmq_seg_fold_slot(q, s);
-    shmq_store_seq(&sl->state, SHMQ_SLOT_FREE);
     __atomic_fetch_add(&h->repairs, 1, __ATOMIC_RELAXED);
     shmq_store_relaxed(&h->last_repair_ns, shmq_now_mono_ns() - t0);
     wake_putters(q);
+}
+
+/* Caller holds slot s's lock byte (it is the elected repairer of s). */
+void shmq_queue_repair_slot(shmq_seg_t *q, uint32_t s)
+{
+    shmq_slot_t *sl = &q->slots[s];
+    uint32_t dead = shmq_owner_make(s, shmq_load_relaxed(&sl->gen));
+    shmq_queue_repair_owner(q, dead);
+    shmq_seg_fold_slot(q, s);
+    shmq_store_seq(&sl->state, SHMQ_SLOT_FREE);
 }
 
 int shmq_repair_dead(shmq_seg_t *q)
@@ -773,8 +817,11 @@ int shmq_peek(shmq_seg_t *q, uint64_t n, shmq_peek_t *out, void *buf, uint64_t c
             out->size = size;
             out->copied = size < cap ? size : cap;
             memcpy(buf, src, out->copied);
-            /* acquire fence: the copy above happens before the re-check below */
+            /* acquire fence: the copy above happens before the re-check below (x86 does not
+             * reorder loads with loads; TSan builds cannot express the fence and skip it) */
+#if !defined(__SANITIZE_THREAD__)
             __atomic_thread_fence(__ATOMIC_ACQUIRE);
+#endif
             if (shmq_load_relaxed(&d->word) != dw)
                 return SHMQ_EAGAIN; /* taken (and maybe re-used) while we copied */
             return SHMQ_OK;

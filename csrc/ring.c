@@ -78,12 +78,12 @@ int shmq_ring_get_mpmc(shmq_ring_t *r, shmq_take_fn take, void *ctx, uint64_t *h
                 continue;
             int rc = take(ctx, h);
             SHMQ_CRASH_POINT(mid_get);
-            uint64_t exp = w;
             /* Advance the cell whether or not the take was ours: a consumer that died after
-             * its take must not block the ring. release: our reads of the cell come first. */
-            __atomic_compare_exchange_n(&c->word, &exp, shmq_cell_word(lap + 1, SHMQ_CELL_EMPTY), 0,
-                                        __ATOMIC_RELEASE, __ATOMIC_RELAXED);
-            exp = hd;
+             * its take must not block the ring. A 16-byte CAS (word and handle): after a stall
+             * of 2^32 laps the same word could be back with another message, never with the
+             * same handle, so a stalled consumer cannot advance past a message it did not see. */
+            __sync_bool_compare_and_swap((shmq_u128 *)c, cell_pack(w, h), cell_pack(shmq_cell_word(lap + 1, SHMQ_CELL_EMPTY), h));
+            uint64_t exp = hd;
             shmq_cas_acq_rel(r->head, &exp, hd + 1); /* help: failure means someone already moved it */
             if (rc == SHMQ_OK) {
                 *handle = h;
@@ -143,6 +143,11 @@ uint64_t shmq_ring_count(const shmq_ring_t *r)
 {
     uint64_t hd = shmq_load_acquire(r->head);
     uint64_t t = shmq_load_acquire(r->tail);
+    /* A producer that died between its publishing CAS and its tail CAS leaves the message at
+     * `tail` with tail not moved: count it too. */
+    uint64_t w = shmq_load_acquire(&r->cells[t & r->mask].word);
+    if (shmq_cell_state(w) == SHMQ_CELL_FULL && shmq_cell_lap(w) == (uint32_t)(t >> r->log2))
+        t++;
     return t > hd ? t - hd : 0;
 }
 

@@ -24,8 +24,10 @@
  * descriptor carries the dead owner's stamp and is freed by repair.
  *
  * Crash windows: after the 16-byte CAS the message is in the queue (put returned or not);
- * before it, nothing in the ring changed. Laps are compared by 32-bit difference: a stalled
- * reader is safe as long as the ring does not wrap 2^31 laps (years at 10^8 msg/s).
+ * before it, nothing in the ring changed. Laps are compared by 32-bit difference and CASes
+ * compare the handle too (both publish and advance are 16-byte CASes), so a process stalled
+ * for 2^32 laps cannot act on a cell that came back with the same word: the handle differs
+ * (it carries the descriptor generation). Index helping CASes are plain 64-bit positions.
  */
 #ifndef SHMQ_RING_H
 #define SHMQ_RING_H

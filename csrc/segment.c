@@ -20,6 +20,7 @@
 /* Implemented in queue.c: return a dead participant's claims to the queue. The caller holds
  * the slot's lock byte, so it is the only repairer of that slot. */
 void shmq_queue_repair_slot(shmq_seg_t *seg, uint32_t s);
+void shmq_queue_repair_owner(shmq_seg_t *seg, uint32_t dead);
 
 static const char *const rc_names[] = {
     "ok", "empty", "full", "timed out", "interrupted", "message too big", "corrupt segment",
@@ -505,9 +506,11 @@ int shmq_seg_slot_alive(shmq_seg_t *seg, uint32_t s)
 
 int shmq_seg_owner_alive(shmq_seg_t *seg, uint32_t owner)
 {
+    if (owner == 0)
+        return 1; /* nobody: nothing to steal */
     uint32_t s = shmq_owner_slot(owner);
     if (s == UINT32_MAX)
-        return 1; /* nobody: nothing to steal */
+        return 0; /* untrusted: a non-zero stamp naming no slot is garbage */
     if (s >= seg->max_slots) /* untrusted: a stamp naming no slot cannot be alive */
         return 0;
     shmq_slot_t *sl = &seg->slots[s];
@@ -518,18 +521,20 @@ int shmq_seg_owner_alive(shmq_seg_t *seg, uint32_t owner)
     return shmq_seg_slot_alive(seg, s);
 }
 
+static void fold_slot(shmq_seg_t *seg, shmq_slot_t *sl);
+
 static int try_take_slot(shmq_seg_t *seg, uint32_t s)
 {
     if (lock_byte(seg->fd, s, F_WRLCK, F_OFD_SETLK, NULL) != 0)
         return 0; /* held by a live participant (or one attaching right now) */
     SHMQ_CRASH_POINT(attach_locked);
     shmq_slot_t *sl = &seg->slots[s];
-    seg->slot = s; /* needed by repair for the owner-alive check of our own slot */
-    if (shmq_load_acquire(&sl->state) == SHMQ_SLOT_ATTACHED) {
-        /* The lock byte was free but the slot says attached: its process died. */
-        shmq_queue_repair_slot(seg, s);
-    }
-    uint32_t gen = (shmq_load_relaxed(&sl->gen) + 1) & SHMQ_OWNER_GEN_MASK;
+    /* The lock byte was free: a slot that says ATTACHED belonged to a process that died. */
+    int was_dead = shmq_load_acquire(&sl->state) == SHMQ_SLOT_ATTACHED;
+    uint32_t old_gen = shmq_load_relaxed(&sl->gen);
+    if (was_dead)
+        fold_slot(seg, sl); /* its counters and waiter entries, before we reset them */
+    uint32_t gen = (old_gen + 1) & SHMQ_OWNER_GEN_MASK;
     if (gen == 0)
         gen = 1;
     shmq_store_relaxed(&sl->pid, (int32_t)getpid());
@@ -542,10 +547,15 @@ static int try_take_slot(shmq_seg_t *seg, uint32_t s)
     sl->dequeued = 0;
     shmq_store_release(&sl->gen, gen);
     shmq_store_seq(&sl->state, SHMQ_SLOT_ATTACHED);
+    seg->slot = s;
     seg->owner = shmq_owner_make(s, gen);
     uint32_t hwm = shmq_load_relaxed(&seg->hdr->slot_hwm);
     while (hwm < s + 1 && !shmq_cas_acq_rel(&seg->hdr->slot_hwm, &hwm, s + 1))
         ;
+    /* Repair after attaching: the dead owner (s, old_gen) now differs from us (s, gen) in
+     * generation, so its stamps read as dead and we act under our own live id. */
+    if (was_dead)
+        shmq_queue_repair_owner(seg, shmq_owner_make(s, old_gen));
     return 1;
 }
 
@@ -624,6 +634,8 @@ int shmq_seg_after_fork(shmq_seg_t *seg)
     seg->fd = nfd;
     seg->slot = UINT32_MAX;
     seg->owner = 0;
+    seg->lock_busy = 0; /* the child has one thread: a flag held by another parent thread is void */
+    seg->map_busy = 0;
     shmq_cpus_allowed_reset();
     return shmq_seg_attach(seg);
 }

@@ -74,7 +74,7 @@
 
 typedef struct {
     uint32_t state;     /* FREE / ATTACHED */
-    uint32_t gen;       /* bumped at each attach; owner ids carry its low 20 bits */
+    uint32_t gen;       /* bumped at each attach; owner ids carry its low 21 bits */
     int32_t pid;        /* informational: liveness is the OFD lock, never the pid */
     uint32_t role;      /* ROLE_* bits, set on first put/get */
     uint32_t cpu;       /* CPU of the last operation (spin policy) */
@@ -203,6 +203,7 @@ typedef struct {
     uint64_t arena_units;
     uint32_t arena_max_order;
     uint32_t desc_cursor;     /* allocation hint, process-local */
+    int arena_corrupt;        /* process-local: garbage seen in the free lists during this operation */
 } shmq_area_t;
 
 typedef struct {
@@ -227,9 +228,11 @@ typedef struct {
     uint32_t owner;           /* shmq_owner_make(slot, gen) */
     shmq_area_t areas[SHMQ_MAX_AREAS];
     int err;                  /* errno of the last SHMQ_ESYS */
-    int map_busy;
-    int closing;
-    uint64_t last_liveness_ns; /* process-local: last dead-participant sweep of this handle */              /* process-local: set by close so this handle's blocked waits return SHMQ_ECLOSED */             /* process-local: serialises first mappings of an area between threads */
+    int map_busy;             /* process-local: serialises first mappings of an area between threads */
+    int closing;              /* process-local: set by close so this handle's blocked waits return SHMQ_ECLOSED */
+    int lock_busy;            /* process-local: threads of this handle take shared locks one at a time */
+    int poll_signals;         /* set by a binding: blocking calls return SHMQ_EINTR after each slice asleep */
+    uint64_t last_liveness_ns; /* process-local: last dead-participant sweep of this handle */
 } shmq_seg_t;
 
 /* Create (exist_ok: open an existing one instead of failing with EEXIST in seg->err). */

@@ -29,7 +29,7 @@ int shmq_futex_wait(uint32_t *word, uint32_t expected, uint64_t deadline_ns)
     if (errno == EINTR)
         return SHMQ_EINTR;
     if (errno == ETIMEDOUT)
-        return is_deadline ? SHMQ_TIMEOUT : SHMQ_OK;
+        return is_deadline ? SHMQ_TIMEOUT : SHMQ_EAGAIN; /* one liveness slice elapsed */
     return SHMQ_ESYS;
 }
 

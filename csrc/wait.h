@@ -22,7 +22,8 @@
 #define SHMQ_SPIN_NS_DEFAULT (20ull * 1000)          /* 20 us: longer than a Python round trip on the other side */
 
 /* Sleep while *word == expected, until woken, deadline (absolute monotonic ns) or one slice.
- * Returns SHMQ_OK (woken or value changed or slice elapsed), SHMQ_TIMEOUT, SHMQ_EINTR. */
+ * Returns SHMQ_OK (woken or the value had changed), SHMQ_EAGAIN (a slice elapsed),
+ * SHMQ_TIMEOUT, SHMQ_EINTR. */
 int shmq_futex_wait(uint32_t *word, uint32_t expected, uint64_t deadline_ns);
 /* Wake up to n waiters on word (INT32_MAX for all). */
 void shmq_futex_wake(uint32_t *word, int n);

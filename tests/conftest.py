@@ -54,11 +54,12 @@ def _in_our_tree(pid):
 
 def _foreign(seg):
     """A segment made by a live process outside this test run (another user of the machine)."""
-    m = re.match(r"shmq\.(?:@|t-)(\d+)-", seg)
-    if not m:
-        return False
-    pid = int(m.group(1))
-    return os.path.exists(f"/proc/{pid}") and not _in_our_tree(pid)
+    # Names made by this project embed the creator's pid (@<pid>-..., t-<pid>-..., fuzz-<pid>).
+    for num in re.findall(r"\d+", seg):
+        pid = int(num)
+        if 1 < pid < 1 << 22 and os.path.exists(f"/proc/{pid}") and not _in_our_tree(pid):
+            return True
+    return False
 
 
 @pytest.fixture(autouse=True)

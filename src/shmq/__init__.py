@@ -1,7 +1,8 @@
 """shmq: a message queue for processes on one host, in POSIX shared memory."""
 from ._core import crash_points, get_spin_us, set_spin_us
 from .errors import (CorruptQueueError, Empty, Full, IncompatibleQueueError, LeaseExpiredError,
-                     MessageTooLargeError, QueueClosedError, QueueMemoryError, QueueNotFound, ShmqError)
+                     MessageTooLargeError, NoSpaceError, QueueClosedError, QueueExistsError, QueueMemoryError,
+                     QueueNotFound, QueuePermissionError, ShmqError)
 from .queue import JoinableQueue, Queue, SimpleQueue, unlink
 from .stats import QueueInfo, list_queues
 
@@ -11,5 +12,6 @@ __all__ = [
     "Queue", "SimpleQueue", "JoinableQueue", "unlink", "list_queues", "QueueInfo",
     "ShmqError", "Empty", "Full", "QueueClosedError", "QueueNotFound", "CorruptQueueError",
     "IncompatibleQueueError", "MessageTooLargeError", "QueueMemoryError", "LeaseExpiredError",
+    "QueueExistsError", "QueuePermissionError", "NoSpaceError",
     "crash_points", "set_spin_us", "get_spin_us", "__version__",
 ]

@@ -1,6 +1,7 @@
 """Benchmark harness behind ``shmq bench``: shmq against its peers, measured in the same run."""
 import argparse
 import array
+import atexit
 import json
 import os
 import pickle
@@ -16,6 +17,7 @@ import traceback
 import uuid
 
 import multiprocessing as mp
+from multiprocessing.reduction import ForkingPickler as _ForkingPickler
 
 KiB = 1024
 MiB = 1024 * 1024
@@ -130,7 +132,7 @@ class _MPSimple(Peer):
 
 class _MPSimpleChan:
     # SimpleQueue.get has no timeout: poll its reader first (one extra select per message,
-    # the price of never hanging). _reader is a private attribute of SimpleQueue.
+    # the price of never hanging). _reader and _rlock are private attributes of SimpleQueue.
     def __init__(self, q):
         self.q = q
 
@@ -144,9 +146,18 @@ class _MPSimpleChan:
         self.q.put(obj)
 
     def recv(self):
-        if not self.q._reader.poll(_recv_timeout):
+        # as SimpleQueue.get, with a timeout on both its read lock and the poll (a poll outside
+        # the lock could see data another consumer then takes, and block for ever)
+        q = self.q
+        if not q._rlock.acquire(timeout=_recv_timeout):
             raise TimeoutError("SimpleQueue.get timed out")
-        return self.q.get()
+        try:
+            if not q._reader.poll(_recv_timeout):
+                raise TimeoutError("SimpleQueue.get timed out")
+            data = q._reader.recv_bytes()
+        finally:
+            q._rlock.release()
+        return _ForkingPickler.loads(data)
 
     def close_end(self):
         pass
@@ -248,6 +259,7 @@ class _ZmqChan:
     def __init__(self, kind, depth):
         if _ZmqChan._tmp is None:
             _ZmqChan._tmp = tempfile.mkdtemp(prefix="shmq-bench-zmq-")
+            atexit.register(_remove_zmq_tmp, os.getpid())
         self.dir = tempfile.mkdtemp(dir=_ZmqChan._tmp)
         self.kind = kind
         self.hwm = depth or 1000
@@ -278,6 +290,7 @@ class _ZmqChan:
         s.setsockopt(zmq.SNDHWM, self.hwm)
         s.setsockopt(zmq.SNDTIMEO, int(CHILD_TIMEOUT * 1000))
         s.setsockopt(zmq.LINGER, int(CHILD_TIMEOUT * 1000))   # deliver what is queued at close
+        s.setsockopt(zmq.IMMEDIATE, 1)    # queue only on completed connections (see docs/benchmarks.md)
         for i in range(consumers):
             s.connect(self._addr(i))
         return _ZmqSend(s, self.enc)
@@ -289,6 +302,13 @@ class _ZmqChan:
 
     def close(self):
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _remove_zmq_tmp(pid=None):
+    # forked children leave through os._exit (no atexit), but check the pid all the same
+    if _ZmqChan._tmp is not None and (pid is None or pid == os.getpid()):
+        shutil.rmtree(_ZmqChan._tmp, ignore_errors=True)
+        _ZmqChan._tmp = None
 
 
 class _ZmqSend:
@@ -575,7 +595,7 @@ def _open_send(chan, consumers):
     return chan.sender(consumers) if isinstance(chan, _ZmqChan) else chan.sender()
 
 
-def _child(fn, chans, recv_spec, send_spec, cpu, b1, b2, resq, idx, args):
+def _child(fn, chans, recv_spec, send_spec, cpu, b1, b2, b3, resq, idx, args):
     # returns normally (no os._exit): multiprocessing's exit path flushes Queue feeder threads
     try:
         _pin(cpu)
@@ -585,6 +605,12 @@ def _child(fn, chans, recv_spec, send_spec, cpu, b1, b2, resq, idx, args):
         b2.wait(CHILD_TIMEOUT * 2)
         out = fn(rx, tx, *args)
         resq.put((idx, "ok", out))
+        # Nobody closes an end before every role is done: a pyzmq PUSH connected to several
+        # PULLs and closed with messages still queued was seen to drop some, despite LINGER.
+        try:
+            b3.wait(CHILD_TIMEOUT * 2)
+        except Exception:
+            pass
     except BaseException:
         try:
             resq.put((idx, "err", traceback.format_exc()))
@@ -604,13 +630,13 @@ def _child(fn, chans, recv_spec, send_spec, cpu, b1, b2, resq, idx, args):
 def _run(chans, roles, timeout=RUN_TIMEOUT):
     """roles: [(fn, recv_spec, send_spec, cpu, args)]; returns each role's result, in order."""
     n = len(roles)
-    b1, b2 = _ctx.Barrier(n), _ctx.Barrier(n)
+    b1, b2, b3 = _ctx.Barrier(n), _ctx.Barrier(n), _ctx.Barrier(n)
     resq = _ctx.Queue()
     procs = []
     results = [None] * n
     try:
         for i, (fn, rs, ss, cpu, args) in enumerate(roles):
-            p = _ctx.Process(target=_child, args=(fn, chans, rs, ss, cpu, b1, b2, resq, i, args), daemon=True)
+            p = _ctx.Process(target=_child, args=(fn, chans, rs, ss, cpu, b1, b2, b3, resq, i, args), daemon=True)
             p.start()
             procs.append(p)
         deadline = time.monotonic() + timeout
@@ -690,6 +716,7 @@ def _consumer(rx, tx, total, batched, counts, idx, check_size):
     solo = counts is None
     if not solo:
         _recv_timeout = MPMC_POLL
+    t_begin = time.perf_counter()
     get = r.recv_many if batched else r.recv
     while True:
         if solo and n >= total:
@@ -702,6 +729,9 @@ def _consumer(rx, tx, total, batched, counts, idx, check_size):
             counts[idx] = n
             if sum(counts) >= total:
                 break
+            if time.perf_counter() - (t_last or t_begin) > CHILD_TIMEOUT:
+                raise TimeoutError(f"consumers got {list(counts)} of {total} messages and nothing more "
+                                   f"for {CHILD_TIMEOUT:.0f} s") from None
             continue
         if batched:
             if first is None and got:
@@ -949,6 +979,7 @@ class Suite:
     def __init__(self, quick=False, only=None, log=print, peers=None):
         self.quick = quick
         self.only = set(only or GROUPS)
+        self.explicit = only is not None     # --only given: --quick shortens, never drops, a group
         t0 = time.monotonic()
         self.log = lambda msg: log(f"[{time.monotonic() - t0:6.1f}s] {msg}")
         self.peers = peers or all_peers()
@@ -1031,7 +1062,7 @@ class Suite:
                 self._tp(label, spec)
             if not self.quick:
                 self._tp(*DICT)
-        if "numpy" in self.only and not self.quick:
+        if "numpy" in self.only and (self.explicit or not self.quick):
             try:
                 import numpy  # noqa: F401
                 self.log("numpy 1->1")
@@ -1328,9 +1359,7 @@ def main(argv=None):
     try:
         res = suite.run()
     finally:
-        if _ZmqChan._tmp is not None:
-            shutil.rmtree(_ZmqChan._tmp, ignore_errors=True)
-            _ZmqChan._tmp = None
+        _remove_zmq_tmp()
     print(report(res))
     if args.json:
         with open(args.json, "w") as f:

@@ -101,6 +101,7 @@ cdef class Core:
     cdef int _active          # calls running without the GIL (close waits for them)
     cdef uint32_t _flags
     cdef readonly str path
+    cdef object _pending_error  # a decode error met by get_many after it had taken items
 
     def __cinit__(self):
         self.opened = False
@@ -156,6 +157,7 @@ cdef class Core:
         self.opened = True
         self.path = path
         self._flags = self.seg.hdr.flags
+        self.seg.poll_signals = 1   # blocking calls surface every 50 ms so Python signal handlers run
 
     cdef _attach(self):
         cdef int rc = c.shmq_seg_attach(&self.seg)
@@ -395,6 +397,9 @@ cdef class Core:
                 with nogil:
                     memcpy(dst, m.data, n)
             return out
+        if (kind == KIND_PICKLE or kind == KIND_PICKLE_OOB) and (self._flags & c.SHMQ_F_RAW):
+            raise _errors.CorruptQueueError(f"message {m.id} on raw queue {self.path!r} is pickled: "
+                                            "refusing to unpickle (raw queues carry bytes only)")
         if kind == KIND_PICKLE:
             mv = PyMemoryView_FromMemory(<char *>m.data, <Py_ssize_t>n, PyBUF_READ)
             try:
@@ -487,6 +492,7 @@ cdef class Core:
         cdef bint got
         self._check()
         _deadline(block, timeout, &dl)
+        self._raise_pending()
         obj = self._get_one(dl, &got)
         if not got:
             raise _errors.Empty()
@@ -495,6 +501,7 @@ cdef class Core:
     def get_nowait(self):
         cdef bint got
         self._check()
+        self._raise_pending()
         obj = self._get_one(0, &got)
         if not got:
             raise _errors.Empty()
@@ -508,16 +515,29 @@ cdef class Core:
         if max_items < 1:
             raise ValueError("max_items must be at least 1")
         _deadline(block, timeout, &dl)
+        self._raise_pending()
         first = self._get_one(dl, &got)
         if not got:
             raise _errors.Empty()
         out = [first]
         while len(out) < max_items:
-            obj = self._get_one(0, &got)
+            try:
+                obj = self._get_one(0, &got)
+            except Exception as e:
+                # The items already taken are returned; this error is raised by the next get.
+                self._pending_error = e
+                break
             if not got:
                 break
             out.append(obj)
         return out
+
+    cdef int _raise_pending(self) except -1:
+        if self._pending_error is not None:
+            e = self._pending_error
+            self._pending_error = None
+            raise e
+        return 0
 
     # -- state ------------------------------------------------------------------------
     def qsize(self):

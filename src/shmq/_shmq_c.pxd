@@ -48,6 +48,7 @@ cdef extern from "segment.h" nogil:
         shmq_header_t *hdr
         uint32_t slot
         int err
+        int poll_signals
     ctypedef struct shmq_create_opts_t:
         const char *path
         uint32_t kind

@@ -6,6 +6,7 @@ import queue as _queue
 __all__ = [
     "ShmqError", "Empty", "Full", "QueueClosedError", "QueueNotFound", "CorruptQueueError",
     "IncompatibleQueueError", "MessageTooLargeError", "QueueMemoryError", "LeaseExpiredError",
+    "QueueExistsError", "QueuePermissionError", "NoSpaceError",
 ]
 
 
@@ -27,6 +28,18 @@ class QueueClosedError(ShmqError, ValueError, OSError):
 
 class QueueNotFound(ShmqError, FileNotFoundError):
     """No queue of that name exists."""
+
+
+class QueueExistsError(ShmqError, FileExistsError):
+    """create=True on a name that exists (pass exist_ok=True to open it instead)."""
+
+
+class QueuePermissionError(ShmqError, PermissionError):
+    """The queue's file mode does not let this user open it."""
+
+
+class NoSpaceError(ShmqError, OSError):
+    """/dev/shm is full (Docker's default is 64 MiB): the segment could not be created or grown."""
 
 
 class CorruptQueueError(ShmqError):
@@ -52,16 +65,18 @@ class LeaseExpiredError(ShmqError):
 def _oserror(err, path):
     """An OSError (or subclass) for a failed system call on a segment, naming the cause."""
     name = _os.path.basename(path or "")
+    if name.startswith("shmq."):
+        name = name[len("shmq."):]
     if err == _errno.ENOENT:
         return QueueNotFound(err, f"no such queue: {name!r}", path)
     if err == _errno.EEXIST:
-        return FileExistsError(err, f"queue already exists: {name!r} (pass exist_ok=True to open it)", path)
+        return QueueExistsError(err, f"queue already exists: {name!r} (pass exist_ok=True to open it)", path)
     if err in (_errno.EACCES, _errno.EPERM):
-        return PermissionError(err, f"permission denied on queue {name!r} (created by another user "
-                                    "with a mode that excludes you; see mode=)", path)
+        return QueuePermissionError(err, f"permission denied on queue {name!r} (created by another user "
+                                         "with a mode that excludes you; see mode=)", path)
     if err == _errno.ENOSPC:
-        return OSError(err, f"no space left in /dev/shm for queue {name!r} (Docker gives /dev/shm 64 MiB by "
-                            "default: --shm-size; or use a smaller capacity)", path)
+        return NoSpaceError(err, f"no space left in /dev/shm for queue {name!r} (Docker gives /dev/shm 64 MiB by "
+                                 "default: --shm-size; or use a smaller capacity)", path)
     if err == _errno.ENOMEM:
         return QueueMemoryError(f"out of memory mapping queue {name!r}")
     return OSError(err, f"{_os.strerror(err)} on queue {name!r}", path)

@@ -202,6 +202,8 @@ class Queue(_core.Core):
             problems.append(f"max_message={explicit['max_message']} (the queue accepts up to {st['max_message']})")
         if st["kind"] != _core.KIND_QUEUE:
             problems.append("kind: the segment is not a work queue")
+        if self._joinable and not st["flags"] & _core.F_JOINABLE:
+            problems.append("JoinableQueue (the queue was created as a plain Queue: no task_done/join accounting)")
         if problems:
             self._close()
             raise ValueError(f"queue {name!r} exists with other options: " + "; ".join(problems))

@@ -111,3 +111,23 @@ def test_kill_at_crash_point(point, qname, tmp_path):
     finally:
         q.close()
         shmq.unlink(qname)
+
+
+def test_attacher_repairs_a_slot_whose_owner_died_holding_the_arena_lock(qname, tmp_path):
+    """Regression: the next process to attach takes the dead process's slot; its repair must
+    steal the arena lock from the dead owner (not wait on itself) and free the dead put."""
+    q = shmq.Queue(qname, create=True, capacity="2MiB", max_participants=2)
+    try:
+        r = _run_worker(["produce", qname, "20", str(tmp_path / "rec"), "large"], crash_at="arena_locked:3")
+        assert r.returncode == -9
+        # the only free slot is the dead one: this attacher must repair it, promptly
+        r = _run_worker(["produce", qname, "5", str(tmp_path / "rec2"), "large"], timeout=30)
+        assert r.returncode == 0, r.stderr
+        got = _drain(q)
+        assert got[-5:] == list(range(5))
+        ck = _assert_consistent(q)
+        assert ck["owned_desc"] == 0 and ck["ready_desc"] == 0, ck
+        assert q.stats()["bytes_used"] == 0
+    finally:
+        q.close()
+        shmq.unlink(qname)

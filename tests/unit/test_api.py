@@ -364,3 +364,84 @@ def test_spin_setting():
             shmq.set_spin_us(-1)
     finally:
         shmq.set_spin_us(old)
+
+
+def test_os_errors_are_shmq_errors_too(qname):
+    q = shmq.Queue(qname, create=True, capacity="1MiB")
+    try:
+        with pytest.raises(shmq.QueueExistsError) as ei:
+            shmq.Queue(qname, create=True)
+        assert isinstance(ei.value, FileExistsError) and isinstance(ei.value, shmq.ShmqError)
+        assert repr(qname) in str(ei.value)
+    finally:
+        q.close()
+        shmq.unlink(qname)
+    assert issubclass(shmq.QueuePermissionError, PermissionError)
+    assert issubclass(shmq.NoSpaceError, OSError) and issubclass(shmq.NoSpaceError, shmq.ShmqError)
+
+
+def test_joinable_over_a_plain_queue_is_refused(qname):
+    q = shmq.Queue(qname, create=True, capacity="1MiB")
+    try:
+        with pytest.raises(ValueError, match="JoinableQueue"):
+            shmq.JoinableQueue(qname)
+    finally:
+        q.close()
+        shmq.unlink(qname)
+
+
+def test_raw_queue_consumer_never_unpickles(qname):
+    import struct
+    raw = shmq.Queue(qname, create=True, capacity="1MiB", raw=True)
+    other = shmq.Queue(qname)  # any handle on a raw queue enforces it at put
+    try:
+        with pytest.raises(TypeError, match="raw"):
+            other.put({"evil": 1})
+        raw.put(b"\x80\x05N.")  # bytes that happen to be a pickle
+        # a hostile writer flips the descriptor's kind byte to "pickle": the consumer refuses
+        with open(raw.path, "r+b") as f:
+            f.seek(896)
+            a0off = struct.unpack("<Q", f.read(8))[0]
+            f.seek(a0off + 40)
+            desc_off = struct.unpack("<Q", f.read(8))[0]
+            f.seek(a0off + desc_off + 41)
+            f.write(bytes([3]))
+        with pytest.raises(shmq.CorruptQueueError, match="refusing to unpickle"):
+            raw.get(timeout=1)
+    finally:
+        other.close()
+        raw.close()
+        shmq.unlink(qname)
+
+
+def test_get_many_keeps_items_taken_before_a_bad_one():
+    class Bad:
+        def __reduce__(self):
+            return (int, ("not a number",))
+
+    q = shmq.Queue()
+    try:
+        q.put_many(["a", "b", Bad(), "c"])
+        assert q.get_many(10, timeout=1) == ["a", "b"]
+        with pytest.raises(ValueError):
+            q.get(timeout=1)  # the bad item's error comes with the next call
+        assert q.get(timeout=1) == "c"
+    finally:
+        q.close()
+
+
+def test_qsize_counts_a_message_published_by_a_producer_killed_before_its_tail_advance(qname, tmp_path):
+    import subprocess, sys
+    worker = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "crash", "_worker.py")
+    q = shmq.Queue(qname, create=True, capacity="1MiB")
+    try:
+        env = dict(os.environ, SHMQ_CRASH_AT="before_commit:1")
+        r = subprocess.run([sys.executable, worker, "produce", qname, "5", str(tmp_path / "r"), "small"],
+                           env=env, capture_output=True, timeout=60)
+        assert r.returncode == -9
+        assert q.qsize() == 1 and not q.empty()
+        q.get(timeout=1)
+        assert q.qsize() == 0
+    finally:
+        q.close()
+        shmq.unlink(qname)
