@@ -80,6 +80,17 @@ static inline uint64_t shmq_now_wall_ns(void)
 /* Deadlines are absolute CLOCK_MONOTONIC nanoseconds; this value means "no deadline". */
 #define SHMQ_NO_DEADLINE UINT64_MAX
 
+/* A cheap, roughly monotonic tick count comparable across CPUs: the TSC on x86 (invariant and
+ * synchronised on the CPUs we support), nanoseconds elsewhere. Only used for heuristics. */
+static inline uint64_t shmq_ticks(void)
+{
+#if defined(__x86_64__)
+    return __builtin_ia32_rdtsc();
+#else
+    return shmq_now_mono_ns();
+#endif
+}
+
 static inline void shmq_cpu_relax(void)
 {
 #if defined(__x86_64__) || defined(__i386__)

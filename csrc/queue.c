@@ -321,8 +321,10 @@ static int put_commit(shmq_seg_t *q, put_ctx *c, uint64_t deadline_ns, uint64_t 
         }
     }
     SHMQ_CRASH_POINT(after_commit);
-    if (q->slot != UINT32_MAX)
+    if (q->slot != UINT32_MAX) {
         shmq_fetch_add_relaxed(&q->slots[q->slot].enqueued, 1);
+        shmq_store_relaxed(&q->slots[q->slot].last_put, shmq_ticks()); /* same line as the counter */
+    }
     note_cpu(q);
     if (id_out)
         *id_out = id;
@@ -464,9 +466,12 @@ static int get_check(shmq_seg_t *q, void *ctx)
     return rc == SHMQ_EMPTY ? SHMQ_EAGAIN : rc;
 }
 
-/* Spin only if another participant is running (not asleep in shmq) on another CPU than ours:
- * then the spin cannot take CPU time from it. A process pinned to one CPU may still spin
- * against a counterpart pinned to another; on a one-CPU machine nobody spins. */
+/* Spin only if a producer is active on another CPU than ours: it put something within the
+ * last ~1 ms (so it is likely to put again soon), it is not asleep in shmq, and its last CPU is
+ * not ours (so the spin cannot take CPU time from it). An idle attached process (a parent in
+ * join(), say) does not count. A process pinned to one CPU may still spin against a producer
+ * pinned to another; on a one-CPU machine nobody spins. */
+#define SHMQ_ACTIVE_TICKS (3ull * 1000 * 1000) /* ~1 ms of TSC at 3 GHz (ns elsewhere: 3 ms) */
 static int worth_spinning(shmq_seg_t *q)
 {
     if (shmq_get_spin_ns() == 0 || shmq_cpus_online() < 2 || q->slot == UINT32_MAX)
@@ -476,12 +481,13 @@ static int worth_spinning(shmq_seg_t *q)
     uint32_t hwm = shmq_load_relaxed(&q->hdr->slot_hwm);
     if (hwm > q->max_slots)
         hwm = q->max_slots; /* untrusted */
+    uint64_t now = shmq_ticks();
     for (uint32_t s = 0; s < hwm; s++) {
         if (s == q->slot)
             continue;
         shmq_slot_t *sl = &q->slots[s];
         if (shmq_load_relaxed(&sl->state) == SHMQ_SLOT_ATTACHED && shmq_load_relaxed(&sl->run_state) == SHMQ_RUN_RUNNING &&
-            (int)shmq_load_relaxed(&sl->cpu) != me)
+            (int)shmq_load_relaxed(&sl->cpu) != me && now - shmq_load_relaxed(&sl->last_put) < SHMQ_ACTIVE_TICKS)
             return 1;
     }
     return 0;

@@ -545,6 +545,7 @@ static int try_take_slot(shmq_seg_t *seg, uint32_t s)
     sl->attach_ns = shmq_now_wall_ns();
     sl->enqueued = 0;
     sl->dequeued = 0;
+    sl->last_put = 0;
     shmq_store_release(&sl->gen, gen);
     shmq_store_seq(&sl->state, SHMQ_SLOT_ATTACHED);
     seg->slot = s;

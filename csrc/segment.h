@@ -84,7 +84,7 @@ typedef struct {
     uint64_t attach_ns; /* wall clock at attach */
     uint64_t enqueued;  /* single-writer counters (this slot only); readers sum, repair folds */
     uint64_t dequeued;
-    uint64_t _pad1;     /* one slot per cache line: slots are written by different processes */
+    uint64_t last_put;  /* shmq_ticks() of the last put (spin policy: "is a producer active?") */
 } shmq_slot_t;
 _Static_assert(sizeof(shmq_slot_t) == 64, "slot must be one cache line");
 
