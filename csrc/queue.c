@@ -37,8 +37,9 @@ static int desc_claim(shmq_seg_t *q, shmq_area_t *a, uint32_t *idx, uint32_t *dg
         if (shmq_desc_state(w) != SHMQ_D_FREE)
             continue;
         uint32_t g = (shmq_desc_dgen(w) + 1) & SHMQ_DGEN_MASK;
-        /* acquire: the previous owner's writes (chunk reference) are visible before we reuse it */
-        if (shmq_cas_acq_rel(&d->word, &w, shmq_desc_word(g, SHMQ_D_WRITING, q->owner))) {
+        /* seq_cst: acquire for the previous owner's writes (chunk reference); ordered before
+         * our later load of the area's state (retire_drained's handshake, segment.c) */
+        if (shmq_cas_seq(&d->word, &w, shmq_desc_word(g, SHMQ_D_WRITING, q->owner))) {
             __atomic_store_n(&a->desc_cursor, i + 1 < n ? i + 1 : 0, __ATOMIC_RELAXED);
             *idx = i;
             *dgen = g;
@@ -213,6 +214,12 @@ static int put_reserve(shmq_seg_t *q, put_ctx *c)
         if (desc_claim(q, a, &c->idx, &c->dgen) == SHMQ_OK) {
             SHMQ_CRASH_POINT(after_desc_claim);
             shmq_desc_t *d = desc_at(a, c->idx);
+            /* seq_cst, pairs with retire_drained: a stale area_tail may name an area being given
+             * back; then let go of the descriptor and look again. */
+            if (SHMQ_UNLIKELY(shmq_load_seq(&h->areas[ai].state) != 1)) {
+                shmq_exchange_seq(&d->word, shmq_desc_word(c->dgen, SHMQ_D_FREE, 0));
+                continue;
+            }
             c->a = a;
             d->chunk = SHMQ_NO_CHUNK;
             if (c->total <= SHMQ_INLINE_MAX)
@@ -290,8 +297,14 @@ static int put_commit(shmq_seg_t *q, put_ctx *c, uint64_t deadline_ns, uint64_t 
         if (!ta)
             goto unpublish;
         rc = shmq_ring_put_mpmc(&ta->ring, handle);
-        if (rc == SHMQ_OK)
+        if (SHMQ_LIKELY(rc == SHMQ_OK)) {
+            /* seq_cst, after the publishing CAS: with a stale area_tail we may have published
+             * into an area whose memory was given back (its SEALED cell read as EMPTY once
+             * zeroed). Nobody consumes there: publish again in the current tail. */
+            if (SHMQ_UNLIKELY(shmq_load_seq(&h->areas[ai].state) != 1))
+                continue;
             break;
+        }
         if (rc == SHMQ_ESEALED) {
             if (!(h->flags & SHMQ_F_GROWABLE)) {
                 rc = SHMQ_ECORRUPT; /* untrusted: a bounded queue is never sealed */
@@ -559,7 +572,7 @@ uint64_t shmq_depth(shmq_seg_t *q)
     uint64_t n = 0;
     for (uint32_t i = head; i <= tail && i < h->max_areas; i++) {
         int rc;
-        shmq_area_t *a = shmq_seg_area(q, i, &rc);
+        shmq_area_t *a = shmq_seg_area_live(q, i, &rc);
         if (a)
             n += shmq_ring_count(&a->ring);
     }
@@ -575,7 +588,7 @@ void shmq_stats(shmq_seg_t *q, shmq_stats_t *st)
     uint64_t used = 0;
     for (uint32_t i = 0; i <= tail && i < h->max_areas; i++) {
         int rc;
-        shmq_area_t *a = shmq_seg_area(q, i, &rc);
+        shmq_area_t *a = shmq_seg_area_live(q, i, &rc);
         if (!a)
             continue;
         st->areas++;
@@ -652,13 +665,13 @@ static uint8_t **referenced_map(shmq_seg_t *q)
         return NULL;
     for (uint32_t i = 0; i <= tail && i < h->max_areas; i++) {
         int rc;
-        shmq_area_t *a = shmq_seg_area(q, i, &rc);
+        shmq_area_t *a = shmq_seg_area_live(q, i, &rc);
         if (a)
             maps[i] = calloc((a->n_desc + 7) / 8, 1);
     }
     for (uint32_t i = 0; i <= tail && i < h->max_areas; i++) {
         int rc;
-        shmq_area_t *a = shmq_seg_area(q, i, &rc);
+        shmq_area_t *a = shmq_seg_area_live(q, i, &rc);
         if (!a)
             continue;
         uint64_t n = a->ring.mask + 1;
@@ -709,7 +722,7 @@ void shmq_queue_repair_owner(shmq_seg_t *q, uint32_t dead)
     int any_ready = 0;
     for (uint32_t i = 0; i <= tail && i < h->max_areas; i++) {
         int rc;
-        shmq_area_t *a = shmq_seg_area(q, i, &rc);
+        shmq_area_t *a = shmq_seg_area_live(q, i, &rc);
         if (!a)
             continue;
         for (uint32_t k = 0; k < a->n_desc; k++) {
@@ -732,7 +745,7 @@ void shmq_queue_repair_owner(shmq_seg_t *q, uint32_t dead)
         uint8_t **maps = referenced_map(q);
         for (uint32_t i = 0; maps && i <= tail && i < h->max_areas; i++) {
             shmq_area_t *a = q->areas[i].base ? &q->areas[i] : NULL;
-            if (!a || !maps[i])
+            if (!a || !maps[i] || shmq_load_acquire(&h->areas[i].state) != 1)
                 continue;
             for (uint32_t k = 0; k < a->n_desc; k++) {
                 shmq_desc_t *d = desc_at(a, k);
@@ -788,7 +801,7 @@ int shmq_peek(shmq_seg_t *q, uint64_t n, shmq_peek_t *out, void *buf, uint64_t c
     uint32_t head = shmq_load_acquire(&h->area_head), tail = shmq_load_acquire(&h->area_tail);
     for (uint32_t ai = head; ai <= tail && ai < h->max_areas; ai++) {
         int rc;
-        shmq_area_t *a = shmq_seg_area(q, ai, &rc);
+        shmq_area_t *a = shmq_seg_area_live(q, ai, &rc);
         if (!a)
             return rc;
         uint64_t hd = shmq_load_acquire(a->ring.head), t = shmq_load_acquire(a->ring.tail);
@@ -856,9 +869,9 @@ void shmq_check(shmq_seg_t *q, shmq_check_t *out)
     uint32_t tail = shmq_load_acquire(&h->area_tail);
     for (uint32_t i = 0; i <= tail && i < h->max_areas; i++) {
         int rc;
-        shmq_area_t *a = shmq_seg_area(q, i, &rc);
+        shmq_area_t *a = shmq_seg_area_live(q, i, &rc);
         if (!a) {
-            out->bad_areas++;
+            out->bad_areas += rc != SHMQ_ESEALED; /* a retired area is fine */
             continue;
         }
         uint64_t used = 0;

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <sched.h>
 #include <stdio.h>
 #include <string.h>
@@ -358,6 +359,18 @@ fail:
 
 static shmq_area_t *area_map_locked(shmq_seg_t *seg, uint32_t i, int *rc);
 
+shmq_area_t *shmq_seg_area_live(shmq_seg_t *seg, uint32_t i, int *rc)
+{
+    if (i < SHMQ_MAX_AREAS) {
+        uint32_t st = shmq_load_acquire(&seg->hdr->areas[i].state);
+        if (st == SHMQ_AREA_RETIRING || st == SHMQ_AREA_RETIRED) {
+            *rc = SHMQ_ESEALED;
+            return NULL;
+        }
+    }
+    return shmq_seg_area(seg, i, rc);
+}
+
 shmq_area_t *shmq_seg_area(shmq_seg_t *seg, uint32_t i, int *rc)
 {
     *rc = SHMQ_ECORRUPT;
@@ -379,7 +392,12 @@ static shmq_area_t *area_map_locked(shmq_seg_t *seg, uint32_t i, int *rc)
     if (a->base != NULL)
         return a;
     shmq_area_ent_t *e = &seg->hdr->areas[i];
-    if (shmq_load_acquire(&e->state) != 1) /* acquire: the area was built before state = 1 */
+    uint32_t st = shmq_load_acquire(&e->state); /* acquire: the area was built before state = 1 */
+    if (st == SHMQ_AREA_RETIRING || st == SHMQ_AREA_RETIRED) {
+        *rc = SHMQ_ESEALED; /* drained and given back: nothing of it is in use */
+        return NULL;
+    }
+    if (st != 1)
         return NULL;
     uint64_t off = e->off, size = e->size;
     uint64_t fsize = file_size_of(seg->fd);
@@ -418,6 +436,42 @@ static shmq_area_t *area_map_locked(shmq_seg_t *seg, uint32_t i, int *rc)
     return a;
 }
 
+/* Give the memory of drained areas back to tmpfs (grow lock held). An area below area_head whose
+ * descriptors are all FREE holds nothing: no producer allocates there any more (they allocate
+ * in area_tail), and consumers have sealed it. A producer stalled since it read an old
+ * area_tail could still claim a descriptor there, so: we mark the area RETIRING, then scan;
+ * a producer claims, then checks the mark (both seq_cst): one of us sees the other. Zeroing
+ * also erases the area's SEALED cell, so a producer that publishes into a ring re-checks the
+ * ring's area afterwards and publishes again in the current tail (queue.c). */
+static void retire_drained(shmq_seg_t *seg)
+{
+    shmq_header_t *h = seg->hdr;
+    uint32_t head = shmq_load_acquire(&h->area_head);
+    /* Area 0 shares the first mapping with the header and is small: it is kept. */
+    for (uint32_t i = 1; i < head && i < h->max_areas; i++) {
+        shmq_area_ent_t *e = &h->areas[i];
+        if (shmq_load_acquire(&e->state) != 1)
+            continue;
+        int rc;
+        shmq_area_t *a = shmq_seg_area(seg, i, &rc);
+        if (!a)
+            continue;
+        shmq_store_seq(&e->state, SHMQ_AREA_RETIRING);
+        int busy = 0;
+        for (uint32_t k = 0; k < a->n_desc && !busy; k++) {
+            shmq_desc_t *d = (shmq_desc_t *)(a->desc + (uint64_t)k * SHMQ_DESC_SIZE);
+            busy = shmq_desc_state(shmq_load_seq(&d->word)) != SHMQ_D_FREE;
+        }
+        if (busy) {
+            shmq_store_seq(&e->state, 1);
+            continue;
+        }
+        /* The mapping stays valid (reads give zeros); only the memory goes back. */
+        fallocate(seg->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)e->off, (off_t)e->size);
+        shmq_store_seq(&e->state, SHMQ_AREA_RETIRED);
+    }
+}
+
 int shmq_seg_grow(shmq_seg_t *seg, uint32_t from, uint64_t need)
 {
     shmq_header_t *h = seg->hdr;
@@ -439,7 +493,16 @@ int shmq_seg_grow(shmq_seg_t *seg, uint32_t from, uint64_t need)
     while (shmq_area_max_payload(size) < need + 64)
         size *= 2;
     uint64_t off = SHMQ_ALIGN_UP(h->file_size, 4096);
-    int e = posix_fallocate(seg->fd, (off_t)off, (off_t)size);
+    retire_drained(seg);
+    int e;
+    for (;;) {
+        e = posix_fallocate(seg->fd, (off_t)off, (off_t)size);
+        /* /dev/shm full: a smaller area may still fit (drained ones were just given back). */
+        uint64_t smaller = size / 2;
+        if (e != ENOSPC || smaller < SHMQ_MIN_AREA_SIZE || shmq_area_max_payload(smaller) < need + 64)
+            break;
+        size = smaller;
+    }
     if (e) {
         seg->err = e;
         rc = SHMQ_ESYS;
@@ -665,7 +728,7 @@ int shmq_seg_validate(shmq_seg_t *seg)
         return rc;
     uint32_t tail = shmq_load_acquire(&seg->hdr->area_tail);
     for (uint32_t i = 0; i <= tail; i++)
-        if (!shmq_seg_area(seg, i, &rc))
+        if (!shmq_seg_area_live(seg, i, &rc) && rc != SHMQ_ESEALED)
             return rc;
     return SHMQ_OK;
 }

@@ -88,10 +88,12 @@ typedef struct {
 } shmq_slot_t;
 _Static_assert(sizeof(shmq_slot_t) == 64, "slot must be one cache line");
 
+#define SHMQ_AREA_RETIRING 2u
+#define SHMQ_AREA_RETIRED 3u
 typedef struct {
     uint64_t off;   /* byte offset of the area in the file (page aligned) */
     uint64_t size;  /* bytes */
-    uint32_t state; /* 0 = absent, 1 = ready (written last, release) */
+    uint32_t state; /* 0 absent, 1 ready (written last, release), 2 retiring, 3 retired (memory given back) */
     uint32_t _pad0;
     uint64_t _pad1; /* 32-byte entries */
 } shmq_area_ent_t;
@@ -250,6 +252,10 @@ int shmq_seg_after_fork(shmq_seg_t *seg);
 int shmq_seg_validate(shmq_seg_t *seg);
 /* Map area i if needed; validates it. NULL on failure (seg->err / rc in *rc). */
 shmq_area_t *shmq_seg_area(shmq_seg_t *seg, uint32_t i, int *rc);
+/* The same for loops over every area: NULL with *rc = SHMQ_ESEALED for a retired one (its
+ * memory was given back; a mapping of it reads zeros). Hot paths use head/tail areas, which
+ * are never retired, through shmq_seg_area. */
+shmq_area_t *shmq_seg_area_live(shmq_seg_t *seg, uint32_t i, int *rc);
 /* Append a new area able to hold a message of need bytes, after area `from` filled up.
  * Returns SHMQ_OK also if another process grew meanwhile. */
 int shmq_seg_grow(shmq_seg_t *seg, uint32_t from, uint64_t need);

@@ -203,6 +203,44 @@ static void test_growable(void)
     unlink(path);
 }
 
+static void test_growable_gives_drained_areas_back(void)
+{
+    char path[128];
+    th_path(path, sizeof path, "retire");
+    shmq_create_opts_t o = opts(path, 256 << 10, SHMQ_F_GROWABLE, 0);
+    shmq_seg_t q;
+    int created;
+    CHECK_EQ(shmq_seg_create(&q, &o, 0, &created), SHMQ_OK);
+    CHECK_EQ(shmq_seg_attach(&q), SHMQ_OK);
+    static uint8_t blk[20000], out[20000];
+    uint64_t n;
+    /* grow a few times, drain, grow again: the drained areas are retired (memory returned) */
+    for (int round = 0, count = 100; round < 4; round++, count *= 2) {
+        for (int i = 0; i < count; i++)
+            CHECK_EQ(put_bytes(&q, blk, sizeof blk, 0), SHMQ_OK);
+        for (int i = 0; i < count; i++)
+            CHECK_EQ(get_bytes(&q, out, sizeof out, &n, 0), SHMQ_OK);
+    }
+    CHECK_EQ(get_bytes(&q, out, sizeof out, &n, 0), SHMQ_EMPTY);
+    uint32_t retired = 0;
+    for (uint32_t i = 0; i < q.hdr->area_tail; i++)
+        retired += q.hdr->areas[i].state == SHMQ_AREA_RETIRED;
+    CHECK(retired >= 1);
+    struct stat st;
+    CHECK(stat(path, &st) == 0);
+    CHECK((uint64_t)st.st_blocks * 512 < (uint64_t)st.st_size); /* punched: less memory than size */
+    shmq_check_t ck;
+    shmq_check(&q, &ck);
+    CHECK_EQ(ck.bad_areas, 0);
+    CHECK_EQ(ck.owned_desc, 0);
+    CHECK_EQ(shmq_seg_validate(&q), SHMQ_OK);
+    shmq_seg_t r;
+    CHECK_EQ(shmq_seg_open(&r, path, -1), SHMQ_OK); /* a new opener accepts retired areas */
+    shmq_seg_close(&r);
+    shmq_seg_close(&q);
+    unlink(path);
+}
+
 static void test_arena_rebuild(void)
 {
     /* A rebuild from descriptors restores exactly the free space the lists had. */
@@ -345,6 +383,7 @@ int main(void)
     RUN(test_too_big_and_full);
     RUN(test_bytes_full);
     RUN(test_growable);
+    RUN(test_growable_gives_drained_areas_back);
     RUN(test_arena_rebuild);
     RUN(test_corrupt_header_refused);
     RUN(test_dead_slot_repaired);

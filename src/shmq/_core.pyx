@@ -76,6 +76,8 @@ cdef int _deadline(object block, object timeout, uint64_t *out) except -1:
     if timeout is None:
         out[0] = c.SHMQ_NO_DEADLINE
         return 0
+    if isinstance(timeout, (str, bytes, bytearray)):
+        raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
     try:
         t = float(timeout)
     except (TypeError, ValueError):
@@ -298,7 +300,7 @@ cdef class Core:
         cdef uint64_t total, off, pad
         buffers = []
         f = _BytesIO()
-        _make_pickler(f, buffers.append).dump(obj)
+        _make_pickler(f, buffers).dump(obj)
         stream = f.getbuffer()
         if not buffers:
             try:

@@ -17,7 +17,7 @@ from .errors import QueueClosedError, QueueNotFound, _oserror
 __all__ = ["Queue", "SimpleQueue", "JoinableQueue", "unlink", "DEFAULT_CAPACITY"]
 
 DEFAULT_CAPACITY = 64 * 1024 * 1024      # named queues (DESIGN §5.1)
-ANON_INITIAL_CAPACITY = 1024 * 1024      # anonymous queues start here and grow
+ANON_INITIAL_CAPACITY = 256 * 1024       # anonymous queues start here and grow (cheap: many fit in /dev/shm)
 
 
 class _Pickler(pickle.Pickler):
@@ -26,15 +26,57 @@ class _Pickler(pickle.Pickler):
     dispatch_table = collections.ChainMap(_reduction.ForkingPickler._extra_reducers, copyreg.dispatch_table)
 
 
-def _make_pickler(f, buffer_callback):
-    return _Pickler(f, 5, buffer_callback=buffer_callback)
+class _ReadOnlyBuffer(Exception):
+    """A read-only out-of-band buffer: pickle would mark it read-only and the receiver would get
+    a read-only object (a numpy array with writeable=False), where multiprocessing (protocol 4,
+    in-band) delivers a writable copy. Such an object is pickled again with protocol 4."""
+
+
+def _out_of_band_into(buffers):
+    def out_of_band(pb):
+        try:
+            readonly = pb.raw().readonly
+        except BufferError:
+            return True  # not contiguous: pickle copies it in-band
+        if readonly:
+            raise _ReadOnlyBuffer()
+        buffers.append(pb)
+        return False  # False: out of band
+    return out_of_band
+
+
+class _Dumper:
+    """What the binding calls to serialise: dump(obj) fills the BytesIO and the buffer list."""
+    __slots__ = ("f", "buffers")
+
+    def __init__(self, f, buffers):
+        self.f = f
+        self.buffers = buffers
+
+    def dump(self, obj):
+        try:
+            _Pickler(self.f, 5, buffer_callback=_out_of_band_into(self.buffers)).dump(obj)
+        except _ReadOnlyBuffer:
+            self.f.seek(0)
+            self.f.truncate()
+            self.buffers.clear()
+            try:
+                _Pickler(self.f, 4).dump(obj)
+            except pickle.PicklingError:
+                # protocol 4 cannot carry a PickleBuffer: protocol 5 with every buffer in-band
+                self.f.seek(0)
+                self.f.truncate()
+                _Pickler(self.f, 5).dump(obj)
+
+
+_make_pickler = _Dumper
 
 
 _core._set_serializer(_make_pickler, pickle.loads, io.BytesIO)
 
 _live = weakref.WeakSet()          # open handles of this process (fork re-attach, exit close)
 _live_lock = threading.Lock()
-_exit_registered_pid = None
+_exit_finalizer = None
 _UNSET = object()
 
 
@@ -50,11 +92,11 @@ def _ensure_exit_hook():
     # multiprocessing children leave through os._exit after util._exit_function(), which runs
     # Finalize callbacks; the main process runs it from atexit. Process._bootstrap clears the
     # registry, so this is re-done per process (from the after-fork hook below).
-    global _exit_registered_pid
-    pid = os.getpid()
-    if _exit_registered_pid != pid:
-        _exit_registered_pid = pid
-        _mp_util.Finalize(None, _close_all, exitpriority=-100)
+    global _exit_finalizer
+    # still_active() is False when a child's bootstrap cleared the registry (fork, spawn and
+    # forkserver children all do), so the hook is registered again there.
+    if _exit_finalizer is None or not _exit_finalizer.still_active():
+        _exit_finalizer = _mp_util.Finalize(None, _close_all, exitpriority=-100)
 
 
 def _after_fork_in_child():
