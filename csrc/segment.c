@@ -371,7 +371,7 @@ shmq_area_t *shmq_seg_area_live(shmq_seg_t *seg, uint32_t i, int *rc)
     return shmq_seg_area(seg, i, rc);
 }
 
-shmq_area_t *shmq_seg_area(shmq_seg_t *seg, uint32_t i, int *rc)
+shmq_area_t *shmq_seg_area_map(shmq_seg_t *seg, uint32_t i, int *rc)
 {
     *rc = SHMQ_ECORRUPT;
     if (i >= SHMQ_MAX_AREAS || i >= seg->hdr->max_areas) /* untrusted: index from a handle or cursor */

@@ -251,7 +251,16 @@ int shmq_seg_after_fork(shmq_seg_t *seg);
 /* untrusted: full validation of the header and the mapped areas. */
 int shmq_seg_validate(shmq_seg_t *seg);
 /* Map area i if needed; validates it. NULL on failure (seg->err / rc in *rc). */
-shmq_area_t *shmq_seg_area(shmq_seg_t *seg, uint32_t i, int *rc);
+shmq_area_t *shmq_seg_area_map(shmq_seg_t *seg, uint32_t i, int *rc);
+/* Inline fast path (an already mapped area, every put and get: 3-4 calls per message); the
+ * out-of-line mapping path would otherwise make every call save and restore 5 registers. */
+static inline shmq_area_t *shmq_seg_area(shmq_seg_t *seg, uint32_t i, int *rc)
+{
+    /* untrusted: index from a handle or cursor */
+    if (SHMQ_LIKELY(i < SHMQ_MAX_AREAS && i < seg->hdr->max_areas && seg->areas[i].base != NULL))
+        return &seg->areas[i];
+    return shmq_seg_area_map(seg, i, rc);
+}
 /* The same for loops over every area: NULL with *rc = SHMQ_ESEALED for a retired one (its
  * memory was given back; a mapping of it reads zeros). Hot paths use head/tail areas, which
  * are never retired, through shmq_seg_area. */
