@@ -77,6 +77,14 @@ static inline uint64_t shmq_now_wall_ns(void)
     clock_gettime(CLOCK_REALTIME, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
+/* Wall clock to one kernel tick (1-4 ms): ~5 ns instead of ~30 ns for CLOCK_REALTIME, which
+ * was a third of a 64-byte put. For the enqueue timestamp only (never for deadlines). */
+static inline uint64_t shmq_now_wall_coarse_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME_COARSE, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
 /* Deadlines are absolute CLOCK_MONOTONIC nanoseconds; this value means "no deadline". */
 #define SHMQ_NO_DEADLINE UINT64_MAX
 

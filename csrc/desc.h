@@ -30,7 +30,7 @@
 typedef struct {
     uint64_t word;          /* dgen:28 | state:4 | owner:32 */
     uint64_t id;            /* unique, increasing per queue */
-    uint64_t timestamp_ns;  /* wall clock at put */
+    uint64_t timestamp_ns;  /* wall clock at put, to one kernel tick (coarse clock) */
     uint64_t deadline_ns;   /* monotonic: lease/delay (reserved) */
     uint32_t size;          /* payload bytes */
     uint32_t chunk;         /* first arena unit, or SHMQ_NO_CHUNK when inline */

@@ -276,7 +276,7 @@ static int put_commit(shmq_seg_t *q, put_ctx *c, uint64_t deadline_ns, uint64_t 
     }
     uint64_t id = shmq_fetch_add_relaxed(&h->next_id, 1);
     d->id = id;
-    d->timestamp_ns = shmq_now_wall_ns();
+    d->timestamp_ns = shmq_now_wall_coarse_ns();
     d->deadline_ns = 0;
     d->size = (uint32_t)c->total;
     d->kind = (uint8_t)c->kind;
