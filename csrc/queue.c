@@ -82,13 +82,39 @@ static inline void note_cpu(shmq_seg_t *q)
         shmq_store_relaxed(w, cpu);
 }
 
+/* not_empty_seq: bit 0 = a wake-up is pending (sent, and no getter has cleared it since), the
+ * rest counts wake-ups. A put that finds the bit set skips its system call: some getter clears
+ * the bit after that put's publication and then looks at the ring, and a getter that leaves a
+ * sleep with messages still queued passes the wake on (wait.h, "coalesced wake-ups"). */
+static void wake_getters_slow(shmq_seg_t *q)
+{
+    uint32_t *seqw = &q->hdr->not_empty_seq;
+    uint32_t v = shmq_load_seq(seqw); /* seq_cst: ordered after our publication and waiter-count load */
+    do {
+        if (v & 1u)
+            return; /* pending: the getter that clears it looks at the ring after our publication */
+    } while (!shmq_cas_seq(seqw, &v, v + 1)); /* seq_cst: sets the bit and changes the word sleepers wait on */
+    shmq_futex_wake(seqw, 1);
+}
+
 static inline void wake_getters(shmq_seg_t *q)
 {
     shmq_header_t *h = q->hdr;
     /* seq_cst: the publication (a locked CAS) precedes this load; see wait.h. */
-    if (SHMQ_UNLIKELY(shmq_load_seq(&h->waiters_get) != 0)) {
-        shmq_fetch_add_seq(&h->not_empty_seq, 1);
-        shmq_futex_wake(&h->not_empty_seq, 1);
+    if (SHMQ_UNLIKELY(shmq_load_seq(&h->waiters_get) != 0))
+        wake_getters_slow(q);
+}
+
+/* Clear the pending bit of not_empty_seq; returns the (even) value now in the word. Every getter
+ * does this before it registers and after each futex return, and looks at the ring after it. */
+static uint32_t clear_wake_pending(uint32_t *seqw)
+{
+    for (;;) {
+        uint32_t v = shmq_load_seq(seqw); /* seq_cst: a put that saw the bit set is ordered before our clear */
+        if (!(v & 1u))
+            return v;
+        if (shmq_cas_seq(seqw, &v, v + 1)) /* seq_cst: our later ring reads come after the clear */
+            return v + 1;
     }
 }
 
@@ -105,7 +131,7 @@ void shmq_wake_all(shmq_seg_t *q)
 {
     shmq_header_t *h = q->hdr;
     __atomic_store_n(&q->closing, 1, __ATOMIC_SEQ_CST);
-    shmq_fetch_add_seq(&h->not_empty_seq, 1);
+    shmq_fetch_add_seq(&h->not_empty_seq, 2); /* 2: bit 0 is the pending-wake flag */
     shmq_futex_wake(&h->not_empty_seq, INT32_MAX);
     shmq_fetch_add_seq(&h->not_full_seq, 1);
     shmq_futex_wake(&h->not_full_seq, INT32_MAX);
@@ -123,7 +149,8 @@ typedef int (*check_fn)(shmq_seg_t *q, void *ctx);
 static int sleep_until(shmq_seg_t *q, uint32_t *seqw, uint32_t *waiters, uint32_t slot_unit, check_fn check,
                        void *ctx, uint64_t deadline_ns)
 {
-    uint32_t seq = shmq_load_seq(seqw);
+    int coalesced = seqw == &q->hdr->not_empty_seq; /* the one word with a pending-wake bit */
+    uint32_t seq = coalesced ? clear_wake_pending(seqw) : shmq_load_seq(seqw);
     shmq_fetch_add_seq(waiters, 1);
     shmq_slot_t *sl = q->slot != UINT32_MAX ? &q->slots[q->slot] : NULL;
     if (sl) {
@@ -134,6 +161,8 @@ static int sleep_until(shmq_seg_t *q, uint32_t *seqw, uint32_t *waiters, uint32_
     int rc = check(q, ctx);
     if (rc == SHMQ_EAGAIN) {
         rc = shmq_futex_wait(seqw, seq, deadline_ns);
+        if (coalesced)
+            clear_wake_pending(seqw); /* the wake may have been ours: clear it before the caller looks */
         if (rc == SHMQ_EAGAIN) {
             /* A whole slice asleep: look for dead participants and repair them (they may hold
              * the room or descriptors we wait for); at most one sweep per slice per handle. */
@@ -534,15 +563,14 @@ int shmq_get_begin(shmq_seg_t *q, shmq_msg_t *m, uint64_t deadline_ns)
             rc = try_get(q, m);
             if (rc == SHMQ_EMPTY)
                 continue;
-            goto done;
         }
-        if (rc == SHMQ_TIMEOUT || rc == SHMQ_EINTR) {
-            /* A wake-up meant for us may be consumed by our leaving: pass it on. */
-            if (shmq_depth(q) > 0)
-                wake_getters(q);
+        /* We may have cleared a wake-up that stood for several puts (or was meant for another
+         * sleeper): whatever we leave with, pass it on while messages remain. */
+        if (shmq_depth(q) > 0)
+            wake_getters(q);
+        if (rc == SHMQ_TIMEOUT || rc == SHMQ_EINTR)
             return rc == SHMQ_TIMEOUT ? SHMQ_EMPTY : SHMQ_EINTR;
-        }
-        goto done; /* SHMQ_OK from the check: m is filled */
+        goto done; /* SHMQ_OK (from the check or the try), or an error */
     }
 done:
     if (rc == SHMQ_OK && q->slot != UINT32_MAX && !(q->slots[q->slot].role & SHMQ_ROLE_CONSUMER))
@@ -768,6 +796,10 @@ void shmq_queue_repair_slot(shmq_seg_t *q, uint32_t s)
     uint32_t dead = shmq_owner_make(s, shmq_load_relaxed(&sl->gen));
     shmq_queue_repair_owner(q, dead);
     shmq_seg_fold_slot(q, s);
+    /* The dead one may have been a getter woken by a coalesced wake it never passed on. */
+    clear_wake_pending(&q->hdr->not_empty_seq);
+    if (shmq_depth(q) > 0)
+        wake_getters(q);
     shmq_store_seq(&sl->state, SHMQ_SLOT_FREE);
 }
 
