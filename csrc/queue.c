@@ -86,15 +86,14 @@ static inline void note_cpu(shmq_seg_t *q)
  * rest counts wake-ups. A put that finds the bit set skips its system call: some getter clears
  * the bit after that put's publication and then looks at the ring, and a getter that leaves a
  * sleep with messages still queued passes the wake on (wait.h, "coalesced wake-ups"). */
-static void wake_getters_slow(shmq_seg_t *q)
+static void wake_coalesced(uint32_t *seqw, int n)
 {
-    uint32_t *seqw = &q->hdr->not_empty_seq;
     uint32_t v = shmq_load_seq(seqw); /* seq_cst: ordered after our publication and waiter-count load */
     do {
         if (v & 1u)
-            return; /* pending: the getter that clears it looks at the ring after our publication */
+            return; /* pending: the waiter that clears it looks after our publication */
     } while (!shmq_cas_seq(seqw, &v, v + 1)); /* seq_cst: sets the bit and changes the word sleepers wait on */
-    shmq_futex_wake(seqw, 1);
+    shmq_futex_wake(seqw, n);
 }
 
 static inline void wake_getters(shmq_seg_t *q)
@@ -102,7 +101,7 @@ static inline void wake_getters(shmq_seg_t *q)
     shmq_header_t *h = q->hdr;
     /* seq_cst: the publication (a locked CAS) precedes this load; see wait.h. */
     if (SHMQ_UNLIKELY(shmq_load_seq(&h->waiters_get) != 0))
-        wake_getters_slow(q);
+        wake_coalesced(&h->not_empty_seq, 1);
 }
 
 /* Clear the pending bit of not_empty_seq; returns the (even) value now in the word. Every getter
@@ -121,10 +120,10 @@ static uint32_t clear_wake_pending(uint32_t *seqw)
 static inline void wake_putters(shmq_seg_t *q)
 {
     shmq_header_t *h = q->hdr;
-    if (SHMQ_UNLIKELY(shmq_load_seq(&h->waiters_put) != 0)) {
-        shmq_fetch_add_seq(&h->not_full_seq, 1);
-        shmq_futex_wake(&h->not_full_seq, INT32_MAX); /* putters wait for different amounts of room */
-    }
+    /* Coalesced like not_empty_seq; all are woken (putters wait for different amounts of room),
+     * so a skipped wake never strands a sleeper and no one needs to pass it on. */
+    if (SHMQ_UNLIKELY(shmq_load_seq(&h->waiters_put) != 0))
+        wake_coalesced(&h->not_full_seq, INT32_MAX);
 }
 
 void shmq_wake_all(shmq_seg_t *q)
@@ -133,7 +132,7 @@ void shmq_wake_all(shmq_seg_t *q)
     __atomic_store_n(&q->closing, 1, __ATOMIC_SEQ_CST);
     shmq_fetch_add_seq(&h->not_empty_seq, 2); /* 2: bit 0 is the pending-wake flag */
     shmq_futex_wake(&h->not_empty_seq, INT32_MAX);
-    shmq_fetch_add_seq(&h->not_full_seq, 1);
+    shmq_fetch_add_seq(&h->not_full_seq, 2);
     shmq_futex_wake(&h->not_full_seq, INT32_MAX);
     shmq_fetch_add_seq(&h->join_seq, 1);
     shmq_futex_wake(&h->join_seq, INT32_MAX);
@@ -149,7 +148,7 @@ typedef int (*check_fn)(shmq_seg_t *q, void *ctx);
 static int sleep_until(shmq_seg_t *q, uint32_t *seqw, uint32_t *waiters, uint32_t slot_unit, check_fn check,
                        void *ctx, uint64_t deadline_ns)
 {
-    int coalesced = seqw == &q->hdr->not_empty_seq; /* the one word with a pending-wake bit */
+    int coalesced = seqw != &q->hdr->join_seq; /* not_empty_seq and not_full_seq carry a pending-wake bit */
     uint32_t seq = coalesced ? clear_wake_pending(seqw) : shmq_load_seq(seqw);
     shmq_fetch_add_seq(waiters, 1);
     shmq_slot_t *sl = q->slot != UINT32_MAX ? &q->slots[q->slot] : NULL;

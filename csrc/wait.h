@@ -13,7 +13,7 @@
  * then (seq_cst fence) reads the waiter count and, if non-zero, bumps seq and wakes. Both
  * sides are sequentially consistent, so at least one side sees the other.
  *
- * Coalesced wake-ups (not_empty_seq only): bit 0 of the word means "a wake-up is pending". A
+ * Coalesced wake-ups (not_empty_seq and not_full_seq): bit 0 of the word means "a wake-up is pending". A
  * waker that finds the bit set skips its bump and system call; else it sets it by CAS (which
  * also changes the word) and wakes one. Getters clear the bit (CAS) before they register and
  * after every futex return, and look at the ring after clearing. A waker that saw the bit set
@@ -21,7 +21,8 @@
  * A getter that leaves its sleep (with a message or not) while messages remain wakes again
  * (a plain waker: skips if another wake is pending), so one skipped wake never strands a
  * second sleeper. Repair of a dead slot does the same for a getter that died after its wake.
- * A put by a producer on the getter's CPU thus makes one system call per batch, not per put.
+ * (not_full_seq wakes every putter, so it needs no passing on.) A put by a producer on the
+ * getter's CPU thus makes one system call per batch, not per put; the same for gets.
  */
 #ifndef SHMQ_WAIT_H
 #define SHMQ_WAIT_H
