@@ -82,9 +82,9 @@ static inline void note_cpu(shmq_seg_t *q)
         shmq_store_relaxed(w, cpu);
 }
 
-/* not_empty_seq: bit 0 = a wake-up is pending (sent, and no getter has cleared it since), the
- * rest counts wake-ups. A put that finds the bit set skips its system call: some getter clears
- * the bit after that put's publication and then looks at the ring, and a getter that leaves a
+/* not_empty_seq, not_full_seq: bit 0 = a wake-up is pending (sent, and no waiter has cleared it
+ * since), the rest counts wake-ups. A waker that finds the bit set skips its system call: some
+ * waiter clears the bit after the waker's change and then looks, and a getter that leaves a
  * sleep with messages still queued passes the wake on (wait.h, "coalesced wake-ups"). */
 static void wake_coalesced(uint32_t *seqw, int n)
 {
@@ -104,8 +104,8 @@ static inline void wake_getters(shmq_seg_t *q)
         wake_coalesced(&h->not_empty_seq, 1);
 }
 
-/* Clear the pending bit of not_empty_seq; returns the (even) value now in the word. Every getter
- * does this before it registers and after each futex return, and looks at the ring after it. */
+/* Clear the pending bit of a coalesced wait word; returns the (even) value now in it. Every
+ * waiter does this before it registers and after each futex return, and looks after it. */
 static uint32_t clear_wake_pending(uint32_t *seqw)
 {
     for (;;) {
@@ -148,7 +148,7 @@ typedef int (*check_fn)(shmq_seg_t *q, void *ctx);
 static int sleep_until(shmq_seg_t *q, uint32_t *seqw, uint32_t *waiters, uint32_t slot_unit, check_fn check,
                        void *ctx, uint64_t deadline_ns)
 {
-    int coalesced = seqw != &q->hdr->join_seq; /* not_empty_seq and not_full_seq carry a pending-wake bit */
+    int coalesced = seqw == &q->hdr->not_empty_seq || seqw == &q->hdr->not_full_seq; /* pending-wake bit */
     uint32_t seq = coalesced ? clear_wake_pending(seqw) : shmq_load_seq(seqw);
     shmq_fetch_add_seq(waiters, 1);
     shmq_slot_t *sl = q->slot != UINT32_MAX ? &q->slots[q->slot] : NULL;
@@ -564,7 +564,7 @@ int shmq_get_begin(shmq_seg_t *q, shmq_msg_t *m, uint64_t deadline_ns)
                 continue;
         }
         /* We may have cleared a wake-up that stood for several puts (or was meant for another
-         * sleeper): whatever we leave with, pass it on while messages remain. */
+         * sleeper): whatever we leave with, pass it on while messages remain (wait.h). */
         if (shmq_depth(q) > 0)
             wake_getters(q);
         if (rc == SHMQ_TIMEOUT || rc == SHMQ_EINTR)

@@ -13,16 +13,16 @@
  * then (seq_cst fence) reads the waiter count and, if non-zero, bumps seq and wakes. Both
  * sides are sequentially consistent, so at least one side sees the other.
  *
- * Coalesced wake-ups (not_empty_seq and not_full_seq): bit 0 of the word means "a wake-up is pending". A
- * waker that finds the bit set skips its bump and system call; else it sets it by CAS (which
- * also changes the word) and wakes one. Getters clear the bit (CAS) before they register and
- * after every futex return, and look at the ring after clearing. A waker that saw the bit set
- * read it before the clear (seq_cst), so its publication is visible to the clearer's look.
- * A getter that leaves its sleep (with a message or not) while messages remain wakes again
- * (a plain waker: skips if another wake is pending), so one skipped wake never strands a
- * second sleeper. Repair of a dead slot does the same for a getter that died after its wake.
- * (not_full_seq wakes every putter, so it needs no passing on.) A put by a producer on the
- * getter's CPU thus makes one system call per batch, not per put; the same for gets.
+ * Coalesced wake-ups (not_empty_seq, not_full_seq): bit 0 of the word = "a wake-up is pending".
+ * A waker that finds the bit set skips its bump and system call; else it sets it by CAS (which
+ * also changes the word) and wakes (one getter / every putter). Waiters clear the bit (CAS)
+ * before they register and after every futex return, and look (check) after clearing. A waker
+ * that saw the bit set read it before that clear (seq_cst), so its change is visible to the
+ * clearer's look. A getter that leaves its sleep (with a message or not) while messages remain
+ * wakes again (a plain waker: skips if another wake is pending), so a skipped wake never
+ * strands a second sleeper; repair of a dead slot does the same for a getter killed after its
+ * wake. Putters are all woken, so none needs to pass it on. A producer sharing the getter's CPU
+ * thus makes one system call per batch of puts instead of one per put (and the same for gets).
  */
 #ifndef SHMQ_WAIT_H
 #define SHMQ_WAIT_H
