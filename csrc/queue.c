@@ -786,6 +786,10 @@ void shmq_queue_repair_owner(shmq_seg_t *q, uint32_t dead)
     __atomic_fetch_add(&h->repairs, 1, __ATOMIC_RELAXED);
     shmq_store_relaxed(&h->last_repair_ns, shmq_now_mono_ns() - t0);
     wake_putters(q);
+    /* The dead one may have been a getter woken by a coalesced wake it never passed on. */
+    clear_wake_pending(&h->not_empty_seq);
+    if (shmq_depth(q) > 0)
+        wake_getters(q);
 }
 
 /* Caller holds slot s's lock byte (it is the elected repairer of s). */
@@ -795,10 +799,6 @@ void shmq_queue_repair_slot(shmq_seg_t *q, uint32_t s)
     uint32_t dead = shmq_owner_make(s, shmq_load_relaxed(&sl->gen));
     shmq_queue_repair_owner(q, dead);
     shmq_seg_fold_slot(q, s);
-    /* The dead one may have been a getter woken by a coalesced wake it never passed on. */
-    clear_wake_pending(&q->hdr->not_empty_seq);
-    if (shmq_depth(q) > 0)
-        wake_getters(q);
     shmq_store_seq(&sl->state, SHMQ_SLOT_FREE);
 }
 
