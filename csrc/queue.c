@@ -636,6 +636,7 @@ void shmq_stats(shmq_seg_t *q, shmq_stats_t *st)
     }
     st->repairs = shmq_load_relaxed(&h->repairs);
     st->corrupt_skipped = shmq_load_relaxed(&h->corrupt_skipped);
+    st->last_repair_ns = shmq_load_relaxed(&h->last_repair_ns);
     st->unfinished = shmq_load_relaxed(&h->unfinished);
     st->creator_pid = h->creator_pid;
     st->created_at_ns = h->created_at_ns;

@@ -57,6 +57,7 @@ typedef struct {
     uint64_t dequeued;
     uint64_t repairs;
     uint64_t corrupt_skipped;
+    uint64_t last_repair_ns;
     uint64_t unfinished;
     int64_t creator_pid;
     uint64_t created_at_ns;

@@ -371,9 +371,13 @@ cdef class Core:
         cdef Py_ssize_t n = 0
         self._check()
         _deadline(block, timeout, &dl)
-        for obj in items:
-            self._put_obj(obj, dl)
-            n += 1
+        try:
+            for obj in items:
+                self._put_obj(obj, dl)
+                n += 1
+        except BaseException as e:
+            e.items_put = n   # how many of the batch went in before the error
+            raise
         return n
 
     # -- get -------------------------------------------------------------------------
@@ -569,7 +573,7 @@ cdef class Core:
             "creator_pid": st.creator_pid, "created_at": st.created_at_ns / 1e9,
             "attached": st.attached, "producers": st.producers, "consumers": st.consumers,
             "areas": st.areas, "flags": st.flags, "kind": st.kind, "mode": st.mode,
-            "max_slots": st.max_slots,
+            "max_slots": st.max_slots, "last_repair_ms": st.last_repair_ns / 1e6,
         }
 
     def _peek(self, uint64_t n, Py_ssize_t cap=64):

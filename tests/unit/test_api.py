@@ -341,14 +341,22 @@ def test_crash_points_table():
     assert {"after_claim", "before_commit", "mid_get", "after_alloc"} <= set(names)
 
 
+DESIGN_STATS_KEYS = ("depth", "bytes_used", "capacity", "in_flight", "delayed", "producers", "consumers", "enqueued",
+                     "dequeued", "acked", "redelivered", "dead_lettered", "expired", "oldest_age_s", "repairs",
+                     "skipped_cells", "last_repair_ms")
+
+
 def test_stats_keys_and_counts():
     q = shmq.Queue()
     try:
+        assert q.stats()["oldest_age_s"] == 0.0
         q.put_many(range(10))
         q.get()
+        time.sleep(0.02)
         st = q.stats()
-        for k in ("depth", "bytes_used", "capacity", "enqueued", "dequeued", "producers", "consumers", "attached"):
-            assert k in st
+        for k in DESIGN_STATS_KEYS:
+            assert k in st, k
+        assert st["oldest_age_s"] >= 0.01 and st["in_flight"] == 0
         assert st["depth"] == 9 and st["enqueued"] == 10 and st["dequeued"] == 1
         assert st["attached"] == 1 and st["producers"] == 1 and st["consumers"] == 1
     finally:
@@ -445,3 +453,13 @@ def test_qsize_counts_a_message_published_by_a_producer_killed_before_its_tail_a
     finally:
         q.close()
         shmq.unlink(qname)
+
+
+def test_put_many_reports_how_many_went_in():
+    q = shmq.Queue(3)
+    try:
+        with pytest.raises(shmq.Full) as ei:
+            q.put_many(range(10), block=False)
+        assert ei.value.items_put == 3 and q.qsize() == 3
+    finally:
+        q.close()
