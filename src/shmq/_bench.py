@@ -196,7 +196,10 @@ class _FasterFifo(Peer):
         return _FFChan(faster_fifo.Queue(max_size_bytes=cap))
 
 
-class _FFChan:
+class _QueueChan:
+    """A channel over a queue object with put/put_many/get (faster-fifo, shmq)."""
+    label = "queue"
+
     def __init__(self, q):
         self.q = q
 
@@ -216,7 +219,11 @@ class _FFChan:
         try:
             return self.q.get(timeout=_recv_timeout)
         except Exception as e:
-            raise TimeoutError("faster-fifo get timed out") from e
+            raise TimeoutError(f"{self.label} get timed out") from e
+
+
+class _FFChan(_QueueChan):
+    label = "faster-fifo"
 
     def recv_many(self):
         try:
@@ -538,28 +545,8 @@ class _Shmq(Peer):
         return _ShmqChan(shmq.Queue(depth or 0, raw=self.raw))
 
 
-class _ShmqChan:
-    def __init__(self, q):
-        self.q = q
-
-    def receiver(self):
-        return self
-
-    def sender(self):
-        return self
-
-    def send(self, obj):
-        self.q.put(obj, timeout=CHILD_TIMEOUT)
-
-    def send_many(self, objs):
-        self.q.put_many(objs, timeout=CHILD_TIMEOUT)
-
-    def recv(self):
-        import shmq
-        try:
-            return self.q.get(timeout=_recv_timeout)
-        except shmq.Empty as e:
-            raise TimeoutError("shmq get timed out") from e
+class _ShmqChan(_QueueChan):
+    label = "shmq"
 
     def recv_many(self):
         import shmq

@@ -271,7 +271,6 @@ cdef class Core:
 
     cdef int _put_obj(self, object obj, uint64_t dl) except -1:
         cdef c.shmq_iov_t iov
-        cdef Py_buffer view
         cdef uint32_t kind
         if PyBytes_CheckExact(obj):
             iov.ptr = PyBytes_AS_STRING(obj)
@@ -284,13 +283,7 @@ cdef class Core:
             kind = KIND_BYTEARRAY if PyByteArray_CheckExact(obj) or isinstance(obj, bytearray) else KIND_BYTES
             if PyMemoryView_Check(obj) and not obj.contiguous:
                 obj = obj.tobytes()
-            PyObject_GetBuffer(obj, &view, PyBUF_ANY_CONTIGUOUS)
-            try:
-                iov.ptr = view.buf
-                iov.len = <uint64_t>view.len
-                return self._put_iov(&iov, 1, kind, iov.len, dl)
-            finally:
-                PyBuffer_Release(&view)
+            return self._put_contig(obj, kind, dl)
         return self._put_pickled(obj, dl)
 
     cdef int _put_pickled(self, object obj, uint64_t dl) except -1:

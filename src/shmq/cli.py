@@ -111,28 +111,19 @@ def cmd_rm(args):
     return rc
 
 
-def _open_attached(name):
+def _open(name, attach):
+    """A handle on the named queue: attached (to take messages) or an inspector (to look)."""
     path = _resolve(name)
     c = _core.Core()
     try:
-        c._open(path, -1, True)
-    except FileNotFoundError:
-        raise QueueNotFound(2, f"no such queue: {name!r}", path) from None
-    return c
-
-
-def _open_inspector(name):
-    path = _resolve(name)
-    c = _core.Core()
-    try:
-        c._open(path, -1, False)
+        c._open(path, -1, attach)
     except FileNotFoundError:
         raise QueueNotFound(2, f"no such queue: {name!r}", path) from None
     return c
 
 
 def cmd_peek(args):
-    c = _open_inspector(args.name)
+    c = _open(args.name, attach=False)
     try:
         shown = 0
         for i in range(args.n):
@@ -153,7 +144,7 @@ def cmd_peek(args):
 
 
 def cmd_purge(args):
-    c = _open_attached(args.name)
+    c = _open(args.name, attach=True)
     try:
         n = c._purge()
     finally:
