@@ -23,7 +23,8 @@
     X(before_free, "get: payload copied, descriptor and chunk not yet freed")                 \
     X(arena_locked, "arena lock held, free lists half updated")                               \
     X(grow_locked, "grow lock held, new area being initialised")                              \
-    X(attach_locked, "attach: slot lock taken, slot not yet initialised")
+    X(attach_locked, "attach: slot lock taken, slot not yet initialised")                     \
+    X(mid_repair, "repair: a dead owner's descriptor taken over (WRITING by the repairer), not yet freed")
 
 extern int shmq_crash_armed;
 void shmq_crash_hit(const char *name);

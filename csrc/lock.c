@@ -81,3 +81,17 @@ void shmq_lock_release(shmq_seg_t *seg, uint32_t *word)
         shmq_futex_wake(word, 1);
     local_leave(seg);
 }
+
+int shmq_lock_try(shmq_seg_t *seg, uint32_t *word)
+{
+    if (__atomic_exchange_n(&seg->lock_busy, 1, __ATOMIC_ACQUIRE))
+        return SHMQ_EAGAIN; /* another thread of ours holds a shared lock */
+    for (int i = 0; i < 64; i++) {
+        uint32_t exp = 0;
+        if (shmq_load_relaxed(word) == 0 && shmq_cas_acq_rel(word, &exp, seg->owner))
+            return SHMQ_OK;
+        shmq_cpu_relax();
+    }
+    local_leave(seg);
+    return SHMQ_EAGAIN;
+}

@@ -28,5 +28,8 @@
 /* SHMQ_OK (acquired), SHMQ_EAGAIN (acquired from a dead holder: rebuild), SHMQ_TIMEOUT. */
 int shmq_lock_acquire(shmq_seg_t *seg, uint32_t *word, uint64_t deadline_ns);
 void shmq_lock_release(shmq_seg_t *seg, uint32_t *word);
+/* One attempt, no waiting: SHMQ_OK (held) or SHMQ_EAGAIN (someone holds it, maybe a stopped
+ * process; the caller defers its work instead of waiting). */
+int shmq_lock_try(shmq_seg_t *seg, uint32_t *word);
 
 #endif

@@ -49,6 +49,8 @@ static int desc_claim(shmq_seg_t *q, shmq_area_t *a, uint32_t *idx, uint32_t *dg
     return SHMQ_FULL;
 }
 
+static void flush_pending_locked(shmq_seg_t *q, shmq_area_t *held);
+
 static void chunk_free(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d)
 {
     if (d->chunk == SHMQ_NO_CHUNK)
@@ -255,6 +257,8 @@ static int put_reserve(shmq_seg_t *q, put_ctx *c)
             rc = shmq_lock_acquire(q, &a->hdr->arena_lock, SHMQ_NO_DEADLINE);
             if (rc == SHMQ_EAGAIN)
                 shmq_arena_rebuild_locked(a);
+            if (q->pend_n)
+                flush_pending_locked(q, a); /* deferred frees first: they may be the room we need */
             rc = shmq_arena_alloc_locked(a, d, c->total);
             shmq_lock_release(q, &a->hdr->arena_lock);
             if (rc == SHMQ_OK) {
@@ -296,11 +300,14 @@ static int put_commit(shmq_seg_t *q, put_ctx *c, uint64_t deadline_ns, uint64_t 
     uint8_t *dst = payload_ptr(a, d);
     uint64_t off = 0;
     for (uint32_t i = 0; i < c->n; i++) {
-        if (c->iov[i].len)
-            memcpy(dst + off, c->iov[i].ptr, c->iov[i].len);
-        off += c->iov[i].len;
+        uint64_t len = c->iov[i].len, half = i == 0 ? len / 2 : 0;
+        if (half) /* the first piece in two halves, so the crash point lies inside the payload */
+            memcpy(dst + off, c->iov[i].ptr, half);
         if (i == 0)
             SHMQ_CRASH_POINT(mid_copy);
+        if (len - half)
+            memcpy(dst + off + half, (const uint8_t *)c->iov[i].ptr + half, len - half);
+        off += len;
     }
     uint64_t id = shmq_fetch_add_relaxed(&h->next_id, 1);
     d->id = id;
@@ -577,11 +584,64 @@ done:
     return rc;
 }
 
+/* Return deferred chunks and free their descriptors; the arena lock of each area is held. */
+static void flush_pending_locked(shmq_seg_t *q, shmq_area_t *held)
+{
+    uint32_t kept = 0;
+    for (uint32_t i = 0; i < q->pend_n; i++) {
+        shmq_desc_t *d = q->pend[i].d;
+        if (q->pend[i].a != held) {
+            q->pend[kept++] = q->pend[i];
+            continue;
+        }
+        shmq_arena_free_locked(held, d);
+        uint64_t w = shmq_load_relaxed(&d->word);
+        shmq_exchange_seq(&d->word, shmq_desc_word(shmq_desc_dgen(w), SHMQ_D_FREE, 0));
+    }
+    q->pend_n = kept;
+}
+
+/* Free a taken message's descriptor and chunk without ever waiting for the arena lock while
+ * there is room to defer: a process stopped (SIGSTOP) inside the lock must not stall consumers.
+ * A deferred descriptor stays READING under our stamp, so if we die, repair frees it. */
+static void release_taken(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d)
+{
+    if (d->chunk == SHMQ_NO_CHUNK) {
+        desc_release(q, a, d);
+        return;
+    }
+    if (shmq_lock_try(q, &a->hdr->arena_lock) == SHMQ_OK) {
+        shmq_arena_free_locked(a, d);
+        flush_pending_locked(q, a);
+        shmq_lock_release(q, &a->hdr->arena_lock);
+        uint64_t w = shmq_load_relaxed(&d->word);
+        shmq_exchange_seq(&d->word, shmq_desc_word(shmq_desc_dgen(w), SHMQ_D_FREE, 0));
+        return;
+    }
+    uint32_t holder = shmq_load_acquire(&a->hdr->arena_lock) & ~SHMQ_LOCK_CONTENDED;
+    int holder_dead = holder != 0 && holder != q->owner && !shmq_seg_owner_alive(q, holder);
+    if (!holder_dead && q->pend_n < sizeof q->pend / sizeof q->pend[0]) {
+        q->pend[q->pend_n].a = a;
+        q->pend[q->pend_n].d = d;
+        q->pend_n++;
+        return;
+    }
+    /* A dead holder (stolen below) or too much deferred: wait for the lock and catch up. */
+    int rc = shmq_lock_acquire(q, &a->hdr->arena_lock, SHMQ_NO_DEADLINE);
+    if (rc == SHMQ_EAGAIN)
+        shmq_arena_rebuild_locked(a);
+    shmq_arena_free_locked(a, d);
+    flush_pending_locked(q, a);
+    shmq_lock_release(q, &a->hdr->arena_lock);
+    uint64_t w = shmq_load_relaxed(&d->word);
+    shmq_exchange_seq(&d->word, shmq_desc_word(shmq_desc_dgen(w), SHMQ_D_FREE, 0));
+}
+
 void shmq_get_end(shmq_seg_t *q, shmq_msg_t *m)
 {
     shmq_header_t *h = q->hdr;
     SHMQ_CRASH_POINT(before_free);
-    desc_release(q, m->area, m->d);
+    release_taken(q, m->area, m->d);
     if (h->maxsize)
         __atomic_fetch_sub(&h->count, 1, __ATOMIC_SEQ_CST);
     if (q->slot != UINT32_MAX)
@@ -733,6 +793,9 @@ static void free_dead_desc(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d, uint64
      * return its chunk: nobody else can reach a descriptor we moved to WRITING(us). */
     if (!shmq_cas_acq_rel(&d->word, &exp, shmq_desc_word(shmq_desc_dgen(w), SHMQ_D_WRITING, q->owner)))
         return;
+    /* A repairer killed here leaves the descriptor stamped with its own (now dead) id: the
+     * repair of the repairer frees it. Nothing is lost that was not already lost. */
+    SHMQ_CRASH_POINT(mid_repair);
     chunk_free(q, a, d);
     shmq_exchange_seq(&d->word, shmq_desc_word(shmq_desc_dgen(w), SHMQ_D_FREE, 0));
     if (h->maxsize)
@@ -803,9 +866,26 @@ void shmq_queue_repair_slot(shmq_seg_t *q, uint32_t s)
     shmq_store_seq(&sl->state, SHMQ_SLOT_FREE);
 }
 
+/* Return deferred chunks of areas whose arena lock is free now (no waiting). */
+static void try_flush_pending(shmq_seg_t *q)
+{
+    for (uint32_t i = 0; i < q->pend_n;) {
+        shmq_area_t *a = q->pend[i].a;
+        if (shmq_lock_try(q, &a->hdr->arena_lock) != SHMQ_OK) {
+            i++;
+            continue;
+        }
+        flush_pending_locked(q, a); /* removes every entry of this area */
+        shmq_lock_release(q, &a->hdr->arena_lock);
+        i = 0;
+    }
+}
+
 int shmq_repair_dead(shmq_seg_t *q)
 {
     int n = 0;
+    if (q->pend_n)
+        try_flush_pending(q);
     uint32_t hwm = shmq_load_relaxed(&q->hdr->slot_hwm);
     if (hwm > q->max_slots)
         hwm = q->max_slots; /* untrusted */
@@ -824,6 +904,8 @@ int shmq_repair_dead(shmq_seg_t *q)
         }
         shmq_seg_unlock_slot(q, s);
     }
+    if (q->pend_n)
+        try_flush_pending(q); /* a dead holder's arena lock may have been stolen above */
     return n;
 }
 

@@ -663,7 +663,11 @@ static void detach(shmq_seg_t *seg)
         return;
     shmq_slot_t *sl = &seg->slots[seg->slot];
     fold_slot(seg, sl);
-    shmq_store_seq(&sl->state, SHMQ_SLOT_FREE);
+    /* With chunks still to return (the arena lock was held by a stopped process all along),
+     * leave the slot ATTACHED: once our lock byte is released it reads as dead and the next
+     * sweep returns them (they are READING under our stamp). */
+    if (seg->pend_n == 0)
+        shmq_store_seq(&sl->state, SHMQ_SLOT_FREE);
     lock_byte(seg->fd, seg->slot, F_UNLCK, F_OFD_SETLK, NULL);
     seg->slot = UINT32_MAX;
     seg->owner = 0;
@@ -699,6 +703,7 @@ int shmq_seg_after_fork(shmq_seg_t *seg)
     seg->slot = UINT32_MAX;
     seg->owner = 0;
     seg->lock_busy = 0; /* the child has one thread: a flag held by another parent thread is void */
+    seg->pend_n = 0;    /* the parent returns its own deferred chunks */
     seg->map_busy = 0;
     shmq_cpus_allowed_reset();
     return shmq_seg_attach(seg);

@@ -235,6 +235,11 @@ typedef struct {
     int lock_busy;            /* process-local: threads of this handle take shared locks one at a time */
     int poll_signals;         /* set by a binding: blocking calls return SHMQ_EINTR after each slice asleep */
     uint64_t last_liveness_ns; /* process-local: last dead-participant sweep of this handle */
+    uint32_t pend_n;          /* process-local: taken messages whose chunk is not yet returned */
+    struct {
+        shmq_area_t *a;
+        void *d;              /* shmq_desc_t*, READING stamped with our owner id */
+    } pend[32];
 } shmq_seg_t;
 
 /* Create (exist_ok: open an existing one instead of failing with EEXIST in seg->err). */

@@ -6,7 +6,6 @@ import io
 import os
 import pickle
 import threading
-import time
 import weakref
 from multiprocessing import context as _mp_context
 from multiprocessing import reduction as _reduction
@@ -14,6 +13,7 @@ from multiprocessing import util as _mp_util
 
 from . import _core, _names
 from .errors import QueueClosedError, QueueNotFound, _oserror
+from .stats import complete_stats
 
 __all__ = ["Queue", "SimpleQueue", "JoinableQueue", "unlink", "DEFAULT_CAPACITY"]
 
@@ -329,14 +329,8 @@ class Queue(_core.Core):
     def stats(self):
         """Counters of this queue (see docs/guide/monitoring.md). Every kind returns every key;
         the at-least-once counters are 0 on an at-most-once queue."""
-        s = self._raw_stats()
+        s = complete_stats(self, self._raw_stats())
         s["name"] = self._name
-        # At-most-once: a taken message is gone, nothing is in flight, delayed or acked.
-        for k in ("in_flight", "delayed", "acked", "redelivered", "dead_lettered", "expired"):
-            s[k] = 0
-        s["skipped_cells"] = 0  # the ring has no holes to skip (docs/internals/ring.md)
-        head = self._peek(0, 0)
-        s["oldest_age_s"] = max(0.0, time.time() - head[1]) if head else 0.0
         return s
 
 

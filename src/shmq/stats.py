@@ -1,11 +1,12 @@
 """Queue inventory: QueueInfo records and list_queues(), read without attaching."""
 import os
+import time
 from typing import NamedTuple, Optional
 
 from . import _core, _names
 from .errors import CorruptQueueError, IncompatibleQueueError
 
-__all__ = ["QueueInfo", "list_queues", "inspect_path"]
+__all__ = ["QueueInfo", "list_queues", "inspect_path", "complete_stats"]
 
 
 class QueueInfo(NamedTuple):
@@ -28,12 +29,23 @@ def kind_name(st):
     return {_core.KIND_QUEUE: "queue", _core.KIND_PRIORITY: "priority", _core.KIND_TOPIC: "topic"}.get(st["kind"], "?")
 
 
+def complete_stats(core, st):
+    """Add the keys every kind reports (DESIGN §5.1) to the core's raw counters."""
+    # At-most-once: a taken message is gone, nothing is in flight, delayed or acked.
+    for k in ("in_flight", "delayed", "acked", "redelivered", "dead_lettered", "expired"):
+        st[k] = 0
+    st["skipped_cells"] = 0  # the ring has no holes to skip (docs/internals/ring.md)
+    head = core._peek(0, 0)
+    st["oldest_age_s"] = max(0.0, time.time() - head[1]) if head else 0.0
+    return st
+
+
 def inspect_path(path):
     """Counters of the segment at path, read without attaching (participants are not disturbed)."""
     c = _core.Core()
     c._open(path, -1, False)
     try:
-        return c._raw_stats()
+        return complete_stats(c, c._raw_stats())
     finally:
         c._close()
 

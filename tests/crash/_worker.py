@@ -3,6 +3,7 @@
 usage: _worker.py produce NAME COUNT RECORD SIZE_MODE   -> records "p <seq>" after each put returns
        _worker.py consume NAME COUNT RECORD             -> records "c <seq>" after each get returns
        _worker.py attach  NAME
+       _worker.py repair  NAME                              -> repairs dead participants, prints how many
 """
 import os
 import struct
@@ -26,6 +27,11 @@ def main():
     op, name = sys.argv[1], sys.argv[2]
     if op == "attach":
         q = shmq.Queue(name)
+        q.close()
+        return 0
+    if op == "repair":
+        q = shmq.Queue(name)
+        print(q._repair(), flush=True)
         q.close()
         return 0
     count, record = int(sys.argv[3]), sys.argv[4]

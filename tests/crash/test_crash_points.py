@@ -26,6 +26,7 @@ SCENARIOS = {
     "after_take": ("consume", "bounded", "large", 9),
     "before_free": ("consume", "bounded", "mixed", 9),
     "attach_locked": ("attach", "bounded", "mixed", 1),
+    "mid_repair": ("repair", "bounded", "large", 1),
 }
 
 
@@ -67,7 +68,7 @@ def _assert_consistent(q):
     return ck
 
 
-@pytest.mark.parametrize("point", sorted(SCENARIOS))
+@pytest.mark.parametrize("point", sorted(p for p in SCENARIOS if SCENARIOS[p][0] != "repair"))
 def test_kill_at_crash_point(point, qname, tmp_path):
     role, kind, mode, hit = SCENARIOS[point]
     capacity = None if kind == "growable" else "2MiB"
@@ -128,6 +129,67 @@ def test_attacher_repairs_a_slot_whose_owner_died_holding_the_arena_lock(qname, 
         ck = _assert_consistent(q)
         assert ck["owned_desc"] == 0 and ck["ready_desc"] == 0, ck
         assert q.stats()["bytes_used"] == 0
+    finally:
+        q.close()
+        shmq.unlink(qname)
+
+
+def test_repairer_killed_mid_repair_another_finishes(qname, tmp_path):
+    """Crash point mid_repair: a consumer dies holding a taken message (after_take); the process
+    that repairs it is itself killed halfway; the next repairer finishes both jobs and the
+    segment is consistent with nothing leaked."""
+    q = shmq.Queue(qname, create=True, capacity="2MiB")
+    try:
+        for seq in range(10):
+            q.put(struct.pack("<Q", seq) + bytes(3000))
+        r = _run_worker(["consume", qname, "10", str(tmp_path / "rec")], crash_at="after_take:3")
+        assert r.returncode == -9
+        assert q._consistency()["dead_owned"] == 1
+        r = _run_worker(["repair", qname], crash_at="mid_repair:1")
+        assert r.returncode == -9, r.stdout + r.stderr   # the repairer died with the job half done
+        ck = q._consistency()
+        assert ck["dead_owned"] == 1, ck                  # now held by the dead repairer's id
+        assert q._repair() == 2                            # the dead consumer's slot and the repairer's
+        ck = _assert_consistent(q)
+        assert ck["owned_desc"] == 0, ck
+        taken = _records(str(tmp_path / "rec"), "c")
+        left = _drain(q)
+        assert sorted(taken + left) == [s for s in range(10) if s not in (set(range(10)) - set(taken) - set(left))]
+        assert len(set(range(10)) - set(taken) - set(left)) == 1  # only the message the consumer held
+        assert q.stats()["bytes_used"] == 0
+    finally:
+        q.close()
+        shmq.unlink(qname)
+
+
+def test_sigstopped_producer_never_stalls_consumers(qname):
+    """A producer stopped at any instant holds no ring cell (publishing is one 16-byte CAS):
+    consumers keep receiving other producers' messages; when it resumes, its put completes."""
+    import signal
+    q = shmq.Queue(qname, create=True, capacity="4MiB")
+    try:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                for i in range(10**9):
+                    q.put(struct.pack("<Q", 1 << 40 | i) + bytes(i % 200))
+            finally:
+                os._exit(code)
+        stalls = 0
+        for round_ in range(20):
+            time.sleep(0.002)
+            os.kill(pid, signal.SIGSTOP)          # stopped wherever it was, maybe mid-put
+            _drain(q)
+            q.put(struct.pack("<Q", round_))      # another producer's message gets through at once
+            got = [struct.unpack_from("<Q", q.get(timeout=5))[0]]
+            while got[-1] != round_:
+                got.append(struct.unpack_from("<Q", q.get(timeout=5))[0])
+            os.kill(pid, signal.SIGCONT)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        ck = _assert_consistent(q)
+        assert ck["dead_owned"] == 0 and ck["bad_chunks"] == 0
     finally:
         q.close()
         shmq.unlink(qname)
