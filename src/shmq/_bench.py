@@ -92,7 +92,10 @@ class _MPQueue(Peer):
         return _MPQueueChan(_ctx.Queue(depth or 0))
 
 
-class _MPQueueChan:
+class _QueueChan:
+    """A channel over a queue object with put/put_many/get (faster-fifo, shmq)."""
+    label = "queue"
+
     def __init__(self, q):
         self.q = q
 
@@ -105,11 +108,18 @@ class _MPQueueChan:
     def send(self, obj):
         self.q.put(obj, timeout=CHILD_TIMEOUT)
 
+    def send_many(self, objs):
+        self.q.put_many(objs, timeout=CHILD_TIMEOUT)
+
     def recv(self):
         try:
             return self.q.get(timeout=_recv_timeout)
         except Exception as e:
-            raise TimeoutError("multiprocessing.Queue.get timed out") from e
+            raise TimeoutError(f"{self.label} get timed out") from e
+
+
+class _MPQueueChan(_QueueChan):
+    label = "multiprocessing.Queue"
 
     def close_end(self):
         pass
@@ -194,32 +204,6 @@ class _FasterFifo(Peer):
         # its capacity is in bytes: room for `depth` messages (at least 64 MiB, as shmq's ring)
         cap = max(64 * MiB, (depth or 1024) * (size + 256))
         return _FFChan(faster_fifo.Queue(max_size_bytes=cap))
-
-
-class _QueueChan:
-    """A channel over a queue object with put/put_many/get (faster-fifo, shmq)."""
-    label = "queue"
-
-    def __init__(self, q):
-        self.q = q
-
-    def receiver(self):
-        return self
-
-    def sender(self):
-        return self
-
-    def send(self, obj):
-        self.q.put(obj, timeout=CHILD_TIMEOUT)
-
-    def send_many(self, objs):
-        self.q.put_many(objs, timeout=CHILD_TIMEOUT)
-
-    def recv(self):
-        try:
-            return self.q.get(timeout=_recv_timeout)
-        except Exception as e:
-            raise TimeoutError(f"{self.label} get timed out") from e
 
 
 class _FFChan(_QueueChan):
