@@ -11,7 +11,7 @@ SCRIPTS = sorted(f for f in os.listdir(EXAMPLES) if f.endswith(".py")) if os.pat
 
 def test_examples_exist():
     assert {"dropin_worker_pool.py", "named_queue.py", "numpy_arrays.py", "batching.py", "joinable.py",
-            "monitoring.py", "raw_bytes.py"} <= set(SCRIPTS)
+            "monitoring.py", "raw_bytes.py", "timeouts_and_errors.py"} <= set(SCRIPTS)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
