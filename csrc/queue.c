@@ -604,8 +604,12 @@ static void flush_pending_locked(shmq_seg_t *q, shmq_area_t *held)
 /* Free a taken message's descriptor and chunk without ever waiting for the arena lock while
  * there is room to defer: a process stopped (SIGSTOP) inside the lock must not stall consumers.
  * A deferred descriptor stays READING under our stamp, so if we die, repair frees it. */
+static void try_flush_pending(shmq_seg_t *q);
+
 static void release_taken(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d)
 {
+    if (SHMQ_UNLIKELY(q->pend_n))
+        try_flush_pending(q); /* whatever comes next, deferred chunks go back as soon as they can */
     if (d->chunk == SHMQ_NO_CHUNK) {
         desc_release(q, a, d);
         return;
@@ -879,6 +883,21 @@ static void try_flush_pending(shmq_seg_t *q)
         shmq_lock_release(q, &a->hdr->arena_lock);
         i = 0;
     }
+}
+
+int shmq_flush_pending(shmq_seg_t *q, uint64_t deadline_ns)
+{
+    while (q->pend_n) {
+        shmq_area_t *a = q->pend[0].a;
+        int rc = shmq_lock_acquire(q, &a->hdr->arena_lock, deadline_ns);
+        if (rc == SHMQ_TIMEOUT)
+            return SHMQ_TIMEOUT;
+        if (rc == SHMQ_EAGAIN)
+            shmq_arena_rebuild_locked(a); /* stolen from a dead holder */
+        flush_pending_locked(q, a);
+        shmq_lock_release(q, &a->hdr->arena_lock);
+    }
+    return SHMQ_OK;
 }
 
 int shmq_repair_dead(shmq_seg_t *q)
