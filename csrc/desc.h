@@ -5,6 +5,8 @@
  *   WRITING  -> READY            producer, after the payload is written, before the ring publish
  *   READY    -> READING(owner)   consumer claims the handle it took from the ring (CAS, checks dgen)
  *   READING  -> FREE             consumer, after copying out (chunk returned first, under the arena lock)
+ *   READING  -> RETURNING(owner) consumer, when the arena lock stays held > 1 ms (a stopped holder):
+ *                                whoever next holds the lock and needs room returns the chunk
  *   (INFLIGHT, DELAYED: reserved for at-least-once delivery)
  * A handle = area:8 | index:24 | dgen:32 (28 used); a stale handle fails the dgen check.
  * Crash windows: a descriptor in WRITING or READING whose owner is dead is freed by repair
@@ -23,6 +25,7 @@
 #define SHMQ_D_READING 3u
 #define SHMQ_D_INFLIGHT 4u
 #define SHMQ_D_DELAYED 5u
+#define SHMQ_D_RETURNING 6u /* taken and consumed; its chunk is to be returned by any arena-lock holder */
 
 #define SHMQ_NO_CHUNK UINT32_MAX
 #define SHMQ_DGEN_MASK ((1u << 28) - 1)

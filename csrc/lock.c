@@ -60,8 +60,17 @@ static int acquire(shmq_seg_t *seg, uint32_t *word, uint64_t deadline_ns)
             v |= SHMQ_LOCK_CONTENDED;
         }
         int rc = shmq_futex_wait(word, v, deadline_ns);
-        if (rc == SHMQ_TIMEOUT)
+        if (rc == SHMQ_TIMEOUT) {
+            /* Before giving up: a dead holder's lock is ours to take (the caller rebuilds). */
+            uint32_t cur = shmq_load_acquire(word);
+            uint32_t holder = cur & ~SHMQ_LOCK_CONTENDED;
+            if (cur != 0 && (holder == me || !shmq_seg_owner_alive(seg, holder))) {
+                exp = cur;
+                if (shmq_cas_acq_rel(word, &exp, me | SHMQ_LOCK_CONTENDED))
+                    return SHMQ_EAGAIN;
+            }
             return SHMQ_TIMEOUT; /* (EINTR and slices: look again; lock holds are short) */
+        }
         /* A slice passed or we were woken: if the holder died (or the stamp is our own, which
          * while we hold the local flag can only be stale), steal. */
         uint32_t cur = shmq_load_acquire(word);

@@ -12,6 +12,7 @@
 #include "wait.h"
 
 static uint64_t spin_ns = SHMQ_SPIN_NS_DEFAULT;
+#define SHMQ_DEFER_AFTER_NS (1000ull * 1000) /* get waits this long for an arena lock, then defers */
 void shmq_set_spin_ns(uint64_t ns) { __atomic_store_n(&spin_ns, ns, __ATOMIC_RELAXED); }
 uint64_t shmq_get_spin_ns(void) { return __atomic_load_n(&spin_ns, __ATOMIC_RELAXED); }
 
@@ -49,7 +50,7 @@ static int desc_claim(shmq_seg_t *q, shmq_area_t *a, uint32_t *idx, uint32_t *dg
     return SHMQ_FULL;
 }
 
-static void flush_pending_locked(shmq_seg_t *q, shmq_area_t *held);
+static uint32_t reclaim_returning_locked(shmq_seg_t *q, shmq_area_t *a);
 
 static void chunk_free(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d)
 {
@@ -239,8 +240,11 @@ static int put_reserve(shmq_seg_t *q, put_ctx *c)
         uint32_t ai = shmq_load_acquire(&h->area_tail);
         int rc;
         shmq_area_t *a = shmq_seg_area(q, ai, &rc);
-        if (!a)
-            return rc;
+        if (!a) {
+            if (rc == SHMQ_ESEALED && shmq_load_acquire(&h->area_tail) != ai)
+                continue; /* retired since we read the index: read it again */
+            return rc == SHMQ_ESEALED ? SHMQ_ECORRUPT : rc;
+        }
         if (desc_claim(q, a, &c->idx, &c->dgen) == SHMQ_OK) {
             SHMQ_CRASH_POINT(after_desc_claim);
             shmq_desc_t *d = desc_at(a, c->idx);
@@ -257,9 +261,11 @@ static int put_reserve(shmq_seg_t *q, put_ctx *c)
             rc = shmq_lock_acquire(q, &a->hdr->arena_lock, SHMQ_NO_DEADLINE);
             if (rc == SHMQ_EAGAIN)
                 shmq_arena_rebuild_locked(a);
-            if (q->pend_n)
-                flush_pending_locked(q, a); /* deferred frees first: they may be the room we need */
+            if (SHMQ_UNLIKELY(shmq_load_relaxed(&a->hdr->returning)))
+                reclaim_returning_locked(q, a);
             rc = shmq_arena_alloc_locked(a, d, c->total);
+            if (rc == SHMQ_FULL && reclaim_returning_locked(q, a))
+                rc = shmq_arena_alloc_locked(a, d, c->total); /* room consumers left to return */
             shmq_lock_release(q, &a->hdr->arena_lock);
             if (rc == SHMQ_OK) {
                 SHMQ_CRASH_POINT(after_alloc);
@@ -329,8 +335,13 @@ static int put_commit(shmq_seg_t *q, put_ctx *c, uint64_t deadline_ns, uint64_t 
     for (;;) {
         uint32_t ai = shmq_load_acquire(&h->area_tail);
         shmq_area_t *ta = shmq_seg_area(q, ai, &rc);
-        if (!ta)
+        if (!ta) {
+            if (rc == SHMQ_ESEALED && shmq_load_acquire(&h->area_tail) != ai)
+                continue; /* retired since we read the index: read it again */
+            if (rc == SHMQ_ESEALED)
+                rc = SHMQ_ECORRUPT;
             goto unpublish;
+        }
         rc = shmq_ring_put_mpmc(&ta->ring, handle);
         if (SHMQ_LIKELY(rc == SHMQ_OK)) {
             /* seq_cst, after the publishing CAS: with a stale area_tail we may have published
@@ -462,8 +473,12 @@ static int try_get(shmq_seg_t *q, shmq_msg_t *m)
         uint32_t ai = shmq_load_acquire(&h->area_head);
         int rc;
         shmq_area_t *a = shmq_seg_area(q, ai, &rc);
-        if (!a)
-            return rc;
+        if (!a) {
+            /* retired since we read the index (it moved on): read it again */
+            if (rc == SHMQ_ESEALED && shmq_load_acquire(&h->area_head) != ai)
+                continue;
+            return rc == SHMQ_ESEALED ? SHMQ_ECORRUPT : rc;
+        }
         take_ctx t = {q, NULL, NULL};
         uint64_t handle;
         rc = shmq_ring_get_mpmc(&a->ring, take_cb, &t, &handle);
@@ -584,58 +599,53 @@ done:
     return rc;
 }
 
-/* Return deferred chunks and free their descriptors; the arena lock of each area is held. */
-static void flush_pending_locked(shmq_seg_t *q, shmq_area_t *held)
+/* Return the chunks of RETURNING descriptors of area a (its arena lock held); how many. A
+ * descriptor is first taken over by CAS (RETURNING(x) -> WRITING(us)), so two returners never
+ * free the same chunk. */
+static uint32_t reclaim_returning_locked(shmq_seg_t *q, shmq_area_t *a)
 {
-    uint32_t kept = 0;
-    for (uint32_t i = 0; i < q->pend_n; i++) {
-        shmq_desc_t *d = q->pend[i].d;
-        if (q->pend[i].a != held) {
-            q->pend[kept++] = q->pend[i];
+    uint32_t n = 0;
+    /* Reset the hint before the scan: a descriptor marked after our reset counts again, and one
+     * marked before it is stored before its increment, so the scan sees it. */
+    shmq_exchange_seq(&a->hdr->returning, 0);
+    for (uint32_t k = 0; k < a->n_desc; k++) {
+        shmq_desc_t *d = desc_at(a, k);
+        uint64_t w = shmq_load_acquire(&d->word);
+        if (shmq_desc_state(w) != SHMQ_D_RETURNING)
             continue;
-        }
-        shmq_arena_free_locked(held, d);
-        uint64_t w = shmq_load_relaxed(&d->word);
+        uint64_t exp = w;
+        if (!shmq_cas_acq_rel(&d->word, &exp, shmq_desc_word(shmq_desc_dgen(w), SHMQ_D_WRITING, q->owner)))
+            continue;
+        shmq_arena_free_locked(a, d);
         shmq_exchange_seq(&d->word, shmq_desc_word(shmq_desc_dgen(w), SHMQ_D_FREE, 0));
+        n++;
     }
-    q->pend_n = kept;
+    return n;
 }
 
-/* Free a taken message's descriptor and chunk without ever waiting for the arena lock while
- * there is room to defer: a process stopped (SIGSTOP) inside the lock must not stall consumers.
- * A deferred descriptor stays READING under our stamp, so if we die, repair frees it. */
-static void try_flush_pending(shmq_seg_t *q);
-
+/* Free a taken message's descriptor and chunk. The arena lock is held for a few list operations,
+ * so we wait up to 1 ms for it (a dead holder's is stolen). A holder stalled longer (stopped,
+ * descheduled) must not stall consumers: the descriptor becomes RETURNING and the chunk goes
+ * back when some process holding that lock needs room (put_reserve), or by repair. */
 static void release_taken(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d)
 {
-    if (SHMQ_UNLIKELY(q->pend_n))
-        try_flush_pending(q); /* whatever comes next, deferred chunks go back as soon as they can */
     if (d->chunk == SHMQ_NO_CHUNK) {
         desc_release(q, a, d);
         return;
     }
-    if (shmq_lock_try(q, &a->hdr->arena_lock) == SHMQ_OK) {
-        shmq_arena_free_locked(a, d);
-        flush_pending_locked(q, a);
-        shmq_lock_release(q, &a->hdr->arena_lock);
+    int rc = shmq_lock_acquire(q, &a->hdr->arena_lock, shmq_now_mono_ns() + SHMQ_DEFER_AFTER_NS);
+    if (rc == SHMQ_TIMEOUT) {
         uint64_t w = shmq_load_relaxed(&d->word);
-        shmq_exchange_seq(&d->word, shmq_desc_word(shmq_desc_dgen(w), SHMQ_D_FREE, 0));
+        /* release: our reads of the payload are done before anyone may reuse the chunk */
+        shmq_store_release(&d->word, shmq_desc_word(shmq_desc_dgen(w), SHMQ_D_RETURNING, q->owner));
+        shmq_fetch_add_seq(&a->hdr->returning, 1); /* after the mark: see reclaim_returning_locked */
         return;
     }
-    uint32_t holder = shmq_load_acquire(&a->hdr->arena_lock) & ~SHMQ_LOCK_CONTENDED;
-    int holder_dead = holder != 0 && holder != q->owner && !shmq_seg_owner_alive(q, holder);
-    if (!holder_dead && q->pend_n < sizeof q->pend / sizeof q->pend[0]) {
-        q->pend[q->pend_n].a = a;
-        q->pend[q->pend_n].d = d;
-        q->pend_n++;
-        return;
-    }
-    /* A dead holder (stolen below) or too much deferred: wait for the lock and catch up. */
-    int rc = shmq_lock_acquire(q, &a->hdr->arena_lock, SHMQ_NO_DEADLINE);
     if (rc == SHMQ_EAGAIN)
-        shmq_arena_rebuild_locked(a);
+        shmq_arena_rebuild_locked(a); /* stolen from a dead holder */
     shmq_arena_free_locked(a, d);
-    flush_pending_locked(q, a);
+    if (SHMQ_UNLIKELY(shmq_load_relaxed(&a->hdr->returning)))
+        reclaim_returning_locked(q, a); /* a stalled holder let go: return what waited for it */
     shmq_lock_release(q, &a->hdr->arena_lock);
     uint64_t w = shmq_load_relaxed(&d->word);
     shmq_exchange_seq(&d->word, shmq_desc_word(shmq_desc_dgen(w), SHMQ_D_FREE, 0));
@@ -670,8 +680,26 @@ uint64_t shmq_depth(shmq_seg_t *q)
     return n;
 }
 
+/* Return RETURNING chunks of every area whose arena lock is free now (no waiting): stats and
+ * sweeps do it, so the room comes back even when no producer needs it yet. */
+static void reclaim_all_try(shmq_seg_t *q)
+{
+    shmq_header_t *h = q->hdr;
+    uint32_t tail = shmq_load_acquire(&h->area_tail);
+    for (uint32_t i = 0; i <= tail && i < h->max_areas; i++) {
+        int rc;
+        shmq_area_t *a = shmq_seg_area_live(q, i, &rc);
+        if (!a || !shmq_load_relaxed(&a->hdr->returning) || shmq_lock_try(q, &a->hdr->arena_lock) != SHMQ_OK)
+            continue;
+        reclaim_returning_locked(q, a);
+        shmq_lock_release(q, &a->hdr->arena_lock);
+    }
+}
+
 void shmq_stats(shmq_seg_t *q, shmq_stats_t *st)
 {
+    if (q->slot != UINT32_MAX)
+        reclaim_all_try(q); /* attached handles only: inspectors (`shmq ls`) change nothing */
     shmq_header_t *h = q->hdr;
     memset(st, 0, sizeof *st);
     st->depth = shmq_depth(q);
@@ -826,7 +854,7 @@ void shmq_queue_repair_owner(shmq_seg_t *q, uint32_t dead)
             if (shmq_desc_owner(w) != dead)
                 continue;
             uint32_t st = shmq_desc_state(w);
-            if (st == SHMQ_D_WRITING || st == SHMQ_D_READING)
+            if (st == SHMQ_D_WRITING || st == SHMQ_D_READING || st == SHMQ_D_RETURNING)
                 /* WRITING: the dead put had not returned. READING: the message the dead
                  * consumer had taken, the one at-most-once delivery may lose. */
                 free_dead_desc(q, a, d, w, 0);
@@ -840,7 +868,7 @@ void shmq_queue_repair_owner(shmq_seg_t *q, uint32_t dead)
         uint8_t **maps = referenced_map(q);
         for (uint32_t i = 0; maps && i <= tail && i < h->max_areas; i++) {
             shmq_area_t *a = q->areas[i].base ? &q->areas[i] : NULL;
-            if (!a || !maps[i] || shmq_load_acquire(&h->areas[i].state) != 1)
+            if (!a || !maps[i] || shmq_load_acquire(&h->areas[i].state) == SHMQ_AREA_RETIRED)
                 continue;
             for (uint32_t k = 0; k < a->n_desc; k++) {
                 shmq_desc_t *d = desc_at(a, k);
@@ -870,41 +898,12 @@ void shmq_queue_repair_slot(shmq_seg_t *q, uint32_t s)
     shmq_store_seq(&sl->state, SHMQ_SLOT_FREE);
 }
 
-/* Return deferred chunks of areas whose arena lock is free now (no waiting). */
-static void try_flush_pending(shmq_seg_t *q)
-{
-    for (uint32_t i = 0; i < q->pend_n;) {
-        shmq_area_t *a = q->pend[i].a;
-        if (shmq_lock_try(q, &a->hdr->arena_lock) != SHMQ_OK) {
-            i++;
-            continue;
-        }
-        flush_pending_locked(q, a); /* removes every entry of this area */
-        shmq_lock_release(q, &a->hdr->arena_lock);
-        i = 0;
-    }
-}
-
-int shmq_flush_pending(shmq_seg_t *q, uint64_t deadline_ns)
-{
-    while (q->pend_n) {
-        shmq_area_t *a = q->pend[0].a;
-        int rc = shmq_lock_acquire(q, &a->hdr->arena_lock, deadline_ns);
-        if (rc == SHMQ_TIMEOUT)
-            return SHMQ_TIMEOUT;
-        if (rc == SHMQ_EAGAIN)
-            shmq_arena_rebuild_locked(a); /* stolen from a dead holder */
-        flush_pending_locked(q, a);
-        shmq_lock_release(q, &a->hdr->arena_lock);
-    }
-    return SHMQ_OK;
-}
-
 int shmq_repair_dead(shmq_seg_t *q)
 {
     int n = 0;
-    if (q->pend_n)
-        try_flush_pending(q);
+    if (q->slot == UINT32_MAX)
+        return 0; /* an inspector has no owner id to act under */
+    reclaim_all_try(q);
     uint32_t hwm = shmq_load_relaxed(&q->hdr->slot_hwm);
     if (hwm > q->max_slots)
         hwm = q->max_slots; /* untrusted */
@@ -923,8 +922,6 @@ int shmq_repair_dead(shmq_seg_t *q)
         }
         shmq_seg_unlock_slot(q, s);
     }
-    if (q->pend_n)
-        try_flush_pending(q); /* a dead holder's arena lock may have been stolen above */
     return n;
 }
 

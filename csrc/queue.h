@@ -113,9 +113,6 @@ typedef struct {
 int shmq_peek(shmq_seg_t *q, uint64_t n, shmq_peek_t *out, void *buf, uint64_t cap);
 /* Take and discard every message queued now; returns how many. */
 uint64_t shmq_purge(shmq_seg_t *q);
-/* Return this handle's deferred chunks (get never waits for an arena lock held by another
- * process: it defers), waiting for the locks until the deadline. SHMQ_OK or SHMQ_TIMEOUT. */
-int shmq_flush_pending(shmq_seg_t *q, uint64_t deadline_ns);
 /* Repair every dead participant this process can elect itself for; returns how many. Blocking
  * calls run it every liveness slice while asleep; `shmq_check` callers run it first. */
 int shmq_repair_dead(shmq_seg_t *q);

@@ -361,12 +361,11 @@ static shmq_area_t *area_map_locked(shmq_seg_t *seg, uint32_t i, int *rc);
 
 shmq_area_t *shmq_seg_area_live(shmq_seg_t *seg, uint32_t i, int *rc)
 {
-    if (i < SHMQ_MAX_AREAS) {
-        uint32_t st = shmq_load_acquire(&seg->hdr->areas[i].state);
-        if (st == SHMQ_AREA_RETIRING || st == SHMQ_AREA_RETIRED) {
-            *rc = SHMQ_ESEALED;
-            return NULL;
-        }
+    /* Only RETIRED is gone: a RETIRING area is intact and may still be in use (the retirer
+     * then finds a busy descriptor and gives up). */
+    if (i < SHMQ_MAX_AREAS && shmq_load_acquire(&seg->hdr->areas[i].state) == SHMQ_AREA_RETIRED) {
+        *rc = SHMQ_ESEALED;
+        return NULL;
     }
     return shmq_seg_area(seg, i, rc);
 }
@@ -393,11 +392,11 @@ static shmq_area_t *area_map_locked(shmq_seg_t *seg, uint32_t i, int *rc)
         return a;
     shmq_area_ent_t *e = &seg->hdr->areas[i];
     uint32_t st = shmq_load_acquire(&e->state); /* acquire: the area was built before state = 1 */
-    if (st == SHMQ_AREA_RETIRING || st == SHMQ_AREA_RETIRED) {
+    if (st == SHMQ_AREA_RETIRED) {
         *rc = SHMQ_ESEALED; /* drained and given back: nothing of it is in use */
         return NULL;
     }
-    if (st != 1)
+    if (st != 1 && st != SHMQ_AREA_RETIRING) /* RETIRING: intact, maybe about to be restored */
         return NULL;
     uint64_t off = e->off, size = e->size;
     uint64_t fsize = file_size_of(seg->fd);
@@ -663,11 +662,7 @@ static void detach(shmq_seg_t *seg)
         return;
     shmq_slot_t *sl = &seg->slots[seg->slot];
     fold_slot(seg, sl);
-    /* With chunks still to return (the arena lock was held by a stopped process all along),
-     * leave the slot ATTACHED: once our lock byte is released it reads as dead and the next
-     * sweep returns them (they are READING under our stamp). */
-    if (seg->pend_n == 0)
-        shmq_store_seq(&sl->state, SHMQ_SLOT_FREE);
+    shmq_store_seq(&sl->state, SHMQ_SLOT_FREE);
     lock_byte(seg->fd, seg->slot, F_UNLCK, F_OFD_SETLK, NULL);
     seg->slot = UINT32_MAX;
     seg->owner = 0;
@@ -703,7 +698,6 @@ int shmq_seg_after_fork(shmq_seg_t *seg)
     seg->slot = UINT32_MAX;
     seg->owner = 0;
     seg->lock_busy = 0; /* the child has one thread: a flag held by another parent thread is void */
-    seg->pend_n = 0;    /* the parent returns its own deferred chunks */
     seg->map_busy = 0;
     shmq_cpus_allowed_reset();
     return shmq_seg_attach(seg);

@@ -176,7 +176,7 @@ typedef struct {
     uint8_t _pad0[128 - 72];
     /* --- arena: lock, accounting and free lists (lock holders only) --- */
     uint32_t arena_lock;
-    uint32_t _pad1;
+    uint32_t returning;       /* RETURNING descriptors to reclaim: a hint, reset by the reclaimer */
     uint64_t arena_free_units;
     uint32_t free_head[SHMQ_ARENA_MAX_ORDERS]; /* first free block of each order, UINT32_MAX = none */
     uint8_t _pad2[384 - 128 - 16 - 4 * SHMQ_ARENA_MAX_ORDERS];
@@ -235,11 +235,7 @@ typedef struct {
     int lock_busy;            /* process-local: threads of this handle take shared locks one at a time */
     int poll_signals;         /* set by a binding: blocking calls return SHMQ_EINTR after each slice asleep */
     uint64_t last_liveness_ns; /* process-local: last dead-participant sweep of this handle */
-    uint32_t pend_n;          /* process-local: taken messages whose chunk is not yet returned */
-    struct {
-        shmq_area_t *a;
-        void *d;              /* shmq_desc_t*, READING stamped with our owner id */
-    } pend[32];
+
 } shmq_seg_t;
 
 /* Create (exist_ok: open an existing one instead of failing with EEXIST in seg->err). */

@@ -200,16 +200,12 @@ cdef class Core:
         if self._active:
             c.shmq_wake_all(&self.seg)   # blocked threads of ours wake, see _closed and leave
             return
-        # Chunks a get deferred (their arena lock was held elsewhere) go back now; if the lock
-        # stays held (a stopped process) past 100 ms, the slot is left for repair instead.
-        c.shmq_flush_pending(&self.seg, c.shmq_now_mono_ns() + 100000000)
         c.shmq_seg_close(&self.seg)
         self.opened = False
 
     cdef inline int _leave(self) except -1:
         self._active -= 1
         if self._closed and self._active == 0 and self.opened:
-            c.shmq_flush_pending(&self.seg, c.shmq_now_mono_ns() + 100000000)
             c.shmq_seg_close(&self.seg)
             self.opened = False
         return 0
@@ -486,7 +482,6 @@ cdef class Core:
         finally:
             c.shmq_get_end(&self.seg, &m)
             if self._closed and self._active == 0 and self.opened:
-                c.shmq_flush_pending(&self.seg, c.shmq_now_mono_ns() + 100000000)
                 c.shmq_seg_close(&self.seg)
                 self.opened = False
 

@@ -119,7 +119,6 @@ cdef extern from "queue.h" nogil:
     int shmq_peek(shmq_seg_t *q, uint64_t n, shmq_peek_t *out, void *buf, uint64_t cap)
     uint64_t shmq_purge(shmq_seg_t *q)
     int shmq_repair_dead(shmq_seg_t *q)
-    int shmq_flush_pending(shmq_seg_t *q, uint64_t deadline_ns)
     void shmq_check(shmq_seg_t *q, shmq_check_t *out)
     int shmq_put(shmq_seg_t *q, const shmq_iov_t *iov, uint32_t n, uint32_t kind, uint64_t deadline_ns, uint64_t *id_out)
     int shmq_get_begin(shmq_seg_t *q, shmq_msg_t *m, uint64_t deadline_ns)
