@@ -28,8 +28,11 @@ static void *producer(void *arg)
         uint32_t v[2] = {p, i};
         memcpy(buf, v, sizeof v);
         shmq_iov_t iov = {buf, (i % 7 == 0) ? 600 : sizeof v};
-        if (shmq_put(&q, &iov, 1, 1, shmq_now_mono_ns() + 30ull * 1000 * 1000 * 1000, NULL) != SHMQ_OK)
+        int rc = shmq_put(&q, &iov, 1, 1, shmq_now_mono_ns() + 30ull * 1000 * 1000 * 1000, NULL);
+        if (rc != SHMQ_OK) {
+            fprintf(stderr, "producer %u: put of %u failed: %s (%d)\n", p, i, shmq_strerror(rc), rc);
             __atomic_fetch_add(&errors, 1, __ATOMIC_SEQ_CST);
+        }
     }
     shmq_seg_close(&q);
     return NULL;
@@ -50,6 +53,7 @@ static void *consumer(void *arg)
         if (rc == SHMQ_EMPTY)
             continue;
         if (rc != SHMQ_OK || m.size < 8) {
+            fprintf(stderr, "consumer: get failed: %s (%d)\n", shmq_strerror(rc), rc);
             __atomic_fetch_add(&errors, 1, __ATOMIC_SEQ_CST);
             break;
         }
@@ -57,6 +61,7 @@ static void *consumer(void *arg)
         memcpy(v, m.data, sizeof v);
         shmq_get_end(&q, &m);
         if (v[0] >= PRODUCERS || v[1] >= PER || (int64_t)v[1] <= last[v[0]]) {
+            fprintf(stderr, "consumer: bad message (%u, %u)\n", v[0], v[1]);
             __atomic_fetch_add(&errors, 1, __ATOMIC_SEQ_CST);
             break;
         }
