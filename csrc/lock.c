@@ -17,6 +17,17 @@ static void local_leave(shmq_seg_t *seg) { __atomic_store_n(&seg->lock_busy, 0, 
 
 static int acquire(shmq_seg_t *seg, uint32_t *word, uint64_t deadline_ns);
 
+/* Take the lock if its holder is dead, or if the stamp is our own (which, while we hold the
+ * local flag, can only be stale or forged). 1 if we now hold it: the caller rebuilds. */
+static int steal_if_stale(shmq_seg_t *seg, uint32_t *word, uint32_t me)
+{
+    uint32_t cur = shmq_load_acquire(word);
+    uint32_t holder = cur & ~SHMQ_LOCK_CONTENDED;
+    if (cur == 0 || (holder != me && shmq_seg_owner_alive(seg, holder)))
+        return 0;
+    return shmq_cas_acq_rel(word, &cur, me | SHMQ_LOCK_CONTENDED);
+}
+
 int shmq_lock_acquire(shmq_seg_t *seg, uint32_t *word, uint64_t deadline_ns)
 {
     local_enter(seg);
@@ -60,26 +71,11 @@ static int acquire(shmq_seg_t *seg, uint32_t *word, uint64_t deadline_ns)
             v |= SHMQ_LOCK_CONTENDED;
         }
         int rc = shmq_futex_wait(word, v, deadline_ns);
-        if (rc == SHMQ_TIMEOUT) {
-            /* Before giving up: a dead holder's lock is ours to take (the caller rebuilds). */
-            uint32_t cur = shmq_load_acquire(word);
-            uint32_t holder = cur & ~SHMQ_LOCK_CONTENDED;
-            if (cur != 0 && (holder == me || !shmq_seg_owner_alive(seg, holder))) {
-                exp = cur;
-                if (shmq_cas_acq_rel(word, &exp, me | SHMQ_LOCK_CONTENDED))
-                    return SHMQ_EAGAIN;
-            }
+        /* After a slice, a wake-up or the deadline: a dead holder's lock is ours to take. */
+        if (steal_if_stale(seg, word, me))
+            return SHMQ_EAGAIN;
+        if (rc == SHMQ_TIMEOUT)
             return SHMQ_TIMEOUT; /* (EINTR and slices: look again; lock holds are short) */
-        }
-        /* A slice passed or we were woken: if the holder died (or the stamp is our own, which
-         * while we hold the local flag can only be stale), steal. */
-        uint32_t cur = shmq_load_acquire(word);
-        uint32_t holder = cur & ~SHMQ_LOCK_CONTENDED;
-        if (cur != 0 && (holder == me || !shmq_seg_owner_alive(seg, holder))) {
-            exp = cur;
-            if (shmq_cas_acq_rel(word, &exp, me | SHMQ_LOCK_CONTENDED))
-                return SHMQ_EAGAIN;
-        }
     }
 }
 

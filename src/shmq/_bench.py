@@ -140,17 +140,10 @@ class _MPSimple(Peer):
         return _MPSimpleChan(_ctx.SimpleQueue())
 
 
-class _MPSimpleChan:
+class _MPSimpleChan(_QueueChan):
     # SimpleQueue.get has no timeout: poll its reader first (one extra select per message,
     # the price of never hanging). _reader and _rlock are private attributes of SimpleQueue.
-    def __init__(self, q):
-        self.q = q
-
-    def receiver(self):
-        return self
-
-    def sender(self):
-        return self
+    label = "multiprocessing.SimpleQueue"
 
     def send(self, obj):
         self.q.put(obj)
