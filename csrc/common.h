@@ -33,6 +33,8 @@ typedef enum {
     SHMQ_ENOMEM = -12,      /* the queue cannot grow any further */
     SHMQ_ECLOSED = -13,     /* the queue was closed */
     SHMQ_EAGAIN = -14,      /* a transient state was seen: retry */
+    SHMQ_ESTALE = -15,      /* a delivery's stamp is no longer current (lease expired and delivered again) */
+    SHMQ_EDEDUPFULL = -16,  /* the deduplication table holds only live keys */
 } shmq_rc;
 
 const char *shmq_strerror(int rc);

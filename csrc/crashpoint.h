@@ -24,7 +24,14 @@
     X(arena_locked, "arena lock held, free lists half updated")                               \
     X(grow_locked, "grow lock held, new area being initialised")                              \
     X(attach_locked, "attach: slot lock taken, slot not yet initialised")                     \
-    X(mid_repair, "repair: a dead owner's descriptor taken over (WRITING by the repairer), not yet freed")
+    X(mid_repair, "repair: a dead owner's descriptor taken over (WRITING by the repairer), not yet freed") \
+    X(after_lease, "receive: descriptor INFLIGHT with its lease written, payload not yet copied out") \
+    X(mid_ack, "ack: delivery claimed (READING), descriptor and chunk not yet freed")           \
+    X(mid_nack, "nack: delivery claimed (SETTLING), not yet requeued, delayed or dead-lettered") \
+    X(mid_expire, "timer scan: an expired lease claimed (SETTLING), not yet requeued")         \
+    X(before_move, "dead-letter: descriptor MOVING, copy not yet sent to the dead-letter queue") \
+    X(mid_move, "dead-letter: copy in the dead-letter queue, source descriptor not yet freed") \
+    X(mid_dedup, "send: dedup entry PENDING with its id, message not yet put")
 
 extern int shmq_crash_armed;
 void shmq_crash_hit(const char *name);

@@ -7,7 +7,16 @@
  *   READING  -> FREE             consumer, after copying out (chunk returned first, under the arena lock)
  *   READING  -> RETURNING(owner) consumer, when the arena lock stays held > 1 ms (a stopped holder):
  *                                whoever next holds the lock and needs room returns the chunk
- *   (INFLIGHT, DELAYED: reserved for at-least-once delivery)
+ * At-least-once queues (SHMQ_F_ACK, lease.h) add:
+ *   READY    -> INFLIGHT(g+1, owner) receive: the generation is bumped, so every delivery has
+ *                                its own stamp; deadline_ns = lease end
+ *   INFLIGHT -> READING(acker)   ack (then FREE as above); also READY(g) -> READING for an
+ *                                expired lease requeued but not yet delivered again
+ *   INFLIGHT/READY/DELAYED -> SETTLING(x)  someone (consumer, timer scan, repairer) holds it for
+ *                                a moment to change it: requeue, delay, extend, expire
+ *   SETTLING -> READY (published again) | DELAYED | INFLIGHT (extended) | MOVING
+ *   MOVING(x)                    being copied to the dead-letter queue, then FREE
+ *   WRITING  -> DELAYED          send with a delay: not published until deadline_ns
  * A handle = area:8 | index:24 | dgen:32 (28 used); a stale handle fails the dgen check.
  * Crash windows: a descriptor in WRITING or READING whose owner is dead is freed by repair
  * (the put had not returned / at-most-once: the dead consumer's message is the one lost).
@@ -26,6 +35,13 @@
 #define SHMQ_D_INFLIGHT 4u
 #define SHMQ_D_DELAYED 5u
 #define SHMQ_D_RETURNING 6u /* taken and consumed; its chunk is to be returned by any arena-lock holder */
+#define SHMQ_D_SETTLING 7u  /* held for a moment by owner to change a delivery (lease.h) */
+#define SHMQ_D_MOVING 8u    /* being moved to the dead-letter queue by owner (lease.h) */
+
+/* flags byte: why a message is being dead-lettered (set while SETTLING/MOVING) */
+#define SHMQ_DL_MAX_DELIVERIES 1u
+#define SHMQ_DL_EXPIRED 2u
+#define SHMQ_DL_REJECTED 3u
 
 #define SHMQ_NO_CHUNK UINT32_MAX
 #define SHMQ_DGEN_MASK ((1u << 28) - 1)
@@ -34,20 +50,28 @@ typedef struct {
     uint64_t word;          /* dgen:28 | state:4 | owner:32 */
     uint64_t id;            /* unique, increasing per queue */
     uint64_t timestamp_ns;  /* wall clock at put, to one kernel tick (coarse clock) */
-    uint64_t deadline_ns;   /* monotonic: lease/delay (reserved) */
+    uint64_t deadline_ns;   /* monotonic: lease end (INFLIGHT) or due time (DELAYED); 0 otherwise */
     uint32_t size;          /* payload bytes */
     uint32_t chunk;         /* first arena unit, or SHMQ_NO_CHUNK when inline */
     uint8_t chunk_order;
     uint8_t kind;           /* payload kind tag of the Python layer */
     uint8_t priority;
-    uint8_t flags;
-    uint16_t delivery_count;
-    uint16_t hdr_size;      /* header block bytes at the start of the payload (reserved) */
-    uint64_t _reserved;     /* lease/DLQ links (reserved for the delivery issue) */
+    uint8_t flags;          /* SHMQ_DL_* reason while being dead-lettered */
+    uint16_t delivery_count;/* deliveries made so far (at-least-once) */
+    uint16_t hdr_size;      /* header block bytes after the ack meta block (at-least-once) */
+    uint64_t expire_ns;     /* monotonic TTL deadline, 0 = none (at-least-once) */
     uint8_t inline_data[72];
 } shmq_desc_t;
 _Static_assert(sizeof(shmq_desc_t) == 128, "descriptor is two cache lines");
 #define SHMQ_INLINE_MAX ((uint32_t)sizeof(((shmq_desc_t *)0)->inline_data))
+
+/* At-least-once payloads start with this block, written by whoever owns the descriptor:
+ * then hdr_size bytes of headers (lease.h: encoding), then the body. */
+typedef struct {
+    uint64_t first_delivery_ns; /* wall clock of the first delivery, 0 = never delivered */
+    uint64_t last_delivery_ns;  /* wall clock of the latest delivery */
+} shmq_ack_meta_t;
+#define SHMQ_ACK_META ((uint32_t)sizeof(shmq_ack_meta_t))
 
 static inline uint64_t shmq_desc_word(uint32_t dgen, uint32_t state, uint32_t owner)
 {

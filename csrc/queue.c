@@ -9,6 +9,7 @@
 #include "atomic.h"
 #include "crashpoint.h"
 #include "lock.h"
+#include "queue_int.h"
 #include "wait.h"
 
 static uint64_t spin_ns = SHMQ_SPIN_NS_DEFAULT;
@@ -16,11 +17,15 @@ static uint64_t spin_ns = SHMQ_SPIN_NS_DEFAULT;
 void shmq_set_spin_ns(uint64_t ns) { __atomic_store_n(&spin_ns, ns, __ATOMIC_RELAXED); }
 uint64_t shmq_get_spin_ns(void) { return __atomic_load_n(&spin_ns, __ATOMIC_RELAXED); }
 
-static inline shmq_desc_t *desc_at(shmq_area_t *a, uint32_t i) { return (shmq_desc_t *)(a->desc + (uint64_t)i * SHMQ_DESC_SIZE); }
+#define desc_at shmq_q_desc
+#define payload_ptr shmq_q_payload
 
-static inline uint8_t *payload_ptr(shmq_area_t *a, shmq_desc_t *d)
+int shmq_q_payload_valid(shmq_area_t *a, shmq_desc_t *d)
 {
-    return d->chunk == SHMQ_NO_CHUNK ? d->inline_data : a->arena + (uint64_t)d->chunk * SHMQ_ARENA_UNIT;
+    uint64_t size = d->size;
+    return d->chunk == SHMQ_NO_CHUNK ? size <= SHMQ_INLINE_MAX
+                                     : (shmq_arena_ref_valid(a, d->chunk, d->chunk_order) &&
+                                        size <= ((uint64_t)SHMQ_ARENA_UNIT << d->chunk_order));
 }
 
 /* Claim a FREE descriptor: a scan from this process's cursor. Frees happen in roughly FIFO
@@ -106,6 +111,7 @@ static inline void wake_getters(shmq_seg_t *q)
     if (SHMQ_UNLIKELY(shmq_load_seq(&h->waiters_get) != 0))
         wake_coalesced(&h->not_empty_seq, 1);
 }
+void shmq_q_wake_getters(shmq_seg_t *q) { wake_getters(q); }
 
 /* Clear the pending bit of a coalesced wait word; returns the (even) value now in it. Every
  * waiter does this before it registers and after each futex return, and looks after it. */
@@ -213,6 +219,7 @@ typedef struct {
     shmq_area_t *a;  /* descriptor held in this area */
     uint32_t idx;
     uint32_t dgen;
+    const shmq_put_ext_t *x; /* at-least-once queues: meta + headers precede the iov data */
 } put_ctx;
 
 static void put_undo(shmq_seg_t *q, put_ctx *c)
@@ -305,6 +312,13 @@ static int put_commit(shmq_seg_t *q, put_ctx *c, uint64_t deadline_ns, uint64_t 
     shmq_desc_t *d = desc_at(a, c->idx);
     uint8_t *dst = payload_ptr(a, d);
     uint64_t off = 0;
+    const shmq_put_ext_t *x = c->x;
+    if (x) { /* at-least-once layout: meta block (never delivered yet), header block, body */
+        memset(dst, 0, SHMQ_ACK_META);
+        if (x->hdr_size)
+            memcpy(dst + SHMQ_ACK_META, x->hdr, x->hdr_size);
+        off = SHMQ_ACK_META + x->hdr_size;
+    }
     for (uint32_t i = 0; i < c->n; i++) {
         uint64_t len = c->iov[i].len, half = i == 0 ? len / 2 : 0;
         if (half) /* the first piece in two halves, so the crash point lies inside the payload */
@@ -315,16 +329,34 @@ static int put_commit(shmq_seg_t *q, put_ctx *c, uint64_t deadline_ns, uint64_t 
             memcpy(dst + off + half, (const uint8_t *)c->iov[i].ptr + half, len - half);
         off += len;
     }
-    uint64_t id = shmq_fetch_add_relaxed(&h->next_id, 1);
+    uint64_t id = x && x->id ? x->id : shmq_fetch_add_relaxed(&h->next_id, 1);
     d->id = id;
     d->timestamp_ns = shmq_now_wall_coarse_ns();
     d->deadline_ns = 0;
     d->size = (uint32_t)c->total;
     d->kind = (uint8_t)c->kind;
-    d->priority = 0;
+    d->priority = x ? (uint8_t)x->priority : 0;
     d->flags = 0;
     d->delivery_count = 0;
-    d->hdr_size = 0;
+    d->hdr_size = x ? (uint16_t)x->hdr_size : 0;
+    d->expire_ns = x ? x->expire_ns : 0;
+    if (x && x->delay_ns) {
+        /* Delayed: not published; the timer scan (lease.c) publishes it when due. */
+        d->deadline_ns = shmq_now_mono_ns() + x->delay_ns;
+        shmq_store_release(&d->word, shmq_desc_word(c->dgen, SHMQ_D_DELAYED, q->owner));
+        if (h->flags & SHMQ_F_JOINABLE)
+            shmq_fetch_add_seq(&h->unfinished, 1);
+        shmq_q_timer_hint(q, d->expire_ns && d->expire_ns < d->deadline_ns ? d->expire_ns : d->deadline_ns);
+        if (q->slot != UINT32_MAX)
+            shmq_fetch_add_relaxed(&q->slots[q->slot].enqueued, 1);
+        if (id_out)
+            *id_out = id;
+        c->a = NULL;
+        c->counted = 0;
+        return SHMQ_OK;
+    }
+    if (x && x->expire_ns)
+        shmq_q_timer_hint(q, x->expire_ns);
     /* release: payload and fields before the READY state a consumer's CAS acquires */
     shmq_store_release(&d->word, shmq_desc_word(c->dgen, SHMQ_D_READY, q->owner));
     /* After READY: repair counts a READY descriptor of a dead producer as counted (wait.h). */
@@ -401,8 +433,25 @@ unpublish:
 
 int shmq_put(shmq_seg_t *q, const shmq_iov_t *iov, uint32_t n, uint32_t kind, uint64_t deadline_ns, uint64_t *id_out)
 {
+    return shmq_q_put(q, iov, n, kind, deadline_ns, id_out, NULL);
+}
+
+int shmq_q_put(shmq_seg_t *q, const shmq_iov_t *iov, uint32_t n, uint32_t kind, uint64_t deadline_ns,
+               uint64_t *id_out, const shmq_put_ext_t *x)
+{
     shmq_header_t *h = q->hdr;
     put_ctx c = {.iov = iov, .n = n, .total = 0, .kind = kind};
+    shmq_put_ext_t defaults;
+    if (h->flags & SHMQ_F_ACK) {
+        if (!x) { /* a plain put on an at-least-once queue: the queue's default delay and TTL */
+            memset(&defaults, 0, sizeof defaults);
+            defaults.delay_ns = h->ack.default_delay_ns;
+            defaults.expire_ns = h->ack.default_ttl_ns ? shmq_now_mono_ns() + h->ack.default_ttl_ns : 0;
+            x = &defaults;
+        }
+        c.x = x;
+        c.total = SHMQ_ACK_META + x->hdr_size;
+    }
     for (uint32_t i = 0; i < n; i++)
         c.total += iov[i].len;
     if (c.total > h->max_message)
@@ -443,6 +492,8 @@ typedef struct {
     shmq_seg_t *q;
     shmq_area_t *a;
     shmq_desc_t *d;
+    uint64_t w;   /* the word we installed */
+    int mode;     /* 0: READING (get), 1: INFLIGHT with the next generation (receive) */
 } take_ctx;
 
 static int take_cb(void *vctx, uint64_t handle)
@@ -459,16 +510,25 @@ static int take_cb(void *vctx, uint64_t handle)
     uint64_t w = shmq_load_acquire(&d->word);
     if (shmq_desc_state(w) != SHMQ_D_READY || shmq_desc_dgen(w) != (shmq_handle_dgen(handle) & SHMQ_DGEN_MASK))
         return SHMQ_EAGAIN; /* another consumer has it (or it is stale) */
-    if (!shmq_cas_acq_rel(&d->word, &w, shmq_desc_word(shmq_desc_dgen(w), SHMQ_D_READING, t->q->owner)))
+    /* receive: a new generation, so this delivery's stamp differs from every earlier one */
+    uint64_t nw = t->mode ? shmq_desc_word(shmq_desc_dgen(w) + 1, SHMQ_D_INFLIGHT, t->q->owner)
+                          : shmq_desc_word(shmq_desc_dgen(w), SHMQ_D_READING, t->q->owner);
+    if (!shmq_cas_acq_rel(&d->word, &w, nw))
         return SHMQ_EAGAIN;
     t->a = a;
     t->d = d;
+    t->w = nw;
     return SHMQ_OK;
 }
 
-static int try_get(shmq_seg_t *q, shmq_msg_t *m)
+static int try_get(shmq_seg_t *q, shmq_msg_t *m, int mode)
 {
     shmq_header_t *h = q->hdr;
+    uint64_t now = 0;
+    if (h->flags & SHMQ_F_ACK) {
+        now = shmq_now_mono_ns();
+        shmq_lease_timers_maybe(q, now);
+    }
     for (;;) {
         uint32_t ai = shmq_load_acquire(&h->area_head);
         int rc;
@@ -479,31 +539,54 @@ static int try_get(shmq_seg_t *q, shmq_msg_t *m)
                 continue;
             return rc == SHMQ_ESEALED ? SHMQ_ECORRUPT : rc;
         }
-        take_ctx t = {q, NULL, NULL};
+        take_ctx t = {q, NULL, NULL, 0, mode};
         uint64_t handle;
         rc = shmq_ring_get_mpmc(&a->ring, take_cb, &t, &handle);
         if (rc == SHMQ_OK) {
             SHMQ_CRASH_POINT(after_take);
             shmq_desc_t *d = t.d;
             uint64_t size = d->size;
-            /* untrusted: the payload must lie inside the descriptor or its arena block */
-            if (d->chunk == SHMQ_NO_CHUNK ? size > SHMQ_INLINE_MAX
-                                          : (!shmq_arena_ref_valid(t.a, d->chunk, d->chunk_order) ||
-                                             size > ((uint64_t)SHMQ_ARENA_UNIT << d->chunk_order))) {
+            uint64_t skip = (h->flags & SHMQ_F_ACK) ? SHMQ_ACK_META + (uint64_t)d->hdr_size : 0;
+            /* untrusted: the payload must lie inside the descriptor or its arena block, and
+             * the meta and header blocks inside the payload */
+            if (!shmq_q_payload_valid(t.a, d) || skip > size) {
                 __atomic_fetch_add(&h->corrupt_skipped, 1, __ATOMIC_RELAXED);
                 d->chunk = SHMQ_NO_CHUNK; /* do not hand a garbage block to the arena */
                 desc_release(q, t.a, d);
                 continue;
             }
+            uint8_t *p = payload_ptr(t.a, d);
+            if (h->flags & SHMQ_F_ACK) {
+                if (d->expire_ns && d->expire_ns <= now) {
+                    shmq_lease_expire_taken(q, t.a, d, t.w); /* TTL passed while it waited */
+                    continue;
+                }
+                if (mode) { /* the lease: deadline after the CAS (a 0 deadline is skipped by scans) */
+                    shmq_ack_meta_t *mt = (shmq_ack_meta_t *)p;
+                    uint64_t wall = shmq_now_wall_coarse_ns();
+                    d->deadline_ns = now + q->visibility_ns;
+                    d->delivery_count++;
+                    if (!mt->first_delivery_ns)
+                        mt->first_delivery_ns = wall;
+                    mt->last_delivery_ns = wall;
+                    shmq_q_timer_hint(q, d->deadline_ns);
+                    SHMQ_CRASH_POINT(after_lease);
+                    handle = shmq_handle_make((uint32_t)(t.a - q->areas), shmq_handle_idx(handle), shmq_desc_dgen(t.w));
+                }
+            }
             m->handle = handle;
             m->area = t.a;
             m->d = d;
-            m->data = payload_ptr(t.a, d);
-            m->size = size;
+            m->word = t.w;
+            m->hdr = p + (skip ? SHMQ_ACK_META : 0);
+            m->hdr_size = skip ? (uint32_t)(skip - SHMQ_ACK_META) : 0;
+            m->data = p + skip;
+            m->size = size - skip;
             m->id = d->id;
             m->timestamp_ns = d->timestamp_ns;
             m->kind = d->kind;
             m->delivery_count = d->delivery_count;
+            m->priority = d->priority;
             return SHMQ_OK;
         }
         if (rc == SHMQ_ESEALED) {
@@ -523,9 +606,15 @@ static int try_get(shmq_seg_t *q, shmq_msg_t *m)
     }
 }
 
+typedef struct {
+    shmq_msg_t *m;
+    int mode;
+} get_ctx;
+
 static int get_check(shmq_seg_t *q, void *ctx)
 {
-    int rc = try_get(q, (shmq_msg_t *)ctx);
+    get_ctx *g = ctx;
+    int rc = try_get(q, g->m, g->mode);
     return rc == SHMQ_EMPTY ? SHMQ_EAGAIN : rc;
 }
 
@@ -558,8 +647,13 @@ static int worth_spinning(shmq_seg_t *q)
 
 int shmq_get_begin(shmq_seg_t *q, shmq_msg_t *m, uint64_t deadline_ns)
 {
+    return shmq_q_take(q, m, deadline_ns, 0);
+}
+
+int shmq_q_take(shmq_seg_t *q, shmq_msg_t *m, uint64_t deadline_ns, int mode)
+{
     shmq_header_t *h = q->hdr;
-    int rc = try_get(q, m);
+    int rc = try_get(q, m, mode);
     if (SHMQ_LIKELY(rc != SHMQ_EMPTY))
         goto done;
     if (deadline_ns == 0)
@@ -571,17 +665,30 @@ int shmq_get_begin(shmq_seg_t *q, shmq_msg_t *m, uint64_t deadline_ns)
         for (unsigned i = 1;; i++) {
             for (int k = 0; k < 16; k++)
                 shmq_cpu_relax();
-            rc = try_get(q, m);
+            rc = try_get(q, m, mode);
             if (rc != SHMQ_EMPTY)
                 goto done;
             if ((i & 7) == 0 && shmq_now_mono_ns() >= until)
                 break;
         }
     }
+    get_ctx gc = {m, mode};
     for (;;) {
-        rc = sleep_until(q, &h->not_empty_seq, &h->waiters_get, 1u, get_check, m, deadline_ns);
+        uint64_t until = deadline_ns;
+        if (h->flags & SHMQ_F_ACK) {
+            /* wake for the next due timer (a delay or lease ending) as well: not before 100 us
+             * from now, so a hint that stays in the past (a busy scanner) cannot make us spin */
+            uint64_t hint = shmq_load_relaxed(&h->ack.timer_hint_ns), floor = shmq_now_mono_ns() + 100000;
+            if (hint < floor)
+                hint = floor;
+            if (hint < until)
+                until = hint;
+        }
+        rc = sleep_until(q, &h->not_empty_seq, &h->waiters_get, 1u, get_check, &gc, until);
+        if (rc == SHMQ_TIMEOUT && until != deadline_ns)
+            rc = SHMQ_EAGAIN; /* a timer came due, not our deadline */
         if (rc == SHMQ_EAGAIN) {
-            rc = try_get(q, m);
+            rc = try_get(q, m, mode);
             if (rc == SHMQ_EMPTY)
                 continue;
         }
@@ -666,6 +773,83 @@ void shmq_get_end(shmq_seg_t *q, shmq_msg_t *m)
     m->d = NULL;
 }
 
+void shmq_q_release_owned(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d)
+{
+    shmq_header_t *h = q->hdr;
+    release_taken(q, a, d);
+    if (h->maxsize)
+        __atomic_fetch_sub(&h->count, 1, __ATOMIC_SEQ_CST);
+    if (!(h->flags & SHMQ_F_GROWABLE) || h->maxsize)
+        wake_putters(q);
+}
+
+int shmq_q_publish(shmq_seg_t *q, uint64_t handle)
+{
+    shmq_header_t *h = q->hdr;
+    for (int tries = 0; tries < 64; tries++) {
+        uint32_t ai = shmq_load_acquire(&h->area_tail);
+        int rc;
+        shmq_area_t *ta = shmq_seg_area(q, ai, &rc);
+        if (!ta) {
+            if (rc == SHMQ_ESEALED && shmq_load_acquire(&h->area_tail) != ai)
+                continue;
+            return rc == SHMQ_ESEALED ? SHMQ_ECORRUPT : rc;
+        }
+        rc = shmq_ring_put_mpmc(&ta->ring, handle);
+        if (rc == SHMQ_OK) {
+            if (SHMQ_UNLIKELY(shmq_load_seq(&h->areas[ai].state) != 1))
+                continue; /* published into an area being given back: again (see put_commit) */
+            wake_getters(q);
+            return SHMQ_OK;
+        }
+        if (!(h->flags & SHMQ_F_GROWABLE))
+            return rc == SHMQ_ESEALED ? SHMQ_ECORRUPT : SHMQ_FULL;
+        if (rc == SHMQ_ESEALED && shmq_load_acquire(&h->area_tail) != ai)
+            continue;
+        rc = shmq_seg_grow(q, ai, 0);
+        if (rc != SHMQ_OK)
+            return rc == SHMQ_ENOMEM ? SHMQ_FULL : rc;
+    }
+    return SHMQ_FULL;
+}
+
+int shmq_q_id_present(shmq_seg_t *q, uint64_t id)
+{
+    shmq_header_t *h = q->hdr;
+    uint32_t tail = shmq_load_acquire(&h->area_tail);
+    for (uint32_t i = 0; i <= tail && i < h->max_areas; i++) {
+        int rc;
+        shmq_area_t *a = shmq_seg_area_live(q, i, &rc);
+        if (!a)
+            continue;
+        for (uint32_t k = 0; k < a->n_desc; k++) {
+            shmq_desc_t *d = desc_at(a, k);
+            uint32_t st = shmq_desc_state(shmq_load_acquire(&d->word));
+            if (st != SHMQ_D_FREE && st != SHMQ_D_WRITING && d->id == id)
+                return 1;
+        }
+    }
+    return 0;
+}
+
+void shmq_q_timer_hint(shmq_seg_t *q, uint64_t t)
+{
+    uint64_t *hp = &q->hdr->ack.timer_hint_ns;
+    uint64_t v = shmq_load_relaxed(hp);
+    int lowered = 0;
+    while (t < v) {
+        if (shmq_cas_seq(hp, &v, t)) { /* seq_cst: ordered after the descriptor change it announces */
+            lowered = 1;
+            break;
+        }
+    }
+    if (lowered && shmq_load_seq(&q->hdr->waiters_get)) {
+        /* sleepers chose their wake-up time from the old hint: make them choose again */
+        shmq_fetch_add_seq(&q->hdr->not_empty_seq, 2);
+        shmq_futex_wake(&q->hdr->not_empty_seq, INT32_MAX);
+    }
+}
+
 uint64_t shmq_depth(shmq_seg_t *q)
 {
     shmq_header_t *h = q->hdr;
@@ -694,6 +878,51 @@ static void reclaim_all_try(shmq_seg_t *q)
         reclaim_returning_locked(q, a);
         shmq_lock_release(q, &a->hdr->arena_lock);
     }
+}
+
+/* At-least-once: count descriptors by state (exact when quiescent, whatever crashed) and read
+ * the settle counters. The ring count overstates the ready messages (stale cells). */
+static void ack_stats(shmq_seg_t *q, shmq_stats_t *st)
+{
+    shmq_header_t *h = q->hdr;
+    uint32_t tail = shmq_load_acquire(&h->area_tail);
+    uint64_t ready = 0, oldest = 0;
+    for (uint32_t i = 0; i <= tail && i < h->max_areas; i++) {
+        int rc;
+        shmq_area_t *a = shmq_seg_area_live(q, i, &rc);
+        if (!a)
+            continue;
+        for (uint32_t k = 0; k < a->n_desc; k++) {
+            shmq_desc_t *d = desc_at(a, k);
+            uint32_t s = shmq_desc_state(shmq_load_acquire(&d->word));
+            if (s == SHMQ_D_READY) {
+                ready++;
+                uint64_t ts = d->timestamp_ns;
+                if (ts && (!oldest || ts < oldest))
+                    oldest = ts;
+            } else if (s == SHMQ_D_INFLIGHT || s == SHMQ_D_SETTLING) {
+                st->in_flight++;
+            } else if (s == SHMQ_D_DELAYED) {
+                st->delayed++;
+            }
+        }
+    }
+    st->depth = ready;
+    st->oldest_ready_ns = oldest;
+    st->acked = shmq_load_relaxed(&h->ack.acked);
+    st->redelivered = shmq_load_relaxed(&h->ack.redelivered);
+    st->dead_lettered = shmq_load_relaxed(&h->ack.dead_lettered);
+    st->expired = shmq_load_relaxed(&h->ack.expired);
+    st->dead_letter_failed = shmq_load_relaxed(&h->ack.dead_letter_failed);
+    st->dedup_hits = shmq_load_relaxed(&h->ack.dedup_hits);
+    st->visibility_ns = h->ack.visibility_ns;
+    st->max_deliveries = h->ack.max_deliveries;
+    st->default_delay_ns = h->ack.default_delay_ns;
+    st->default_ttl_ns = h->ack.default_ttl_ns;
+    st->dedup_window_ns = h->ack.dedup_window_ns;
+    st->dedup_slots = h->ack.dedup_slots;
+    memcpy(st->dead_letter, h->ack.dead_letter, sizeof st->dead_letter);
+    st->dead_letter[sizeof st->dead_letter - 1] = 0; /* untrusted: terminated */
 }
 
 void shmq_stats(shmq_seg_t *q, shmq_stats_t *st)
@@ -737,6 +966,8 @@ void shmq_stats(shmq_seg_t *q, shmq_stats_t *st)
     st->mode = h->mode;
     st->max_slots = h->max_slots;
     shmq_seg_participants(q, &st->attached, &st->producers, &st->consumers);
+    if (h->flags & SHMQ_F_ACK)
+        ack_stats(q, st);
 }
 
 /* ---------------------------------------------------------------- join */
@@ -801,7 +1032,10 @@ static uint8_t **referenced_map(shmq_seg_t *q)
                 continue;
             uint64_t hd = shmq_load_relaxed(&a->ring.cells[k].handle);
             uint32_t ai = shmq_handle_area(hd), idx = shmq_handle_idx(hd);
-            if (ai < SHMQ_MAX_AREAS && maps[ai] && q->areas[ai].base && idx < q->areas[ai].n_desc)
+            /* a cell counts only for the generation it names: at-least-once queues leave stale
+             * cells behind (a requeued message acked before it was taken again) */
+            if (ai < SHMQ_MAX_AREAS && maps[ai] && q->areas[ai].base && idx < q->areas[ai].n_desc &&
+                shmq_desc_dgen(shmq_load_acquire(&desc_at(&q->areas[ai], idx)->word)) == (shmq_handle_dgen(hd) & SHMQ_DGEN_MASK))
                 maps[ai][idx / 8] |= (uint8_t)(1u << (idx % 8));
         }
     }
@@ -856,10 +1090,12 @@ void shmq_queue_repair_owner(shmq_seg_t *q, uint32_t dead)
             uint32_t st = shmq_desc_state(w);
             if (st == SHMQ_D_WRITING || st == SHMQ_D_READING || st == SHMQ_D_RETURNING)
                 /* WRITING: the dead put had not returned. READING: the message the dead
-                 * consumer had taken, the one at-most-once delivery may lose. */
+                 * consumer had taken, the one at-most-once delivery may lose (or acked). */
                 free_dead_desc(q, a, d, w, 0);
             else if (st == SHMQ_D_READY)
                 any_ready = 1;
+            else if ((h->flags & SHMQ_F_ACK) && (st == SHMQ_D_INFLIGHT || st == SHMQ_D_SETTLING || st == SHMQ_D_MOVING))
+                shmq_lease_repair_desc(q, a, d, w); /* its deliveries go back (or on to the DLQ) */
         }
     }
     if (any_ready) {
@@ -873,8 +1109,22 @@ void shmq_queue_repair_owner(shmq_seg_t *q, uint32_t dead)
             for (uint32_t k = 0; k < a->n_desc; k++) {
                 shmq_desc_t *d = desc_at(a, k);
                 uint64_t w = shmq_load_acquire(&d->word);
-                if (shmq_desc_owner(w) == dead && shmq_desc_state(w) == SHMQ_D_READY && !(maps[i][k / 8] & (1u << (k % 8))))
-                    free_dead_desc(q, a, d, w, 1);
+                if (shmq_desc_owner(w) != dead || shmq_desc_state(w) != SHMQ_D_READY || (maps[i][k / 8] & (1u << (k % 8))))
+                    continue;
+                if (h->flags & SHMQ_F_ACK) {
+                    /* At-least-once: a message made READY (sent, requeued or promoted) is
+                     * never dropped: publish it for the dead one (take it over first). */
+                    uint64_t exp = w, mine = shmq_desc_word(shmq_desc_dgen(w), SHMQ_D_READY, q->owner);
+                    if (shmq_cas_acq_rel(&d->word, &exp, mine) &&
+                        shmq_q_publish(q, shmq_handle_make(i, k, shmq_desc_dgen(w))) != SHMQ_OK) {
+                        /* no ring room now: an expired lease owned by nobody; the scan retries */
+                        d->deadline_ns = 1;
+                        shmq_store_release(&d->word, shmq_desc_word(shmq_desc_dgen(w), SHMQ_D_INFLIGHT, 0));
+                        shmq_q_timer_hint(q, 1);
+                    }
+                    continue;
+                }
+                free_dead_desc(q, a, d, w, 1);
             }
         }
         free_maps(maps);
@@ -959,6 +1209,13 @@ int shmq_peek(shmq_seg_t *q, uint64_t n, shmq_peek_t *out, void *buf, uint64_t c
                                        : (!shmq_arena_ref_valid(da, chunk, order) || size > ((uint64_t)SHMQ_ARENA_UNIT << order)))
                 return SHMQ_ECORRUPT;
             const uint8_t *src = chunk == SHMQ_NO_CHUNK ? d->inline_data : da->arena + (uint64_t)chunk * SHMQ_ARENA_UNIT;
+            if (h->flags & SHMQ_F_ACK) { /* the body only: past the meta and header blocks */
+                uint64_t skip = SHMQ_ACK_META + (uint64_t)d->hdr_size;
+                if (skip > size)
+                    return SHMQ_ECORRUPT;
+                src += skip;
+                size -= skip;
+            }
             out->id = d->id;
             out->timestamp_ns = d->timestamp_ns;
             out->kind = d->kind;

@@ -35,15 +35,19 @@ typedef struct {
 } shmq_iov_t;
 
 typedef struct {
-    uint64_t handle;
+    uint64_t handle;      /* receive: the lease token (area, index, this delivery's generation) */
     shmq_area_t *area;
     shmq_desc_t *d;
-    const uint8_t *data;  /* payload, valid until shmq_get_end */
+    uint64_t word;        /* the descriptor word our take installed */
+    const uint8_t *hdr;   /* at-least-once header block (hdr_size bytes) */
+    const uint8_t *data;  /* body, valid until shmq_get_end / shmq_receive_end */
     uint64_t size;
     uint64_t id;
     uint64_t timestamp_ns;
     uint32_t kind;
     uint32_t delivery_count;
+    uint32_t hdr_size;
+    uint32_t priority;
 } shmq_msg_t;
 
 typedef struct {
@@ -69,6 +73,23 @@ typedef struct {
     uint32_t kind;
     uint32_t mode;
     uint32_t max_slots;
+    /* at-least-once queues (zero otherwise) */
+    uint64_t in_flight;
+    uint64_t delayed;
+    uint64_t oldest_ready_ns; /* wall clock of the oldest ready message, 0 = none */
+    uint64_t acked;
+    uint64_t redelivered;
+    uint64_t dead_lettered;
+    uint64_t expired;
+    uint64_t dead_letter_failed;
+    uint64_t dedup_hits;
+    uint64_t visibility_ns;
+    uint64_t default_delay_ns;
+    uint64_t default_ttl_ns;
+    uint64_t dedup_window_ns;
+    uint32_t max_deliveries;
+    uint32_t dedup_slots;
+    char dead_letter[208];
 } shmq_stats_t;
 
 typedef struct {

@@ -14,6 +14,7 @@
 #include "arena.h"
 #include "atomic.h"
 #include "crashpoint.h"
+#include "dedup.h"
 #include "desc.h"
 #include "lock.h"
 #include "wait.h"
@@ -26,7 +27,7 @@ void shmq_queue_repair_owner(shmq_seg_t *seg, uint32_t dead);
 static const char *const rc_names[] = {
     "ok", "empty", "full", "timed out", "interrupted", "message too big", "corrupt segment",
     "incompatible layout version", "system error", "participant table full", "sealed",
-    "invalid argument", "cannot grow", "closed", "retry",
+    "invalid argument", "cannot grow", "closed", "retry", "stale delivery", "dedup table full",
 };
 
 const char *shmq_strerror(int rc)
@@ -192,7 +193,32 @@ static int header_check(const shmq_header_t *h, uint64_t fsize)
         return SHMQ_ECORRUPT;
     if (!(h->flags & SHMQ_F_GROWABLE) && h->area_tail != 0)
         return SHMQ_ECORRUPT;
+    if (h->flags & SHMQ_F_ACK) {
+        const shmq_ack_hdr_t *k = &h->ack;
+        uint64_t slots_end = h->slots_off + (uint64_t)h->max_slots * sizeof(shmq_slot_t);
+        /* untrusted: the dedup table must lie between the slots and area 0 */
+        if (k->dedup_slots == 0 || (k->dedup_slots & (k->dedup_slots - 1)) || k->dedup_slots > (1u << 24))
+            return SHMQ_ECORRUPT;
+        if (k->dedup_off < slots_end || k->dedup_off % 64 ||
+            k->dedup_off + (uint64_t)k->dedup_slots * SHMQ_DEDUP_ENT_SIZE > a0->off)
+            return SHMQ_ECORRUPT;
+        if (k->max_deliveries == 0 || k->max_deliveries > 65535 || k->visibility_ns == 0)
+            return SHMQ_ECORRUPT;
+        if (memchr(k->dead_letter, 0, sizeof k->dead_letter) == NULL)
+            return SHMQ_ECORRUPT;
+    }
     return SHMQ_OK;
+}
+
+/* Process-local copies of the at-least-once options (from a validated header). */
+static void ack_bind(shmq_seg_t *seg, const shmq_header_t *h)
+{
+    if (!(h->flags & SHMQ_F_ACK))
+        return;
+    seg->dedup = (shmq_dedup_ent_t *)(seg->map0 + h->ack.dedup_off);
+    seg->dedup_slots = h->ack.dedup_slots;
+    seg->max_deliveries = h->ack.max_deliveries;
+    seg->visibility_ns = h->ack.visibility_ns;
 }
 
 static void seg_reset(shmq_seg_t *seg)
@@ -229,6 +255,7 @@ static int map_main(shmq_seg_t *seg)
         return SHMQ_ECORRUPT;
     seg->max_slots = copy.max_slots;
     seg->slots = (shmq_slot_t *)((uint8_t *)p + copy.slots_off);
+    ack_bind(seg, &copy);
     int arc;
     if (!shmq_seg_area(seg, 0, &arc))
         return arc;
@@ -268,7 +295,17 @@ int shmq_seg_create(shmq_seg_t *seg, const shmq_create_opts_t *o, int exist_ok, 
     uint32_t slots = o->max_slots ? o->max_slots : SHMQ_DEFAULT_SLOTS;
     if (slots > SHMQ_MAX_SLOTS || o->kind < SHMQ_KIND_QUEUE || o->kind > SHMQ_KIND_TOPIC)
         return SHMQ_EINVAL;
-    uint64_t a0off = SHMQ_ALIGN_UP(SHMQ_HEADER_SIZE + (uint64_t)slots * sizeof(shmq_slot_t), 4096);
+    uint64_t slots_end = SHMQ_HEADER_SIZE + (uint64_t)slots * sizeof(shmq_slot_t);
+    uint32_t dedup_slots = 0;
+    if (o->flags & SHMQ_F_ACK) {
+        dedup_slots = o->dedup_slots ? o->dedup_slots : SHMQ_DEDUP_DEFAULT_SLOTS;
+        if ((dedup_slots & (dedup_slots - 1)) || dedup_slots > (1u << 24) || o->max_deliveries == 0 ||
+            o->max_deliveries > 65535 || o->visibility_ns == 0 ||
+            (o->dead_letter && strlen(o->dead_letter) >= SHMQ_DLQ_NAME_MAX))
+            return SHMQ_EINVAL;
+    }
+    uint64_t dedup_off = SHMQ_ALIGN_UP(slots_end, 64);
+    uint64_t a0off = SHMQ_ALIGN_UP(dedup_off + (uint64_t)dedup_slots * SHMQ_DEDUP_ENT_SIZE, 4096);
     uint64_t a0size = SHMQ_ALIGN_UP(o->capacity, 4096);
     if (a0size > a0off + SHMQ_MIN_AREA_SIZE && (o->flags & SHMQ_F_GROWABLE))
         a0size -= a0off; /* growable: the whole first file is `capacity` bytes */
@@ -338,6 +375,21 @@ int shmq_seg_create(shmq_seg_t *seg, const shmq_create_opts_t *o, int exist_ok, 
     h->areas[0].off = a0off;
     h->areas[0].size = a0size;
     h->areas[0].state = 1;
+    if (o->flags & SHMQ_F_ACK) {
+        shmq_ack_hdr_t *k = &h->ack;
+        k->visibility_ns = o->visibility_ns;
+        k->default_delay_ns = o->default_delay_ns;
+        k->default_ttl_ns = o->default_ttl_ns;
+        k->dedup_window_ns = o->dedup_window_ns;
+        k->dedup_off = dedup_off;
+        k->dedup_slots = dedup_slots;
+        k->max_deliveries = o->max_deliveries;
+        if (o->dead_letter)
+            strcpy(k->dead_letter, o->dead_letter); /* length checked above */
+        k->timer_hint_ns = SHMQ_NO_DEADLINE;
+        /* the table itself is zero (EMPTY entries): posix_fallocate'd pages read as zeros */
+        ack_bind(seg, h);
+    }
     area_init(&seg->areas[0], (uint8_t *)p + a0off, a0size, 0);
     shmq_store_release(&h->init_state, SHMQ_READY); /* release: everything above is visible first */
     if (link(tmp, o->path) != 0) {

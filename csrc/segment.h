@@ -48,7 +48,7 @@
 #define SHMQ_F_RAW 0x2u       /* bytes-like bodies only */
 #define SHMQ_F_ANONYMOUS 0x4u /* unlinked by its creator at close/exit */
 #define SHMQ_F_JOINABLE 0x8u  /* task_done/join accounting */
-#define SHMQ_F_ACK 0x10u      /* at-least-once (reserved for the delivery issue) */
+#define SHMQ_F_ACK 0x10u      /* at-least-once: leases, redelivery, dead letters (lease.h) */
 
 #define SHMQ_HEADER_SIZE 4096u
 #define SHMQ_MAX_AREAS 64u
@@ -98,6 +98,39 @@ typedef struct {
     uint64_t _pad1; /* 32-byte entries */
 } shmq_area_ent_t;
 _Static_assert(sizeof(shmq_area_ent_t) == 32, "area entry layout");
+
+/* At-least-once block of the header (SHMQ_F_ACK queues; zero otherwise). */
+#define SHMQ_DLQ_NAME_MAX 208u
+typedef struct {
+    /* --- options: written once before the file is linked into place --- */
+    uint64_t visibility_ns;     /* lease length given by receive */
+    uint64_t default_delay_ns;  /* send without delay= */
+    uint64_t default_ttl_ns;    /* send without ttl= (0 = none) */
+    uint64_t dedup_window_ns;   /* how long a dedup_id is remembered from its first send */
+    uint64_t dedup_off;         /* dedup table (dedup.h): file offset, between the slots and area 0 */
+    uint32_t dedup_slots;       /* table entries, a power of two */
+    uint32_t max_deliveries;    /* a message is delivered at most this often, then dead-lettered */
+    char dead_letter[SHMQ_DLQ_NAME_MAX]; /* dead-letter queue name; "" = none (this is a DLQ) */
+    /* --- timer scan (lease ends, delays, TTLs): rare writers --- */
+    uint64_t timer_hint_ns;     /* no deadline earlier than this is pending (monotonic; a lower bound) */
+    uint32_t timer_lock;        /* owner-stamped lock: one scanner at a time (nothing to rebuild) */
+    uint32_t _pad0;
+    uint8_t _pad1[128 - 16];
+    /* --- dedup table lock (dedup.h) --- */
+    uint32_t dedup_lock;
+    uint32_t dedup_used;        /* entries not EMPTY (guarded by dedup_lock) */
+    uint8_t _pad2[128 - 8];
+    /* --- counters (shared atomics: settle paths only, never the put/get hot path) --- */
+    uint64_t acked;
+    uint64_t redelivered;       /* failed deliveries put back (lease expiry, nack, consumer death) */
+    uint64_t dead_lettered;     /* moved to the dead-letter queue (or dropped by a queue without one) */
+    uint64_t expired;           /* TTL expiries (also counted in dead_lettered when moved) */
+    uint64_t dead_letter_failed;/* moves refused by a full dead-letter queue (retried later) */
+    uint64_t dedup_hits;        /* sends answered with the original id */
+    uint8_t _pad3[128 - 48];
+} shmq_ack_hdr_t;
+_Static_assert(sizeof(shmq_ack_hdr_t) == 640, "ack block layout");
+_Static_assert(offsetof(shmq_ack_hdr_t, timer_hint_ns) == 256, "timer block");
 
 typedef struct {
     /* --- identity and options: written once before the file is linked into place --- */
@@ -150,7 +183,8 @@ typedef struct {
     uint64_t corrupt_skipped;
     uint8_t _pad6[128 - 40];
     shmq_area_ent_t areas[SHMQ_MAX_AREAS]; /* 2048 bytes */
-    uint8_t _pad7[SHMQ_HEADER_SIZE - 128 * 7 - 32 * SHMQ_MAX_AREAS];
+    shmq_ack_hdr_t ack;                    /* 640 bytes */
+    uint8_t _pad7[SHMQ_HEADER_SIZE - 128 * 7 - 32 * SHMQ_MAX_AREAS - sizeof(shmq_ack_hdr_t)];
 } shmq_header_t;
 _Static_assert(sizeof(shmq_header_t) == SHMQ_HEADER_SIZE, "header is one page");
 _Static_assert(offsetof(shmq_header_t, file_size) == 128, "growth block");
@@ -159,6 +193,7 @@ _Static_assert(offsetof(shmq_header_t, not_empty_seq) == 384, "not-empty block")
 _Static_assert(offsetof(shmq_header_t, not_full_seq) == 512, "not-full block");
 _Static_assert(offsetof(shmq_header_t, count) == 640, "counters block");
 _Static_assert(offsetof(shmq_header_t, areas) == 896, "area table");
+_Static_assert(offsetof(shmq_header_t, ack) % 128 == 0, "ack block");
 
 /* Area header: at the start of each area. */
 typedef struct {
@@ -217,9 +252,19 @@ typedef struct {
     uint64_t maxsize;
     uint32_t mode;
     uint32_t max_slots;      /* 0 = default */
+    /* SHMQ_F_ACK only */
+    uint64_t visibility_ns;
+    uint64_t default_delay_ns;
+    uint64_t default_ttl_ns;
+    uint64_t dedup_window_ns;
+    uint32_t max_deliveries;
+    uint32_t dedup_slots;    /* 0 = default */
+    const char *dead_letter; /* NULL or "" = none */
 } shmq_create_opts_t;
 
-typedef struct {
+typedef struct shmq_dedup_ent shmq_dedup_ent_t;
+
+typedef struct shmq_seg {
     int fd;                   /* private open file description: holds our slot's lock byte */
     uint8_t *map0;            /* header + slots (+ area 0 if it follows) */
     uint64_t map0_len;
@@ -235,7 +280,13 @@ typedef struct {
     int lock_busy;            /* process-local: threads of this handle take shared locks one at a time */
     int poll_signals;         /* set by a binding: blocking calls return SHMQ_EINTR after each slice asleep */
     uint64_t last_liveness_ns; /* process-local: last dead-participant sweep of this handle */
-
+    /* at-least-once (process-local, set at open from the validated header / by the binding) */
+    shmq_dedup_ent_t *dedup;  /* dedup table, NULL when none */
+    uint32_t dedup_slots;
+    uint32_t max_deliveries;
+    uint64_t visibility_ns;
+    struct shmq_seg *dlq;     /* attached dead-letter queue, or NULL (set by shmq_ack_set_dlq) */
+    char name[SHMQ_DLQ_NAME_MAX]; /* this queue's name, for dead-letter headers */
 } shmq_seg_t;
 
 /* Create (exist_ok: open an existing one instead of failing with EEXIST in seg->err). */

@@ -3,13 +3,14 @@ from ._core import crash_points, get_spin_us, set_spin_us
 from .errors import (CorruptQueueError, Empty, Full, IncompatibleQueueError, LeaseExpiredError,
                      MessageTooLargeError, NoSpaceError, QueueClosedError, QueueExistsError, QueueMemoryError,
                      QueueNotFound, QueuePermissionError, ShmqError)
-from .queue import JoinableQueue, Queue, SimpleQueue, unlink
+from .message import Message
+from .queue import JoinableQueue, Queue, SimpleQueue, redrive, unlink
 from .stats import QueueInfo, list_queues
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Queue", "SimpleQueue", "JoinableQueue", "unlink", "list_queues", "QueueInfo",
+    "Queue", "SimpleQueue", "JoinableQueue", "Message", "unlink", "redrive", "list_queues", "QueueInfo",
     "ShmqError", "Empty", "Full", "QueueClosedError", "QueueNotFound", "CorruptQueueError",
     "IncompatibleQueueError", "MessageTooLargeError", "QueueMemoryError", "LeaseExpiredError",
     "QueueExistsError", "QueuePermissionError", "NoSpaceError",

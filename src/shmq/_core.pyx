@@ -40,6 +40,7 @@ F_ANONYMOUS = c.SHMQ_F_ANONYMOUS
 F_JOINABLE = c.SHMQ_F_JOINABLE
 F_ACK = c.SHMQ_F_ACK
 LAYOUT_VERSION = c.SHMQ_LAYOUT_VERSION
+USE_DEFAULT = c.SHMQ_USE_DEFAULT
 
 # Set by shmq.queue: (pickler_factory(file, buffer_callback) -> Pickler, loads)
 cdef object _make_pickler = None
@@ -104,6 +105,7 @@ cdef class Core:
     cdef uint32_t _flags
     cdef readonly str path
     cdef object _pending_error  # a decode error met by get_many after it had taken items
+    cdef object _dlq            # the dead-letter queue's Core (its seg is referenced by ours)
 
     def __cinit__(self):
         self.opened = False
@@ -119,12 +121,15 @@ cdef class Core:
 
     # -- lifecycle ---------------------------------------------------------------------
     def _create(self, str path, uint32_t kind, uint32_t flags, uint64_t capacity, uint64_t max_message,
-                uint64_t maxsize, uint32_t mode, uint32_t max_slots, bint exist_ok):
-        """Create (or with exist_ok open) the segment at path and attach. Returns True if created."""
+                uint64_t maxsize, uint32_t mode, uint32_t max_slots, bint exist_ok, dict ack=None):
+        """Create (or with exist_ok open) the segment at path and attach. Returns True if created.
+        ack: at-least-once options (visibility_ns, max_deliveries, dead_letter, default_delay_ns,
+        default_ttl_ns, dedup_window_ns, dedup_slots) when flags has F_ACK."""
         cdef c.shmq_create_opts_t o
         cdef int created = 0
         cdef int rc
         bpath = os.fsencode(path)
+        bdlq = None
         memset(&o, 0, sizeof(o))
         o.path = bpath
         o.kind = kind
@@ -134,6 +139,15 @@ cdef class Core:
         o.maxsize = maxsize
         o.mode = mode
         o.max_slots = max_slots
+        if ack is not None:
+            o.visibility_ns = ack["visibility_ns"]
+            o.max_deliveries = ack["max_deliveries"]
+            o.default_delay_ns = ack["default_delay_ns"]
+            o.default_ttl_ns = ack["default_ttl_ns"]
+            o.dedup_window_ns = ack["dedup_window_ns"]
+            o.dedup_slots = ack["dedup_slots"]
+            bdlq = (ack["dead_letter"] or "").encode()
+            o.dead_letter = bdlq
         rc = c.shmq_seg_create(&self.seg, &o, exist_ok, &created)
         if rc != c.SHMQ_OK:
             self._raise_open(rc, path)
@@ -229,19 +243,28 @@ cdef class Core:
 
     # -- put -------------------------------------------------------------------------
     cdef int _put_iov(self, c.shmq_iov_t *iov, uint32_t n, uint32_t kind, uint64_t total,
-                      uint64_t dl) except -1:
+                      uint64_t dl, c.shmq_send_opts_t *so=NULL, uint64_t *idp=NULL) except -1:
         cdef int rc
+        cdef int dup = 0
+        if so != NULL:
+            total += so.hdr_size
         if total < GIL_RELEASE_BYTES:
-            rc = c.shmq_put(&self.seg, iov, n, kind, 0, NULL)
+            if so == NULL:
+                rc = c.shmq_put(&self.seg, iov, n, kind, 0, idp)
+            else:
+                rc = c.shmq_send(&self.seg, iov, n, kind, so, 0, idp, &dup)
             if rc == c.SHMQ_OK:
-                return 0
+                return dup
             if rc != c.SHMQ_FULL or dl == 0:
                 return self._put_error(rc, total)
         while True:
             self._active += 1
             try:
                 with nogil:
-                    rc = c.shmq_put(&self.seg, iov, n, kind, dl, NULL)
+                    if so == NULL:
+                        rc = c.shmq_put(&self.seg, iov, n, kind, dl, idp)
+                    else:
+                        rc = c.shmq_send(&self.seg, iov, n, kind, so, dl, idp, &dup)
             finally:
                 self._leave()
             if rc == c.SHMQ_EINTR:
@@ -249,7 +272,7 @@ cdef class Core:
                 self._check()
                 continue
             if rc == c.SHMQ_OK:
-                return 0
+                return dup
             if self._closed:
                 self._check()
             return self._put_error(rc, total)
@@ -267,15 +290,20 @@ cdef class Core:
             raise _errors._oserror(self.seg.err, self.path)
         if rc == c.SHMQ_ECORRUPT:
             raise _errors.CorruptQueueError(f"queue {self.path!r} failed validation during put")
+        if rc == c.SHMQ_EDEDUPFULL:
+            raise _errors.Full(f"queue {self.path!r}: the deduplication table holds only live dedup ids; "
+                               "create the queue with a larger dedup_capacity or a shorter dedup_window")
+        if rc == c.SHMQ_TIMEOUT:
+            raise _errors.Full(f"queue {self.path!r}: another send of the same dedup_id did not finish in time")
         raise _errors.ShmqError(f"put failed: {c.shmq_strerror(rc).decode()}")
 
-    cdef int _put_obj(self, object obj, uint64_t dl) except -1:
+    cdef int _put_obj(self, object obj, uint64_t dl, c.shmq_send_opts_t *so=NULL, uint64_t *idp=NULL) except -1:
         cdef c.shmq_iov_t iov
         cdef uint32_t kind
         if PyBytes_CheckExact(obj):
             iov.ptr = PyBytes_AS_STRING(obj)
             iov.len = <uint64_t>PyBytes_GET_SIZE(obj)
-            return self._put_iov(&iov, 1, KIND_BYTES, iov.len, dl)
+            return self._put_iov(&iov, 1, KIND_BYTES, iov.len, dl, so, idp)
         if PyByteArray_CheckExact(obj) or PyMemoryView_Check(obj) or (self._flags & c.SHMQ_F_RAW):
             if self._flags & c.SHMQ_F_RAW and not (PyByteArray_CheckExact(obj) or PyMemoryView_Check(obj)
                                                    or isinstance(obj, (bytes, bytearray, memoryview))):
@@ -283,10 +311,10 @@ cdef class Core:
             kind = KIND_BYTEARRAY if PyByteArray_CheckExact(obj) or isinstance(obj, bytearray) else KIND_BYTES
             if PyMemoryView_Check(obj) and not obj.contiguous:
                 obj = obj.tobytes()
-            return self._put_contig(obj, kind, dl)
-        return self._put_pickled(obj, dl)
+            return self._put_contig(obj, kind, dl, so, idp)
+        return self._put_pickled(obj, dl, so, idp)
 
-    cdef int _put_pickled(self, object obj, uint64_t dl) except -1:
+    cdef int _put_pickled(self, object obj, uint64_t dl, c.shmq_send_opts_t *so=NULL, uint64_t *idp=NULL) except -1:
         cdef c.shmq_iov_t *iov
         cdef Py_buffer *views
         cdef Py_ssize_t nbuf, i, k, nviews = 0
@@ -297,7 +325,7 @@ cdef class Core:
         stream = f.getbuffer()
         if not buffers:
             try:
-                return self._put_contig(stream, KIND_PICKLE, dl)
+                return self._put_contig(stream, KIND_PICKLE, dl, so, idp)
             finally:
                 stream.release()
         # Out-of-band: [u64 n][u64 stream_len][u64 len_i x n] pad | stream pad | buf_i pad ...
@@ -328,21 +356,22 @@ cdef class Core:
                     iov[k].len = pad
                     off += pad
                     k += 1
-            return self._put_iov(iov, <uint32_t>k, KIND_PICKLE_OOB, off, dl)
+            return self._put_iov(iov, <uint32_t>k, KIND_PICKLE_OOB, off, dl, so, idp)
         finally:
             for i in range(nviews):
                 PyBuffer_Release(&views[i])
             free(views)
             free(iov)
 
-    cdef int _put_contig(self, object data, uint32_t kind, uint64_t dl) except -1:
+    cdef int _put_contig(self, object data, uint32_t kind, uint64_t dl, c.shmq_send_opts_t *so=NULL,
+                         uint64_t *idp=NULL) except -1:
         cdef Py_buffer view
         cdef c.shmq_iov_t iov
         PyObject_GetBuffer(data, &view, PyBUF_ANY_CONTIGUOUS)
         try:
             iov.ptr = view.buf
             iov.len = <uint64_t>view.len
-            return self._put_iov(&iov, 1, kind, iov.len, dl)
+            return self._put_iov(&iov, 1, kind, iov.len, dl, so, idp)
         finally:
             PyBuffer_Release(&view)
 
@@ -538,6 +567,164 @@ cdef class Core:
             raise e
         return 0
 
+    # -- at-least-once ----------------------------------------------------------------
+    def _set_dlq(self, Core dlq, str name):
+        """Attach the dead-letter queue (kept alive by this handle) and record our name."""
+        self._dlq = dlq
+        bname = name.encode()
+        c.shmq_ack_set_dlq(&self.seg, &dlq.seg if dlq is not None else NULL, bname)
+
+    def _send(self, obj, bytes hdr, uint32_t priority, uint64_t delay_ns, uint64_t ttl_ns, bytes dedup_key,
+              block=True, timeout=None):
+        """Send obj with a header block; returns (id, duplicate). delay/ttl: SHMQ_USE_DEFAULT
+        for the queue's default. Raises Full, MessageTooLargeError, QueueClosedError."""
+        cdef c.shmq_send_opts_t so
+        cdef uint64_t dl, mid = 0
+        cdef int dup
+        self._check()
+        _deadline(block, timeout, &dl)
+        if len(hdr) > c.SHMQ_HDR_MAX:
+            raise ValueError(f"headers take {len(hdr)} bytes encoded; at most {c.SHMQ_HDR_MAX} fit")
+        so.delay_ns = delay_ns
+        so.ttl_ns = ttl_ns
+        so.hdr = PyBytes_AS_STRING(hdr)
+        so.hdr_size = <uint32_t>len(hdr)
+        so.priority = priority
+        so.dedup_key = NULL
+        if dedup_key is not None:
+            if len(dedup_key) != 16:
+                raise ValueError("dedup key must be 16 bytes")
+            so.dedup_key = <const uint8_t *>PyBytes_AS_STRING(dedup_key)
+        dup = self._put_obj(obj, dl, &so, &mid)
+        return mid, bool(dup)
+
+    cdef object _receive_one(self, uint64_t dl):
+        """(body, hdr, id, timestamp, delivery_count, priority, token) or None when empty."""
+        cdef c.shmq_msg_t m
+        cdef int rc
+        while True:
+            rc = c.shmq_receive_begin(&self.seg, &m, 0)
+            if rc == c.SHMQ_EMPTY and dl != 0:
+                while True:
+                    self._active += 1
+                    try:
+                        with nogil:
+                            rc = c.shmq_receive_begin(&self.seg, &m, dl)
+                    finally:
+                        if rc == c.SHMQ_OK:
+                            self._active -= 1
+                        else:
+                            self._leave()
+                    if rc == c.SHMQ_EINTR:
+                        PyErr_CheckSignals()
+                        self._check()
+                        continue
+                    break
+                if rc != c.SHMQ_OK and self._closed:
+                    self._check()
+            if rc == c.SHMQ_EMPTY:
+                return None
+            if rc != c.SHMQ_OK:
+                if rc == c.SHMQ_EINVAL:
+                    raise ValueError(f"queue {self.path!r} was not created with ack=True: use get()")
+                if rc == c.SHMQ_ECORRUPT:
+                    raise _errors.CorruptQueueError(f"queue {self.path!r} failed validation during receive")
+                if rc == c.SHMQ_ESYS:
+                    raise _errors._oserror(self.seg.err, self.path)
+                raise _errors.ShmqError(f"receive failed: {c.shmq_strerror(rc).decode()}")
+            body = None
+            err = None
+            try:
+                body = self._decode(&m)
+                hdr = PyBytes_FromStringAndSize(<const char *>m.hdr, <Py_ssize_t>m.hdr_size)
+            except Exception as e:
+                err = e
+            rc = c.shmq_receive_end(&self.seg, &m)
+            if self._closed and self._active == 0 and self.opened:
+                c.shmq_seg_close(&self.seg)
+                self.opened = False
+            if rc == c.SHMQ_ESTALE:
+                continue   # the lease ran out while we copied: that copy may be torn; take the next
+            if err is not None:
+                raise err
+            return (body, hdr, m.id, m.timestamp_ns / 1e9, m.delivery_count, m.priority, m.handle)
+
+    def _receive(self, block=True, timeout=None):
+        cdef uint64_t dl
+        self._check()
+        _deadline(block, timeout, &dl)
+        r = self._receive_one(dl)
+        if r is None:
+            raise _errors.Empty()
+        return r
+
+    def _receive_many(self, Py_ssize_t max_items=64, timeout=None, block=True):
+        cdef uint64_t dl
+        self._check()
+        if max_items < 1:
+            raise ValueError("max_items must be at least 1")
+        _deadline(block, timeout, &dl)
+        first = self._receive_one(dl)
+        if first is None:
+            raise _errors.Empty()
+        out = [first]
+        while len(out) < max_items:
+            r = self._receive_one(0)
+            if r is None:
+                break
+            out.append(r)
+        return out
+
+    cdef int _settle_error(self, int rc, uint64_t mid, str what) except -1:
+        if rc == c.SHMQ_ESTALE:
+            raise _errors.LeaseExpiredError(
+                f"message {mid}: this delivery's lease expired and the message was delivered again "
+                f"(or it was settled already); {what} changed nothing")
+        if rc == c.SHMQ_TIMEOUT:
+            raise _errors.ShmqError(f"message {mid}: another process held this delivery for 100 ms "
+                                    f"(stopped?); {what} changed nothing, try again")
+        raise _errors.ShmqError(f"{what} failed: {c.shmq_strerror(rc).decode()}")
+
+    def _ack(self, uint64_t token, uint64_t mid):
+        cdef int rc
+        self._check()
+        rc = c.shmq_ack(&self.seg, token, mid)
+        if rc != c.SHMQ_OK:
+            self._settle_error(rc, mid, "ack")
+
+    def _ack_many(self, list pairs):
+        """Ack (token, id) pairs; returns the list of ids whose lease had expired (not acked)."""
+        cdef int rc
+        cdef uint64_t token, mid
+        self._check()
+        stale = []
+        for token, mid in pairs:
+            rc = c.shmq_ack(&self.seg, token, mid)
+            if rc == c.SHMQ_ESTALE:
+                stale.append(mid)
+            elif rc != c.SHMQ_OK:
+                self._settle_error(rc, mid, "ack")
+        return stale
+
+    def _nack(self, uint64_t token, uint64_t mid, bint requeue, uint64_t delay_ns):
+        cdef int rc
+        self._check()
+        rc = c.shmq_nack(&self.seg, token, mid, requeue, delay_ns)
+        if rc != c.SHMQ_OK:
+            self._settle_error(rc, mid, "nack")
+
+    def _extend(self, uint64_t token, uint64_t mid, uint64_t ns):
+        cdef int rc
+        self._check()
+        rc = c.shmq_extend(&self.seg, token, mid, ns)
+        if rc != c.SHMQ_OK:
+            self._settle_error(rc, mid, "extend")
+
+    def _timers_run(self):
+        """Run the timer scan now (lease ends, delays, TTLs); returns how many it changed."""
+        self._check()
+        return c.shmq_timers_run(&self.seg)
+
     # -- state ------------------------------------------------------------------------
     def qsize(self):
         self._check()
@@ -567,6 +754,13 @@ cdef class Core:
             "attached": st.attached, "producers": st.producers, "consumers": st.consumers,
             "areas": st.areas, "flags": st.flags, "kind": st.kind, "mode": st.mode,
             "max_slots": st.max_slots, "last_repair_ms": st.last_repair_ns / 1e6,
+            "in_flight": st.in_flight, "delayed": st.delayed, "oldest_ready": st.oldest_ready_ns / 1e9,
+            "acked": st.acked, "redelivered": st.redelivered, "dead_lettered": st.dead_lettered,
+            "expired": st.expired, "dead_letter_failed": st.dead_letter_failed, "dedup_hits": st.dedup_hits,
+            "visibility_timeout": st.visibility_ns / 1e9, "max_deliveries": st.max_deliveries,
+            "default_delay": st.default_delay_ns / 1e9, "default_ttl": st.default_ttl_ns / 1e9,
+            "dedup_window": st.dedup_window_ns / 1e9, "dedup_capacity": st.dedup_slots,
+            "dead_letter": st.dead_letter.decode(errors="replace"),
         }
 
     def _peek(self, uint64_t n, Py_ssize_t cap=64):

@@ -18,6 +18,8 @@ cdef extern from "common.h" nogil:
         SHMQ_ENOMEM
         SHMQ_ECLOSED
         SHMQ_EAGAIN
+        SHMQ_ESTALE
+        SHMQ_EDEDUPFULL
     const char *shmq_strerror(int rc)
     uint64_t shmq_now_mono_ns()
     uint64_t SHMQ_NO_DEADLINE
@@ -58,6 +60,13 @@ cdef extern from "segment.h" nogil:
         uint64_t maxsize
         uint32_t mode
         uint32_t max_slots
+        uint64_t visibility_ns
+        uint64_t default_delay_ns
+        uint64_t default_ttl_ns
+        uint64_t dedup_window_ns
+        uint32_t max_deliveries
+        uint32_t dedup_slots
+        const char *dead_letter
     int shmq_seg_create(shmq_seg_t *seg, const shmq_create_opts_t *o, int exist_ok, int *created)
     int shmq_seg_open(shmq_seg_t *seg, const char *path, int fd)
     int shmq_seg_attach(shmq_seg_t *seg)
@@ -70,6 +79,10 @@ cdef extern from "queue.h" nogil:
         const void *ptr
         uint64_t len
     ctypedef struct shmq_msg_t:
+        uint64_t handle
+        const uint8_t *hdr
+        uint32_t hdr_size
+        uint32_t priority
         const uint8_t *data
         uint64_t size
         uint64_t id
@@ -99,6 +112,22 @@ cdef extern from "queue.h" nogil:
         uint32_t kind
         uint32_t mode
         uint32_t max_slots
+        uint64_t in_flight
+        uint64_t delayed
+        uint64_t oldest_ready_ns
+        uint64_t acked
+        uint64_t redelivered
+        uint64_t dead_lettered
+        uint64_t expired
+        uint64_t dead_letter_failed
+        uint64_t dedup_hits
+        uint64_t visibility_ns
+        uint64_t default_delay_ns
+        uint64_t default_ttl_ns
+        uint64_t dedup_window_ns
+        uint32_t max_deliveries
+        uint32_t dedup_slots
+        char dead_letter[208]
     ctypedef struct shmq_check_t:
         uint64_t free_desc
         uint64_t ready_desc
@@ -130,3 +159,24 @@ cdef extern from "queue.h" nogil:
     void shmq_wake_all(shmq_seg_t *q)
     void shmq_set_spin_ns(uint64_t ns)
     uint64_t shmq_get_spin_ns()
+
+cdef extern from "lease.h" nogil:
+    uint64_t SHMQ_USE_DEFAULT
+    enum:
+        SHMQ_HDR_MAX
+    ctypedef struct shmq_send_opts_t:
+        uint64_t delay_ns
+        uint64_t ttl_ns
+        const void *hdr
+        uint32_t hdr_size
+        uint32_t priority
+        const uint8_t *dedup_key
+    int shmq_send(shmq_seg_t *q, const shmq_iov_t *iov, uint32_t n, uint32_t kind, const shmq_send_opts_t *o,
+                  uint64_t deadline_ns, uint64_t *id, int *dup)
+    int shmq_receive_begin(shmq_seg_t *q, shmq_msg_t *m, uint64_t deadline_ns)
+    int shmq_receive_end(shmq_seg_t *q, shmq_msg_t *m)
+    int shmq_ack(shmq_seg_t *q, uint64_t token, uint64_t id)
+    int shmq_nack(shmq_seg_t *q, uint64_t token, uint64_t id, int requeue, uint64_t delay_ns)
+    int shmq_extend(shmq_seg_t *q, uint64_t token, uint64_t id, uint64_t ns)
+    void shmq_ack_set_dlq(shmq_seg_t *q, shmq_seg_t *dlq, const char *name)
+    int shmq_timers_run(shmq_seg_t *q)

@@ -31,10 +31,17 @@ def kind_name(st):
 
 def complete_stats(core, st):
     """Add the keys every kind reports (DESIGN §5.1) to the core's raw counters."""
-    # At-most-once: a taken message is gone, nothing is in flight, delayed or acked.
-    for k in ("in_flight", "delayed", "acked", "redelivered", "dead_lettered", "expired"):
-        st[k] = 0
     st["skipped_cells"] = 0  # the ring has no holes to skip (docs/internals/ring.md)
+    if st["flags"] & _core.F_ACK:
+        # counted by the core: descriptors by state (depth = ready only) and settle counters
+        oldest = st.pop("oldest_ready")
+        st["oldest_age_s"] = max(0.0, time.time() - oldest) if oldest else 0.0
+        return st
+    # At-most-once: a taken message is gone, nothing is in flight, delayed or acked.
+    for k in ("in_flight", "delayed", "acked", "redelivered", "dead_lettered", "expired", "dead_letter_failed",
+              "dedup_hits"):
+        st[k] = 0
+    st.pop("oldest_ready", None)
     head = core._peek(0, 0)
     st["oldest_age_s"] = max(0.0, time.time() - head[1]) if head else 0.0
     return st
