@@ -41,6 +41,7 @@ int shmq_send(shmq_seg_t *q, const shmq_iov_t *iov, uint32_t n, uint32_t kind, c
     *dup = 0;
     if (!(h->flags & SHMQ_F_ACK) || o->hdr_size > SHMQ_HDR_MAX)
         return SHMQ_EINVAL;
+    shmq_lease_timers_maybe(q, shmq_now_mono_ns()); /* producers apply due expiries too */
     shmq_put_ext_t x;
     memset(&x, 0, sizeof x);
     x.delay_ns = o->delay_ns == SHMQ_USE_DEFAULT ? h->ack.default_delay_ns : o->delay_ns;
@@ -264,6 +265,7 @@ static void fail_delivery(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d, uint32_
     }
     if (!counted)
         count(&q->hdr->ack.redelivered);
+    d->flags = 0; /* no dead-letter reason: a plain redelivery */
     if (delay_ns) {
         d->deadline_ns = shmq_now_mono_ns() + delay_ns;
         shmq_store_release(&d->word, shmq_desc_word(g, SHMQ_D_DELAYED, q->owner));
@@ -420,6 +422,8 @@ static int timers_scan(shmq_seg_t *q, uint64_t now)
                 fail_delivery(q, a, d, g, 0, 0);
             } else if (ex && ex <= now) {
                 dead_letter(q, a, d, g, SHMQ_DL_EXPIRED);
+            } else if (d->flags >= SHMQ_DL_MAX_DELIVERIES && d->flags <= SHMQ_DL_REJECTED) {
+                dead_letter(q, a, d, g, d->flags); /* a move the dead-letter queue refused: again */
             } else { /* a delay came due */
                 shmq_store_release(&d->deadline_ns, 0);
                 publish_or_park(q, a, d, g);

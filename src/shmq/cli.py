@@ -153,6 +153,20 @@ def cmd_purge(args):
     return 0
 
 
+def cmd_redrive(args):
+    from .queue import Queue, redrive
+    try:
+        dlq = Queue(args.name)
+    except FileNotFoundError:
+        raise QueueNotFound(2, f"no such queue: {args.name!r}", _resolve(args.name)) from None
+    try:
+        n = redrive(dlq, to=args.to, max_messages=args.max)
+    finally:
+        dlq.close()
+    print(f"moved {n} message(s) from {args.name}")
+    return 0
+
+
 def cmd_top(args):
     prev = {}
     it = 0
@@ -253,6 +267,13 @@ def build_parser():
     s = sub.add_parser("top", help="live view of queues with rates", description="Refresh `ls` with in/out rates until Ctrl-C.")
     s.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
     s.add_argument("--iterations", type=int, default=None, help="stop after N refreshes")
+    s = sub.add_parser("redrive", help="move dead letters back",
+                       description="Move messages of a dead-letter queue back to the queue each came from "
+                                   "(x-dead-letter-source), or to --to. Acked in the dead-letter queue only after "
+                                   "the copy was sent, de-duplicated by id.")
+    s.add_argument("name", help="the dead-letter queue")
+    s.add_argument("--to", default=None, help="send every message to this queue instead")
+    s.add_argument("--max", type=int, default=None, help="move at most this many")
     sub.add_parser("gc", help="remove anonymous queues of dead processes",
                    description="Remove anonymous segments whose creator is dead and that no live process holds.")
     sub.add_parser("bench", help="benchmark against multiprocessing.Queue and installed peers", add_help=False,
@@ -273,7 +294,7 @@ def main(argv=None):
         if getattr(args, "n", 1) is not None and getattr(args, "n", 1) < 0:
             raise ValueError("-n must be >= 0")
         return {"ls": cmd_ls, "stat": cmd_stat, "rm": cmd_rm, "gc": cmd_gc, "peek": cmd_peek, "purge": cmd_purge,
-                "top": cmd_top}[args.cmd](args)
+                "top": cmd_top, "redrive": cmd_redrive}[args.cmd](args)
     except ValueError as e:
         print(f"shmq {args.cmd}: {e}", file=sys.stderr)
         return 2

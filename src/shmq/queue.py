@@ -292,7 +292,10 @@ class Queue(_core.Core):
             kw["capacity"] = st["capacity"]
             kw["max_message"] = st["max_message"]
         try:
-            q = Queue(dlq, **kw)
+            try:
+                q = Queue(dlq)              # an existing one is used as it is
+            except QueueNotFound:
+                q = Queue(dlq, **kw)        # same options as ours, ack=True, no DLQ of its own
         except ValueError as e:
             self._close()
             raise ValueError(f"queue {name!r}: its dead-letter queue {dlq!r} cannot be used: {e}") from None
