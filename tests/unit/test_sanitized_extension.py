@@ -46,6 +46,43 @@ WORKLOAD = textwrap.dedent(r"""
         except shmq.MessageTooLargeError:
             pass
         n.close(); shmq.unlink(n.name)
+        # at-least-once: leases, expiry, nack, dead letters, dedup, a consumer killed holding leases
+        import signal, time
+        an = "asan-ack-" + str(os.getpid())
+        a = shmq.Queue(an, create=True, ack=True, capacity="1MiB", visibility_timeout=0.2, max_deliveries=2)
+        try:
+            for i in range(300):
+                a.send(os.urandom(i * 7), headers={"i": str(i)}, dedup_id=str(i % 250), ttl=30)
+            ms = a.receive_many(64, timeout=5)
+            a.ack_many(ms[:32])
+            for m in ms[32:48]:
+                m.nack()
+            for m in ms[48:56]:
+                m.nack(requeue=False)
+            time.sleep(0.3)                      # the rest of ms expires
+            def holder(name):
+                h = shmq.Queue(name)
+                h.receive_many(16, timeout=5)
+                os.kill(os.getpid(), signal.SIGKILL)
+            p = mp.get_context("fork").Process(target=holder, args=(an,))
+            p.start(); p.join(30)
+            a._repair()
+            seen = 0
+            while True:
+                try:
+                    m = a.receive(timeout=0.5)
+                except shmq.Empty:
+                    break
+                m.ack(); seen += 1
+            st = a.stats()
+            assert st["depth"] == 0 and st["in_flight"] == 0, st
+            d = shmq.Queue(a.dead_letter_queue)
+            dead = len(d.receive_many(300, timeout=1))
+            assert seen + dead + 32 >= 250, (seen, dead)
+            d.close()
+        finally:
+            dl = a.dead_letter_queue
+            a.close(); shmq.unlink(an); shmq.unlink(dl)
         q.close(); out.close()
         print("sanitized workload ok")
 """)
