@@ -895,7 +895,8 @@ DICT = ("small dict (pickled)", ("dict", 0))
 NUMPY = ("1 MiB numpy float64", ("numpy", MiB))
 
 
-def machine_info():
+def host_info():
+    """CPU model, cores, load, Python and kernel of this machine (every benchmark reports them)."""
     cpu = platform.processor() or "?"
     try:
         with open("/proc/cpuinfo") as f:
@@ -905,6 +906,17 @@ def machine_info():
                     break
     except OSError:
         pass
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = None
+    return {"cpu_model": cpu, "cores": os.cpu_count(), "usable_cpus": _cpus(), "loadavg_at_start": load,
+            "python": sys.version.split()[0], "implementation": platform.python_implementation(),
+            "platform": platform.platform(), "kernel": platform.release()}
+
+
+def machine_info():
+    info = host_info()
     peers = {}
     for p in all_peers():
         if p.family in peers:
@@ -916,13 +928,8 @@ def machine_info():
         peers["numpy"] = numpy.__version__
     except ImportError:
         peers["numpy"] = "skipped: not installed"
-    try:
-        load = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        load = None
-    return {"cpu_model": cpu, "cores": os.cpu_count(), "usable_cpus": _cpus(), "loadavg_at_start": load,
-            "python": sys.version.split()[0], "implementation": platform.python_implementation(),
-            "platform": platform.platform(), "kernel": platform.release(), "peers": peers}
+    info["peers"] = peers
+    return info
 
 
 def _fmt_rate(x):
