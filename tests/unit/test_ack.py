@@ -485,3 +485,24 @@ def test_redrive_cli(ackq, qname):
     r = subprocess.run([sys.executable, "-m", "shmq", "redrive", qname + "-missing"], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode != 0 and "no such queue" in r.stderr
+
+
+def test_maxsize_counts_in_flight_and_delayed(ackq):
+    q = ackq(maxsize=2, visibility_timeout=60)
+    q.send(b"a")
+    q.send(b"b", delay=60)
+    m = q.receive(timeout=1)                 # in flight: still held
+    with pytest.raises(shmq.Full):
+        q.send(b"c", block=False)
+    m.ack()
+    q.send(b"c", block=False)
+
+
+def test_redriven_message_is_new(ackq):
+    q = ackq()
+    first = q.send(b"r")
+    q.receive(timeout=1).nack(requeue=False)
+    shmq.redrive(q.dead_letter_queue)
+    m = q.receive(timeout=1)
+    assert m.body == b"r" and m.id != first and m.delivery_count == 1
+    m.ack()
