@@ -383,12 +383,8 @@ static int timers_scan(shmq_seg_t *q, uint64_t now)
     shmq_store_seq(&h->ack.timer_hint_ns, SHMQ_NO_DEADLINE);
     uint64_t next = SHMQ_NO_DEADLINE;
     int changed = 0;
-    uint32_t tail = shmq_load_acquire(&h->area_tail);
-    for (uint32_t i = 0; i <= tail && i < h->max_areas; i++) {
-        int rc;
-        shmq_area_t *a = shmq_seg_area_live(q, i, &rc);
-        if (!a)
-            continue;
+    shmq_area_t *a;
+    for (uint32_t i = 0; (a = shmq_q_area_next(q, &i)) != NULL; i++) {
         for (uint32_t k = 0; k < a->n_desc; k++) {
             shmq_desc_t *d = shmq_q_desc(a, k);
             uint64_t w = shmq_load_acquire(&d->word);

@@ -197,6 +197,19 @@ static int sleep_until(shmq_seg_t *q, uint32_t *seqw, uint32_t *waiters, uint32_
     return rc;
 }
 
+shmq_area_t *shmq_q_area_next(shmq_seg_t *q, uint32_t *i)
+{
+    shmq_header_t *h = q->hdr;
+    uint32_t tail = shmq_load_acquire(&h->area_tail);
+    for (; *i <= tail && *i < h->max_areas; (*i)++) {
+        int rc;
+        shmq_area_t *a = shmq_seg_area_live(q, *i, &rc);
+        if (a)
+            return a;
+    }
+    return NULL;
+}
+
 /* ---------------------------------------------------------------- put */
 
 static int reserve_count(shmq_header_t *h)
@@ -815,13 +828,8 @@ int shmq_q_publish(shmq_seg_t *q, uint64_t handle)
 
 int shmq_q_id_present(shmq_seg_t *q, uint64_t id)
 {
-    shmq_header_t *h = q->hdr;
-    uint32_t tail = shmq_load_acquire(&h->area_tail);
-    for (uint32_t i = 0; i <= tail && i < h->max_areas; i++) {
-        int rc;
-        shmq_area_t *a = shmq_seg_area_live(q, i, &rc);
-        if (!a)
-            continue;
+    shmq_area_t *a;
+    for (uint32_t i = 0; (a = shmq_q_area_next(q, &i)) != NULL; i++) {
         for (uint32_t k = 0; k < a->n_desc; k++) {
             shmq_desc_t *d = desc_at(a, k);
             uint32_t st = shmq_desc_state(shmq_load_acquire(&d->word));
@@ -868,12 +876,9 @@ uint64_t shmq_depth(shmq_seg_t *q)
  * sweeps do it, so the room comes back even when no producer needs it yet. */
 static void reclaim_all_try(shmq_seg_t *q)
 {
-    shmq_header_t *h = q->hdr;
-    uint32_t tail = shmq_load_acquire(&h->area_tail);
-    for (uint32_t i = 0; i <= tail && i < h->max_areas; i++) {
-        int rc;
-        shmq_area_t *a = shmq_seg_area_live(q, i, &rc);
-        if (!a || !shmq_load_relaxed(&a->hdr->returning) || shmq_lock_try(q, &a->hdr->arena_lock) != SHMQ_OK)
+    shmq_area_t *a;
+    for (uint32_t i = 0; (a = shmq_q_area_next(q, &i)) != NULL; i++) {
+        if (!shmq_load_relaxed(&a->hdr->returning) || shmq_lock_try(q, &a->hdr->arena_lock) != SHMQ_OK)
             continue;
         reclaim_returning_locked(q, a);
         shmq_lock_release(q, &a->hdr->arena_lock);
@@ -885,13 +890,9 @@ static void reclaim_all_try(shmq_seg_t *q)
 static void ack_stats(shmq_seg_t *q, shmq_stats_t *st)
 {
     shmq_header_t *h = q->hdr;
-    uint32_t tail = shmq_load_acquire(&h->area_tail);
     uint64_t ready = 0, oldest = 0;
-    for (uint32_t i = 0; i <= tail && i < h->max_areas; i++) {
-        int rc;
-        shmq_area_t *a = shmq_seg_area_live(q, i, &rc);
-        if (!a)
-            continue;
+    shmq_area_t *a;
+    for (uint32_t i = 0; (a = shmq_q_area_next(q, &i)) != NULL; i++) {
         for (uint32_t k = 0; k < a->n_desc; k++) {
             shmq_desc_t *d = desc_at(a, k);
             uint32_t s = shmq_desc_state(shmq_load_acquire(&d->word));
@@ -932,13 +933,9 @@ void shmq_stats(shmq_seg_t *q, shmq_stats_t *st)
     shmq_header_t *h = q->hdr;
     memset(st, 0, sizeof *st);
     st->depth = shmq_depth(q);
-    uint32_t tail = shmq_load_acquire(&h->area_tail);
     uint64_t used = 0;
-    for (uint32_t i = 0; i <= tail && i < h->max_areas; i++) {
-        int rc;
-        shmq_area_t *a = shmq_seg_area_live(q, i, &rc);
-        if (!a)
-            continue;
+    shmq_area_t *a;
+    for (uint32_t i = 0; (a = shmq_q_area_next(q, &i)) != NULL; i++) {
         st->areas++;
         uint64_t fu = shmq_arena_free_units(a);
         used += (a->arena_units > fu ? a->arena_units - fu : 0) * SHMQ_ARENA_UNIT;
@@ -1009,22 +1006,13 @@ int shmq_join(shmq_seg_t *q, uint64_t deadline_ns)
  * untrusted: handles naming no valid descriptor are ignored. Caller frees. */
 static uint8_t **referenced_map(shmq_seg_t *q)
 {
-    shmq_header_t *h = q->hdr;
-    uint32_t tail = shmq_load_acquire(&h->area_tail);
     uint8_t **maps = calloc(SHMQ_MAX_AREAS, sizeof *maps);
     if (!maps)
         return NULL;
-    for (uint32_t i = 0; i <= tail && i < h->max_areas; i++) {
-        int rc;
-        shmq_area_t *a = shmq_seg_area_live(q, i, &rc);
-        if (a)
-            maps[i] = calloc((a->n_desc + 7) / 8, 1);
-    }
-    for (uint32_t i = 0; i <= tail && i < h->max_areas; i++) {
-        int rc;
-        shmq_area_t *a = shmq_seg_area_live(q, i, &rc);
-        if (!a)
-            continue;
+    shmq_area_t *a;
+    for (uint32_t i = 0; (a = shmq_q_area_next(q, &i)) != NULL; i++)
+        maps[i] = calloc((a->n_desc + 7) / 8, 1);
+    for (uint32_t i = 0; (a = shmq_q_area_next(q, &i)) != NULL; i++) {
         uint64_t n = a->ring.mask + 1;
         for (uint64_t k = 0; k < n; k++) {
             uint64_t w = shmq_load_acquire(&a->ring.cells[k].word);
@@ -1077,11 +1065,8 @@ void shmq_queue_repair_owner(shmq_seg_t *q, uint32_t dead)
     uint64_t t0 = shmq_now_mono_ns();
     uint32_t tail = shmq_load_acquire(&h->area_tail);
     int any_ready = 0;
-    for (uint32_t i = 0; i <= tail && i < h->max_areas; i++) {
-        int rc;
-        shmq_area_t *a = shmq_seg_area_live(q, i, &rc);
-        if (!a)
-            continue;
+    shmq_area_t *a;
+    for (uint32_t i = 0; (a = shmq_q_area_next(q, &i)) != NULL; i++) {
         for (uint32_t k = 0; k < a->n_desc; k++) {
             shmq_desc_t *d = desc_at(a, k);
             uint64_t w = shmq_load_acquire(&d->word);

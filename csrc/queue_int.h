@@ -12,6 +12,12 @@ static inline uint8_t *shmq_q_payload(shmq_area_t *a, shmq_desc_t *d)
     return d->chunk == SHMQ_NO_CHUNK ? d->inline_data : a->arena + (uint64_t)d->chunk * SHMQ_ARENA_UNIT;
 }
 
+/* The next live (mapped, not retired) area at index >= *i up to area_tail, *i set to its index;
+ * NULL after the last. Every walk over the areas:
+ *     shmq_area_t *a;
+ *     for (uint32_t i = 0; (a = shmq_q_area_next(q, &i)) != NULL; i++) ... */
+shmq_area_t *shmq_q_area_next(shmq_seg_t *q, uint32_t *i);
+
 /* untrusted: the payload of a descriptor we own lies inside it or its arena block. */
 int shmq_q_payload_valid(shmq_area_t *a, shmq_desc_t *d);
 

@@ -219,9 +219,7 @@ cdef class Core:
 
     cdef inline int _leave(self) except -1:
         self._active -= 1
-        if self._closed and self._active == 0 and self.opened:
-            c.shmq_seg_close(&self.seg)
-            self.opened = False
+        self._close_if_idle()
         return 0
 
     cdef inline int _check(self) except -1:
@@ -475,19 +473,24 @@ cdef class Core:
             off += (OOB_ALIGN - off % OOB_ALIGN) % OOB_ALIGN
         return _loads(pieces[0], buffers=pieces[1:])
 
-    cdef object _get_one(self, uint64_t dl, bint *got):
-        cdef c.shmq_msg_t m
-        cdef int rc = c.shmq_get_begin(&self.seg, &m, 0)
-        got[0] = False
+    cdef int _take(self, c.shmq_msg_t *m, uint64_t dl, bint lease) except -1:
+        """Take the next message (lease: under a lease, for receive), waiting until dl without
+        the GIL. Returns 1 (taken: the message pins the mapping until get_end/receive_end and
+        _close_if_idle), 0 (nothing in time); raises for errors and after close."""
+        cdef int rc
+        rc = c.shmq_receive_begin(&self.seg, m, 0) if lease else c.shmq_get_begin(&self.seg, m, 0)
         if rc == c.SHMQ_EMPTY and dl != 0:
             while True:
                 self._active += 1
                 try:
                     with nogil:
-                        rc = c.shmq_get_begin(&self.seg, &m, dl)
+                        if lease:
+                            rc = c.shmq_receive_begin(&self.seg, m, dl)
+                        else:
+                            rc = c.shmq_get_begin(&self.seg, m, dl)
                 finally:
                     if rc == c.SHMQ_OK:
-                        self._active -= 1   # the message pins the mapping until get_end below
+                        self._active -= 1   # the message pins the mapping until it is released
                     else:
                         self._leave()
                 if rc == c.SHMQ_EINTR:
@@ -497,22 +500,34 @@ cdef class Core:
                 break
             if rc != c.SHMQ_OK and self._closed:
                 self._check()
+        if rc == c.SHMQ_OK:
+            return 1
         if rc == c.SHMQ_EMPTY:
+            return 0
+        if rc == c.SHMQ_EINVAL and lease:
+            raise ValueError(f"queue {self.path!r} was not created with ack=True: use get()")
+        if rc == c.SHMQ_ECORRUPT:
+            raise _errors.CorruptQueueError(f"queue {self.path!r} failed validation during {'receive' if lease else 'get'}")
+        if rc == c.SHMQ_ESYS:
+            raise _errors._oserror(self.seg.err, self.path)
+        raise _errors.ShmqError(f"{'receive' if lease else 'get'} failed: {c.shmq_strerror(rc).decode()}")
+
+    cdef inline void _close_if_idle(self):
+        """After a taken message was released: finish a close() that waited for it."""
+        if self._closed and self._active == 0 and self.opened:
+            c.shmq_seg_close(&self.seg)
+            self.opened = False
+
+    cdef object _get_one(self, uint64_t dl, bint *got):
+        cdef c.shmq_msg_t m
+        got[0] = self._take(&m, dl, False)
+        if not got[0]:
             return None
-        if rc != c.SHMQ_OK:
-            if rc == c.SHMQ_ECORRUPT:
-                raise _errors.CorruptQueueError(f"queue {self.path!r} failed validation during get")
-            if rc == c.SHMQ_ESYS:
-                raise _errors._oserror(self.seg.err, self.path)
-            raise _errors.ShmqError(f"get failed: {c.shmq_strerror(rc).decode()}")
-        got[0] = True
         try:
             return self._decode(&m)
         finally:
             c.shmq_get_end(&self.seg, &m)
-            if self._closed and self._active == 0 and self.opened:
-                c.shmq_seg_close(&self.seg)
-                self.opened = False
+            self._close_if_idle()
 
     def get(self, block=True, timeout=None):
         """Remove and return an item. Raises Empty (timeout/non-blocking), QueueClosedError."""
@@ -603,35 +618,8 @@ cdef class Core:
         cdef c.shmq_msg_t m
         cdef int rc
         while True:
-            rc = c.shmq_receive_begin(&self.seg, &m, 0)
-            if rc == c.SHMQ_EMPTY and dl != 0:
-                while True:
-                    self._active += 1
-                    try:
-                        with nogil:
-                            rc = c.shmq_receive_begin(&self.seg, &m, dl)
-                    finally:
-                        if rc == c.SHMQ_OK:
-                            self._active -= 1
-                        else:
-                            self._leave()
-                    if rc == c.SHMQ_EINTR:
-                        PyErr_CheckSignals()
-                        self._check()
-                        continue
-                    break
-                if rc != c.SHMQ_OK and self._closed:
-                    self._check()
-            if rc == c.SHMQ_EMPTY:
+            if not self._take(&m, dl, True):
                 return None
-            if rc != c.SHMQ_OK:
-                if rc == c.SHMQ_EINVAL:
-                    raise ValueError(f"queue {self.path!r} was not created with ack=True: use get()")
-                if rc == c.SHMQ_ECORRUPT:
-                    raise _errors.CorruptQueueError(f"queue {self.path!r} failed validation during receive")
-                if rc == c.SHMQ_ESYS:
-                    raise _errors._oserror(self.seg.err, self.path)
-                raise _errors.ShmqError(f"receive failed: {c.shmq_strerror(rc).decode()}")
             body = None
             err = None
             try:
@@ -640,9 +628,7 @@ cdef class Core:
             except Exception as e:
                 err = e
             rc = c.shmq_receive_end(&self.seg, &m)
-            if self._closed and self._active == 0 and self.opened:
-                c.shmq_seg_close(&self.seg)
-                self.opened = False
+            self._close_if_idle()
             if rc == c.SHMQ_ESTALE:
                 continue   # the lease ran out while we copied: that copy may be torn; take the next
             if err is not None:
