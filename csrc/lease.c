@@ -13,7 +13,6 @@
 #include "wait.h"
 
 #define SETTLE_WAIT_NS (100ull * 1000 * 1000) /* how long a settle waits for another holder's moment */
-#define SCAN_MIN_GAP_NS (1000ull * 1000)      /* at most one timer scan per millisecond */
 #define DLQ_RETRY_NS (1000ull * 1000 * 1000)  /* a move refused by a full dead-letter queue: again in 1 s */
 
 static inline int has_dlq(shmq_seg_t *q) { return q->hdr->ack.dead_letter[0] != 0; }
@@ -427,8 +426,8 @@ static int timers_scan(shmq_seg_t *q, uint64_t now)
         }
     }
     shmq_store_release(&h->ack.timer_lock, 0);
-    if (next != SHMQ_NO_DEADLINE && next < now + SCAN_MIN_GAP_NS)
-        next = now + SCAN_MIN_GAP_NS;
+    if (next != SHMQ_NO_DEADLINE && next < now + SHMQ_TIMER_GAP_NS)
+        next = now + SHMQ_TIMER_GAP_NS;
     shmq_q_timer_hint(q, next);
     return changed;
 }

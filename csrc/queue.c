@@ -689,9 +689,10 @@ int shmq_q_take(shmq_seg_t *q, shmq_msg_t *m, uint64_t deadline_ns, int mode)
     for (;;) {
         uint64_t until = deadline_ns;
         if (h->flags & SHMQ_F_ACK) {
-            /* wake for the next due timer (a delay or lease ending) as well: not before 100 us
-             * from now, so a hint that stays in the past (a busy scanner) cannot make us spin */
-            uint64_t hint = shmq_load_relaxed(&h->ack.timer_hint_ns), floor = shmq_now_mono_ns() + 100000;
+            /* wake for the next due timer (a delay or lease ending) as well, but not sooner than
+             * the scans' own rate limit: a hint that stays in the past (its scanner stopped
+             * while holding the scan try-lock) then costs 1000 wake-ups a second, not a spin */
+            uint64_t hint = shmq_load_relaxed(&h->ack.timer_hint_ns), floor = shmq_now_mono_ns() + SHMQ_TIMER_GAP_NS;
             if (hint < floor)
                 hint = floor;
             if (hint < until)

@@ -46,6 +46,9 @@ int shmq_q_id_present(shmq_seg_t *q, uint64_t id);
 /* Lower the timer hint to t (CAS-min); wakes sleepers when it moved earlier. */
 void shmq_q_timer_hint(shmq_seg_t *q, uint64_t t);
 
+/* At most one timer scan per this interval; sleepers never wake for timers sooner than it. */
+#define SHMQ_TIMER_GAP_NS (1000ull * 1000)
+
 /* lease.c hooks called by the queue */
 /* A taken message (mode 1 claimed INFLIGHT, mode 0 READING) whose TTL passed: dead-letter or drop. */
 void shmq_lease_expire_taken(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d, uint64_t w);
