@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "atomic.h"
+#include "participants.h"
 #include "crashpoint.h"
 #include "lock.h"
 #include "queue_int.h"
@@ -25,10 +26,11 @@ static inline int ent_live(const shmq_dedup_ent_t *e, uint32_t st, uint64_t now)
 /* Lock held. Recount the used entries (after the lock was stolen from a dead holder). */
 static void recount_locked(shmq_seg_t *q)
 {
+    shmq_ack_t *k = q->kstate;
     uint32_t used = 0;
-    for (uint32_t i = 0; i < q->dedup_slots; i++)
-        used += shmq_load_relaxed(&q->dedup[i].state) != SHMQ_DEDUP_EMPTY;
-    shmq_store_relaxed(&q->hdr->ack.dedup_used, used);
+    for (uint32_t i = 0; i < k->dedup_slots; i++)
+        used += shmq_load_relaxed(&k->dedup[i].state) != SHMQ_DEDUP_EMPTY;
+    shmq_store_relaxed(&k->blk->dedup_used, used);
 }
 
 /* Lock held. A PENDING entry whose sender died: did its put get far enough to be delivered? */
@@ -44,14 +46,15 @@ static void resolve_dead_pending_locked(shmq_seg_t *q, shmq_dedup_ent_t *e)
  * table. Returns the live count. A crash half-way loses keys (dedup.h, known limit). */
 static uint32_t compact_locked(shmq_seg_t *q, uint64_t now)
 {
-    uint32_t n = q->dedup_slots, mask = n - 1, live = 0;
+    shmq_ack_t *k = q->kstate;
+    uint32_t n = k->dedup_slots, mask = n - 1, live = 0;
     shmq_dedup_ent_t *keep = malloc((size_t)n * sizeof *keep);
     if (!keep)
-        return shmq_load_relaxed(&q->hdr->ack.dedup_used);
+        return shmq_load_relaxed(&k->blk->dedup_used);
     for (uint32_t i = 0; i < n; i++) {
-        shmq_dedup_ent_t *e = &q->dedup[i];
+        shmq_dedup_ent_t *e = &k->dedup[i];
         uint32_t st = shmq_load_relaxed(&e->state);
-        if (st == SHMQ_DEDUP_PENDING && !shmq_seg_owner_alive(q, e->owner))
+        if (st == SHMQ_DEDUP_PENDING && !shmq_part_owner_alive(q, e->owner))
             resolve_dead_pending_locked(q, e), st = shmq_load_relaxed(&e->state);
         if (ent_live(e, st, now)) {
             keep[live] = *e;
@@ -59,15 +62,15 @@ static uint32_t compact_locked(shmq_seg_t *q, uint64_t now)
             live++;
         }
     }
-    memset(q->dedup, 0, (size_t)n * sizeof *q->dedup);
+    memset(k->dedup, 0, (size_t)n * sizeof *k->dedup);
     for (uint32_t j = 0; j < live; j++) {
         uint32_t i = (uint32_t)keep[j].k0 & mask;
-        while (q->dedup[i].state != SHMQ_DEDUP_EMPTY)
+        while (k->dedup[i].state != SHMQ_DEDUP_EMPTY)
             i = (i + 1) & mask;
-        q->dedup[i] = keep[j];
+        k->dedup[i] = keep[j];
     }
     free(keep);
-    shmq_store_relaxed(&q->hdr->ack.dedup_used, live);
+    shmq_store_relaxed(&k->blk->dedup_used, live);
     return live;
 }
 
@@ -75,10 +78,11 @@ static uint32_t compact_locked(shmq_seg_t *q, uint64_t now)
  * else the EMPTY that ends it, else NULL when the table has neither). */
 static shmq_dedup_ent_t *find_locked(shmq_seg_t *q, uint64_t k0, uint64_t k1, uint64_t now, shmq_dedup_ent_t **slot)
 {
-    uint32_t n = q->dedup_slots, mask = n - 1;
+    shmq_ack_t *k = q->kstate;
+    uint32_t n = k->dedup_slots, mask = n - 1;
     *slot = NULL;
     for (uint32_t p = 0, i = (uint32_t)k0 & mask; p < n; p++, i = (i + 1) & mask) {
-        shmq_dedup_ent_t *e = &q->dedup[i];
+        shmq_dedup_ent_t *e = &k->dedup[i];
         uint32_t st = shmq_load_relaxed(&e->state);
         if (st == SHMQ_DEDUP_EMPTY) {
             if (!*slot)
@@ -99,7 +103,8 @@ static shmq_dedup_ent_t *find_locked(shmq_seg_t *q, uint64_t k0, uint64_t k1, ui
 
 static int lock_table(shmq_seg_t *q)
 {
-    int rc = shmq_lock_acquire(q, &q->hdr->ack.dedup_lock, SHMQ_NO_DEADLINE);
+    shmq_ack_t *k = q->kstate;
+    int rc = shmq_lock_acquire(q, &k->blk->dedup_lock, &k->dedup_busy, SHMQ_NO_DEADLINE);
     if (rc == SHMQ_EAGAIN)
         recount_locked(q); /* stolen from a dead holder: it may have been mid-insert or compacting */
     return rc == SHMQ_EAGAIN ? SHMQ_OK : rc;
@@ -107,7 +112,8 @@ static int lock_table(shmq_seg_t *q)
 
 int shmq_dedup_begin(shmq_seg_t *q, const uint8_t key[16], uint64_t deadline_ns, uint64_t *id, int *dup)
 {
-    if (!q->dedup)
+    shmq_ack_t *k = q->kstate; /* an at-least-once handle: the caller (lease.c) checked */
+    if (!k || !k->dedup)
         return SHMQ_EINVAL;
     uint64_t k0, k1;
     key_words(key, &k0, &k1);
@@ -120,7 +126,7 @@ int shmq_dedup_begin(shmq_seg_t *q, const uint8_t key[16], uint64_t deadline_ns,
             return rc;
         uint64_t now = shmq_now_mono_ns();
         shmq_dedup_ent_t *slot, *e = find_locked(q, k0, k1, now, &slot);
-        if (e && e->state == SHMQ_DEDUP_PENDING && !shmq_seg_owner_alive(q, e->owner)) {
+        if (e && e->state == SHMQ_DEDUP_PENDING && !shmq_part_owner_alive(q, e->owner)) {
             resolve_dead_pending_locked(q, e);
             if (e->state == SHMQ_DEDUP_DELETED)
                 e = NULL, slot = NULL, e = find_locked(q, k0, k1, now, &slot);
@@ -128,41 +134,41 @@ int shmq_dedup_begin(shmq_seg_t *q, const uint8_t key[16], uint64_t deadline_ns,
         if (e && e->state == SHMQ_DEDUP_COMMITTED) {
             *id = e->id;
             *dup = 1;
-            shmq_lock_release(q, &q->hdr->ack.dedup_lock);
-            __atomic_fetch_add(&q->hdr->ack.dedup_hits, 1, __ATOMIC_RELAXED);
+            shmq_lock_release(q, &k->blk->dedup_lock, &k->dedup_busy);
+            __atomic_fetch_add(&k->blk->dedup_hits, 1, __ATOMIC_RELAXED);
             return SHMQ_OK;
         }
         if (e) { /* PENDING of a live sender: its put finishes soon */
-            shmq_lock_release(q, &q->hdr->ack.dedup_lock);
+            shmq_lock_release(q, &k->blk->dedup_lock, &k->dedup_busy);
             if (shmq_now_mono_ns() >= give_up)
                 return SHMQ_TIMEOUT;
             struct timespec ts = {0, 200000};
             nanosleep(&ts, NULL);
             continue;
         }
-        uint32_t used = shmq_load_relaxed(&q->hdr->ack.dedup_used);
+        uint32_t used = shmq_load_relaxed(&k->blk->dedup_used);
         int fresh = slot && shmq_load_relaxed(&slot->state) == SHMQ_DEDUP_EMPTY;
-        if (!slot || (fresh && (uint64_t)(used + 1) * 4 > (uint64_t)q->dedup_slots * 3)) {
+        if (!slot || (fresh && (uint64_t)(used + 1) * 4 > (uint64_t)k->dedup_slots * 3)) {
             compact_locked(q, now);
             find_locked(q, k0, k1, now, &slot);
-            used = shmq_load_relaxed(&q->hdr->ack.dedup_used);
+            used = shmq_load_relaxed(&k->blk->dedup_used);
             fresh = slot && shmq_load_relaxed(&slot->state) == SHMQ_DEDUP_EMPTY;
-            if (!slot || (fresh && (uint64_t)(used + 1) * 4 > (uint64_t)q->dedup_slots * 3)) {
-                shmq_lock_release(q, &q->hdr->ack.dedup_lock);
+            if (!slot || (fresh && (uint64_t)(used + 1) * 4 > (uint64_t)k->dedup_slots * 3)) {
+                shmq_lock_release(q, &k->blk->dedup_lock, &k->dedup_busy);
                 return SHMQ_FULL;
             }
         }
         if (fresh)
-            shmq_store_relaxed(&q->hdr->ack.dedup_used, used + 1);
+            shmq_store_relaxed(&k->blk->dedup_used, used + 1);
         slot->k0 = k0;
         slot->k1 = k1;
         slot->id = shmq_fetch_add_relaxed(&q->hdr->next_id, 1);
-        slot->expires_ns = now + q->hdr->ack.dedup_window_ns;
+        slot->expires_ns = now + k->blk->dedup_window_ns;
         slot->owner = q->owner;
         shmq_store_release(&slot->state, SHMQ_DEDUP_PENDING); /* release: the fields above first */
         *id = slot->id;
         *dup = 0;
-        shmq_lock_release(q, &q->hdr->ack.dedup_lock);
+        shmq_lock_release(q, &k->blk->dedup_lock, &k->dedup_busy);
         SHMQ_CRASH_POINT(mid_dedup);
         return SHMQ_OK;
     }
@@ -170,24 +176,15 @@ int shmq_dedup_begin(shmq_seg_t *q, const uint8_t key[16], uint64_t deadline_ns,
 
 void shmq_dedup_finish(shmq_seg_t *q, const uint8_t key[16], int committed)
 {
+    shmq_ack_t *k = q->kstate; /* an at-least-once handle: the caller (lease.c) checked */
     uint64_t k0, k1;
     key_words(key, &k0, &k1);
-    if (!q->dedup || lock_table(q) != SHMQ_OK)
+    if (!k || !k->dedup || lock_table(q) != SHMQ_OK)
         return;
     shmq_dedup_ent_t *slot, *e = find_locked(q, k0, k1, shmq_now_mono_ns(), &slot);
     if (e && e->state == SHMQ_DEDUP_PENDING && e->owner == q->owner)
         shmq_store_release(&e->state, committed ? SHMQ_DEDUP_COMMITTED : SHMQ_DEDUP_DELETED);
-    shmq_lock_release(q, &q->hdr->ack.dedup_lock);
-}
-
-uint64_t shmq_dedup_live(shmq_seg_t *q)
-{
-    uint64_t n = 0, now = shmq_now_mono_ns();
-    for (uint32_t i = 0; q->dedup && i < q->dedup_slots; i++) {
-        uint32_t st = shmq_load_relaxed(&q->dedup[i].state);
-        n += ent_live(&q->dedup[i], st, now);
-    }
-    return n;
+    shmq_lock_release(q, &k->blk->dedup_lock, &k->dedup_busy);
 }
 
 void shmq_hash128(const void *data, size_t len, uint8_t out[16])

@@ -25,7 +25,7 @@
 #ifndef SHMQ_DEDUP_H
 #define SHMQ_DEDUP_H
 
-#include "segment.h"
+#include "lease.h"
 
 #define SHMQ_DEDUP_EMPTY 0u
 #define SHMQ_DEDUP_PENDING 1u
@@ -34,6 +34,7 @@
 #define SHMQ_DEDUP_ENT_SIZE 48u
 #define SHMQ_DEDUP_DEFAULT_SLOTS 16384u
 
+typedef struct shmq_dedup_ent shmq_dedup_ent_t;
 struct shmq_dedup_ent {
     uint64_t k0, k1;     /* the 128-bit key */
     uint64_t id;         /* the message id this key stands for */
@@ -49,8 +50,6 @@ _Static_assert(sizeof(struct shmq_dedup_ent) == SHMQ_DEDUP_ENT_SIZE, "dedup entr
  * holds only live keys. SHMQ_TIMEOUT: another live sender of this key did not finish in time. */
 int shmq_dedup_begin(shmq_seg_t *q, const uint8_t key[16], uint64_t deadline_ns, uint64_t *id, int *dup);
 void shmq_dedup_finish(shmq_seg_t *q, const uint8_t key[16], int committed);
-/* Live entries now (stats). */
-uint64_t shmq_dedup_live(shmq_seg_t *q);
 /* A 128-bit non-cryptographic hash (FNV-1a in two lanes, finalised): dead-letter keys. */
 void shmq_hash128(const void *data, size_t len, uint8_t out[16]);
 

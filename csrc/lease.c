@@ -7,15 +7,41 @@
 #include <string.h>
 
 #include "atomic.h"
+#include "participants.h"
 #include "crashpoint.h"
 #include "dedup.h"
+#include "segment.h"
 #include "queue_int.h"
 #include "wait.h"
 
 #define SETTLE_WAIT_NS (100ull * 1000 * 1000) /* how long a settle waits for another holder's moment */
 #define DLQ_RETRY_NS (1000ull * 1000 * 1000)  /* a move refused by a full dead-letter queue: again in 1 s */
+/* At most one timer scan per this interval; sleepers never wake for timers sooner than it. */
+#define SHMQ_TIMER_GAP_NS (1000ull * 1000)
+/* A scan holding the scan lock longer than this is presumed stopped (a scan takes well under
+ * 1 ms per 64k descriptors): another participant scans anyway. Two scanners are safe (every
+ * change is a CAS-claim of one descriptor); the lock only saves duplicate work. */
+#define SHMQ_TIMER_STEAL_NS (100ull * 1000 * 1000)
 
-static inline int has_dlq(shmq_seg_t *q) { return q->hdr->ack.dead_letter[0] != 0; }
+static const shmq_queue_hooks_t ack_hooks;
+static void shmq_lease_timers_maybe(shmq_seg_t *q, uint64_t now);
+
+shmq_ack_t *shmq_ack_of(shmq_seg_t *q) { return q->ops == &ack_hooks.ops ? q->kstate : NULL; }
+static inline shmq_ack_t *K(shmq_seg_t *q) { return q->kstate; } /* an at-least-once handle's (checked at the entry points) */
+static inline int has_dlq(shmq_seg_t *q) { return K(q)->blk->dead_letter[0] != 0; }
+
+/* Lower the timer hint to t (CAS-min); sleepers choose their wake-up again when it moved earlier. */
+static void timer_hint(shmq_seg_t *q, uint64_t t)
+{
+    uint64_t *hp = &K(q)->blk->timer_hint_ns;
+    uint64_t v = shmq_load_relaxed(hp);
+    while (t < v) {
+        if (shmq_cas_seq(hp, &v, t)) { /* seq_cst: ordered after the descriptor change it announces */
+            shmq_q_rewake_getters(q);
+            return;
+        }
+    }
+}
 
 static inline void count(uint64_t *c) { __atomic_fetch_add(c, 1, __ATOMIC_RELAXED); }
 
@@ -36,19 +62,27 @@ static shmq_desc_t *token_desc(shmq_seg_t *q, uint64_t token, shmq_area_t **ap)
 int shmq_send(shmq_seg_t *q, const shmq_iov_t *iov, uint32_t n, uint32_t kind, const shmq_send_opts_t *o,
               uint64_t deadline_ns, uint64_t *id, int *dup)
 {
-    shmq_header_t *h = q->hdr;
     *dup = 0;
-    if (!(h->flags & SHMQ_F_ACK) || o->hdr_size > SHMQ_HDR_MAX)
+    shmq_ack_t *k = shmq_ack_of(q);
+    if (!k || o->hdr_size > SHMQ_HDR_MAX || n > 64)
         return SHMQ_EINVAL;
     shmq_lease_timers_maybe(q, shmq_now_mono_ns()); /* producers apply due expiries too */
     shmq_put_ext_t x;
     memset(&x, 0, sizeof x);
-    x.delay_ns = o->delay_ns == SHMQ_USE_DEFAULT ? h->ack.default_delay_ns : o->delay_ns;
-    uint64_t ttl = o->ttl_ns == SHMQ_USE_DEFAULT ? h->ack.default_ttl_ns : o->ttl_ns;
+    x.delay_ns = o->delay_ns == SHMQ_USE_DEFAULT ? k->blk->default_delay_ns : o->delay_ns;
+    uint64_t ttl = o->ttl_ns == SHMQ_USE_DEFAULT ? k->blk->default_ttl_ns : o->ttl_ns;
     x.expire_ns = ttl ? shmq_now_mono_ns() + ttl : 0;
-    x.hdr = o->hdr;
     x.hdr_size = o->hdr_size;
     x.priority = o->priority;
+    /* payload layout: meta block (never delivered yet), header block, body */
+    static const shmq_ack_meta_t fresh = {0, 0};
+    shmq_iov_t v[66];
+    uint32_t nv = 0;
+    v[nv++] = (shmq_iov_t){&fresh, SHMQ_ACK_META};
+    if (o->hdr_size)
+        v[nv++] = (shmq_iov_t){o->hdr, o->hdr_size};
+    for (uint32_t i = 0; i < n; i++)
+        v[nv++] = iov[i];
     if (o->dedup_key) {
         int d = 0, rc = shmq_dedup_begin(q, o->dedup_key, deadline_ns, &x.id, &d);
         if (rc == SHMQ_FULL)
@@ -61,9 +95,21 @@ int shmq_send(shmq_seg_t *q, const shmq_iov_t *iov, uint32_t n, uint32_t kind, c
             return SHMQ_OK;
         }
     }
-    int rc = shmq_q_put(q, iov, n, kind, deadline_ns, id, &x);
+    int rc = shmq_q_put(q, v, nv, kind, deadline_ns, id, &x);
     if (o->dedup_key)
         shmq_dedup_finish(q, o->dedup_key, rc == SHMQ_OK);
+    return rc;
+}
+
+/* A plain put on an at-least-once queue: a send with the queue's defaults. */
+static int ack_put(shmq_seg_t *q, const shmq_iov_t *iov, uint32_t n, uint32_t kind, uint64_t deadline_ns, uint64_t *id_out)
+{
+    shmq_send_opts_t o = {.delay_ns = SHMQ_USE_DEFAULT, .ttl_ns = SHMQ_USE_DEFAULT};
+    uint64_t id;
+    int dup;
+    int rc = shmq_send(q, iov, n, kind, &o, deadline_ns, &id, &dup);
+    if (rc == SHMQ_OK && id_out)
+        *id_out = id;
     return rc;
 }
 
@@ -71,7 +117,7 @@ int shmq_send(shmq_seg_t *q, const shmq_iov_t *iov, uint32_t n, uint32_t kind, c
 
 int shmq_receive_begin(shmq_seg_t *q, shmq_msg_t *m, uint64_t deadline_ns)
 {
-    if (!(q->hdr->flags & SHMQ_F_ACK))
+    if (!shmq_ack_of(q))
         return SHMQ_EINVAL;
     return shmq_q_take(q, m, deadline_ns, 1);
 }
@@ -98,6 +144,8 @@ int shmq_receive_end(shmq_seg_t *q, shmq_msg_t *m)
  * one). SHMQ_OK with *wp = the word we replaced. */
 static int claim(shmq_seg_t *q, uint64_t token, uint64_t id, uint32_t to, shmq_area_t **ap, shmq_desc_t **dp, uint64_t *wp)
 {
+    if (!shmq_ack_of(q))
+        return SHMQ_EINVAL;
     shmq_area_t *a;
     shmq_desc_t *d = token_desc(q, token, &a);
     if (!d)
@@ -116,7 +164,7 @@ static int claim(shmq_seg_t *q, uint64_t token, uint64_t id, uint32_t to, shmq_a
                 give_up = now + SETTLE_WAIT_NS;
             if (now >= give_up)
                 return SHMQ_TIMEOUT;
-            if (!shmq_seg_owner_alive(q, shmq_desc_owner(w)))
+            if (!shmq_part_owner_alive(q, shmq_desc_owner(w)))
                 shmq_repair_dead(q);
             sched_yield();
             continue;
@@ -148,7 +196,7 @@ static void publish_or_park(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d, uint3
     uint64_t w = shmq_desc_word(g, SHMQ_D_READY, q->owner);
     shmq_store_release(&d->deadline_ns, 1);
     if (shmq_cas_acq_rel(&d->word, &w, shmq_desc_word(g, SHMQ_D_INFLIGHT, 0)))
-        shmq_q_timer_hint(q, 1);
+        timer_hint(q, 1);
 }
 
 /* d is SETTLING(g, us) or MOVING(g, us) with its reason in d->flags: copy it into the
@@ -160,7 +208,7 @@ static void move_finish(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d, uint32_t 
     if (!has_dlq(q)) {
         /* a queue without a dead-letter queue (itself one): dropped, counted */
         shmq_q_release_owned(q, a, d);
-        count(reason == SHMQ_DL_EXPIRED ? &h->ack.expired : &h->ack.dead_lettered);
+        count(reason == SHMQ_DL_EXPIRED ? &K(q)->blk->expired : &K(q)->blk->dead_lettered);
         return;
     }
     uint64_t size = d->size, skip = SHMQ_ACK_META + (uint64_t)d->hdr_size;
@@ -170,7 +218,7 @@ static void move_finish(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d, uint32_t 
         shmq_q_release_owned(q, a, d);
         return;
     }
-    if (!q->dlq)
+    if (!K(q)->dlq)
         goto refused; /* this handle has no dead-letter queue attached (a C-level user) */
     const uint8_t *p = shmq_q_payload(a, d);
     shmq_ack_meta_t mt;
@@ -184,7 +232,7 @@ static void move_finish(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d, uint32_t 
     for (int k = 0; k < 7; k++) {
         int vl = 0;
         switch (k) {
-        case 0: vl = snprintf(val, sizeof val, "%s", q->name); break;
+        case 0: vl = snprintf(val, sizeof val, "%s", K(q)->name); break;
         case 1: vl = snprintf(val, sizeof val, "%s", reasons[reason < 4 ? reason : 0]); break;
         case 2: vl = snprintf(val, sizeof val, "%u", (unsigned)d->delivery_count); break;
         case 3: vl = snprintf(val, sizeof val, "%.6f", mt.first_delivery_ns / 1e9); break;
@@ -215,9 +263,9 @@ static void move_finish(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d, uint32_t 
     memcpy(hdr, p + SHMQ_ACK_META, orig);
     memcpy(hdr + orig, extra, xl);
     char keysrc[SHMQ_DLQ_NAME_MAX + 16];
-    size_t nl = strnlen(q->name, SHMQ_DLQ_NAME_MAX - 1);
+    size_t nl = strnlen(K(q)->name, SHMQ_DLQ_NAME_MAX - 1);
     memcpy(keysrc, "dlq", 4);
-    memcpy(keysrc + 4, q->name, nl);
+    memcpy(keysrc + 4, K(q)->name, nl);
     memcpy(keysrc + 4 + nl, &d->id, 8);
     uint8_t key[16];
     shmq_hash128(keysrc, 4 + nl + 8, key);
@@ -226,22 +274,22 @@ static void move_finish(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d, uint32_t 
     shmq_iov_t iov = {p + skip, size - skip};
     uint64_t nid;
     int dup;
-    int rc = shmq_send(q->dlq, &iov, 1, d->kind, &o, 0, &nid, &dup);
+    int rc = shmq_send(K(q)->dlq, &iov, 1, d->kind, &o, 0, &nid, &dup);
     free(hdr);
     if (rc != SHMQ_OK)
         goto refused;
     SHMQ_CRASH_POINT(mid_move);
     shmq_q_release_owned(q, a, d);
-    count(&h->ack.dead_lettered);
+    count(&K(q)->blk->dead_lettered);
     if (reason == SHMQ_DL_EXPIRED)
-        count(&h->ack.expired);
+        count(&K(q)->blk->expired);
     return;
 refused:
     /* The message stays here, counted, and is tried again later. */
-    count(&h->ack.dead_letter_failed);
+    count(&K(q)->blk->dead_letter_failed);
     d->deadline_ns = shmq_now_mono_ns() + DLQ_RETRY_NS;
     shmq_store_release(&d->word, shmq_desc_word(g, SHMQ_D_DELAYED, q->owner));
-    shmq_q_timer_hint(q, d->deadline_ns);
+    timer_hint(q, d->deadline_ns);
 }
 
 /* d is SETTLING(g, us): dead-letter it for `reason`. */
@@ -258,17 +306,17 @@ static void dead_letter(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d, uint32_t 
  * max_deliveries, to the dead-letter queue. */
 static void fail_delivery(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d, uint32_t g, uint64_t delay_ns, int counted)
 {
-    if (has_dlq(q) && d->delivery_count >= q->max_deliveries) {
+    if (has_dlq(q) && d->delivery_count >= K(q)->max_deliveries) {
         dead_letter(q, a, d, g, SHMQ_DL_MAX_DELIVERIES);
         return;
     }
     if (!counted)
-        count(&q->hdr->ack.redelivered);
+        count(&K(q)->blk->redelivered);
     d->flags = 0; /* no dead-letter reason: a plain redelivery */
     if (delay_ns) {
         d->deadline_ns = shmq_now_mono_ns() + delay_ns;
         shmq_store_release(&d->word, shmq_desc_word(g, SHMQ_D_DELAYED, q->owner));
-        shmq_q_timer_hint(q, d->deadline_ns);
+        timer_hint(q, d->deadline_ns);
         return;
     }
     shmq_store_release(&d->deadline_ns, 0);
@@ -285,7 +333,7 @@ int shmq_ack(shmq_seg_t *q, uint64_t token, uint64_t id)
         return rc;
     SHMQ_CRASH_POINT(mid_ack);
     shmq_q_release_owned(q, a, d);
-    count(&q->hdr->ack.acked);
+    count(&K(q)->blk->acked);
     return SHMQ_OK;
 }
 
@@ -323,26 +371,61 @@ int shmq_extend(shmq_seg_t *q, uint64_t token, uint64_t id, uint64_t ns)
     /* An expired lease put back but not delivered again is taken back (its ring cell goes stale). */
     uint32_t owner = shmq_desc_state(w) == SHMQ_D_INFLIGHT ? shmq_desc_owner(w) : q->owner;
     shmq_store_release(&d->word, shmq_desc_word(shmq_desc_dgen(w), SHMQ_D_INFLIGHT, owner));
-    shmq_q_timer_hint(q, dl);
+    timer_hint(q, dl);
     return SHMQ_OK;
 }
 
 void shmq_ack_set_dlq(shmq_seg_t *q, shmq_seg_t *dlq, const char *name)
 {
-    q->dlq = dlq;
-    snprintf(q->name, sizeof q->name, "%s", name ? name : "");
+    shmq_ack_t *k = shmq_ack_of(q);
+    if (!k)
+        return;
+    k->dlq = dlq;
+    snprintf(k->name, sizeof k->name, "%s", name ? name : "");
 }
 
-/* ---------------------------------------------------------------- hooks from queue.c */
+/* ---------------------------------------------------------------- hooks the queue calls */
 
-void shmq_lease_expire_taken(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d, uint64_t w)
+/* A message was claimed: READING (get) or INFLIGHT(g+1) (receive). */
+static int ack_taken(shmq_seg_t *q, shmq_msg_t *m, int mode)
 {
-    uint32_t g = shmq_desc_dgen(w);
-    shmq_store_release(&d->word, shmq_desc_word(g, SHMQ_D_SETTLING, q->owner)); /* ours already */
-    dead_letter(q, a, d, g, SHMQ_DL_EXPIRED);
+    shmq_desc_t *d = m->d;
+    uint64_t size = m->size, skip = SHMQ_ACK_META + (uint64_t)d->hdr_size;
+    if (skip > size) { /* untrusted: the meta and header blocks lie inside the payload */
+        __atomic_fetch_add(&q->hdr->corrupt_skipped, 1, __ATOMIC_RELAXED);
+        shmq_q_release_owned(q, m->area, d);
+        return SHMQ_EAGAIN;
+    }
+    uint64_t now = shmq_now_mono_ns();
+    uint32_t g = shmq_desc_dgen(m->word);
+    if (d->expire_ns && d->expire_ns <= now) { /* its TTL passed while it waited */
+        shmq_store_release(&d->word, shmq_desc_word(g, SHMQ_D_SETTLING, q->owner)); /* ours already */
+        dead_letter(q, m->area, d, g, SHMQ_DL_EXPIRED);
+        return SHMQ_EAGAIN;
+    }
+    uint8_t *p = (uint8_t *)m->data;
+    if (mode) { /* the lease: deadline after the CAS (a 0 deadline is skipped by scans) */
+        shmq_ack_meta_t *mt = (shmq_ack_meta_t *)p;
+        uint64_t wall = shmq_now_wall_coarse_ns();
+        d->deadline_ns = now + K(q)->visibility_ns;
+        d->delivery_count++;
+        if (!mt->first_delivery_ns)
+            mt->first_delivery_ns = wall;
+        mt->last_delivery_ns = wall;
+        timer_hint(q, d->deadline_ns);
+        SHMQ_CRASH_POINT(after_lease);
+        m->handle = shmq_handle_make((uint32_t)(m->area - q->areas), shmq_handle_idx(m->handle), g);
+        m->delivery_count = d->delivery_count;
+    }
+    m->hdr = p + SHMQ_ACK_META;
+    m->hdr_size = d->hdr_size;
+    m->data = p + skip;
+    m->size = size - skip;
+    return SHMQ_OK;
 }
 
-void shmq_lease_repair_desc(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d, uint64_t w)
+/* Repair: a dead owner's INFLIGHT, SETTLING or MOVING descriptor. */
+static void ack_repair_desc(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d, uint64_t w)
 {
     uint32_t g = shmq_desc_dgen(w), st = shmq_desc_state(w);
     uint64_t exp = w;
@@ -351,35 +434,204 @@ void shmq_lease_repair_desc(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d, uint6
             move_finish(q, a, d, g); /* sends again: the copy is de-duplicated by the DLQ */
         return;
     }
+    if (st != SHMQ_D_INFLIGHT && st != SHMQ_D_SETTLING)
+        return; /* DELAYED: owned by nobody in particular; the timer scan publishes it */
     /* INFLIGHT (the dead consumer's delivery) or SETTLING (a settle it had begun): a failed
      * delivery, within the repair bound rather than after the visibility timeout */
     if (shmq_cas_acq_rel(&d->word, &exp, shmq_desc_word(g, SHMQ_D_SETTLING, q->owner)))
         fail_delivery(q, a, d, g, 0, 0);
 }
 
+static void ack_before_take(shmq_seg_t *q) { shmq_lease_timers_maybe(q, shmq_now_mono_ns()); }
+
+/* Sleepers wake for the next due timer (a delay or lease ending) as well, but not sooner than the
+ * scans' own rate limit: a hint that stays in the past then costs 1000 wake-ups a second, not a spin. */
+static uint64_t ack_wake_at(shmq_seg_t *q)
+{
+    uint64_t hint = shmq_load_relaxed(&K(q)->blk->timer_hint_ns), floor = shmq_now_mono_ns() + SHMQ_TIMER_GAP_NS;
+    return hint < floor ? floor : hint;
+}
+
+/* stats: count descriptors by state (exact when quiescent, whatever crashed) and read the settle
+ * counters. The ring count overstates the ready messages (stale cells). */
+static void ack_stats(shmq_seg_t *q, shmq_stats_t *st)
+{
+    shmq_ack_hdr_t *b = K(q)->blk;
+    uint64_t ready = 0, oldest = 0;
+    shmq_area_t *a;
+    for (uint32_t i = 0; (a = shmq_q_area_next(q, &i)) != NULL; i++) {
+        for (uint32_t k = 0; k < a->n_desc; k++) {
+            shmq_desc_t *d = shmq_q_desc(a, k);
+            uint32_t s = shmq_desc_state(shmq_load_acquire(&d->word));
+            if (s == SHMQ_D_READY) {
+                ready++;
+                uint64_t ts = d->timestamp_ns;
+                if (ts && (!oldest || ts < oldest))
+                    oldest = ts;
+            } else if (s == SHMQ_D_INFLIGHT || s == SHMQ_D_SETTLING) {
+                st->in_flight++;
+            } else if (s == SHMQ_D_DELAYED) {
+                st->delayed++;
+            }
+        }
+    }
+    st->depth = ready;
+    st->oldest_ready_ns = oldest;
+    st->acked = shmq_load_relaxed(&b->acked);
+    st->redelivered = shmq_load_relaxed(&b->redelivered);
+    st->dead_lettered = shmq_load_relaxed(&b->dead_lettered);
+    st->expired = shmq_load_relaxed(&b->expired);
+    st->dead_letter_failed = shmq_load_relaxed(&b->dead_letter_failed);
+    st->dedup_hits = shmq_load_relaxed(&b->dedup_hits);
+    st->visibility_ns = b->visibility_ns;
+    st->max_deliveries = b->max_deliveries;
+    st->default_delay_ns = b->default_delay_ns;
+    st->default_ttl_ns = b->default_ttl_ns;
+    st->dedup_window_ns = b->dedup_window_ns;
+    st->dedup_slots = b->dedup_slots;
+    memcpy(st->dead_letter, b->dead_letter, sizeof st->dead_letter);
+    st->dead_letter[sizeof st->dead_letter - 1] = 0; /* untrusted: terminated */
+}
+
+static void ack_close(shmq_seg_t *q)
+{
+    free(q->kstate);
+    q->kstate = NULL;
+}
+
+static const shmq_queue_hooks_t ack_hooks = {
+    .ops = {.name = "ack", .repair_owner = shmq_q_repair_owner, .close = ack_close},
+    .prefix = SHMQ_ACK_META,
+    .keep_orphans = 1,
+    .put = ack_put,
+    .before_take = ack_before_take,
+    .taken = ack_taken,
+    .wake_at = ack_wake_at,
+    .timer = timer_hint,
+    .repair_desc = ack_repair_desc,
+    .stats = ack_stats,
+};
+
+/* ---------------------------------------------------------------- region */
+
+static uint32_t dedup_slots_of(const shmq_create_opts_t *o) { return o->dedup_slots ? o->dedup_slots : SHMQ_DEDUP_DEFAULT_SLOTS; }
+
+static void region_init(void *ctx, uint8_t *base, uint64_t size)
+{
+    const shmq_create_opts_t *o = ctx;
+    shmq_ack_hdr_t *b = (shmq_ack_hdr_t *)base;
+    (void)size;
+    b->visibility_ns = o->visibility_ns;
+    b->default_delay_ns = o->default_delay_ns;
+    b->default_ttl_ns = o->default_ttl_ns;
+    b->dedup_window_ns = o->dedup_window_ns;
+    b->dedup_slots = dedup_slots_of(o);
+    b->max_deliveries = o->max_deliveries;
+    if (o->dead_letter)
+        snprintf(b->dead_letter, sizeof b->dead_letter, "%s", o->dead_letter);
+    b->timer_hint_ns = SHMQ_NO_DEADLINE;
+    /* the dedup table is zero (EMPTY entries): posix_fallocate'd pages read as zeros */
+}
+
+int shmq_ack_region(const shmq_create_opts_t *o, shmq_region_req_t *req)
+{
+    uint32_t n = dedup_slots_of(o);
+    if ((n & (n - 1)) || n > (1u << 24) || o->max_deliveries == 0 || o->max_deliveries > 65535 ||
+        o->visibility_ns == 0 || (o->dead_letter && strlen(o->dead_letter) >= SHMQ_DLQ_NAME_MAX))
+        return SHMQ_EINVAL;
+    req->kind = SHMQ_REGION_ACK;
+    req->size = SHMQ_ACK_BLOCK + (uint64_t)dedup_slots_of(o) * SHMQ_DEDUP_ENT_SIZE;
+    req->init = region_init;
+    req->ctx = (void *)o;
+    return SHMQ_OK;
+}
+
+/* untrusted: the block's options and the table's size against the region. */
+static int region_check(const shmq_ack_hdr_t *b, uint64_t size)
+{
+    uint32_t n = b->dedup_slots;
+    if (size < SHMQ_ACK_BLOCK || n == 0 || (n & (n - 1)) || n > (1u << 24) ||
+        SHMQ_ACK_BLOCK + (uint64_t)n * SHMQ_DEDUP_ENT_SIZE > size)
+        return SHMQ_ECORRUPT;
+    if (b->max_deliveries == 0 || b->max_deliveries > 65535 || b->visibility_ns == 0)
+        return SHMQ_ECORRUPT;
+    if (memchr(b->dead_letter, 0, sizeof b->dead_letter) == NULL)
+        return SHMQ_ECORRUPT;
+    return SHMQ_OK;
+}
+
+int shmq_ack_valid(shmq_seg_t *q)
+{
+    uint64_t size;
+    uint8_t *base = shmq_seg_region(q, SHMQ_REGION_ACK, &size);
+    return base ? region_check((const shmq_ack_hdr_t *)base, size) : SHMQ_ECORRUPT;
+}
+
+int shmq_ack_bind(shmq_seg_t *q)
+{
+    uint64_t size;
+    uint8_t *base = shmq_seg_region(q, SHMQ_REGION_ACK, &size);
+    if (!base)
+        return SHMQ_ECORRUPT; /* an at-least-once queue without its region */
+    shmq_ack_hdr_t copy;
+    memcpy(&copy, base, sizeof copy); /* validate a private copy: the file may change under us */
+    int rc = region_check(&copy, size);
+    if (rc != SHMQ_OK)
+        return rc;
+    shmq_ack_t *k = calloc(1, sizeof *k);
+    if (!k)
+        return SHMQ_ENOMEM;
+    k->blk = (shmq_ack_hdr_t *)base;
+    k->dedup = (shmq_dedup_ent_t *)(base + SHMQ_ACK_BLOCK);
+    k->dedup_slots = copy.dedup_slots;
+    k->max_deliveries = copy.max_deliveries;
+    k->visibility_ns = copy.visibility_ns;
+    q->kstate = k;
+    shmq_q_bind_hooks(q, &ack_hooks);
+    return SHMQ_OK;
+}
+
 /* ---------------------------------------------------------------- timers */
 
-/* One scanner at a time, without lock.c: the scan takes the arena lock (frees) and lock.c's
- * per-process flag would make that self-deadlock. A dead scanner's stamp is taken over. */
-static int timer_try(shmq_seg_t *q)
+/* One scanner at a time as a rule, never as a wait: a try-lock whose dead holder's stamp is taken
+ * over, and whose live holder is bypassed once it held it past SHMQ_TIMER_STEAL_NS (stopped or
+ * descheduled): no single stopped process stops time for everyone. Process-local flag first (a
+ * thread of ours scanning now is no reason to steal). */
+static int timer_try(shmq_seg_t *q, uint64_t now)
 {
-    uint32_t *wd = &q->hdr->ack.timer_lock;
+    shmq_ack_t *k = K(q);
+    uint32_t *wd = &k->blk->timer_lock;
+    if (__atomic_exchange_n(&k->timer_busy, 1, __ATOMIC_ACQUIRE))
+        return 0;
     uint32_t exp = 0;
     if (shmq_cas_acq_rel(wd, &exp, q->owner))
-        return 1;
-    if (exp != q->owner && !shmq_seg_owner_alive(q, exp) && shmq_cas_acq_rel(wd, &exp, q->owner))
-        return 1;
+        goto held;
+    uint64_t since = shmq_load_acquire(&k->blk->timer_lock_ns);
+    if ((exp == q->owner || !shmq_part_owner_alive(q, exp) || (now > since && now - since > SHMQ_TIMER_STEAL_NS)) &&
+        shmq_cas_acq_rel(wd, &exp, q->owner))
+        goto held;
+    __atomic_store_n(&k->timer_busy, 0, __ATOMIC_RELEASE);
     return 0;
+held:
+    shmq_store_release(&k->blk->timer_lock_ns, now);
+    return 1;
+}
+
+static void timer_release(shmq_seg_t *q)
+{
+    uint32_t me = q->owner;
+    /* CAS, not a store: a holder that was bypassed must not release its successor's lock */
+    shmq_cas_acq_rel(&K(q)->blk->timer_lock, &me, 0);
+    __atomic_store_n(&K(q)->timer_busy, 0, __ATOMIC_RELEASE);
 }
 
 static int timers_scan(shmq_seg_t *q, uint64_t now)
 {
-    shmq_header_t *h = q->hdr;
-    if (!timer_try(q))
+    if (!timer_try(q, now))
         return 0;
     /* seq_cst: before we look at any descriptor, so a deadline written after our look lowers
      * the hint again after this store */
-    shmq_store_seq(&h->ack.timer_hint_ns, SHMQ_NO_DEADLINE);
+    shmq_store_seq(&K(q)->blk->timer_hint_ns, SHMQ_NO_DEADLINE);
     uint64_t next = SHMQ_NO_DEADLINE;
     int changed = 0;
     shmq_area_t *a;
@@ -413,6 +665,13 @@ static int timers_scan(shmq_seg_t *q, uint64_t now)
                     shmq_store_release(&d->word, w);
                     continue;
                 }
+                if (shmq_desc_owner(w) == 0) {
+                    /* parked (no ring room when it was put back, or a dead producer's orphan):
+                     * no delivery failed here, and its failure, if any, was counted already */
+                    shmq_store_release(&d->deadline_ns, 0);
+                    publish_or_park(q, a, d, g);
+                    continue;
+                }
                 SHMQ_CRASH_POINT(mid_expire);
                 fail_delivery(q, a, d, g, 0, 0);
             } else if (ex && ex <= now) {
@@ -425,27 +684,27 @@ static int timers_scan(shmq_seg_t *q, uint64_t now)
             }
         }
     }
-    shmq_store_release(&h->ack.timer_lock, 0);
+    timer_release(q);
     if (next != SHMQ_NO_DEADLINE && next < now + SHMQ_TIMER_GAP_NS)
         next = now + SHMQ_TIMER_GAP_NS;
-    shmq_q_timer_hint(q, next);
+    timer_hint(q, next);
     return changed;
 }
 
-void shmq_lease_timers_maybe(shmq_seg_t *q, uint64_t now)
+static void shmq_lease_timers_maybe(shmq_seg_t *q, uint64_t now)
 {
     if (SHMQ_UNLIKELY(now - q->last_liveness_ns >= SHMQ_LIVENESS_SLICE_NS) && q->slot != UINT32_MAX) {
         /* consumers that never sleep still notice a dead one (its leases come back promptly) */
         q->last_liveness_ns = now;
         shmq_repair_dead(q);
     }
-    if (SHMQ_UNLIKELY(now >= shmq_load_relaxed(&q->hdr->ack.timer_hint_ns)) && q->slot != UINT32_MAX)
+    if (SHMQ_UNLIKELY(now >= shmq_load_relaxed(&K(q)->blk->timer_hint_ns)) && q->slot != UINT32_MAX)
         timers_scan(q, now);
 }
 
 int shmq_timers_run(shmq_seg_t *q)
 {
-    if (!(q->hdr->flags & SHMQ_F_ACK) || q->slot == UINT32_MAX)
+    if (!shmq_ack_of(q) || q->slot == UINT32_MAX)
         return 0;
     return timers_scan(q, shmq_now_mono_ns());
 }

@@ -41,6 +41,64 @@
 
 #include "queue.h"
 
+/* The at-least-once region (SHMQ_REGION_ACK): this block, then the dedup table (dedup.h) at
+ * offset SHMQ_ACK_BLOCK, dedup_slots entries. Validated by shmq_ack_valid before any use. */
+typedef struct {
+    /* --- options: written once before the file is linked into place --- */
+    uint64_t visibility_ns;     /* lease length given by receive */
+    uint64_t default_delay_ns;  /* send without delay= */
+    uint64_t default_ttl_ns;    /* send without ttl= (0 = none) */
+    uint64_t dedup_window_ns;   /* how long a dedup_id is remembered from its first send */
+    uint64_t _pad_opt;
+    uint32_t dedup_slots;       /* table entries, a power of two */
+    uint32_t max_deliveries;    /* a message is delivered at most this often, then dead-lettered */
+    char dead_letter[SHMQ_DLQ_NAME_MAX]; /* dead-letter queue name; "" = none (this is a DLQ) */
+    /* --- timer scan (lease ends, delays, TTLs): rare writers --- */
+    uint64_t timer_hint_ns;     /* no deadline earlier than this is pending (monotonic; a lower bound) */
+    uint32_t timer_lock;        /* owner-stamped lock: one scanner at a time (nothing to rebuild) */
+    uint32_t _pad0;
+    uint64_t timer_lock_ns;     /* monotonic time the scan lock was taken: a holder past the bound is bypassed */
+    uint8_t _pad1[128 - 24];
+    /* --- dedup table lock (dedup.h) --- */
+    uint32_t dedup_lock;
+    uint32_t dedup_used;        /* entries not EMPTY (guarded by dedup_lock) */
+    uint8_t _pad2[128 - 8];
+    /* --- counters (shared atomics: settle paths only, never the put/get hot path) --- */
+    uint64_t acked;
+    uint64_t redelivered;       /* failed deliveries put back (lease expiry, nack, consumer death) */
+    uint64_t dead_lettered;     /* moved to the dead-letter queue (or dropped by a queue without one) */
+    uint64_t expired;           /* TTL expiries (also counted in dead_lettered when moved) */
+    uint64_t dead_letter_failed;/* moves refused by a full dead-letter queue (retried later) */
+    uint64_t dedup_hits;        /* sends answered with the original id */
+    uint8_t _pad3[128 - 48];
+} shmq_ack_hdr_t;
+_Static_assert(sizeof(shmq_ack_hdr_t) == 640, "ack block layout");
+_Static_assert(offsetof(shmq_ack_hdr_t, timer_hint_ns) == 256, "timer block");
+#define SHMQ_ACK_BLOCK ((uint64_t)sizeof(shmq_ack_hdr_t))
+
+struct shmq_dedup_ent;
+
+/* Per-handle state of an at-least-once queue (the segment handle's kstate). */
+typedef struct {
+    shmq_ack_hdr_t *blk;          /* the region's block, in the mapping */
+    struct shmq_dedup_ent *dedup; /* dedup table, in the mapping */
+    uint32_t dedup_slots;         /* process-local copies of validated options */
+    uint32_t max_deliveries;
+    uint64_t visibility_ns;
+    struct shmq_seg *dlq;         /* attached dead-letter queue, or NULL (shmq_ack_set_dlq) */
+    int timer_busy;               /* process-local guard of timer_lock (lock.h) */
+    int dedup_busy;               /* process-local guard of dedup_lock (lock.h) */
+    char name[SHMQ_DLQ_NAME_MAX]; /* this queue's name, for dead-letter headers */
+} shmq_ack_t;
+
+/* The state of an at-least-once handle, NULL for any other kind. */
+shmq_ack_t *shmq_ack_of(shmq_seg_t *q);
+/* kinds.c: the region a create asks for; bind an opened segment (validates the region). */
+int shmq_ack_region(const shmq_create_opts_t *o, shmq_region_req_t *req); /* SHMQ_EINVAL: bad options */
+int shmq_ack_bind(shmq_seg_t *q);
+/* untrusted: check the region's block and table against the header. */
+int shmq_ack_valid(shmq_seg_t *q);
+
 #define SHMQ_USE_DEFAULT UINT64_MAX
 #define SHMQ_HDR_MAX 65535u
 

@@ -3,17 +3,23 @@
 #include <sched.h>
 
 #include "atomic.h"
+#include "participants.h"
 #include "wait.h"
 
-static void local_enter(shmq_seg_t *seg)
+/* Threads of one process share an owner id: they take turns on the lock's own process-local
+ * flag first, so that while we hold it, a shared lock stamped with our own id can only be a
+ * stale or forged stamp. One flag per lock: a thread may hold two different locks. */
+static int local_enter(int *local, uint64_t deadline_ns)
 {
-    /* Threads of one process share an owner id: they take turns here first, so that while we
-     * hold this, a shared lock stamped with our own id can only be a stale or forged stamp. */
-    while (__atomic_exchange_n(&seg->lock_busy, 1, __ATOMIC_ACQUIRE))
+    for (unsigned i = 0; __atomic_exchange_n(local, 1, __ATOMIC_ACQUIRE); i++) {
+        if ((i & 63) == 63 && deadline_ns != SHMQ_NO_DEADLINE && shmq_now_mono_ns() >= deadline_ns)
+            return SHMQ_TIMEOUT;
         sched_yield();
+    }
+    return SHMQ_OK;
 }
 
-static void local_leave(shmq_seg_t *seg) { __atomic_store_n(&seg->lock_busy, 0, __ATOMIC_RELEASE); }
+static void local_leave(int *local) { __atomic_store_n(local, 0, __ATOMIC_RELEASE); }
 
 static int acquire(shmq_seg_t *seg, uint32_t *word, uint64_t deadline_ns);
 
@@ -23,17 +29,18 @@ static int steal_if_stale(shmq_seg_t *seg, uint32_t *word, uint32_t me)
 {
     uint32_t cur = shmq_load_acquire(word);
     uint32_t holder = cur & ~SHMQ_LOCK_CONTENDED;
-    if (cur == 0 || (holder != me && shmq_seg_owner_alive(seg, holder)))
+    if (cur == 0 || (holder != me && shmq_part_owner_alive(seg, holder)))
         return 0;
     return shmq_cas_acq_rel(word, &cur, me | SHMQ_LOCK_CONTENDED);
 }
 
-int shmq_lock_acquire(shmq_seg_t *seg, uint32_t *word, uint64_t deadline_ns)
+int shmq_lock_acquire(shmq_seg_t *seg, uint32_t *word, int *local, uint64_t deadline_ns)
 {
-    local_enter(seg);
+    if (local_enter(local, deadline_ns) != SHMQ_OK)
+        return SHMQ_TIMEOUT;
     int rc = acquire(seg, word, deadline_ns);
     if (rc == SHMQ_TIMEOUT)
-        local_leave(seg);
+        local_leave(local);
     return rc;
 }
 
@@ -48,6 +55,8 @@ static int acquire(shmq_seg_t *seg, uint32_t *word, uint64_t deadline_ns)
         if (shmq_cas_acq_rel(word, &exp, me | SHMQ_LOCK_CONTENDED))
             return SHMQ_EAGAIN;
     }
+    if (deadline_ns == 0)
+        return SHMQ_TIMEOUT; /* no waiting at all */
     for (int i = 0; i < 200; i++) {
         shmq_cpu_relax();
         exp = 0;
@@ -79,24 +88,25 @@ static int acquire(shmq_seg_t *seg, uint32_t *word, uint64_t deadline_ns)
     }
 }
 
-void shmq_lock_release(shmq_seg_t *seg, uint32_t *word)
+void shmq_lock_release(shmq_seg_t *seg, uint32_t *word, int *local)
 {
+    (void)seg;
     uint32_t old = shmq_exchange_seq(word, 0); /* release: publishes the guarded state */
     if (old & SHMQ_LOCK_CONTENDED)
         shmq_futex_wake(word, 1);
-    local_leave(seg);
+    local_leave(local);
 }
 
-int shmq_lock_try(shmq_seg_t *seg, uint32_t *word)
+int shmq_lock_try(shmq_seg_t *seg, uint32_t *word, int *local)
 {
-    if (__atomic_exchange_n(&seg->lock_busy, 1, __ATOMIC_ACQUIRE))
-        return SHMQ_EAGAIN; /* another thread of ours holds a shared lock */
+    if (__atomic_exchange_n(local, 1, __ATOMIC_ACQUIRE))
+        return SHMQ_EAGAIN; /* another thread of ours holds this lock */
     for (int i = 0; i < 64; i++) {
         uint32_t exp = 0;
         if (shmq_load_relaxed(word) == 0 && shmq_cas_acq_rel(word, &exp, seg->owner))
             return SHMQ_OK;
         shmq_cpu_relax();
     }
-    local_leave(seg);
+    local_leave(local);
     return SHMQ_EAGAIN;
 }

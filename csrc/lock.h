@@ -12,8 +12,12 @@
  * the guarded state before using it (the holder may have died halfway through an update).
  * A holder that was merely slow cannot lose the lock this way: liveness comes from the kernel.
  *
- * Threads of one process share the owner id; they also take a process-local flag around the
- * shared lock, so "the word names us" while we hold the flag means a stale or forged stamp.
+ * Threads of one process share the owner id; they also take the lock's own process-local flag
+ * (`local`, one per lock per handle) around the shared lock, so "the word names us" while we
+ * hold the flag means a stale or forged stamp. Locks compose: a handle may hold two at once
+ * (the timer scan holds its lock and takes arena locks), each guarded by its own flag.
+ * Deadlines: every wait honours the caller's deadline (0 = one attempt, no waiting), the local
+ * flag's included, so a put_nowait never waits for a stopped holder.
  *
  * Crash windows: dying while holding leaves the stamp: repaired by the next acquirer as above.
  * Dying while waiting leaves at most the CONTENDED bit: the next release does one extra wake.
@@ -26,10 +30,10 @@
 #define SHMQ_LOCK_CONTENDED 0x80000000u
 
 /* SHMQ_OK (acquired), SHMQ_EAGAIN (acquired from a dead holder: rebuild), SHMQ_TIMEOUT. */
-int shmq_lock_acquire(shmq_seg_t *seg, uint32_t *word, uint64_t deadline_ns);
-void shmq_lock_release(shmq_seg_t *seg, uint32_t *word);
+int shmq_lock_acquire(shmq_seg_t *seg, uint32_t *word, int *local, uint64_t deadline_ns);
+void shmq_lock_release(shmq_seg_t *seg, uint32_t *word, int *local);
 /* One attempt, no waiting: SHMQ_OK (held) or SHMQ_EAGAIN (someone holds it, maybe a stopped
  * process; the caller defers its work instead of waiting). */
-int shmq_lock_try(shmq_seg_t *seg, uint32_t *word);
+int shmq_lock_try(shmq_seg_t *seg, uint32_t *word, int *local);
 
 #endif

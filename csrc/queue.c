@@ -9,6 +9,7 @@
 #include "atomic.h"
 #include "crashpoint.h"
 #include "lock.h"
+#include "participants.h"
 #include "queue_int.h"
 #include "wait.h"
 
@@ -61,11 +62,11 @@ static void chunk_free(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d)
 {
     if (d->chunk == SHMQ_NO_CHUNK)
         return;
-    int rc = shmq_lock_acquire(q, &a->hdr->arena_lock, SHMQ_NO_DEADLINE);
+    int rc = shmq_lock_acquire(q, &a->hdr->arena_lock, &a->arena_busy, SHMQ_NO_DEADLINE);
     if (rc == SHMQ_EAGAIN)
         shmq_arena_rebuild_locked(a); /* the previous holder died mid-update */
     shmq_arena_free_locked(a, d);
-    shmq_lock_release(q, &a->hdr->arena_lock);
+    shmq_lock_release(q, &a->hdr->arena_lock, &a->arena_busy);
 }
 
 /* Release a descriptor we own (WRITING or READING) back to FREE. */
@@ -201,7 +202,7 @@ shmq_area_t *shmq_q_area_next(shmq_seg_t *q, uint32_t *i)
 {
     shmq_header_t *h = q->hdr;
     uint32_t tail = shmq_load_acquire(&h->area_tail);
-    for (; *i <= tail && *i < h->max_areas; (*i)++) {
+    for (; *i <= tail && *i < q->max_areas; (*i)++) {
         int rc;
         shmq_area_t *a = shmq_seg_area_live(q, *i, &rc);
         if (a)
@@ -212,15 +213,87 @@ shmq_area_t *shmq_q_area_next(shmq_seg_t *q, uint32_t *i)
 
 /* ---------------------------------------------------------------- put */
 
-static int reserve_count(shmq_header_t *h)
+/* maxsize units. h->count = op sequence:32 | units:32: every take and give bumps the sequence,
+ * so a recount's CAS fails if anything changed since it read the word (no ABA).
+ * A unit and the descriptor that holds it change in two steps; a slot between them says so in
+ * its unit_busy (taker: from the take until its descriptor is claimed; giver: from freeing the
+ * descriptor until the give). A process killed between the steps leaks its unit; a recount
+ * (units_recount, run when a put finds the queue full and a sweep found nothing to repair)
+ * sets units to the number of descriptors that hold one, when no live slot is between steps.
+ * Units only ever go down to what the descriptors hold: never below a live holder's unit. */
+#define UNITS(c) ((uint32_t)(c))
+#define UNIT_SEQ (1ull << 32)
+
+static inline void unit_busy(shmq_seg_t *q, int d)
+{
+    if (q->slot != UINT32_MAX) /* seq_cst: ordered before the recount's look at the slots */
+        __atomic_fetch_add(&q->slots[q->slot].unit_busy, (uint32_t)d, __ATOMIC_SEQ_CST);
+}
+
+static int units_take(shmq_header_t *h)
 {
     uint64_t c = shmq_load_relaxed(&h->count);
     for (;;) {
-        if (c >= h->maxsize)
+        if (UNITS(c) >= h->maxsize)
             return SHMQ_FULL;
-        if (shmq_cas_acq_rel(&h->count, &c, c + 1))
+        if (shmq_cas_seq(&h->count, &c, c + UNIT_SEQ + 1))
             return SHMQ_OK;
     }
+}
+
+static void units_give(shmq_header_t *h)
+{
+    uint64_t c = shmq_load_relaxed(&h->count);
+    for (;;) {
+        if (UNITS(c) == 0)
+            return; /* untrusted: nothing to give back (a recount already took it) */
+        if (shmq_cas_seq(&h->count, &c, c + UNIT_SEQ - 1))
+            return;
+    }
+}
+
+/* Return a descriptor we own and its unit (maxsize queues): the two steps inside unit_busy. */
+static void release_with_unit(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d, void (*release)(shmq_seg_t *, shmq_area_t *, shmq_desc_t *))
+{
+    if (!q->hdr->maxsize) {
+        release(q, a, d);
+        return;
+    }
+    unit_busy(q, 1);
+    release(q, a, d);
+    units_give(q->hdr);
+    unit_busy(q, -1);
+}
+
+static int any_unit_busy(shmq_seg_t *q)
+{
+    uint32_t hwm = shmq_load_relaxed(&q->hdr->slot_hwm);
+    if (hwm > q->max_slots)
+        hwm = q->max_slots; /* untrusted */
+    for (uint32_t s = 0; s < hwm; s++)
+        if (shmq_load_seq(&q->slots[s].state) == SHMQ_SLOT_ATTACHED && shmq_load_seq(&q->slots[s].unit_busy))
+            return 1;
+    return 0;
+}
+
+/* Give back units no descriptor holds (leaked by deaths between the two steps). 1 if it did. */
+static int units_recount(shmq_seg_t *q)
+{
+    shmq_header_t *h = q->hdr;
+    uint64_t c0 = shmq_load_seq(&h->count);
+    if (!h->maxsize || UNITS(c0) < h->maxsize || any_unit_busy(q))
+        return 0;
+    uint64_t held = 0;
+    shmq_area_t *a;
+    for (uint32_t i = 0; (a = shmq_q_area_next(q, &i)) != NULL; i++)
+        for (uint32_t k = 0; k < a->n_desc; k++) {
+            uint32_t st = shmq_desc_state(shmq_load_seq(&shmq_q_desc(a, k)->word));
+            held += st != SHMQ_D_FREE && st != SHMQ_D_RETURNING; /* RETURNING: its unit went back at get_end */
+        }
+    if (held >= UNITS(c0) || any_unit_busy(q))
+        return 0;
+    /* seq_cst CAS: fails if any take or give happened since c0 */
+    return shmq_cas_seq(&h->count, &c0, (c0 & ~0xffffffffull) + UNIT_SEQ + held);
 }
 
 typedef struct {
@@ -232,31 +305,66 @@ typedef struct {
     shmq_area_t *a;  /* descriptor held in this area */
     uint32_t idx;
     uint32_t dgen;
-    const shmq_put_ext_t *x; /* at-least-once queues: meta + headers precede the iov data */
+    const shmq_put_ext_t *x; /* a kind's additions (lease.c), or NULL */
+    uint64_t deadline_ns;    /* the caller's: lock waits honour it */
 } put_ctx;
+
+/* How long a put waits for the arena or grow lock: at most one liveness slice (then it reports
+ * "no room now" and the caller sleeps, interruptibly, before it tries again), never past the
+ * caller's deadline, and 1 ms for a put that may not wait at all: a stopped holder costs a
+ * put_nowait 1 ms and a Full, not a hang (issue 11 item 4). */
+static uint64_t lock_until(uint64_t deadline_ns)
+{
+    uint64_t now = shmq_now_mono_ns();
+    if (deadline_ns == 0)
+        return now + SHMQ_DEFER_AFTER_NS;
+    if (deadline_ns <= now)
+        return now; /* passed: one attempt */
+    return deadline_ns - now > SHMQ_LIVENESS_SLICE_NS ? now + SHMQ_LIVENESS_SLICE_NS : deadline_ns;
+}
 
 static void put_undo(shmq_seg_t *q, put_ctx *c)
 {
+    unit_busy(q, 1); /* between the descriptor's release and the unit's */
     if (c->a) {
         desc_release(q, c->a, desc_at(c->a, c->idx));
         c->a = NULL;
     }
     if (c->counted) {
-        __atomic_fetch_sub(&q->hdr->count, 1, __ATOMIC_SEQ_CST);
+        units_give(q->hdr);
         c->counted = 0;
     }
+    unit_busy(q, -1);
 }
 
-/* One non-blocking attempt to get room: descriptor (+chunk) held on success. */
+static int reserve_room(shmq_seg_t *q, put_ctx *c);
+
+/* One non-blocking attempt to get room: unit (maxsize), descriptor (+chunk) held on success;
+ * nothing held on failure (a producer waiting for room holds no unit while it sleeps). */
 static int put_reserve(shmq_seg_t *q, put_ctx *c)
 {
     shmq_header_t *h = q->hdr;
-    if (h->maxsize && !c->counted) {
-        if (reserve_count(h) != SHMQ_OK)
-            return SHMQ_FULL;
-        c->counted = 1;
+    if (!h->maxsize)
+        return reserve_room(q, c);
+    unit_busy(q, 1); /* from the take until the descriptor holds the unit */
+    int rc = units_take(h);
+    if (rc == SHMQ_OK) {
+        rc = reserve_room(q, c);
+        if (rc == SHMQ_OK)
+            c->counted = 1;
+        else
+            units_give(h);
     }
-    for (;;) {
+    unit_busy(q, -1);
+    return rc;
+}
+
+static int reserve_room(shmq_seg_t *q, put_ctx *c)
+{
+    shmq_header_t *h = q->hdr;
+    for (int tries = 0;; tries++) {
+        if (tries > 256)
+            return SHMQ_ECORRUPT; /* untrusted: a sane segment needs a few rounds (grow, retire races) */
         uint32_t ai = shmq_load_acquire(&h->area_tail);
         int rc;
         shmq_area_t *a = shmq_seg_area(q, ai, &rc);
@@ -278,7 +386,12 @@ static int put_reserve(shmq_seg_t *q, put_ctx *c)
             d->chunk = SHMQ_NO_CHUNK;
             if (c->total <= SHMQ_INLINE_MAX)
                 return SHMQ_OK;
-            rc = shmq_lock_acquire(q, &a->hdr->arena_lock, SHMQ_NO_DEADLINE);
+            rc = shmq_lock_acquire(q, &a->hdr->arena_lock, &a->arena_busy, lock_until(c->deadline_ns));
+            if (rc == SHMQ_TIMEOUT) { /* held (by a stopped process?): no room now */
+                desc_release(q, a, d);
+                c->a = NULL;
+                return SHMQ_FULL;
+            }
             if (rc == SHMQ_EAGAIN)
                 shmq_arena_rebuild_locked(a);
             if (SHMQ_UNLIKELY(shmq_load_relaxed(&a->hdr->returning)))
@@ -286,7 +399,7 @@ static int put_reserve(shmq_seg_t *q, put_ctx *c)
             rc = shmq_arena_alloc_locked(a, d, c->total);
             if (rc == SHMQ_FULL && reclaim_returning_locked(q, a))
                 rc = shmq_arena_alloc_locked(a, d, c->total); /* room consumers left to return */
-            shmq_lock_release(q, &a->hdr->arena_lock);
+            shmq_lock_release(q, &a->hdr->arena_lock, &a->arena_busy);
             if (rc == SHMQ_OK) {
                 SHMQ_CRASH_POINT(after_alloc);
                 return SHMQ_OK;
@@ -296,9 +409,9 @@ static int put_reserve(shmq_seg_t *q, put_ctx *c)
         }
         if (!(h->flags & SHMQ_F_GROWABLE))
             return SHMQ_FULL;
-        rc = shmq_seg_grow(q, ai, c->total);
+        rc = shmq_seg_grow(q, ai, c->total, lock_until(c->deadline_ns));
         if (rc != SHMQ_OK)
-            return rc;
+            return rc; /* SHMQ_FULL: the grow lock stayed held */
     }
 }
 
@@ -318,6 +431,18 @@ static int ring_room_check(shmq_seg_t *q, void *ctx)
     return shmq_cell_state(w) == SHMQ_CELL_EMPTY ? SHMQ_OK : SHMQ_EAGAIN;
 }
 
+/* The grow lock stayed held for a whole wait while we hold a READY descriptor: wait again unless
+ * the caller's deadline passed (*rc = SHMQ_FULL) or signals are to be checked (*rc = SHMQ_EINTR:
+ * the put is undone and the binding calls again). Each round waited up to a slice: no spin. */
+static int grow_wait_again(shmq_seg_t *q, uint64_t deadline_ns, int *rc)
+{
+    if (q->poll_signals) {
+        *rc = SHMQ_EINTR;
+        return 0;
+    }
+    return deadline_ns != 0 && shmq_now_mono_ns() < deadline_ns;
+}
+
 static int put_commit(shmq_seg_t *q, put_ctx *c, uint64_t deadline_ns, uint64_t *id_out)
 {
     shmq_header_t *h = q->hdr;
@@ -326,12 +451,6 @@ static int put_commit(shmq_seg_t *q, put_ctx *c, uint64_t deadline_ns, uint64_t 
     uint8_t *dst = payload_ptr(a, d);
     uint64_t off = 0;
     const shmq_put_ext_t *x = c->x;
-    if (x) { /* at-least-once layout: meta block (never delivered yet), header block, body */
-        memset(dst, 0, SHMQ_ACK_META);
-        if (x->hdr_size)
-            memcpy(dst + SHMQ_ACK_META, x->hdr, x->hdr_size);
-        off = SHMQ_ACK_META + x->hdr_size;
-    }
     for (uint32_t i = 0; i < c->n; i++) {
         uint64_t len = c->iov[i].len, half = i == 0 ? len / 2 : 0;
         if (half) /* the first piece in two halves, so the crash point lies inside the payload */
@@ -354,12 +473,12 @@ static int put_commit(shmq_seg_t *q, put_ctx *c, uint64_t deadline_ns, uint64_t 
     d->hdr_size = x ? (uint16_t)x->hdr_size : 0;
     d->expire_ns = x ? x->expire_ns : 0;
     if (x && x->delay_ns) {
-        /* Delayed: not published; the timer scan (lease.c) publishes it when due. */
+        /* Delayed: not published; the kind's timers publish it when due. */
         d->deadline_ns = shmq_now_mono_ns() + x->delay_ns;
         shmq_store_release(&d->word, shmq_desc_word(c->dgen, SHMQ_D_DELAYED, q->owner));
         if (h->flags & SHMQ_F_JOINABLE)
             shmq_fetch_add_seq(&h->unfinished, 1);
-        shmq_q_timer_hint(q, d->expire_ns && d->expire_ns < d->deadline_ns ? d->expire_ns : d->deadline_ns);
+        shmq_q_hooks(q)->timer(q, d->expire_ns && d->expire_ns < d->deadline_ns ? d->expire_ns : d->deadline_ns);
         if (q->slot != UINT32_MAX)
             shmq_fetch_add_relaxed(&q->slots[q->slot].enqueued, 1);
         if (id_out)
@@ -369,7 +488,7 @@ static int put_commit(shmq_seg_t *q, put_ctx *c, uint64_t deadline_ns, uint64_t 
         return SHMQ_OK;
     }
     if (x && x->expire_ns)
-        shmq_q_timer_hint(q, x->expire_ns);
+        shmq_q_hooks(q)->timer(q, x->expire_ns);
     /* release: payload and fields before the READY state a consumer's CAS acquires */
     shmq_store_release(&d->word, shmq_desc_word(c->dgen, SHMQ_D_READY, q->owner));
     /* After READY: repair counts a READY descriptor of a dead producer as counted (wait.h). */
@@ -403,7 +522,9 @@ static int put_commit(shmq_seg_t *q, put_ctx *c, uint64_t deadline_ns, uint64_t 
             }
             /* consumers sealed this area after producers moved on: move on too */
             if (shmq_load_acquire(&h->area_tail) == ai) {
-                rc = shmq_seg_grow(q, ai, 0);
+                rc = shmq_seg_grow(q, ai, 0, lock_until(deadline_ns));
+                if (rc == SHMQ_FULL && grow_wait_again(q, deadline_ns, &rc))
+                    continue;
                 if (rc != SHMQ_OK)
                     goto unpublish;
             }
@@ -411,7 +532,9 @@ static int put_commit(shmq_seg_t *q, put_ctx *c, uint64_t deadline_ns, uint64_t 
         }
         /* ring full while we hold a descriptor: grow, or wait for a consumer (bounded) */
         if (h->flags & SHMQ_F_GROWABLE) {
-            rc = shmq_seg_grow(q, ai, 0);
+            rc = shmq_seg_grow(q, ai, 0, lock_until(deadline_ns));
+            if (rc == SHMQ_FULL && grow_wait_again(q, deadline_ns, &rc))
+                continue;
             if (rc != SHMQ_OK)
                 goto unpublish;
             continue;
@@ -446,6 +569,9 @@ unpublish:
 
 int shmq_put(shmq_seg_t *q, const shmq_iov_t *iov, uint32_t n, uint32_t kind, uint64_t deadline_ns, uint64_t *id_out)
 {
+    const shmq_queue_hooks_t *hk = shmq_q_hooks(q);
+    if (SHMQ_UNLIKELY(hk->put != NULL))
+        return hk->put(q, iov, n, kind, deadline_ns, id_out); /* the kind's defaults and layout */
     return shmq_q_put(q, iov, n, kind, deadline_ns, id_out, NULL);
 }
 
@@ -453,18 +579,7 @@ int shmq_q_put(shmq_seg_t *q, const shmq_iov_t *iov, uint32_t n, uint32_t kind, 
                uint64_t *id_out, const shmq_put_ext_t *x)
 {
     shmq_header_t *h = q->hdr;
-    put_ctx c = {.iov = iov, .n = n, .total = 0, .kind = kind};
-    shmq_put_ext_t defaults;
-    if (h->flags & SHMQ_F_ACK) {
-        if (!x) { /* a plain put on an at-least-once queue: the queue's default delay and TTL */
-            memset(&defaults, 0, sizeof defaults);
-            defaults.delay_ns = h->ack.default_delay_ns;
-            defaults.expire_ns = h->ack.default_ttl_ns ? shmq_now_mono_ns() + h->ack.default_ttl_ns : 0;
-            x = &defaults;
-        }
-        c.x = x;
-        c.total = SHMQ_ACK_META + x->hdr_size;
-    }
+    put_ctx c = {.iov = iov, .n = n, .total = 0, .kind = kind, .x = x, .deadline_ns = deadline_ns};
     for (uint32_t i = 0; i < n; i++)
         c.total += iov[i].len;
     if (c.total > h->max_message)
@@ -473,7 +588,7 @@ int shmq_q_put(shmq_seg_t *q, const shmq_iov_t *iov, uint32_t n, uint32_t kind, 
     if (rc == SHMQ_FULL && shmq_now_mono_ns() - q->last_liveness_ns >= SHMQ_LIVENESS_SLICE_NS) {
         /* No room: a dead participant may hold it. Sweep (at most once per slice). */
         q->last_liveness_ns = shmq_now_mono_ns();
-        if (shmq_repair_dead(q))
+        if (shmq_repair_dead(q) | units_recount(q)) /* both: a leaked unit may be all that is missing */
             rc = put_reserve(q, &c);
     }
     while (rc == SHMQ_FULL) {
@@ -537,11 +652,9 @@ static int take_cb(void *vctx, uint64_t handle)
 static int try_get(shmq_seg_t *q, shmq_msg_t *m, int mode)
 {
     shmq_header_t *h = q->hdr;
-    uint64_t now = 0;
-    if (h->flags & SHMQ_F_ACK) {
-        now = shmq_now_mono_ns();
-        shmq_lease_timers_maybe(q, now);
-    }
+    const shmq_queue_hooks_t *hk = shmq_q_hooks(q);
+    if (SHMQ_UNLIKELY(hk->before_take != NULL))
+        hk->before_take(q);
     for (;;) {
         uint32_t ai = shmq_load_acquire(&h->area_head);
         int rc;
@@ -558,48 +671,29 @@ static int try_get(shmq_seg_t *q, shmq_msg_t *m, int mode)
         if (rc == SHMQ_OK) {
             SHMQ_CRASH_POINT(after_take);
             shmq_desc_t *d = t.d;
-            uint64_t size = d->size;
-            uint64_t skip = (h->flags & SHMQ_F_ACK) ? SHMQ_ACK_META + (uint64_t)d->hdr_size : 0;
-            /* untrusted: the payload must lie inside the descriptor or its arena block, and
-             * the meta and header blocks inside the payload */
-            if (!shmq_q_payload_valid(t.a, d) || skip > size) {
+            /* untrusted: the payload must lie inside the descriptor or its arena block */
+            if (!shmq_q_payload_valid(t.a, d)) {
                 __atomic_fetch_add(&h->corrupt_skipped, 1, __ATOMIC_RELAXED);
                 d->chunk = SHMQ_NO_CHUNK; /* do not hand a garbage block to the arena */
                 desc_release(q, t.a, d);
                 continue;
             }
             uint8_t *p = payload_ptr(t.a, d);
-            if (h->flags & SHMQ_F_ACK) {
-                if (d->expire_ns && d->expire_ns <= now) {
-                    shmq_lease_expire_taken(q, t.a, d, t.w); /* TTL passed while it waited */
-                    continue;
-                }
-                if (mode) { /* the lease: deadline after the CAS (a 0 deadline is skipped by scans) */
-                    shmq_ack_meta_t *mt = (shmq_ack_meta_t *)p;
-                    uint64_t wall = shmq_now_wall_coarse_ns();
-                    d->deadline_ns = now + q->visibility_ns;
-                    d->delivery_count++;
-                    if (!mt->first_delivery_ns)
-                        mt->first_delivery_ns = wall;
-                    mt->last_delivery_ns = wall;
-                    shmq_q_timer_hint(q, d->deadline_ns);
-                    SHMQ_CRASH_POINT(after_lease);
-                    handle = shmq_handle_make((uint32_t)(t.a - q->areas), shmq_handle_idx(handle), shmq_desc_dgen(t.w));
-                }
-            }
             m->handle = handle;
             m->area = t.a;
             m->d = d;
             m->word = t.w;
-            m->hdr = p + (skip ? SHMQ_ACK_META : 0);
-            m->hdr_size = skip ? (uint32_t)(skip - SHMQ_ACK_META) : 0;
-            m->data = p + skip;
-            m->size = size - skip;
+            m->hdr = p;
+            m->hdr_size = 0;
+            m->data = p;
+            m->size = d->size;
             m->id = d->id;
             m->timestamp_ns = d->timestamp_ns;
             m->kind = d->kind;
             m->delivery_count = d->delivery_count;
             m->priority = d->priority;
+            if (SHMQ_UNLIKELY(hk->taken != NULL) && hk->taken(q, m, mode) != SHMQ_OK)
+                continue; /* the kind disposed of it (its TTL passed while it waited) */
             return SHMQ_OK;
         }
         if (rc == SHMQ_ESEALED) {
@@ -688,15 +782,10 @@ int shmq_q_take(shmq_seg_t *q, shmq_msg_t *m, uint64_t deadline_ns, int mode)
     get_ctx gc = {m, mode};
     for (;;) {
         uint64_t until = deadline_ns;
-        if (h->flags & SHMQ_F_ACK) {
-            /* wake for the next due timer (a delay or lease ending) as well, but not sooner than
-             * the scans' own rate limit: a hint that stays in the past (its scanner stopped
-             * while holding the scan try-lock) then costs 1000 wake-ups a second, not a spin */
-            uint64_t hint = shmq_load_relaxed(&h->ack.timer_hint_ns), floor = shmq_now_mono_ns() + SHMQ_TIMER_GAP_NS;
-            if (hint < floor)
-                hint = floor;
-            if (hint < until)
-                until = hint;
+        if (shmq_q_hooks(q)->wake_at) {
+            uint64_t t = shmq_q_hooks(q)->wake_at(q); /* the kind's next timer (a delay, a lease end) */
+            if (t < until)
+                until = t;
         }
         rc = sleep_until(q, &h->not_empty_seq, &h->waiters_get, 1u, get_check, &gc, until);
         if (rc == SHMQ_TIMEOUT && until != deadline_ns)
@@ -754,7 +843,7 @@ static void release_taken(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d)
         desc_release(q, a, d);
         return;
     }
-    int rc = shmq_lock_acquire(q, &a->hdr->arena_lock, shmq_now_mono_ns() + SHMQ_DEFER_AFTER_NS);
+    int rc = shmq_lock_acquire(q, &a->hdr->arena_lock, &a->arena_busy, shmq_now_mono_ns() + SHMQ_DEFER_AFTER_NS);
     if (rc == SHMQ_TIMEOUT) {
         uint64_t w = shmq_load_relaxed(&d->word);
         /* release: our reads of the payload are done before anyone may reuse the chunk */
@@ -767,7 +856,7 @@ static void release_taken(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d)
     shmq_arena_free_locked(a, d);
     if (SHMQ_UNLIKELY(shmq_load_relaxed(&a->hdr->returning)))
         reclaim_returning_locked(q, a); /* a stalled holder let go: return what waited for it */
-    shmq_lock_release(q, &a->hdr->arena_lock);
+    shmq_lock_release(q, &a->hdr->arena_lock, &a->arena_busy);
     uint64_t w = shmq_load_relaxed(&d->word);
     shmq_exchange_seq(&d->word, shmq_desc_word(shmq_desc_dgen(w), SHMQ_D_FREE, 0));
 }
@@ -776,9 +865,7 @@ void shmq_get_end(shmq_seg_t *q, shmq_msg_t *m)
 {
     shmq_header_t *h = q->hdr;
     SHMQ_CRASH_POINT(before_free);
-    release_taken(q, m->area, m->d);
-    if (h->maxsize)
-        __atomic_fetch_sub(&h->count, 1, __ATOMIC_SEQ_CST);
+    release_with_unit(q, m->area, m->d, release_taken);
     if (q->slot != UINT32_MAX)
         shmq_fetch_add_relaxed(&q->slots[q->slot].dequeued, 1);
     note_cpu(q);
@@ -790,9 +877,7 @@ void shmq_get_end(shmq_seg_t *q, shmq_msg_t *m)
 void shmq_q_release_owned(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d)
 {
     shmq_header_t *h = q->hdr;
-    release_taken(q, a, d);
-    if (h->maxsize)
-        __atomic_fetch_sub(&h->count, 1, __ATOMIC_SEQ_CST);
+    release_with_unit(q, a, d, release_taken);
     if (!(h->flags & SHMQ_F_GROWABLE) || h->maxsize)
         wake_putters(q);
 }
@@ -820,7 +905,7 @@ int shmq_q_publish(shmq_seg_t *q, uint64_t handle)
             return rc == SHMQ_ESEALED ? SHMQ_ECORRUPT : SHMQ_FULL;
         if (rc == SHMQ_ESEALED && shmq_load_acquire(&h->area_tail) != ai)
             continue;
-        rc = shmq_seg_grow(q, ai, 0);
+        rc = shmq_seg_grow(q, ai, 0, lock_until(0));
         if (rc != SHMQ_OK)
             return rc == SHMQ_ENOMEM ? SHMQ_FULL : rc;
     }
@@ -841,20 +926,10 @@ int shmq_q_id_present(shmq_seg_t *q, uint64_t id)
     return 0;
 }
 
-void shmq_q_timer_hint(shmq_seg_t *q, uint64_t t)
+void shmq_q_rewake_getters(shmq_seg_t *q)
 {
-    uint64_t *hp = &q->hdr->ack.timer_hint_ns;
-    uint64_t v = shmq_load_relaxed(hp);
-    int lowered = 0;
-    while (t < v) {
-        if (shmq_cas_seq(hp, &v, t)) { /* seq_cst: ordered after the descriptor change it announces */
-            lowered = 1;
-            break;
-        }
-    }
-    if (lowered && shmq_load_seq(&q->hdr->waiters_get)) {
-        /* sleepers chose their wake-up time from the old hint: make them choose again */
-        shmq_fetch_add_seq(&q->hdr->not_empty_seq, 2);
+    if (shmq_load_seq(&q->hdr->waiters_get)) {
+        shmq_fetch_add_seq(&q->hdr->not_empty_seq, 2); /* 2: bit 0 is the pending-wake flag */
         shmq_futex_wake(&q->hdr->not_empty_seq, INT32_MAX);
     }
 }
@@ -864,7 +939,7 @@ uint64_t shmq_depth(shmq_seg_t *q)
     shmq_header_t *h = q->hdr;
     uint32_t head = shmq_load_acquire(&h->area_head), tail = shmq_load_acquire(&h->area_tail);
     uint64_t n = 0;
-    for (uint32_t i = head; i <= tail && i < h->max_areas; i++) {
+    for (uint32_t i = head; i <= tail && i < q->max_areas; i++) {
         int rc;
         shmq_area_t *a = shmq_seg_area_live(q, i, &rc);
         if (a)
@@ -879,52 +954,11 @@ static void reclaim_all_try(shmq_seg_t *q)
 {
     shmq_area_t *a;
     for (uint32_t i = 0; (a = shmq_q_area_next(q, &i)) != NULL; i++) {
-        if (!shmq_load_relaxed(&a->hdr->returning) || shmq_lock_try(q, &a->hdr->arena_lock) != SHMQ_OK)
+        if (!shmq_load_relaxed(&a->hdr->returning) || shmq_lock_try(q, &a->hdr->arena_lock, &a->arena_busy) != SHMQ_OK)
             continue;
         reclaim_returning_locked(q, a);
-        shmq_lock_release(q, &a->hdr->arena_lock);
+        shmq_lock_release(q, &a->hdr->arena_lock, &a->arena_busy);
     }
-}
-
-/* At-least-once: count descriptors by state (exact when quiescent, whatever crashed) and read
- * the settle counters. The ring count overstates the ready messages (stale cells). */
-static void ack_stats(shmq_seg_t *q, shmq_stats_t *st)
-{
-    shmq_header_t *h = q->hdr;
-    uint64_t ready = 0, oldest = 0;
-    shmq_area_t *a;
-    for (uint32_t i = 0; (a = shmq_q_area_next(q, &i)) != NULL; i++) {
-        for (uint32_t k = 0; k < a->n_desc; k++) {
-            shmq_desc_t *d = desc_at(a, k);
-            uint32_t s = shmq_desc_state(shmq_load_acquire(&d->word));
-            if (s == SHMQ_D_READY) {
-                ready++;
-                uint64_t ts = d->timestamp_ns;
-                if (ts && (!oldest || ts < oldest))
-                    oldest = ts;
-            } else if (s == SHMQ_D_INFLIGHT || s == SHMQ_D_SETTLING) {
-                st->in_flight++;
-            } else if (s == SHMQ_D_DELAYED) {
-                st->delayed++;
-            }
-        }
-    }
-    st->depth = ready;
-    st->oldest_ready_ns = oldest;
-    st->acked = shmq_load_relaxed(&h->ack.acked);
-    st->redelivered = shmq_load_relaxed(&h->ack.redelivered);
-    st->dead_lettered = shmq_load_relaxed(&h->ack.dead_lettered);
-    st->expired = shmq_load_relaxed(&h->ack.expired);
-    st->dead_letter_failed = shmq_load_relaxed(&h->ack.dead_letter_failed);
-    st->dedup_hits = shmq_load_relaxed(&h->ack.dedup_hits);
-    st->visibility_ns = h->ack.visibility_ns;
-    st->max_deliveries = h->ack.max_deliveries;
-    st->default_delay_ns = h->ack.default_delay_ns;
-    st->default_ttl_ns = h->ack.default_ttl_ns;
-    st->dedup_window_ns = h->ack.dedup_window_ns;
-    st->dedup_slots = h->ack.dedup_slots;
-    memcpy(st->dead_letter, h->ack.dead_letter, sizeof st->dead_letter);
-    st->dead_letter[sizeof st->dead_letter - 1] = 0; /* untrusted: terminated */
 }
 
 void shmq_stats(shmq_seg_t *q, shmq_stats_t *st)
@@ -963,9 +997,9 @@ void shmq_stats(shmq_seg_t *q, shmq_stats_t *st)
     st->kind = h->kind;
     st->mode = h->mode;
     st->max_slots = h->max_slots;
-    shmq_seg_participants(q, &st->attached, &st->producers, &st->consumers);
-    if (h->flags & SHMQ_F_ACK)
-        ack_stats(q, st);
+    shmq_part_count(q, &st->attached, &st->producers, &st->consumers);
+    if (shmq_q_hooks(q)->stats)
+        shmq_q_hooks(q)->stats(q, st);
 }
 
 /* ---------------------------------------------------------------- join */
@@ -1051,16 +1085,23 @@ static void free_dead_desc(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d, uint64
     /* A repairer killed here leaves the descriptor stamped with its own (now dead) id: the
      * repair of the repairer frees it. Nothing is lost that was not already lost. */
     SHMQ_CRASH_POINT(mid_repair);
-    chunk_free(q, a, d);
-    shmq_exchange_seq(&d->word, shmq_desc_word(shmq_desc_dgen(w), SHMQ_D_FREE, 0));
-    if (h->maxsize)
-        __atomic_fetch_sub(&h->count, 1, __ATOMIC_SEQ_CST);
+    release_with_unit(q, a, d, desc_release);
     if (was_ready && (h->flags & SHMQ_F_JOINABLE))
         __atomic_fetch_sub(&h->unfinished, 1, __ATOMIC_SEQ_CST);
 }
 
+static void queue_repair_owner(shmq_seg_t *q, uint32_t dead);
+/* The owner's kind's repair (a kind over the queue may extend it). */
+static void queue_repair_owner_via_ops(shmq_seg_t *q, uint32_t dead)
+{
+    if (q->ops && q->ops->repair_owner)
+        q->ops->repair_owner(q, dead);
+    else
+        queue_repair_owner(q, dead);
+}
+
 /* Free everything the dead owner id still holds. Idempotent; any live participant may run it. */
-void shmq_queue_repair_owner(shmq_seg_t *q, uint32_t dead)
+static void queue_repair_owner(shmq_seg_t *q, uint32_t dead)
 {
     shmq_header_t *h = q->hdr;
     uint64_t t0 = shmq_now_mono_ns();
@@ -1080,15 +1121,15 @@ void shmq_queue_repair_owner(shmq_seg_t *q, uint32_t dead)
                 free_dead_desc(q, a, d, w, 0);
             else if (st == SHMQ_D_READY)
                 any_ready = 1;
-            else if ((h->flags & SHMQ_F_ACK) && (st == SHMQ_D_INFLIGHT || st == SHMQ_D_SETTLING || st == SHMQ_D_MOVING))
-                shmq_lease_repair_desc(q, a, d, w); /* its deliveries go back (or on to the DLQ) */
+            else if (st != SHMQ_D_FREE && shmq_q_hooks(q)->repair_desc)
+                shmq_q_hooks(q)->repair_desc(q, a, d, w); /* the kind's states (deliveries go back) */
         }
     }
     if (any_ready) {
         /* READY but in no ring: the producer died between READY and its publishing CAS. A dead
          * producer can publish nothing more, so "not referenced now" means never. */
         uint8_t **maps = referenced_map(q);
-        for (uint32_t i = 0; maps && i <= tail && i < h->max_areas; i++) {
+        for (uint32_t i = 0; maps && i <= tail && i < q->max_areas; i++) {
             shmq_area_t *a = q->areas[i].base ? &q->areas[i] : NULL;
             if (!a || !maps[i] || shmq_load_acquire(&h->areas[i].state) == SHMQ_AREA_RETIRED)
                 continue;
@@ -1097,7 +1138,7 @@ void shmq_queue_repair_owner(shmq_seg_t *q, uint32_t dead)
                 uint64_t w = shmq_load_acquire(&d->word);
                 if (shmq_desc_owner(w) != dead || shmq_desc_state(w) != SHMQ_D_READY || (maps[i][k / 8] & (1u << (k % 8))))
                     continue;
-                if (h->flags & SHMQ_F_ACK) {
+                if (shmq_q_hooks(q)->keep_orphans) {
                     /* At-least-once: a message made READY (sent, requeued or promoted) is
                      * never dropped: publish it for the dead one (take it over first). */
                     uint64_t exp = w, mine = shmq_desc_word(shmq_desc_dgen(w), SHMQ_D_READY, q->owner);
@@ -1106,7 +1147,7 @@ void shmq_queue_repair_owner(shmq_seg_t *q, uint32_t dead)
                         /* no ring room now: an expired lease owned by nobody; the scan retries */
                         d->deadline_ns = 1;
                         shmq_store_release(&d->word, shmq_desc_word(shmq_desc_dgen(w), SHMQ_D_INFLIGHT, 0));
-                        shmq_q_timer_hint(q, 1);
+                        shmq_q_hooks(q)->timer(q, 1);
                     }
                     continue;
                 }
@@ -1124,40 +1165,60 @@ void shmq_queue_repair_owner(shmq_seg_t *q, uint32_t dead)
         wake_getters(q);
 }
 
-/* Caller holds slot s's lock byte (it is the elected repairer of s). */
-void shmq_queue_repair_slot(shmq_seg_t *q, uint32_t s)
+static const shmq_queue_hooks_t queue_hooks = {.ops = {.name = "queue", .repair_owner = queue_repair_owner}};
+const shmq_queue_hooks_t shmq_q_no_hooks = {.ops = {.name = "segment"}};
+
+void shmq_queue_bind(shmq_seg_t *q) { q->ops = &queue_hooks.ops; }
+
+void shmq_q_bind_hooks(shmq_seg_t *q, const shmq_queue_hooks_t *hk) { q->ops = &hk->ops; }
+
+/* The queue's repair, for kinds whose ops reuse it (lease.c). */
+void shmq_q_repair_owner(shmq_seg_t *q, uint32_t dead) { queue_repair_owner(q, dead); }
+
+/* Descriptors held by an owner whose slot is FREE (it detached while a thread of it still held
+ * a message) or was reused since (another generation): no slot repair will ever visit them, so
+ * they are repaired here, as the owner's death (issue 11 item 1). O(descriptors), so at most
+ * once a second per handle. READY and RETURNING are not held by their stamp's owner. */
+#define SHMQ_STALE_SWEEP_NS (1000ull * 1000 * 1000)
+static int repair_stale_owners(shmq_seg_t *q)
 {
-    shmq_slot_t *sl = &q->slots[s];
-    uint32_t dead = shmq_owner_make(s, shmq_load_relaxed(&sl->gen));
-    shmq_queue_repair_owner(q, dead);
-    shmq_seg_fold_slot(q, s);
-    shmq_store_seq(&sl->state, SHMQ_SLOT_FREE);
+    uint64_t now = shmq_now_mono_ns();
+    if (now - q->last_stale_ns < SHMQ_STALE_SWEEP_NS)
+        return 0;
+    q->last_stale_ns = now;
+    int n = 0, nd = 0;
+    uint32_t done[16];
+    shmq_area_t *a;
+    for (uint32_t i = 0; (a = shmq_q_area_next(q, &i)) != NULL; i++)
+        for (uint32_t k = 0; k < a->n_desc; k++) {
+            uint64_t w = shmq_load_acquire(&desc_at(a, k)->word);
+            uint32_t st = shmq_desc_state(w), owner = shmq_desc_owner(w), s = shmq_owner_slot(owner);
+            if (st == SHMQ_D_FREE || st == SHMQ_D_READY || st == SHMQ_D_RETURNING || owner == 0 || owner == q->owner)
+                continue;
+            if (s < q->max_slots && shmq_load_acquire(&q->slots[s].state) == SHMQ_SLOT_ATTACHED &&
+                (shmq_load_acquire(&q->slots[s].gen) & SHMQ_OWNER_GEN_MASK) == shmq_owner_gen(owner))
+                continue; /* its slot's own (alive, or dead and elected for repair by slot) */
+            int seen = 0;
+            for (int j = 0; j < nd && !seen; j++)
+                seen = done[j] == owner;
+            if (seen)
+                continue; /* one repair of an owner covers all its descriptors */
+            queue_repair_owner_via_ops(q, owner);
+            if (nd < 16)
+                done[nd++] = owner;
+            n++;
+        }
+    return n;
 }
 
 int shmq_repair_dead(shmq_seg_t *q)
 {
-    int n = 0;
     if (q->slot == UINT32_MAX)
         return 0; /* an inspector has no owner id to act under */
     reclaim_all_try(q);
-    uint32_t hwm = shmq_load_relaxed(&q->hdr->slot_hwm);
-    if (hwm > q->max_slots)
-        hwm = q->max_slots; /* untrusted */
-    for (uint32_t s = 0; s < hwm; s++) {
-        if (s == q->slot || shmq_load_acquire(&q->slots[s].state) != SHMQ_SLOT_ATTACHED)
-            continue;
-        if (shmq_seg_slot_alive(q, s))
-            continue;
-        /* Elect the repairer: whoever takes the dead slot's lock byte. If this process dies while
-         * repairing, the kernel drops the byte and the next one redoes the (idempotent) work. */
-        if (shmq_seg_lock_slot(q, s) != SHMQ_OK)
-            continue;
-        if (shmq_load_acquire(&q->slots[s].state) == SHMQ_SLOT_ATTACHED) {
-            shmq_queue_repair_slot(q, s);
-            n++;
-        }
-        shmq_seg_unlock_slot(q, s);
-    }
+    int n = shmq_part_repair_dead(q);
+    n += repair_stale_owners(q);
+    units_recount(q); /* after the repairs: units leaked by a death between a unit and its descriptor */
     return n;
 }
 
@@ -1165,7 +1226,7 @@ int shmq_peek(shmq_seg_t *q, uint64_t n, shmq_peek_t *out, void *buf, uint64_t c
 {
     shmq_header_t *h = q->hdr;
     uint32_t head = shmq_load_acquire(&h->area_head), tail = shmq_load_acquire(&h->area_tail);
-    for (uint32_t ai = head; ai <= tail && ai < h->max_areas; ai++) {
+    for (uint32_t ai = head; ai <= tail && ai < q->max_areas; ai++) {
         int rc;
         shmq_area_t *a = shmq_seg_area_live(q, ai, &rc);
         if (!a)
@@ -1195,8 +1256,8 @@ int shmq_peek(shmq_seg_t *q, uint64_t n, shmq_peek_t *out, void *buf, uint64_t c
                                        : (!shmq_arena_ref_valid(da, chunk, order) || size > ((uint64_t)SHMQ_ARENA_UNIT << order)))
                 return SHMQ_ECORRUPT;
             const uint8_t *src = chunk == SHMQ_NO_CHUNK ? d->inline_data : da->arena + (uint64_t)chunk * SHMQ_ARENA_UNIT;
-            if (h->flags & SHMQ_F_ACK) { /* the body only: past the meta and header blocks */
-                uint64_t skip = SHMQ_ACK_META + (uint64_t)d->hdr_size;
+            if (shmq_q_hooks(q)->prefix) { /* the body only: past the kind's and the header blocks */
+                uint64_t skip = shmq_q_hooks(q)->prefix + (uint64_t)d->hdr_size;
                 if (skip > size)
                     return SHMQ_ECORRUPT;
                 src += skip;
@@ -1240,7 +1301,7 @@ void shmq_check(shmq_seg_t *q, shmq_check_t *out)
     memset(out, 0, sizeof *out);
     uint8_t **maps = referenced_map(q);
     uint32_t tail = shmq_load_acquire(&h->area_tail);
-    for (uint32_t i = 0; i <= tail && i < h->max_areas; i++) {
+    for (uint32_t i = 0; i <= tail && i < q->max_areas; i++) {
         int rc;
         shmq_area_t *a = shmq_seg_area_live(q, i, &rc);
         if (!a) {
@@ -1262,7 +1323,7 @@ void shmq_check(shmq_seg_t *q, shmq_check_t *out)
                     out->orphan_ready++;
             } else {
                 out->owned_desc++;
-                if (!shmq_seg_owner_alive(q, shmq_desc_owner(w)))
+                if (!shmq_part_owner_alive(q, shmq_desc_owner(w)))
                     out->dead_owned++;
             }
             if (d->chunk != SHMQ_NO_CHUNK) {

@@ -104,6 +104,9 @@ typedef struct {
     uint64_t queued;        /* ring count over all areas */
 } shmq_check_t;
 
+/* Bind the plain queue's hooks (repair) to an opened segment (kinds.c). */
+void shmq_queue_bind(shmq_seg_t *q);
+
 /* deadline_ns: 0 = do not wait, SHMQ_NO_DEADLINE = wait forever, else absolute monotonic. */
 /* SHMQ_OK, SHMQ_FULL/SHMQ_TIMEOUT (no room in time), SHMQ_ETOOBIG, SHMQ_EINTR, SHMQ_ENOMEM, SHMQ_ESYS. */
 int shmq_put(shmq_seg_t *q, const shmq_iov_t *iov, uint32_t n, uint32_t kind, uint64_t deadline_ns, uint64_t *id_out);

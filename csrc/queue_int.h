@@ -21,15 +21,45 @@ shmq_area_t *shmq_q_area_next(shmq_seg_t *q, uint32_t *i);
 /* untrusted: the payload of a descriptor we own lies inside it or its arena block. */
 int shmq_q_payload_valid(shmq_area_t *a, shmq_desc_t *d);
 
-/* What an at-least-once send adds to a put. */
+/* What a kind layered over the queue adds to a put (lease.c: sends). */
 typedef struct {
     uint64_t id;        /* 0: assign the next id; else this pre-reserved one (dedup) */
-    uint64_t delay_ns;  /* > 0: DELAYED until now + delay_ns, not published */
+    uint64_t delay_ns;  /* > 0: DELAYED until now + delay_ns, not published (the kind's timers publish it) */
     uint64_t expire_ns; /* monotonic TTL deadline, 0 = none */
-    const void *hdr;    /* header block written after the meta block */
-    uint32_t hdr_size;
+    uint32_t hdr_size;  /* recorded in the descriptor: header bytes the kind put in front of the body */
     uint32_t priority;
 } shmq_put_ext_t;
+
+/* The hooks a kind layered over the queue registers (DESIGN §1): the queue calls them and knows
+ * nothing else of the kind. A kind's ops start with these (ops is their first member), so
+ * q->ops of any queue kind reads as shmq_queue_hooks_t. NULL hooks are skipped. */
+typedef struct shmq_queue_hooks {
+    shmq_ops_t ops;
+    uint32_t prefix;    /* bytes of the kind's own block before the header block (peek skips them) */
+    int keep_orphans;   /* repair publishes a dead producer's unpublished READY message, never drops it */
+    /* a plain put on this kind: the kind supplies its defaults and layout (returns put's codes) */
+    int (*put)(shmq_seg_t *q, const shmq_iov_t *iov, uint32_t n, uint32_t kind, uint64_t deadline_ns, uint64_t *id_out);
+    /* before a consumer looks for messages: the kind's timers and liveness */
+    void (*before_take)(shmq_seg_t *q);
+    /* a message was claimed (READING, or mode 1: INFLIGHT with a new generation) and m filled as a
+     * plain queue sees it: adjust m (body past the kind's blocks, lease token); SHMQ_OK delivers,
+     * SHMQ_EAGAIN means the kind disposed of it (TTL passed) and the consumer looks again */
+    int (*taken)(shmq_seg_t *q, shmq_msg_t *m, int mode);
+    /* the earliest monotonic time a sleeping consumer must look again (timers), or SHMQ_NO_DEADLINE */
+    uint64_t (*wake_at)(shmq_seg_t *q);
+    /* a deadline the kind must act on (a delayed or expiring put) */
+    void (*timer)(shmq_seg_t *q, uint64_t t);
+    /* repair: a dead owner's descriptor in a state the queue does not own (the kind's states) */
+    void (*repair_desc)(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d, uint64_t w);
+    /* stats: the kind's figures (after the queue's) */
+    void (*stats)(shmq_seg_t *q, shmq_stats_t *st);
+} shmq_queue_hooks_t;
+
+extern const shmq_queue_hooks_t shmq_q_no_hooks;
+static inline const shmq_queue_hooks_t *shmq_q_hooks(const shmq_seg_t *q)
+{
+    return SHMQ_LIKELY(q->ops != NULL) ? (const shmq_queue_hooks_t *)q->ops : &shmq_q_no_hooks;
+}
 
 int shmq_q_put(shmq_seg_t *q, const shmq_iov_t *iov, uint32_t n, uint32_t kind, uint64_t deadline_ns,
                uint64_t *id_out, const shmq_put_ext_t *x);
@@ -40,21 +70,13 @@ int shmq_q_take(shmq_seg_t *q, shmq_msg_t *m, uint64_t deadline_ns, int mode);
 int shmq_q_publish(shmq_seg_t *q, uint64_t handle);
 /* Return a descriptor we own (its chunk, then FREE) and the maxsize unit; wakes putters. */
 void shmq_q_release_owned(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d);
-void shmq_q_wake_getters(shmq_seg_t *q);
 /* 1 if some descriptor that will be (or was) delivered carries message id. */
 int shmq_q_id_present(shmq_seg_t *q, uint64_t id);
-/* Lower the timer hint to t (CAS-min); wakes sleepers when it moved earlier. */
-void shmq_q_timer_hint(shmq_seg_t *q, uint64_t t);
-
-/* At most one timer scan per this interval; sleepers never wake for timers sooner than it. */
-#define SHMQ_TIMER_GAP_NS (1000ull * 1000)
-
-/* lease.c hooks called by the queue */
-/* A taken message (mode 1 claimed INFLIGHT, mode 0 READING) whose TTL passed: dead-letter or drop. */
-void shmq_lease_expire_taken(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d, uint64_t w);
-/* Repair: handle a dead owner's at-least-once states (INFLIGHT, SETTLING, MOVING). */
-void shmq_lease_repair_desc(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d, uint64_t w);
-/* Run due timers if the hint says some are due (cheap check first). */
-void shmq_lease_timers_maybe(shmq_seg_t *q, uint64_t now);
+/* Make every sleeping consumer choose its wake-up time again (a timer moved earlier). */
+void shmq_q_rewake_getters(shmq_seg_t *q);
+/* The queue's own repair of a dead owner (kinds over the queue reuse it as their ops' repair). */
+void shmq_q_repair_owner(shmq_seg_t *q, uint32_t dead);
+/* Bind a kind's hooks (their ops first) to an opened segment. */
+void shmq_q_bind_hooks(shmq_seg_t *q, const shmq_queue_hooks_t *hk);
 
 #endif

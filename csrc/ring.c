@@ -18,9 +18,13 @@ void shmq_ring_init(shmq_ring_t *r)
     shmq_store_release(r->tail, 0);
 }
 
+/* untrusted: every loop over cells is bounded. A consistent ring needs at most a lap of helping
+ * moves (plus the retries of lost CASes); a hostile word that keeps it going longer is garbage. */
+static inline uint64_t loop_bound(const shmq_ring_t *r) { return 4 * (r->mask + 1) + 4096; }
+
 int shmq_ring_put_mpmc(shmq_ring_t *r, uint64_t handle)
 {
-    for (;;) {
+    for (uint64_t n = loop_bound(r); n; n--) {
         uint64_t t = shmq_load_acquire(r->tail); /* acquire: pairs with the index CAS of the last publisher */
         shmq_cell_t *c = &r->cells[t & r->mask];
         uint32_t lap = (uint32_t)(t >> r->log2);
@@ -59,11 +63,12 @@ int shmq_ring_put_mpmc(shmq_ring_t *r, uint64_t handle)
         if (shmq_load_acquire(r->tail) == t)
             return SHMQ_FULL;
     }
+    return SHMQ_ECORRUPT;
 }
 
 int shmq_ring_get_mpmc(shmq_ring_t *r, shmq_take_fn take, void *ctx, uint64_t *handle)
 {
-    for (;;) {
+    for (uint64_t n = loop_bound(r); n; n--) {
         uint64_t hd = shmq_load_acquire(r->head);
         shmq_cell_t *c = &r->cells[hd & r->mask];
         uint32_t lap = (uint32_t)(hd >> r->log2);
@@ -108,11 +113,12 @@ int shmq_ring_get_mpmc(shmq_ring_t *r, shmq_take_fn take, void *ctx, uint64_t *h
         if (shmq_load_acquire(r->head) == hd)
             return SHMQ_EMPTY;
     }
+    return SHMQ_ECORRUPT;
 }
 
 int shmq_ring_seal_mpmc(shmq_ring_t *r)
 {
-    for (;;) {
+    for (uint64_t n = loop_bound(r); n; n--) {
         uint64_t t = shmq_load_acquire(r->tail);
         shmq_cell_t *c = &r->cells[t & r->mask];
         uint32_t lap = (uint32_t)(t >> r->log2);
@@ -137,6 +143,7 @@ int shmq_ring_seal_mpmc(shmq_ring_t *r)
         }
         return SHMQ_EAGAIN;
     }
+    return SHMQ_ECORRUPT;
 }
 
 uint64_t shmq_ring_count(const shmq_ring_t *r)

@@ -14,15 +14,10 @@
 #include "arena.h"
 #include "atomic.h"
 #include "crashpoint.h"
-#include "dedup.h"
 #include "desc.h"
 #include "lock.h"
+#include "participants.h"
 #include "wait.h"
-
-/* Implemented in queue.c: return a dead participant's claims to the queue. The caller holds
- * the slot's lock byte, so it is the only repairer of that slot. */
-void shmq_queue_repair_slot(shmq_seg_t *seg, uint32_t s);
-void shmq_queue_repair_owner(shmq_seg_t *seg, uint32_t dead);
 
 static const char *const rc_names[] = {
     "ok", "empty", "full", "timed out", "interrupted", "message too big", "corrupt segment",
@@ -182,7 +177,7 @@ static int header_check(const shmq_header_t *h, uint64_t fsize)
         return SHMQ_ECORRUPT;
     if (h->max_slots == 0 || h->max_slots > SHMQ_MAX_SLOTS || h->slots_off != SHMQ_HEADER_SIZE)
         return SHMQ_ECORRUPT;
-    if (h->max_areas == 0 || h->max_areas > SHMQ_MAX_AREAS)
+    if (h->max_areas == 0 || h->max_areas > SHMQ_MAX_AREAS || h->maxsize > UINT32_MAX - 1)
         return SHMQ_ECORRUPT;
     const shmq_area_ent_t *a0 = &h->areas[0];
     if (a0->state != 1 || a0->off % 4096 || a0->off < h->slots_off + (uint64_t)h->max_slots * sizeof(shmq_slot_t))
@@ -193,32 +188,41 @@ static int header_check(const shmq_header_t *h, uint64_t fsize)
         return SHMQ_ECORRUPT;
     if (!(h->flags & SHMQ_F_GROWABLE) && h->area_tail != 0)
         return SHMQ_ECORRUPT;
-    if (h->flags & SHMQ_F_ACK) {
-        const shmq_ack_hdr_t *k = &h->ack;
-        uint64_t slots_end = h->slots_off + (uint64_t)h->max_slots * sizeof(shmq_slot_t);
-        /* untrusted: the dedup table must lie between the slots and area 0 */
-        if (k->dedup_slots == 0 || (k->dedup_slots & (k->dedup_slots - 1)) || k->dedup_slots > (1u << 24))
+    /* untrusted: regions lie between the slots and area 0, aligned, in order, not overlapping;
+     * unused entries follow the used ones and are zero */
+    uint64_t end = h->slots_off + (uint64_t)h->max_slots * sizeof(shmq_slot_t);
+    int unused = 0;
+    for (uint32_t i = 0; i < SHMQ_MAX_REGIONS; i++) {
+        const shmq_region_t *r = &h->regions[i];
+        if (r->kind == 0) {
+            if (r->off || r->size)
+                return SHMQ_ECORRUPT;
+            unused = 1;
+            continue;
+        }
+        if (unused || r->kind > SHMQ_REGION_KIND_MAX || r->off % SHMQ_REGION_ALIGN || r->off < end ||
+            r->size == 0 || r->size > a0->off || r->off > a0->off - r->size)
             return SHMQ_ECORRUPT;
-        if (k->dedup_off < slots_end || k->dedup_off % 64 ||
-            k->dedup_off + (uint64_t)k->dedup_slots * SHMQ_DEDUP_ENT_SIZE > a0->off)
-            return SHMQ_ECORRUPT;
-        if (k->max_deliveries == 0 || k->max_deliveries > 65535 || k->visibility_ns == 0)
-            return SHMQ_ECORRUPT;
-        if (memchr(k->dead_letter, 0, sizeof k->dead_letter) == NULL)
-            return SHMQ_ECORRUPT;
+        for (uint32_t j = 0; j < i; j++)
+            if (h->regions[j].kind == r->kind)
+                return SHMQ_ECORRUPT; /* one region per kind */
+        end = r->off + r->size;
     }
     return SHMQ_OK;
 }
 
-/* Process-local copies of the at-least-once options (from a validated header). */
-static void ack_bind(shmq_seg_t *seg, const shmq_header_t *h)
+uint8_t *shmq_seg_region(shmq_seg_t *seg, uint32_t kind, uint64_t *size)
 {
-    if (!(h->flags & SHMQ_F_ACK))
-        return;
-    seg->dedup = (shmq_dedup_ent_t *)(seg->map0 + h->ack.dedup_off);
-    seg->dedup_slots = h->ack.dedup_slots;
-    seg->max_deliveries = h->ack.max_deliveries;
-    seg->visibility_ns = h->ack.visibility_ns;
+    /* the table was validated at open against the mapping (map_main's re-check) */
+    for (uint32_t i = 0; i < SHMQ_MAX_REGIONS; i++) {
+        const shmq_region_t *r = &seg->hdr->regions[i];
+        if (r->kind == kind && r->off + r->size <= seg->map0_len) {
+            *size = r->size;
+            return seg->map0 + r->off;
+        }
+    }
+    *size = 0;
+    return NULL;
 }
 
 static void seg_reset(shmq_seg_t *seg)
@@ -241,6 +245,8 @@ static int map_main(shmq_seg_t *seg)
     memcpy(&copy, p, sizeof copy); /* validate a private copy: the file may change under us */
     munmap(p, SHMQ_HEADER_SIZE);
     int rc = header_check(&copy, fsize);
+    if (rc == SHMQ_EINCOMPAT)
+        seg->err = (int)(copy.version & 0x7fffffff); /* the version found, for the message naming both */
     if (rc != SHMQ_OK)
         return rc;
     uint64_t len = copy.areas[0].off + copy.areas[0].size;
@@ -254,8 +260,8 @@ static int map_main(shmq_seg_t *seg)
     if (memcmp(seg->hdr, &copy, offsetof(shmq_header_t, _pad0)) != 0 || header_check(seg->hdr, fsize) != SHMQ_OK)
         return SHMQ_ECORRUPT;
     seg->max_slots = copy.max_slots;
+    seg->max_areas = copy.max_areas; /* untrusted: loops use this copy, never the live word */
     seg->slots = (shmq_slot_t *)((uint8_t *)p + copy.slots_off);
-    ack_bind(seg, &copy);
     int arc;
     if (!shmq_seg_area(seg, 0, &arc))
         return arc;
@@ -288,24 +294,27 @@ int shmq_seg_open(shmq_seg_t *seg, const char *path, int fd)
     return rc;
 }
 
-int shmq_seg_create(shmq_seg_t *seg, const shmq_create_opts_t *o, int exist_ok, int *created)
+int shmq_seg_create(shmq_seg_t *seg, const shmq_create_opts_t *o, const shmq_region_req_t *regions, uint32_t n_regions,
+                    int exist_ok, int *created)
 {
     seg_reset(seg);
     *created = 0;
     uint32_t slots = o->max_slots ? o->max_slots : SHMQ_DEFAULT_SLOTS;
-    if (slots > SHMQ_MAX_SLOTS || o->kind < SHMQ_KIND_QUEUE || o->kind > SHMQ_KIND_TOPIC)
+    if (slots > SHMQ_MAX_SLOTS || o->kind < SHMQ_KIND_QUEUE || o->kind > SHMQ_KIND_TOPIC ||
+        o->maxsize > UINT32_MAX - 1) /* units are 32 bits of h->count (queue.c) */
         return SHMQ_EINVAL;
-    uint64_t slots_end = SHMQ_HEADER_SIZE + (uint64_t)slots * sizeof(shmq_slot_t);
-    uint32_t dedup_slots = 0;
-    if (o->flags & SHMQ_F_ACK) {
-        dedup_slots = o->dedup_slots ? o->dedup_slots : SHMQ_DEDUP_DEFAULT_SLOTS;
-        if ((dedup_slots & (dedup_slots - 1)) || dedup_slots > (1u << 24) || o->max_deliveries == 0 ||
-            o->max_deliveries > 65535 || o->visibility_ns == 0 ||
-            (o->dead_letter && strlen(o->dead_letter) >= SHMQ_DLQ_NAME_MAX))
+    if (n_regions > SHMQ_MAX_REGIONS)
+        return SHMQ_EINVAL;
+    uint64_t reg_off[SHMQ_MAX_REGIONS];
+    uint64_t end = SHMQ_HEADER_SIZE + (uint64_t)slots * sizeof(shmq_slot_t);
+    for (uint32_t i = 0; i < n_regions; i++) {
+        if (regions[i].kind == 0 || regions[i].kind > SHMQ_REGION_KIND_MAX || regions[i].size == 0 ||
+            regions[i].size > (1ull << 40))
             return SHMQ_EINVAL;
+        reg_off[i] = SHMQ_ALIGN_UP(end, SHMQ_REGION_ALIGN);
+        end = reg_off[i] + regions[i].size;
     }
-    uint64_t dedup_off = SHMQ_ALIGN_UP(slots_end, 64);
-    uint64_t a0off = SHMQ_ALIGN_UP(dedup_off + (uint64_t)dedup_slots * SHMQ_DEDUP_ENT_SIZE, 4096);
+    uint64_t a0off = SHMQ_ALIGN_UP(end, 4096);
     uint64_t a0size = SHMQ_ALIGN_UP(o->capacity, 4096);
     if (a0size > a0off + SHMQ_MIN_AREA_SIZE && (o->flags & SHMQ_F_GROWABLE))
         a0size -= a0off; /* growable: the whole first file is `capacity` bytes */
@@ -352,6 +361,7 @@ int shmq_seg_create(shmq_seg_t *seg, const shmq_create_opts_t *o, int exist_ok, 
     seg->map0_len = total;
     seg->hdr = (shmq_header_t *)p;
     seg->max_slots = slots;
+    seg->max_areas = (o->flags & SHMQ_F_GROWABLE) ? SHMQ_MAX_AREAS : 1;
     seg->slots = (shmq_slot_t *)((uint8_t *)p + SHMQ_HEADER_SIZE);
     shmq_header_t *h = seg->hdr;
     memset(h, 0, sizeof *h);
@@ -375,20 +385,13 @@ int shmq_seg_create(shmq_seg_t *seg, const shmq_create_opts_t *o, int exist_ok, 
     h->areas[0].off = a0off;
     h->areas[0].size = a0size;
     h->areas[0].state = 1;
-    if (o->flags & SHMQ_F_ACK) {
-        shmq_ack_hdr_t *k = &h->ack;
-        k->visibility_ns = o->visibility_ns;
-        k->default_delay_ns = o->default_delay_ns;
-        k->default_ttl_ns = o->default_ttl_ns;
-        k->dedup_window_ns = o->dedup_window_ns;
-        k->dedup_off = dedup_off;
-        k->dedup_slots = dedup_slots;
-        k->max_deliveries = o->max_deliveries;
-        if (o->dead_letter)
-            strcpy(k->dead_letter, o->dead_letter); /* length checked above */
-        k->timer_hint_ns = SHMQ_NO_DEADLINE;
-        /* the table itself is zero (EMPTY entries): posix_fallocate'd pages read as zeros */
-        ack_bind(seg, h);
+    for (uint32_t i = 0; i < n_regions; i++) {
+        h->regions[i].kind = regions[i].kind;
+        h->regions[i].off = reg_off[i];
+        h->regions[i].size = regions[i].size;
+        /* the region's pages are zero (posix_fallocate'd); its owner builds the rest */
+        if (regions[i].init)
+            regions[i].init(regions[i].ctx, (uint8_t *)p + reg_off[i], regions[i].size);
     }
     area_init(&seg->areas[0], (uint8_t *)p + a0off, a0size, 0);
     shmq_store_release(&h->init_state, SHMQ_READY); /* release: everything above is visible first */
@@ -425,7 +428,7 @@ shmq_area_t *shmq_seg_area_live(shmq_seg_t *seg, uint32_t i, int *rc)
 shmq_area_t *shmq_seg_area_map(shmq_seg_t *seg, uint32_t i, int *rc)
 {
     *rc = SHMQ_ECORRUPT;
-    if (i >= SHMQ_MAX_AREAS || i >= seg->hdr->max_areas) /* untrusted: index from a handle or cursor */
+    if (i >= seg->max_areas) /* untrusted: index from a handle or cursor; bound copied at open */
         return NULL;
     shmq_area_t *a = &seg->areas[i];
     if (SHMQ_LIKELY(a->base != NULL))
@@ -499,7 +502,7 @@ static void retire_drained(shmq_seg_t *seg)
     shmq_header_t *h = seg->hdr;
     uint32_t head = shmq_load_acquire(&h->area_head);
     /* Area 0 shares the first mapping with the header and is small: it is kept. */
-    for (uint32_t i = 1; i < head && i < h->max_areas; i++) {
+    for (uint32_t i = 1; i < head && i < seg->max_areas; i++) {
         shmq_area_ent_t *e = &h->areas[i];
         if (shmq_load_acquire(&e->state) != 1)
             continue;
@@ -523,26 +526,35 @@ static void retire_drained(shmq_seg_t *seg)
     }
 }
 
-int shmq_seg_grow(shmq_seg_t *seg, uint32_t from, uint64_t need)
+int shmq_seg_grow(shmq_seg_t *seg, uint32_t from, uint64_t need, uint64_t lock_deadline_ns)
 {
     shmq_header_t *h = seg->hdr;
     if (!(h->flags & SHMQ_F_GROWABLE))
         return SHMQ_FULL;
-    shmq_lock_acquire(seg, &h->grow_lock, SHMQ_NO_DEADLINE); /* a dead holder's work is redone below */
+    /* a dead holder's work is redone below; a live one that holds it past our deadline: FULL */
+    if (shmq_lock_acquire(seg, &h->grow_lock, &seg->grow_busy, lock_deadline_ns) == SHMQ_TIMEOUT)
+        return SHMQ_FULL;
     int rc = SHMQ_OK;
     uint32_t k = from + 1;
     if (shmq_load_acquire(&h->area_tail) != from)
         goto out; /* another process grew meanwhile */
-    if (k >= h->max_areas) {
+    if (k >= seg->max_areas || from >= seg->max_areas) {
         rc = SHMQ_ENOMEM;
         goto out;
     }
     SHMQ_CRASH_POINT(grow_locked);
-    uint64_t size = h->areas[from].size * 2;
+    uint64_t size = shmq_load_relaxed(&h->areas[from].size) * 2;
+    if (size < SHMQ_MIN_AREA_SIZE)
+        size = SHMQ_MIN_AREA_SIZE; /* untrusted: a zeroed size would never double */
     if (size > SHMQ_MAX_AREA_GROW)
         size = SHMQ_MAX_AREA_GROW;
-    while (shmq_area_max_payload(size) < need + 64)
+    while (shmq_area_max_payload(size) < need + 64) {
+        if (size >= (1ull << 40)) {
+            rc = SHMQ_ENOMEM;
+            goto out;
+        }
         size *= 2;
+    }
     uint64_t off = SHMQ_ALIGN_UP(h->file_size, 4096);
     retire_drained(seg);
     int e;
@@ -575,155 +587,14 @@ int shmq_seg_grow(shmq_seg_t *seg, uint32_t from, uint64_t need)
     shmq_store_release(&h->file_size, off + size);
     shmq_store_seq(&h->area_tail, k); /* producers move on; consumers follow once area `from` drains */
 out:
-    shmq_lock_release(seg, &h->grow_lock);
+    shmq_lock_release(seg, &h->grow_lock, &seg->grow_busy);
     return rc;
-}
-
-static int lock_byte(int fd, uint32_t s, short type, int cmd, struct flock *out)
-{
-    struct flock fl;
-    memset(&fl, 0, sizeof fl);
-    fl.l_type = type;
-    fl.l_whence = SEEK_SET;
-    fl.l_start = (off_t)(SHMQ_LOCK_BYTE_BASE + s);
-    fl.l_len = 1;
-    int r = fcntl(fd, cmd, &fl);
-    if (out)
-        *out = fl;
-    return r;
-}
-
-int shmq_seg_lock_slot(shmq_seg_t *seg, uint32_t s)
-{
-    if (s >= seg->max_slots)
-        return SHMQ_EINVAL;
-    return lock_byte(seg->fd, s, F_WRLCK, F_OFD_SETLK, NULL) == 0 ? SHMQ_OK : SHMQ_EAGAIN;
-}
-
-void shmq_seg_unlock_slot(shmq_seg_t *seg, uint32_t s)
-{
-    if (s < seg->max_slots && s != seg->slot)
-        lock_byte(seg->fd, s, F_UNLCK, F_OFD_SETLK, NULL);
-}
-
-int shmq_seg_slot_alive(shmq_seg_t *seg, uint32_t s)
-{
-    if (s >= seg->max_slots)
-        return 0;
-    if (s == seg->slot)
-        return 1; /* our own lock never conflicts with ourselves: GETLK would say "free" */
-    struct flock fl;
-    if (lock_byte(seg->fd, s, F_WRLCK, F_OFD_GETLK, &fl) != 0)
-        return 1; /* cannot tell: assume alive (never steal on doubt) */
-    return fl.l_type != F_UNLCK;
-}
-
-int shmq_seg_owner_alive(shmq_seg_t *seg, uint32_t owner)
-{
-    if (owner == 0)
-        return 1; /* nobody: nothing to steal */
-    uint32_t s = shmq_owner_slot(owner);
-    if (s == UINT32_MAX)
-        return 0; /* untrusted: a non-zero stamp naming no slot is garbage */
-    if (s >= seg->max_slots) /* untrusted: a stamp naming no slot cannot be alive */
-        return 0;
-    shmq_slot_t *sl = &seg->slots[s];
-    if (shmq_load_acquire(&sl->state) != SHMQ_SLOT_ATTACHED)
-        return 0;
-    if ((shmq_load_acquire(&sl->gen) & SHMQ_OWNER_GEN_MASK) != shmq_owner_gen(owner))
-        return 0; /* the slot was re-used since: the owner is gone */
-    return shmq_seg_slot_alive(seg, s);
-}
-
-static void fold_slot(shmq_seg_t *seg, shmq_slot_t *sl);
-
-static int try_take_slot(shmq_seg_t *seg, uint32_t s)
-{
-    if (lock_byte(seg->fd, s, F_WRLCK, F_OFD_SETLK, NULL) != 0)
-        return 0; /* held by a live participant (or one attaching right now) */
-    SHMQ_CRASH_POINT(attach_locked);
-    shmq_slot_t *sl = &seg->slots[s];
-    /* The lock byte was free: a slot that says ATTACHED belonged to a process that died. */
-    int was_dead = shmq_load_acquire(&sl->state) == SHMQ_SLOT_ATTACHED;
-    uint32_t old_gen = shmq_load_relaxed(&sl->gen);
-    if (was_dead)
-        fold_slot(seg, sl); /* its counters and waiter entries, before we reset them */
-    uint32_t gen = (old_gen + 1) & SHMQ_OWNER_GEN_MASK;
-    if (gen == 0)
-        gen = 1;
-    shmq_store_relaxed(&sl->pid, (int32_t)getpid());
-    sl->role = 0;
-    sl->cpu = (uint32_t)shmq_current_cpu();
-    sl->run_state = SHMQ_RUN_RUNNING;
-    sl->waiting = 0;
-    sl->attach_ns = shmq_now_wall_ns();
-    sl->enqueued = 0;
-    sl->dequeued = 0;
-    sl->last_put = 0;
-    shmq_store_release(&sl->gen, gen);
-    shmq_store_seq(&sl->state, SHMQ_SLOT_ATTACHED);
-    seg->slot = s;
-    seg->owner = shmq_owner_make(s, gen);
-    uint32_t hwm = shmq_load_relaxed(&seg->hdr->slot_hwm);
-    while (hwm < s + 1 && !shmq_cas_acq_rel(&seg->hdr->slot_hwm, &hwm, s + 1))
-        ;
-    /* Repair after attaching: the dead owner (s, old_gen) now differs from us (s, gen) in
-     * generation, so its stamps read as dead and we act under our own live id. */
-    if (was_dead)
-        shmq_queue_repair_owner(seg, shmq_owner_make(s, old_gen));
-    return 1;
-}
-
-int shmq_seg_attach(shmq_seg_t *seg)
-{
-    if (seg->slot != UINT32_MAX)
-        return SHMQ_OK;
-    /* First the slots that look free (no system call on the live ones), then the rest. */
-    for (int pass = 0; pass < 2; pass++) {
-        for (uint32_t s = 0; s < seg->max_slots; s++) {
-            uint32_t st = shmq_load_acquire(&seg->slots[s].state);
-            if ((pass == 0) != (st == SHMQ_SLOT_FREE))
-                continue;
-            if (try_take_slot(seg, s))
-                return SHMQ_OK;
-        }
-    }
-    seg->slot = UINT32_MAX;
-    return SHMQ_ESLOTS;
-}
-
-static void fold_slot(shmq_seg_t *seg, shmq_slot_t *sl)
-{
-    shmq_header_t *h = seg->hdr;
-    __atomic_fetch_add(&h->enq_folded, shmq_load_relaxed(&sl->enqueued), __ATOMIC_RELAXED);
-    __atomic_fetch_add(&h->deq_folded, shmq_load_relaxed(&sl->dequeued), __ATOMIC_RELAXED);
-    shmq_store_relaxed(&sl->enqueued, 0);
-    shmq_store_relaxed(&sl->dequeued, 0);
-    uint32_t w = shmq_exchange_seq(&sl->waiting, 0);
-    if (w & 0xffffu)
-        __atomic_fetch_sub(&h->waiters_get, w & 0xffffu, __ATOMIC_SEQ_CST);
-    if (w >> 16)
-        __atomic_fetch_sub(&h->waiters_put, w >> 16, __ATOMIC_SEQ_CST);
-}
-
-void shmq_seg_fold_slot(shmq_seg_t *seg, uint32_t s) { fold_slot(seg, &seg->slots[s]); }
-
-static void detach(shmq_seg_t *seg)
-{
-    if (seg->slot == UINT32_MAX || !seg->slots)
-        return;
-    shmq_slot_t *sl = &seg->slots[seg->slot];
-    fold_slot(seg, sl);
-    shmq_store_seq(&sl->state, SHMQ_SLOT_FREE);
-    lock_byte(seg->fd, seg->slot, F_UNLCK, F_OFD_SETLK, NULL);
-    seg->slot = UINT32_MAX;
-    seg->owner = 0;
 }
 
 void shmq_seg_close(shmq_seg_t *seg)
 {
     if (seg->hdr)
-        detach(seg);
+        shmq_part_detach(seg);
     for (uint32_t i = 1; i < SHMQ_MAX_AREAS; i++)
         if (seg->areas[i].base)
             munmap(seg->areas[i].base, seg->areas[i].size);
@@ -749,27 +620,13 @@ int shmq_seg_after_fork(shmq_seg_t *seg)
     seg->fd = nfd;
     seg->slot = UINT32_MAX;
     seg->owner = 0;
-    seg->lock_busy = 0; /* the child has one thread: a flag held by another parent thread is void */
+    /* the child has one thread: a flag held by another parent thread is void */
+    seg->grow_busy = 0;
+    for (uint32_t i = 0; i < SHMQ_MAX_AREAS; i++)
+        seg->areas[i].arena_busy = 0;
     seg->map_busy = 0;
     shmq_cpus_allowed_reset();
-    return shmq_seg_attach(seg);
-}
-
-void shmq_seg_participants(shmq_seg_t *seg, uint32_t *attached, uint32_t *producers, uint32_t *consumers)
-{
-    uint32_t a = 0, p = 0, c = 0;
-    for (uint32_t s = 0; s < seg->max_slots; s++) {
-        shmq_slot_t *sl = &seg->slots[s];
-        if (shmq_load_acquire(&sl->state) != SHMQ_SLOT_ATTACHED || !shmq_seg_slot_alive(seg, s))
-            continue;
-        a++;
-        uint32_t r = shmq_load_relaxed(&sl->role);
-        p += (r & SHMQ_ROLE_PRODUCER) != 0;
-        c += (r & SHMQ_ROLE_CONSUMER) != 0;
-    }
-    *attached = a;
-    *producers = p;
-    *consumers = c;
+    return shmq_part_attach(seg);
 }
 
 int shmq_seg_validate(shmq_seg_t *seg)
@@ -778,7 +635,7 @@ int shmq_seg_validate(shmq_seg_t *seg)
     if (rc != SHMQ_OK)
         return rc;
     uint32_t tail = shmq_load_acquire(&seg->hdr->area_tail);
-    for (uint32_t i = 0; i <= tail; i++)
+    for (uint32_t i = 0; i <= tail && i < seg->max_areas; i++)
         if (!shmq_seg_area_live(seg, i, &rc) && rc != SHMQ_ESEALED)
             return rc;
     return SHMQ_OK;

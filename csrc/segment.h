@@ -1,9 +1,10 @@
 /* segment.h - the shared-memory segment of one queue: header, participant table, areas.
  *
- * File: /dev/shm/shmq.<name> (tmpfs, the same files shm_open uses). Layout v1:
+ * File: /dev/shm/shmq.<name> (tmpfs, the same files shm_open uses). Layout v2:
  *
- *   0        shmq_header_t  (4 KiB: identity, options, wait words, counters, area table)
+ *   0        shmq_header_t  (4 KiB: identity, options, wait words, counters, area table, region table)
  *   4096     participant table: max_slots x shmq_slot_t (64 B each)
+ *   R0..     the kind's regions (64 B aligned, in table order): e.g. the at-least-once block + dedup table
  *   A0       area 0 (page aligned): area header, ring cells, descriptors, arena metadata, arena
  *   A1..     areas 1.. appended to the same file when an unbounded queue grows
  *
@@ -16,12 +17,9 @@
  * init_state = READY, then link()s it into place; EEXIST means another creator won and we open
  * theirs. An opener therefore never sees a half-built segment under the real name.
  *
- * Participants: each attached handle owns one slot {state, gen, pid, ...}. Liveness is an OFD
- * lock (F_OFD_SETLK) on byte 2^40 + slot of this file, held on the handle's private open file
- * description: the kernel drops it when the process dies. A slot is taken by locking its byte;
- * a slot whose byte is lockable but whose state says ATTACHED belonged to a dead process and is
- * repaired before re-use. The slot generation increases at each attach, so an owner id
- * (slot, gen) written elsewhere is never mistaken for a later process in the same slot.
+ * Participants (participants.h): each attached handle owns one slot; liveness is an OFD lock
+ * on byte 2^40 + slot. This file knows no kind of queue: a kind registers its hooks (shmq_ops_t)
+ * and its regions, and the region table lets each kind keep its own state (DESIGN §1).
  *
  * Concurrency: the header's immutable part is written once before link(); the rest is atomics.
  * Crash windows: creation - a dead creator leaves only a temp file (shmq gc removes it);
@@ -35,9 +33,9 @@
 #include "common.h"
 #include "ring.h"
 
-#define SHMQ_MAGIC 0x3176514d48530a7fULL /* "\x7f\nSHMQv1" little-endian */
+#define SHMQ_MAGIC 0x3176514d48530a7fULL /* "\x7f\nSHMQv1" little-endian (the magic of every layout version) */
 #define SHMQ_AREA_MAGIC 0x61657261514d4853ULL /* "SHMQarea" */
-#define SHMQ_LAYOUT_VERSION 1u
+#define SHMQ_LAYOUT_VERSION 2u /* 2: region table (1: a fixed at-least-once block in the header) */
 #define SHMQ_READY 0x52454459u /* init_state once fully built */
 
 #define SHMQ_KIND_QUEUE 1u
@@ -80,7 +78,7 @@ typedef struct {
     uint32_t cpu;       /* CPU of the last operation (spin policy) */
     uint32_t run_state; /* RUNNING / SLEEPING (spin policy) */
     uint32_t waiting;   /* this slot's entries in the waiter counts: get in low 16 bits, put in high 16 */
-    uint32_t _pad0;     /* keeps the 64-bit counters 8-aligned */
+    uint32_t unit_busy; /* maxsize: > 0 while this slot is between a unit and its descriptor (queue.c) */
     uint64_t attach_ns; /* wall clock at attach */
     uint64_t enqueued;  /* single-writer counters (this slot only); readers sum, repair folds */
     uint64_t dequeued;
@@ -99,38 +97,31 @@ typedef struct {
 } shmq_area_ent_t;
 _Static_assert(sizeof(shmq_area_ent_t) == 32, "area entry layout");
 
-/* At-least-once block of the header (SHMQ_F_ACK queues; zero otherwise). */
-#define SHMQ_DLQ_NAME_MAX 208u
+/* Region table: each feature that needs state of its own in the segment (the at-least-once
+ * block and dedup table today; priority bitmaps, topic cursors later) gets a region, placed by
+ * the creator between the participant table and area 0 and described here. segment.c checks
+ * only that the table is well formed (untrusted: in bounds, aligned, in order, no overlap);
+ * the feature validates its region's content with its own valid(). Unused entries are zero. */
+#define SHMQ_MAX_REGIONS 8u
+#define SHMQ_REGION_ACK 1u /* lease.h: at-least-once block + dedup table */
+#define SHMQ_REGION_KIND_MAX 16u
+#define SHMQ_REGION_ALIGN 64u
 typedef struct {
-    /* --- options: written once before the file is linked into place --- */
-    uint64_t visibility_ns;     /* lease length given by receive */
-    uint64_t default_delay_ns;  /* send without delay= */
-    uint64_t default_ttl_ns;    /* send without ttl= (0 = none) */
-    uint64_t dedup_window_ns;   /* how long a dedup_id is remembered from its first send */
-    uint64_t dedup_off;         /* dedup table (dedup.h): file offset, between the slots and area 0 */
-    uint32_t dedup_slots;       /* table entries, a power of two */
-    uint32_t max_deliveries;    /* a message is delivered at most this often, then dead-lettered */
-    char dead_letter[SHMQ_DLQ_NAME_MAX]; /* dead-letter queue name; "" = none (this is a DLQ) */
-    /* --- timer scan (lease ends, delays, TTLs): rare writers --- */
-    uint64_t timer_hint_ns;     /* no deadline earlier than this is pending (monotonic; a lower bound) */
-    uint32_t timer_lock;        /* owner-stamped lock: one scanner at a time (nothing to rebuild) */
+    uint32_t kind;  /* SHMQ_REGION_*, 0 = unused */
     uint32_t _pad0;
-    uint8_t _pad1[128 - 16];
-    /* --- dedup table lock (dedup.h) --- */
-    uint32_t dedup_lock;
-    uint32_t dedup_used;        /* entries not EMPTY (guarded by dedup_lock) */
-    uint8_t _pad2[128 - 8];
-    /* --- counters (shared atomics: settle paths only, never the put/get hot path) --- */
-    uint64_t acked;
-    uint64_t redelivered;       /* failed deliveries put back (lease expiry, nack, consumer death) */
-    uint64_t dead_lettered;     /* moved to the dead-letter queue (or dropped by a queue without one) */
-    uint64_t expired;           /* TTL expiries (also counted in dead_lettered when moved) */
-    uint64_t dead_letter_failed;/* moves refused by a full dead-letter queue (retried later) */
-    uint64_t dedup_hits;        /* sends answered with the original id */
-    uint8_t _pad3[128 - 48];
-} shmq_ack_hdr_t;
-_Static_assert(sizeof(shmq_ack_hdr_t) == 640, "ack block layout");
-_Static_assert(offsetof(shmq_ack_hdr_t, timer_hint_ns) == 256, "timer block");
+    uint64_t off;   /* byte offset in the file */
+    uint64_t size;  /* bytes */
+    uint64_t _pad1; /* 32-byte entries */
+} shmq_region_t;
+_Static_assert(sizeof(shmq_region_t) == 32, "region entry layout");
+
+/* A region the creator asks for: its size, and how to build it before the file is linked. */
+typedef struct {
+    uint32_t kind;
+    uint64_t size;
+    void (*init)(void *ctx, uint8_t *base, uint64_t size);
+    void *ctx;
+} shmq_region_req_t;
 
 typedef struct {
     /* --- identity and options: written once before the file is linked into place --- */
@@ -169,7 +160,7 @@ typedef struct {
     uint32_t waiters_put;
     uint8_t _pad4[128 - 8];
     /* --- shared counters (only touched when the option needs them) --- */
-    uint64_t count;        /* items reserved against maxsize (bounded queues only) */
+    uint64_t count;        /* maxsize queues: op sequence:32 | units:32 (items reserved; queue.c) */
     uint64_t next_id;      /* message ids: unique, increasing */
     uint64_t unfinished;   /* JoinableQueue: put minus task_done */
     uint32_t join_seq;     /* futex word for join() */
@@ -183,8 +174,8 @@ typedef struct {
     uint64_t corrupt_skipped;
     uint8_t _pad6[128 - 40];
     shmq_area_ent_t areas[SHMQ_MAX_AREAS]; /* 2048 bytes */
-    shmq_ack_hdr_t ack;                    /* 640 bytes */
-    uint8_t _pad7[SHMQ_HEADER_SIZE - 128 * 7 - 32 * SHMQ_MAX_AREAS - sizeof(shmq_ack_hdr_t)];
+    shmq_region_t regions[SHMQ_MAX_REGIONS]; /* 256 bytes: written once before the file is linked */
+    uint8_t _pad7[SHMQ_HEADER_SIZE - 128 * 7 - 32 * SHMQ_MAX_AREAS - 32 * SHMQ_MAX_REGIONS];
 } shmq_header_t;
 _Static_assert(sizeof(shmq_header_t) == SHMQ_HEADER_SIZE, "header is one page");
 _Static_assert(offsetof(shmq_header_t, file_size) == 128, "growth block");
@@ -193,7 +184,7 @@ _Static_assert(offsetof(shmq_header_t, not_empty_seq) == 384, "not-empty block")
 _Static_assert(offsetof(shmq_header_t, not_full_seq) == 512, "not-full block");
 _Static_assert(offsetof(shmq_header_t, count) == 640, "counters block");
 _Static_assert(offsetof(shmq_header_t, areas) == 896, "area table");
-_Static_assert(offsetof(shmq_header_t, ack) % 128 == 0, "ack block");
+_Static_assert(offsetof(shmq_header_t, regions) == 896 + 32 * SHMQ_MAX_AREAS, "region table");
 
 /* Area header: at the start of each area. */
 typedef struct {
@@ -241,7 +232,10 @@ typedef struct {
     uint32_t arena_max_order;
     uint32_t desc_cursor;     /* allocation hint, process-local */
     int arena_corrupt;        /* process-local: garbage seen in the free lists during this operation */
+    int arena_busy;           /* process-local guard of this area's arena_lock (lock.h) */
 } shmq_area_t;
+
+#define SHMQ_DLQ_NAME_MAX 208u
 
 typedef struct {
     const char *path;        /* full path under /dev/shm */
@@ -262,39 +256,47 @@ typedef struct {
     const char *dead_letter; /* NULL or "" = none */
 } shmq_create_opts_t;
 
-typedef struct shmq_dedup_ent shmq_dedup_ent_t;
+struct shmq_seg;
+
+/* What a kind of queue registers with the layers below it (DESIGN §1: calls go downward only):
+ * the participant table calls repair_owner when it finds a dead owner; close frees the kind's
+ * per-handle state (kstate). Set once at open by kinds.c, before the handle attaches. */
+typedef struct shmq_ops {
+    const char *name;
+    void (*repair_owner)(struct shmq_seg *seg, uint32_t dead); /* return what a dead owner held */
+    void (*close)(struct shmq_seg *seg);                        /* free kstate; may be NULL */
+} shmq_ops_t;
 
 typedef struct shmq_seg {
+    const shmq_ops_t *ops;    /* the kind's hooks (kinds.c); NULL for a bare segment */
+    void *kstate;             /* the kind's per-handle state, owned by ops->close */
     int fd;                   /* private open file description: holds our slot's lock byte */
     uint8_t *map0;            /* header + slots (+ area 0 if it follows) */
     uint64_t map0_len;
     shmq_header_t *hdr;
     shmq_slot_t *slots;
     uint32_t max_slots;
+    uint32_t max_areas;       /* open-time copy (validated <= SHMQ_MAX_AREAS): every area loop's bound */
     uint32_t slot;            /* UINT32_MAX when not attached (inspector) */
     uint32_t owner;           /* shmq_owner_make(slot, gen) */
     shmq_area_t areas[SHMQ_MAX_AREAS];
     int err;                  /* errno of the last SHMQ_ESYS */
     int map_busy;             /* process-local: serialises first mappings of an area between threads */
     int closing;              /* process-local: set by close so this handle's blocked waits return SHMQ_ECLOSED */
-    int lock_busy;            /* process-local: threads of this handle take shared locks one at a time */
+    int grow_busy;            /* process-local guard of grow_lock (lock.h) */
     int poll_signals;         /* set by a binding: blocking calls return SHMQ_EINTR after each slice asleep */
     uint64_t last_liveness_ns; /* process-local: last dead-participant sweep of this handle */
-    /* at-least-once (process-local, set at open from the validated header / by the binding) */
-    shmq_dedup_ent_t *dedup;  /* dedup table, NULL when none */
-    uint32_t dedup_slots;
-    uint32_t max_deliveries;
-    uint64_t visibility_ns;
-    struct shmq_seg *dlq;     /* attached dead-letter queue, or NULL (set by shmq_ack_set_dlq) */
-    char name[SHMQ_DLQ_NAME_MAX]; /* this queue's name, for dead-letter headers */
+    uint64_t last_stale_ns;   /* process-local: last sweep for owners whose slot is FREE or reused */
 } shmq_seg_t;
 
-/* Create (exist_ok: open an existing one instead of failing with EEXIST in seg->err). */
-int shmq_seg_create(shmq_seg_t *seg, const shmq_create_opts_t *o, int exist_ok, int *created);
+/* Create (exist_ok: open an existing one instead of failing with EEXIST in seg->err), with the
+ * regions the kind asked for (built by their init before the file is linked into place). */
+int shmq_seg_create(shmq_seg_t *seg, const shmq_create_opts_t *o, const shmq_region_req_t *regions, uint32_t n_regions,
+                    int exist_ok, int *created);
+/* The region of this kind in an opened segment (its size in *size), or NULL. */
+uint8_t *shmq_seg_region(shmq_seg_t *seg, uint32_t kind, uint64_t *size);
 /* Open an existing segment by path, or adopt an already open fd (fd >= 0, path may be NULL). */
 int shmq_seg_open(shmq_seg_t *seg, const char *path, int fd);
-/* Attach as a participant (takes a slot and its lock byte). */
-int shmq_seg_attach(shmq_seg_t *seg);
 /* Detach (slot freed, lock released) and unmap everything. Idempotent. */
 void shmq_seg_close(shmq_seg_t *seg);
 /* After fork in the child: forget the parent's slot and lock (the child must not release or
@@ -309,7 +311,7 @@ shmq_area_t *shmq_seg_area_map(shmq_seg_t *seg, uint32_t i, int *rc);
 static inline shmq_area_t *shmq_seg_area(shmq_seg_t *seg, uint32_t i, int *rc)
 {
     /* untrusted: index from a handle or cursor */
-    if (SHMQ_LIKELY(i < SHMQ_MAX_AREAS && i < seg->hdr->max_areas && seg->areas[i].base != NULL))
+    if (SHMQ_LIKELY(i < seg->max_areas && seg->areas[i].base != NULL))
         return &seg->areas[i];
     return shmq_seg_area_map(seg, i, rc);
 }
@@ -318,19 +320,9 @@ static inline shmq_area_t *shmq_seg_area(shmq_seg_t *seg, uint32_t i, int *rc)
  * are never retired, through shmq_seg_area. */
 shmq_area_t *shmq_seg_area_live(shmq_seg_t *seg, uint32_t i, int *rc);
 /* Append a new area able to hold a message of need bytes, after area `from` filled up.
- * Returns SHMQ_OK also if another process grew meanwhile. */
-int shmq_seg_grow(shmq_seg_t *seg, uint32_t from, uint64_t need);
-/* 1 if the participant owning owner id is alive (or owner is 0), 0 if dead. */
-int shmq_seg_owner_alive(shmq_seg_t *seg, uint32_t owner);
-/* Take / release slot s's lock byte without attaching (repairer election). */
-int shmq_seg_lock_slot(shmq_seg_t *seg, uint32_t s);
-void shmq_seg_unlock_slot(shmq_seg_t *seg, uint32_t s);
-/* 1 if slot s currently has a live holder. */
-int shmq_seg_slot_alive(shmq_seg_t *seg, uint32_t s);
-/* Fold slot s's counters and waiter entries into the header (detach and repair). */
-void shmq_seg_fold_slot(shmq_seg_t *seg, uint32_t s);
-/* Fill a slot table summary: live attached count, producers, consumers. */
-void shmq_seg_participants(shmq_seg_t *seg, uint32_t *attached, uint32_t *producers, uint32_t *consumers);
+ * Returns SHMQ_OK also if another process grew meanwhile; SHMQ_FULL if the grow lock stayed
+ * held until lock_deadline_ns (absolute monotonic; SHMQ_NO_DEADLINE waits). */
+int shmq_seg_grow(shmq_seg_t *seg, uint32_t from, uint64_t need, uint64_t lock_deadline_ns);
 /* Area sizing rule, also used to answer "how big must an area be for need bytes". */
 void shmq_area_geometry(uint64_t size, uint32_t *cells_log2, uint32_t *n_desc, uint64_t *meta_off,
                         uint64_t *arena_off, uint64_t *arena_units);

@@ -22,6 +22,8 @@
 #include <unistd.h>
 
 #include "../queue.h"
+#include "../kinds.h"
+#include "../participants.h"
 
 #define MSG 64
 #define WAIT_NS (10ull * 1000 * 1000 * 1000) /* every blocking call gives up after 10 s */
@@ -66,7 +68,7 @@ static int consumer(const char *path, uint64_t n, int cpu, int wfd)
 {
     pin(cpu);
     shmq_seg_t q;
-    if (shmq_seg_open(&q, path, -1) != SHMQ_OK || shmq_seg_attach(&q) != SHMQ_OK)
+    if (shmq_open(&q, path, -1) != SHMQ_OK || shmq_attach(&q) != SHMQ_OK)
         return 2;
     uint64_t ready = 1;
     if (write(wfd, &ready, sizeof ready) != sizeof ready)
@@ -92,7 +94,7 @@ static int consumer(const char *path, uint64_t n, int cpu, int wfd)
     uint64_t end = shmq_now_mono_ns();
     if (write(wfd, &end, sizeof end) != sizeof end)
         return 3;
-    shmq_seg_close(&q);
+    shmq_close(&q);
     if (bad) {
         fprintf(stderr, "consumer: %llu corrupt messages\n", (unsigned long long)bad);
         return 5;
@@ -110,20 +112,20 @@ static double run_once(uint64_t n, int pcpu, int ccpu)
                             .max_message = 0, .maxsize = 0, .mode = 0600, .max_slots = 0};
     shmq_seg_t q;
     int created;
-    if (shmq_seg_create(&q, &o, 0, &created) != SHMQ_OK || shmq_seg_attach(&q) != SHMQ_OK) {
+    if (shmq_create(&q, &o, 0, &created) != SHMQ_OK || shmq_attach(&q) != SHMQ_OK) {
         fprintf(stderr, "create %s failed (errno %d)\n", path, q.err);
         unlink(path);
         return -1;
     }
     int fds[2];
     if (pipe(fds) != 0) {
-        shmq_seg_close(&q);
+        shmq_close(&q);
         unlink(path);
         return -1;
     }
     pid_t pid = fork();
     if (pid < 0) {
-        shmq_seg_close(&q);
+        shmq_close(&q);
         unlink(path);
         return -1;
     }
@@ -172,7 +174,7 @@ out:
         fprintf(stderr, "consumer exited with status %d\n", status);
         rate = -1;
     }
-    shmq_seg_close(&q);
+    shmq_close(&q);
     return rate;
 }
 

@@ -15,6 +15,8 @@
 #include <unistd.h>
 
 #include "../queue.h"
+#include "../kinds.h"
+#include "../participants.h"
 
 static char fuzz_path[128];
 
@@ -31,8 +33,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     close(fd);
     shmq_seg_t q;
-    if (shmq_seg_open(&q, fuzz_path, -1) == SHMQ_OK) {
-        if (shmq_seg_validate(&q) == SHMQ_OK && shmq_seg_attach(&q) == SHMQ_OK) {
+    if (shmq_open(&q, fuzz_path, -1) == SHMQ_OK) {
+        if (shmq_validate(&q) == SHMQ_OK && shmq_attach(&q) == SHMQ_OK) {
             shmq_msg_t m;
             for (int i = 0; i < 4; i++) {
                 if (shmq_get_begin(&q, &m, 0) == SHMQ_OK) {
@@ -57,7 +59,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             shmq_peek(&q, 0, &pk, buf, sizeof buf);
             shmq_repair_dead(&q);
         }
-        shmq_seg_close(&q);
+        shmq_close(&q);
     }
     unlink(fuzz_path);
     return 0;
@@ -72,7 +74,7 @@ static uint8_t *seed_image(size_t *len)
     shmq_create_opts_t o = {.path = path, .kind = SHMQ_KIND_QUEUE, .flags = 0, .capacity = 96 << 10, .mode = 0600};
     shmq_seg_t q;
     int created;
-    if (shmq_seg_create(&q, &o, 0, &created) != SHMQ_OK || shmq_seg_attach(&q) != SHMQ_OK)
+    if (shmq_create(&q, &o, 0, &created) != SHMQ_OK || shmq_attach(&q) != SHMQ_OK)
         exit(2);
     uint8_t big[2000];
     memset(big, 0xab, sizeof big);
@@ -83,7 +85,7 @@ static uint8_t *seed_image(size_t *len)
     shmq_msg_t m;
     shmq_get_begin(&q, &m, 0);
     shmq_get_end(&q, &m);
-    shmq_seg_close(&q);
+    shmq_close(&q);
     int fd = open(path, O_RDONLY);
     off_t n = lseek(fd, 0, SEEK_END);
     uint8_t *img = malloc((size_t)n);

@@ -7,6 +7,8 @@
 #include <sys/wait.h>
 
 #include "../queue.h"
+#include "../kinds.h"
+#include "../participants.h"
 #include "tharness.h"
 
 static long per = 20000;
@@ -21,7 +23,7 @@ typedef struct {
 static void producer(const char *path, uint32_t p)
 {
     shmq_seg_t q;
-    if (shmq_seg_open(&q, path, -1) != SHMQ_OK || shmq_seg_attach(&q) != SHMQ_OK)
+    if (shmq_open(&q, path, -1) != SHMQ_OK || shmq_attach(&q) != SHMQ_OK)
         _exit(10);
     static uint8_t buf[3000];
     for (uint32_t i = 0; i < (uint32_t)per; i++) {
@@ -33,14 +35,14 @@ static void producer(const char *path, uint32_t p)
         if (rc != SHMQ_OK)
             _exit(11);
     }
-    shmq_seg_close(&q);
+    shmq_close(&q);
     _exit(0);
 }
 
 static void consumer(const char *path, uint8_t *seen, long total, long *taken)
 {
     shmq_seg_t q;
-    if (shmq_seg_open(&q, path, -1) != SHMQ_OK || shmq_seg_attach(&q) != SHMQ_OK)
+    if (shmq_open(&q, path, -1) != SHMQ_OK || shmq_attach(&q) != SHMQ_OK)
         _exit(20);
     int64_t last[64];
     for (int i = 0; i < 64; i++)
@@ -67,7 +69,7 @@ static void consumer(const char *path, uint8_t *seen, long total, long *taken)
         __atomic_fetch_add(&seen[(long)v.producer * per + v.seq], 1, __ATOMIC_SEQ_CST);
         __atomic_fetch_add(taken, 1, __ATOMIC_SEQ_CST);
     }
-    shmq_seg_close(&q);
+    shmq_close(&q);
     _exit(0);
 }
 
@@ -79,7 +81,7 @@ static void run(uint64_t capacity, uint32_t flags, uint64_t maxsize, const char 
                             .maxsize = maxsize, .mode = 0600};
     shmq_seg_t q;
     int created;
-    CHECK_EQ(shmq_seg_create(&q, &o, 0, &created), SHMQ_OK);
+    CHECK_EQ(shmq_create(&q, &o, 0, &created), SHMQ_OK);
     long total = per * P;
     uint8_t *seen = mmap(NULL, (size_t)total + 64, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     CHECK(seen != MAP_FAILED);
@@ -110,14 +112,14 @@ static void run(uint64_t capacity, uint32_t flags, uint64_t maxsize, const char 
     CHECK_EQ(missing, 0);
     CHECK_EQ(dup, 0);
     shmq_stats_t st;
-    CHECK_EQ(shmq_seg_attach(&q), SHMQ_OK);
+    CHECK_EQ(shmq_attach(&q), SHMQ_OK);
     shmq_stats(&q, &st);
     CHECK_EQ(st.depth, 0);
     CHECK_EQ(st.bytes_used, 0);
     CHECK_EQ(st.enqueued, total);
     CHECK_EQ(st.dequeued, total);
     munmap(seen, (size_t)total + 64);
-    shmq_seg_close(&q);
+    shmq_close(&q);
     unlink(path);
 }
 

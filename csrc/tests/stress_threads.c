@@ -4,6 +4,8 @@
 #include <pthread.h>
 
 #include "../queue.h"
+#include "../kinds.h"
+#include "../participants.h"
 #include "tharness.h"
 
 #define PRODUCERS 3
@@ -19,7 +21,7 @@ static void *producer(void *arg)
 {
     uint32_t p = (uint32_t)(uintptr_t)arg;
     shmq_seg_t q;
-    if (shmq_seg_open(&q, path, -1) != SHMQ_OK || shmq_seg_attach(&q) != SHMQ_OK) {
+    if (shmq_open(&q, path, -1) != SHMQ_OK || shmq_attach(&q) != SHMQ_OK) {
         __atomic_fetch_add(&errors, 1, __ATOMIC_SEQ_CST);
         return NULL;
     }
@@ -34,7 +36,7 @@ static void *producer(void *arg)
             __atomic_fetch_add(&errors, 1, __ATOMIC_SEQ_CST);
         }
     }
-    shmq_seg_close(&q);
+    shmq_close(&q);
     return NULL;
 }
 
@@ -42,7 +44,7 @@ static void *consumer(void *arg)
 {
     (void)arg;
     shmq_seg_t q;
-    if (shmq_seg_open(&q, path, -1) != SHMQ_OK || shmq_seg_attach(&q) != SHMQ_OK) {
+    if (shmq_open(&q, path, -1) != SHMQ_OK || shmq_attach(&q) != SHMQ_OK) {
         __atomic_fetch_add(&errors, 1, __ATOMIC_SEQ_CST);
         return NULL;
     }
@@ -69,7 +71,7 @@ static void *consumer(void *arg)
         __atomic_fetch_add(&seen[v[0] * PER + v[1]], 1, __ATOMIC_SEQ_CST);
         __atomic_fetch_add(&taken, 1, __ATOMIC_SEQ_CST);
     }
-    shmq_seg_close(&q);
+    shmq_close(&q);
     return NULL;
 }
 
@@ -80,7 +82,7 @@ static void test_threads(void)
                             .mode = 0600};
     shmq_seg_t q;
     int created;
-    CHECK_EQ(shmq_seg_create(&q, &o, 0, &created), SHMQ_OK);
+    CHECK_EQ(shmq_create(&q, &o, 0, &created), SHMQ_OK);
     pthread_t t[PRODUCERS + CONSUMERS];
     for (int i = 0; i < CONSUMERS; i++)
         pthread_create(&t[i], NULL, consumer, NULL);
@@ -91,7 +93,7 @@ static void test_threads(void)
     CHECK_EQ(errors, 0);
     for (long i = 0; i < PRODUCERS * PER; i++)
         CHECK_EQ(seen[i], 1);
-    shmq_seg_close(&q);
+    shmq_close(&q);
     unlink(path);
 }
 

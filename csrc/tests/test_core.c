@@ -10,6 +10,8 @@
 #include "../crashpoint.h"
 #include "../lock.h"
 #include "../queue.h"
+#include "../kinds.h"
+#include "../participants.h"
 #include "../wait.h"
 #include "tharness.h"
 
@@ -45,18 +47,18 @@ static void test_create_open_roundtrip(void)
     shmq_create_opts_t o = opts(path, 1 << 20, 0, 0);
     shmq_seg_t a, b;
     int created;
-    CHECK_EQ(shmq_seg_create(&a, &o, 0, &created), SHMQ_OK);
+    CHECK_EQ(shmq_create(&a, &o, 0, &created), SHMQ_OK);
     CHECK(created);
-    CHECK_EQ(shmq_seg_attach(&a), SHMQ_OK);
+    CHECK_EQ(shmq_attach(&a), SHMQ_OK);
     struct stat st;
     CHECK(stat(path, &st) == 0);
     CHECK_EQ(st.st_mode & 0777, 0600);
-    CHECK_EQ(shmq_seg_create(&b, &o, 0, &created), SHMQ_ESYS); /* EEXIST */
+    CHECK_EQ(shmq_create(&b, &o, 0, &created), SHMQ_ESYS); /* EEXIST */
     CHECK_EQ(b.err, EEXIST);
-    CHECK_EQ(shmq_seg_open(&b, path, -1), SHMQ_OK);
-    CHECK_EQ(shmq_seg_attach(&b), SHMQ_OK);
+    CHECK_EQ(shmq_open(&b, path, -1), SHMQ_OK);
+    CHECK_EQ(shmq_attach(&b), SHMQ_OK);
     CHECK(a.slot != b.slot);
-    CHECK(shmq_seg_owner_alive(&a, b.owner));
+    CHECK(shmq_part_owner_alive(&a, b.owner));
     const char msg[] = "hello";
     CHECK_EQ(put_bytes(&a, msg, sizeof msg, 0), SHMQ_OK);
     char out[64];
@@ -66,10 +68,10 @@ static void test_create_open_roundtrip(void)
     CHECK(memcmp(out, msg, n) == 0);
     CHECK_EQ(get_bytes(&b, out, sizeof out, &n, 0), SHMQ_EMPTY);
     uint32_t b_owner = b.owner;
-    shmq_seg_close(&b);
-    CHECK(!shmq_seg_owner_alive(&a, b_owner));
-    CHECK_EQ(shmq_seg_validate(&a), SHMQ_OK);
-    shmq_seg_close(&a);
+    shmq_close(&b);
+    CHECK(!shmq_part_owner_alive(&a, b_owner));
+    CHECK_EQ(shmq_validate(&a), SHMQ_OK);
+    shmq_close(&a);
     unlink(path);
 }
 
@@ -80,8 +82,8 @@ static void test_fifo_and_sizes(void)
     shmq_create_opts_t o = opts(path, 4 << 20, 0, 0);
     shmq_seg_t q;
     int created;
-    CHECK_EQ(shmq_seg_create(&q, &o, 0, &created), SHMQ_OK);
-    CHECK_EQ(shmq_seg_attach(&q), SHMQ_OK);
+    CHECK_EQ(shmq_create(&q, &o, 0, &created), SHMQ_OK);
+    CHECK_EQ(shmq_attach(&q), SHMQ_OK);
     static uint8_t buf[300000], out[300000];
     uint64_t sizes[] = {0, 1, 71, 72, 73, 128, 129, 4096, 65536, 299999};
     for (int round = 0; round < 50; round++) {
@@ -106,7 +108,7 @@ static void test_fifo_and_sizes(void)
     CHECK_EQ(st.bytes_used, 0); /* every chunk came back and coalesced */
     CHECK_EQ(st.enqueued, 500);
     CHECK_EQ(st.dequeued, 500);
-    shmq_seg_close(&q);
+    shmq_close(&q);
     unlink(path);
 }
 
@@ -117,8 +119,8 @@ static void test_too_big_and_full(void)
     shmq_create_opts_t o = opts(path, 256 << 10, 0, 3);
     shmq_seg_t q;
     int created;
-    CHECK_EQ(shmq_seg_create(&q, &o, 0, &created), SHMQ_OK);
-    CHECK_EQ(shmq_seg_attach(&q), SHMQ_OK);
+    CHECK_EQ(shmq_create(&q, &o, 0, &created), SHMQ_OK);
+    CHECK_EQ(shmq_attach(&q), SHMQ_OK);
     static uint8_t big[1 << 20];
     CHECK_EQ(put_bytes(&q, big, q.hdr->max_message + 1, 0), SHMQ_ETOOBIG);
     CHECK_EQ(put_bytes(&q, "a", 1, 0), SHMQ_OK);
@@ -132,7 +134,7 @@ static void test_too_big_and_full(void)
     uint64_t n;
     CHECK_EQ(get_bytes(&q, out, sizeof out, &n, 0), SHMQ_OK);
     CHECK_EQ(put_bytes(&q, "d", 1, 0), SHMQ_OK);
-    shmq_seg_close(&q);
+    shmq_close(&q);
     unlink(path);
 }
 
@@ -144,8 +146,8 @@ static void test_bytes_full(void)
     shmq_create_opts_t o = opts(path, 256 << 10, 0, 0);
     shmq_seg_t q;
     int created;
-    CHECK_EQ(shmq_seg_create(&q, &o, 0, &created), SHMQ_OK);
-    CHECK_EQ(shmq_seg_attach(&q), SHMQ_OK);
+    CHECK_EQ(shmq_create(&q, &o, 0, &created), SHMQ_OK);
+    CHECK_EQ(shmq_attach(&q), SHMQ_OK);
     static uint8_t blk[16384];
     int n = 0;
     while (put_bytes(&q, blk, sizeof blk, 0) == SHMQ_OK)
@@ -156,7 +158,7 @@ static void test_bytes_full(void)
     uint64_t len;
     CHECK_EQ(get_bytes(&q, out, sizeof out, &len, 0), SHMQ_OK);
     CHECK_EQ(put_bytes(&q, blk, sizeof blk, 0), SHMQ_OK);
-    shmq_seg_close(&q);
+    shmq_close(&q);
     unlink(path);
 }
 
@@ -167,8 +169,8 @@ static void test_growable(void)
     shmq_create_opts_t o = opts(path, 1 << 20, SHMQ_F_GROWABLE, 0);
     shmq_seg_t q;
     int created;
-    CHECK_EQ(shmq_seg_create(&q, &o, 0, &created), SHMQ_OK);
-    CHECK_EQ(shmq_seg_attach(&q), SHMQ_OK);
+    CHECK_EQ(shmq_create(&q, &o, 0, &created), SHMQ_OK);
+    CHECK_EQ(shmq_attach(&q), SHMQ_OK);
     /* many small messages: more than area 0's ring holds */
     for (uint32_t i = 0; i < 20000; i++)
         CHECK_EQ(put_bytes(&q, &i, sizeof i, 0), SHMQ_OK);
@@ -192,14 +194,14 @@ static void test_growable(void)
     CHECK_EQ(get_bytes(&q, out, sizeof out, &n, 0), SHMQ_EMPTY);
     /* another process maps the new areas on demand */
     shmq_seg_t r;
-    CHECK_EQ(shmq_seg_open(&r, path, -1), SHMQ_OK);
-    CHECK_EQ(shmq_seg_validate(&r), SHMQ_OK);
-    CHECK_EQ(shmq_seg_attach(&r), SHMQ_OK);
+    CHECK_EQ(shmq_open(&r, path, -1), SHMQ_OK);
+    CHECK_EQ(shmq_validate(&r), SHMQ_OK);
+    CHECK_EQ(shmq_attach(&r), SHMQ_OK);
     CHECK_EQ(put_bytes(&r, "x", 1, 0), SHMQ_OK);
     CHECK_EQ(get_bytes(&q, out, sizeof out, &n, 0), SHMQ_OK);
     CHECK_EQ(n, 1);
-    shmq_seg_close(&r);
-    shmq_seg_close(&q);
+    shmq_close(&r);
+    shmq_close(&q);
     unlink(path);
 }
 
@@ -210,8 +212,8 @@ static void test_growable_gives_drained_areas_back(void)
     shmq_create_opts_t o = opts(path, 256 << 10, SHMQ_F_GROWABLE, 0);
     shmq_seg_t q;
     int created;
-    CHECK_EQ(shmq_seg_create(&q, &o, 0, &created), SHMQ_OK);
-    CHECK_EQ(shmq_seg_attach(&q), SHMQ_OK);
+    CHECK_EQ(shmq_create(&q, &o, 0, &created), SHMQ_OK);
+    CHECK_EQ(shmq_attach(&q), SHMQ_OK);
     static uint8_t blk[20000], out[20000];
     uint64_t n;
     /* grow a few times, drain, grow again: the drained areas are retired (memory returned) */
@@ -233,11 +235,11 @@ static void test_growable_gives_drained_areas_back(void)
     shmq_check(&q, &ck);
     CHECK_EQ(ck.bad_areas, 0);
     CHECK_EQ(ck.owned_desc, 0);
-    CHECK_EQ(shmq_seg_validate(&q), SHMQ_OK);
+    CHECK_EQ(shmq_validate(&q), SHMQ_OK);
     shmq_seg_t r;
-    CHECK_EQ(shmq_seg_open(&r, path, -1), SHMQ_OK); /* a new opener accepts retired areas */
-    shmq_seg_close(&r);
-    shmq_seg_close(&q);
+    CHECK_EQ(shmq_open(&r, path, -1), SHMQ_OK); /* a new opener accepts retired areas */
+    shmq_close(&r);
+    shmq_close(&q);
     unlink(path);
 }
 
@@ -249,8 +251,8 @@ static void test_arena_rebuild(void)
     shmq_create_opts_t o = opts(path, 1 << 20, 0, 0);
     shmq_seg_t q;
     int created;
-    CHECK_EQ(shmq_seg_create(&q, &o, 0, &created), SHMQ_OK);
-    CHECK_EQ(shmq_seg_attach(&q), SHMQ_OK);
+    CHECK_EQ(shmq_create(&q, &o, 0, &created), SHMQ_OK);
+    CHECK_EQ(shmq_attach(&q), SHMQ_OK);
     static uint8_t blk[5000];
     for (int i = 0; i < 20; i++)
         CHECK_EQ(put_bytes(&q, blk, 100 + i * 200, 0), SHMQ_OK);
@@ -263,7 +265,7 @@ static void test_arena_rebuild(void)
     for (int i = 0; i < 20; i++)
         CHECK_EQ(get_bytes(&q, blk, sizeof blk, &n, 0), SHMQ_OK);
     CHECK_EQ(shmq_arena_free_units(a), a->arena_units);
-    shmq_seg_close(&q);
+    shmq_close(&q);
     unlink(path);
 }
 
@@ -274,18 +276,18 @@ static void test_corrupt_header_refused(void)
     shmq_create_opts_t o = opts(path, 256 << 10, 0, 0);
     shmq_seg_t q;
     int created;
-    CHECK_EQ(shmq_seg_create(&q, &o, 0, &created), SHMQ_OK);
-    shmq_seg_close(&q);
+    CHECK_EQ(shmq_create(&q, &o, 0, &created), SHMQ_OK);
+    shmq_close(&q);
     int fd = open(path, O_RDWR);
     CHECK(fd >= 0);
     uint32_t v = 99;
     CHECK(pwrite(fd, &v, 4, offsetof(shmq_header_t, version)) == 4);
-    CHECK_EQ(shmq_seg_open(&q, path, -1), SHMQ_EINCOMPAT);
+    CHECK_EQ(shmq_open(&q, path, -1), SHMQ_EINCOMPAT);
     v = 0;
     CHECK(pwrite(fd, &v, 4, 0) == 4);
-    CHECK_EQ(shmq_seg_open(&q, path, -1), SHMQ_ECORRUPT);
+    CHECK_EQ(shmq_open(&q, path, -1), SHMQ_ECORRUPT);
     CHECK(ftruncate(fd, 100) == 0);
-    CHECK_EQ(shmq_seg_open(&q, path, -1), SHMQ_ECORRUPT);
+    CHECK_EQ(shmq_open(&q, path, -1), SHMQ_ECORRUPT);
     close(fd);
     unlink(path);
 }
@@ -300,12 +302,12 @@ static void test_dead_slot_repaired(void)
     o.max_slots = 2; /* the re-attacher must take the dead slot */
     shmq_seg_t q;
     int created;
-    CHECK_EQ(shmq_seg_create(&q, &o, 0, &created), SHMQ_OK);
-    CHECK_EQ(shmq_seg_attach(&q), SHMQ_OK);
+    CHECK_EQ(shmq_create(&q, &o, 0, &created), SHMQ_OK);
+    CHECK_EQ(shmq_attach(&q), SHMQ_OK);
     pid_t pid = fork();
     if (pid == 0) {
         shmq_seg_t c;
-        if (shmq_seg_open(&c, path, -1) != SHMQ_OK || shmq_seg_attach(&c) != SHMQ_OK)
+        if (shmq_open(&c, path, -1) != SHMQ_OK || shmq_attach(&c) != SHMQ_OK)
             _exit(2);
         uint32_t idx = 0;
         shmq_area_t *a = &c.areas[0];
@@ -313,9 +315,9 @@ static void test_dead_slot_repaired(void)
         (void)idx;
         /* emulate a put killed after its chunk was allocated */
         d->word = shmq_desc_word(1, SHMQ_D_WRITING, c.owner);
-        shmq_lock_acquire(&c, &a->hdr->arena_lock, SHMQ_NO_DEADLINE);
+        shmq_lock_acquire(&c, &a->hdr->arena_lock, &a->arena_busy, SHMQ_NO_DEADLINE);
         shmq_arena_alloc_locked(a, d, 10000);
-        shmq_lock_release(&c, &a->hdr->arena_lock);
+        shmq_lock_release(&c, &a->hdr->arena_lock, &a->arena_busy);
         _exit(0); /* no detach: like a SIGKILL */
     }
     int status;
@@ -324,13 +326,13 @@ static void test_dead_slot_repaired(void)
     shmq_area_t *a = &q.areas[0];
     CHECK(shmq_arena_free_units(a) < a->arena_units);
     shmq_seg_t r;
-    CHECK_EQ(shmq_seg_open(&r, path, -1), SHMQ_OK);
-    CHECK_EQ(shmq_seg_attach(&r), SHMQ_OK); /* takes the dead slot and repairs it */
+    CHECK_EQ(shmq_open(&r, path, -1), SHMQ_OK);
+    CHECK_EQ(shmq_attach(&r), SHMQ_OK); /* takes the dead slot and repairs it */
     CHECK_EQ(q.hdr->repairs, 1);
     CHECK_EQ(shmq_arena_free_units(a), a->arena_units);
     CHECK_EQ(shmq_desc_state(((shmq_desc_t *)a->desc)->word), SHMQ_D_FREE);
-    shmq_seg_close(&r);
-    shmq_seg_close(&q);
+    shmq_close(&r);
+    shmq_close(&q);
     unlink(path);
 }
 
@@ -341,12 +343,12 @@ static void test_blocking_get_wakes(void)
     shmq_create_opts_t o = opts(path, 1 << 20, 0, 0);
     shmq_seg_t q;
     int created;
-    CHECK_EQ(shmq_seg_create(&q, &o, 0, &created), SHMQ_OK);
-    CHECK_EQ(shmq_seg_attach(&q), SHMQ_OK);
+    CHECK_EQ(shmq_create(&q, &o, 0, &created), SHMQ_OK);
+    CHECK_EQ(shmq_attach(&q), SHMQ_OK);
     pid_t pid = fork();
     if (pid == 0) {
         shmq_seg_t c;
-        if (shmq_seg_open(&c, path, -1) != SHMQ_OK || shmq_seg_attach(&c) != SHMQ_OK)
+        if (shmq_open(&c, path, -1) != SHMQ_OK || shmq_attach(&c) != SHMQ_OK)
             _exit(2);
         usleep(100 * 1000);
         _exit(put_bytes(&c, "wake", 4, 0) == SHMQ_OK ? 0 : 3);
@@ -364,7 +366,7 @@ static void test_blocking_get_wakes(void)
     t0 = shmq_now_mono_ns();
     CHECK_EQ(get_bytes(&q, out, sizeof out, &n, t0 + 30 * 1000 * 1000), SHMQ_EMPTY);
     CHECK(shmq_now_mono_ns() - t0 >= 29 * 1000 * 1000);
-    shmq_seg_close(&q);
+    shmq_close(&q);
     unlink(path);
 }
 

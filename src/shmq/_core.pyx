@@ -116,7 +116,7 @@ cdef class Core:
 
     def __dealloc__(self):
         if self.opened:
-            c.shmq_seg_close(&self.seg)
+            c.shmq_close(&self.seg)
             self.opened = False
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -148,7 +148,7 @@ cdef class Core:
             o.dedup_slots = ack["dedup_slots"]
             bdlq = (ack["dead_letter"] or "").encode()
             o.dead_letter = bdlq
-        rc = c.shmq_seg_create(&self.seg, &o, exist_ok, &created)
+        rc = c.shmq_create(&self.seg, &o, exist_ok, &created)
         if rc != c.SHMQ_OK:
             self._raise_open(rc, path)
         self._opened(path)
@@ -162,7 +162,7 @@ cdef class Core:
         cdef const char *p = NULL
         if bpath is not None:
             p = bpath
-        rc = c.shmq_seg_open(&self.seg, p, fd)
+        rc = c.shmq_open(&self.seg, p, fd)
         if rc != c.SHMQ_OK:
             self._raise_open(rc, path)
         self._opened(path)
@@ -176,9 +176,9 @@ cdef class Core:
         self.seg.poll_signals = 1   # blocking calls surface every 50 ms so Python signal handlers run
 
     cdef _attach(self):
-        cdef int rc = c.shmq_seg_attach(&self.seg)
+        cdef int rc = c.shmq_attach(&self.seg)
         if rc != c.SHMQ_OK:
-            c.shmq_seg_close(&self.seg)
+            c.shmq_close(&self.seg)
             self.opened = False
             raise _errors.ShmqError(f"cannot attach to queue {self.path!r}: the participant table is full "
                                     "(too many handles open on it at once); close unused handles")
@@ -189,8 +189,9 @@ cdef class Core:
             raise _errors.CorruptQueueError(f"{path}: not a valid shmq segment (failed validation); "
                                             "remove it with `shmq rm` if it is garbage")
         if rc == c.SHMQ_EINCOMPAT:
-            raise _errors.IncompatibleQueueError(f"{path}: made by an shmq with another layout version "
-                                                 f"(this one reads version {c.SHMQ_LAYOUT_VERSION})")
+            raise _errors.IncompatibleQueueError(f"{path}: made by an shmq with segment layout version {e}; "
+                                                 f"this shmq reads layout version {c.SHMQ_LAYOUT_VERSION} "
+                                                 "(close every process of the older version and recreate the queue)")
         if rc == c.SHMQ_ETOOBIG:
             raise ValueError(f"max_message is larger than the capacity can ever hold")
         if rc == c.SHMQ_ESYS:
@@ -201,9 +202,9 @@ cdef class Core:
         """In a forked child: take a slot of our own (the parent's stays the parent's)."""
         if not self.opened:
             return
-        cdef int rc = c.shmq_seg_after_fork(&self.seg)
+        cdef int rc = c.shmq_after_fork(&self.seg)
         if rc != c.SHMQ_OK:
-            c.shmq_seg_close(&self.seg)
+            c.shmq_close(&self.seg)
             self.opened = False
 
     def _close(self):
@@ -214,7 +215,7 @@ cdef class Core:
         if self._active:
             c.shmq_wake_all(&self.seg)   # blocked threads of ours wake, see _closed and leave
             return
-        c.shmq_seg_close(&self.seg)
+        c.shmq_close(&self.seg)
         self.opened = False
 
     cdef inline int _leave(self) except -1:
@@ -515,7 +516,7 @@ cdef class Core:
     cdef inline void _close_if_idle(self):
         """After a taken message was released: finish a close() that waited for it."""
         if self._closed and self._active == 0 and self.opened:
-            c.shmq_seg_close(&self.seg)
+            c.shmq_close(&self.seg)
             self.opened = False
 
     cdef object _get_one(self, uint64_t dl, bint *got):
@@ -816,7 +817,7 @@ cdef class Core:
                 "arena_mismatch": ck.arena_mismatch, "bad_areas": ck.bad_areas, "queued": ck.queued}
 
     def _validate(self):
-        cdef int rc = c.shmq_seg_validate(&self.seg)
+        cdef int rc = c.shmq_validate(&self.seg)
         if rc != c.SHMQ_OK:
             self._raise_open(rc, self.path)
 

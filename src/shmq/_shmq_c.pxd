@@ -67,12 +67,14 @@ cdef extern from "segment.h" nogil:
         uint32_t max_deliveries
         uint32_t dedup_slots
         const char *dead_letter
-    int shmq_seg_create(shmq_seg_t *seg, const shmq_create_opts_t *o, int exist_ok, int *created)
-    int shmq_seg_open(shmq_seg_t *seg, const char *path, int fd)
-    int shmq_seg_attach(shmq_seg_t *seg)
-    void shmq_seg_close(shmq_seg_t *seg)
-    int shmq_seg_after_fork(shmq_seg_t *seg)
-    int shmq_seg_validate(shmq_seg_t *seg)
+
+cdef extern from "kinds.h" nogil:
+    int shmq_create(shmq_seg_t *seg, const shmq_create_opts_t *o, int exist_ok, int *created)
+    int shmq_open(shmq_seg_t *seg, const char *path, int fd)
+    int shmq_attach(shmq_seg_t *seg)
+    void shmq_close(shmq_seg_t *seg)
+    int shmq_after_fork(shmq_seg_t *seg)
+    int shmq_validate(shmq_seg_t *seg)
 
 cdef extern from "queue.h" nogil:
     ctypedef struct shmq_iov_t:

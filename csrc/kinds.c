@@ -1,0 +1,61 @@
+#include "kinds.h"
+
+#include "lease.h"
+#include "participants.h"
+#include "queue.h"
+
+/* The kind's hooks and state, from the validated header (before the handle attaches). */
+static int bind_kind(shmq_seg_t *seg)
+{
+    if (seg->hdr->flags & SHMQ_F_ACK)
+        return shmq_ack_bind(seg);
+    shmq_queue_bind(seg);
+    return SHMQ_OK;
+}
+
+static int bound(shmq_seg_t *seg, int rc)
+{
+    if (rc == SHMQ_OK)
+        rc = bind_kind(seg);
+    if (rc != SHMQ_OK) {
+        int e = seg->err;
+        shmq_close(seg);
+        seg->err = e;
+    }
+    return rc;
+}
+
+int shmq_create(shmq_seg_t *seg, const shmq_create_opts_t *o, int exist_ok, int *created)
+{
+    shmq_region_req_t req[SHMQ_MAX_REGIONS];
+    uint32_t n = 0;
+    *created = 0;
+    if (o->flags & SHMQ_F_ACK) {
+        int rc = shmq_ack_region(o, &req[n++]);
+        if (rc != SHMQ_OK)
+            return rc;
+    }
+    return bound(seg, shmq_seg_create(seg, o, req, n, exist_ok, created));
+}
+
+int shmq_open(shmq_seg_t *seg, const char *path, int fd) { return bound(seg, shmq_seg_open(seg, path, fd)); }
+
+int shmq_attach(shmq_seg_t *seg) { return shmq_part_attach(seg); }
+
+int shmq_after_fork(shmq_seg_t *seg) { return shmq_seg_after_fork(seg); }
+
+int shmq_validate(shmq_seg_t *seg)
+{
+    int rc = shmq_seg_validate(seg);
+    if (rc == SHMQ_OK && (seg->hdr->flags & SHMQ_F_ACK))
+        rc = shmq_ack_valid(seg);
+    return rc;
+}
+
+void shmq_close(shmq_seg_t *seg)
+{
+    if (seg->ops && seg->ops->close)
+        seg->ops->close(seg);
+    seg->ops = NULL;
+    shmq_seg_close(seg);
+}
