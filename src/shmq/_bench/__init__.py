@@ -7,8 +7,8 @@ the C core's own benchmark is benchmarks/bench_ckernel.py in the source tree.
 import argparse
 import sys
 
-from . import harness, peers, report as _report, workloads
-from .harness import Mismatch, Skip, cpus as _cpus, host_info
+from . import harness, peers, workloads
+from .harness import Mismatch, Skip, cpus as _cpus, host_info  # noqa: F401 (_cpus: benchmarks/test_perf.py)
 from .peers import BASELINE, ack_peers, all_peers
 from .report import goals, plot, report
 from .workloads import GROUPS, Suite, idle_cpu, ping_pong, throughput
@@ -17,7 +17,7 @@ __all__ = ["main", "Suite", "GROUPS", "all_peers", "ack_peers", "throughput", "p
            "goals", "plot", "host_info", "Skip", "Mismatch", "BASELINE", "harness", "peers", "workloads"]
 
 _MOVED = {"ckernel": "the C core's benchmark is not part of the installed package: run "
-                     "`python -m benchmarks.bench_ckernel` from the source tree (it needs gcc)"}
+                     "`python -m benchmarks.bench_ckernel` from the source tree"}
 
 
 def select_peers(spec, pool=None):
