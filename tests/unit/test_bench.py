@@ -163,3 +163,24 @@ def test_the_installed_harness_compiles_nothing():
     for f in mods:
         text = open(os.path.join(d, f)).read()
         assert "gcc" not in text and "csrc" not in text, f"{f} builds C: that belongs in benchmarks/"
+
+
+def _small_result():
+    res = _suite("throughput", ["multiprocessing.Queue", "shmq"], 40)
+    res["ack"] = _suite("ack", ["multiprocessing.Queue", "shmq ack (send/receive/ack)"], 100)["ack"]
+    _no_failures(res)
+    return res
+
+
+def test_plot_writes_a_png_when_matplotlib_is_there(tmp_path):
+    pytest.importorskip("matplotlib", reason="matplotlib (bench extra) is not installed")
+    out = tmp_path / "bench.png"
+    assert _bench.plot(_small_result(), str(out)) is True
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib_says_so(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    out = tmp_path / "bench.png"
+    assert _bench.plot(_small_result(), str(out)) is False
+    assert not out.exists()

@@ -194,8 +194,10 @@ def plot(res, path):
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(14, 5.5))
-    for ax in (a1, a2):
+    ack = res.get("ack") or []
+    fig, axes = plt.subplots(1, 3 if ack else 2, figsize=(21 if ack else 14, 5.5))
+    a1, a2 = axes[0], axes[1]
+    for ax in axes:
         ax.set_prop_cycle(color=plt.cm.tab20.colors)   # > 10 series: no repeated colours
     sizes = {label: spec[1] for label, spec in SIZES}
     by_peer = {}
@@ -211,7 +213,8 @@ def plot(res, path):
     a1.set_xlabel("message size (bytes)")
     a1.set_ylabel("GB/s (1 producer -> 1 consumer process)")
     a1.set_title("throughput by message size")
-    a1.legend(fontsize=7)
+    if a1.lines:
+        a1.legend(fontsize=7)
     a1.grid(True, which="both", alpha=0.3)
     mode = "different CPUs" if any(r["cpus"] == "different CPUs" for r in res["latency"]) else "same CPU"
     for r in res["latency"]:
@@ -224,8 +227,26 @@ def plot(res, path):
     a2.set_xlabel("round trip, microseconds")
     a2.set_ylabel("fraction of round trips")
     a2.set_title(f"ping-pong 64 B, {mode}: latency CDF")
-    a2.legend(fontsize=7)
+    if a2.lines:
+        a2.legend(fontsize=7)
     a2.grid(True, which="both", alpha=0.3)
+    if ack:
+        a3 = axes[2]
+        names = list(dict.fromkeys(r["peer"] for r in ack))
+        shapes = sorted({(r["producers"], r["consumers"]) for r in ack})
+        width = 0.8 / max(1, len(shapes))
+        for k, pc in enumerate(shapes):
+            rates = {r["peer"]: r["msgs_per_s"] for r in ack if (r["producers"], r["consumers"]) == pc}
+            a3.barh([i + k * width for i in range(len(names))], [rates.get(n, 0) for n in names], height=width,
+                    label=f"{pc[0]}->{pc[1]}")
+        a3.set_yticks([i + width * (len(shapes) - 1) / 2 for i in range(len(names))])
+        a3.set_yticklabels([n.replace(" (", "\n(") for n in names], fontsize=7)
+        a3.invert_yaxis()
+        a3.set_xscale("log")
+        a3.set_xlabel("messages per second")
+        a3.set_title("at-least-once send + receive + ack, 64 B")
+        a3.legend(fontsize=7)
+        a3.grid(True, which="both", axis="x", alpha=0.3)
     m = res["machine"]
     fig.suptitle(f"shmq bench - {m['cpu_model']}, {m['cores']} cores, Python {m['python']}")
     fig.tight_layout()
