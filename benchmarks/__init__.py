@@ -1,4 +1,5 @@
-"""shmq benchmarks: thin runnable wrappers over shmq._bench (see docs/benchmarks.md)."""
+"""shmq benchmarks: thin runnable wrappers over the harness shmq._bench (see docs/benchmarks.md),
+plus what needs the source tree (bench_ckernel) or measures one mechanism (bench_repair, bench_timers)."""
 import sys
 
 

@@ -15,9 +15,16 @@ MiB = 1024 * 1024
 N_SMALL = 100_000
 N_LARGE = 500
 
-PEERS = {p.name: p for p in _bench.all_peers()}
+PEERS = {p.name: p for p in _bench.all_peers() + _bench.ack_peers()}
+ACK = [p.name for p in _bench.ack_peers()]
 SINGLE = ["multiprocessing.Queue", "faster-fifo", "pyzmq PUSH/PULL ipc://", "os.pipe (length-prefixed)",
           "shmq", "shmq (put_many/get_many)", "shmq raw (put_many/get_many)"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_servers():
+    yield
+    _bench.peers.shutdown()      # the Redis server the Redis Streams peer started
 
 
 def _peer(name):
@@ -80,3 +87,11 @@ def test_ping_pong(benchmark, name, placement):
 
     benchmark.pedantic(once, rounds=1, iterations=1)
     benchmark.extra_info.update({k: out[k] for k in ("round_trips", "p50_us", "p99_us", "p999_us")})
+
+
+@pytest.mark.parametrize("name", ["multiprocessing.Queue"] + ACK)
+@pytest.mark.parametrize("pc", [(1, 1), (2, 2)], ids=["1-1", "2-2"])
+def test_ack(benchmark, name, pc):
+    peer = _peer(name)
+    n = max(1000, int(N_SMALL * peer.trial_scale)) // pc[0]
+    _tp(benchmark, peer, ("seq", 64), n, producers=pc[0], consumers=pc[1])

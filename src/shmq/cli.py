@@ -8,13 +8,15 @@ import time
 
 from . import _core, _names
 from .errors import QueueNotFound, ShmqError
-from .stats import inspect_path, kind_name, list_queues
+from .stats import entry_kind, inspect_path, kind_name, list_queues, scan
 
 # argparse (standard library): the CLI needs subcommands, --help and exit codes, nothing a
 # third-party library would add enough to justify a runtime dependency.
 
 _TMP_RE = re.compile(r"~c(\d+)\.\d+\Z")
 _ANON_RE = re.compile(r"@(\d+)-[0-9a-f]+\Z")
+PID_MAX_LIMIT = 1 << 22      # the kernel's hard ceiling for pid_max (64-bit): no process has a larger pid
+PEEK_MAX_BYTES = 1 << 24     # --bytes: the prefix is copied into one buffer first
 
 
 def _pid_alive(pid):
@@ -27,19 +29,19 @@ def _pid_alive(pid):
     return True
 
 
-def _entries():
-    """(name, path) of every queue segment in /dev/shm (temporary creation files excluded)."""
-    try:
-        files = sorted(os.listdir(_names.SHM_DIR))
-    except FileNotFoundError:
-        return []
-    out = []
-    for f in files:
-        if f.startswith(_names.PREFIX) and "~" not in f:
-            out.append((f[len(_names.PREFIX):], os.path.join(_names.SHM_DIR, f)))
-    return out
-
-
+def _count(limit=None):
+    """An argparse type: an int >= 0 (and <= limit), else a usage error (exit status 2)."""
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if v < 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+        if limit is not None and v > limit:
+            raise argparse.ArgumentTypeError(f"must be <= {limit}, got {v}")
+        return v
+    return parse
 
 
 def _fmt_bytes(n):
@@ -108,6 +110,9 @@ def cmd_rm(args):
         except FileNotFoundError:
             print(f"shmq rm: no such queue: {name!r}", file=sys.stderr)
             rc = 1
+        except OSError as e:     # a directory planted under the name, or not ours to remove: go on
+            print(f"shmq rm: cannot remove {name!r}: {e.strerror or e}", file=sys.stderr)
+            rc = 1
     return rc
 
 
@@ -174,10 +179,9 @@ def cmd_top(args):
         while args.iterations is None or it < args.iterations:
             now = time.monotonic()
             rows = []
-            for qi in list_queues():
-                try:
-                    st = inspect_path(_resolve(qi.name))
-                except (ShmqError, OSError, ValueError):
+            for qi, st in scan():
+                if st is None:  # not a queue, or unreadable: listed, with no counters
+                    rows.append((qi.name, qi.kind, "-", "-", "-", "-", "-", "-"))
                     continue
                 p = prev.get(qi.name)
                 rin = rout = 0.0
@@ -201,10 +205,51 @@ def cmd_top(args):
     return 0
 
 
+def _gc_one(name, path):
+    """(removed?, message or None, error?) for one shmq.* entry; never raises for the entry's sake."""
+    m_tmp = _TMP_RE.search(name)
+    m_anon = None if m_tmp else _ANON_RE.match(name)
+    m = m_tmp or m_anon
+    if not m:
+        return False, None, False       # a named queue: only `shmq rm` removes it
+    pid = int(m.group(1))
+    if not 0 < pid <= PID_MAX_LIMIT:
+        return False, f"skipped {name}: pid {m.group(1)} is out of range (no process can have it): not made by shmq", \
+            False
+    if _pid_alive(pid):
+        return False, None, False
+    kind = entry_kind(path)
+    if kind is False:
+        return False, None, False       # gone meanwhile
+    if kind is not None:
+        return False, f"skipped {name}: not a regular file (never opened, never removed by gc)", False
+    what = f"temporary file of dead creator {pid}" if m_tmp else f"anonymous queue of dead creator {pid}"
+    if m_anon:
+        try:
+            if inspect_path(path)["attached"]:
+                return False, None, False
+        except (ShmqError, OSError):
+            pass  # a corrupt anonymous segment of a dead creator is garbage too
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False, None, False
+    except PermissionError:
+        try:
+            owner = f"owner uid {os.lstat(path).st_uid}"
+        except OSError:
+            owner = "owner unknown"
+        return False, f"skipped {name}: {what}, but not permitted to remove it ({owner})", False
+    except OSError as e:
+        return False, f"could not remove {name}: {e.strerror or e}", True
+    return True, f"removed {name} ({what})", False
+
+
 def cmd_gc(args):
     """Remove anonymous segments whose creator is dead and that no live process holds, and
-    temporary creation files of dead creators."""
-    removed = 0
+    temporary creation files of dead creators. Each entry is judged on its own: one that is
+    not a regular file, names an impossible pid or may not be removed is reported and skipped."""
+    removed = skipped = failed = 0
     try:
         files = sorted(os.listdir(_names.SHM_DIR))
     except FileNotFoundError:
@@ -212,32 +257,15 @@ def cmd_gc(args):
     for f in files:
         if not f.startswith(_names.PREFIX):
             continue
-        path = os.path.join(_names.SHM_DIR, f)
-        name = f[len(_names.PREFIX):]
-        m = _TMP_RE.search(name)
-        if m:
-            if not _pid_alive(int(m.group(1))):
-                os.unlink(path)
-                print(f"removed {name} (temporary file of dead creator {m.group(1)})")
-                removed += 1
-            continue
-        m = _ANON_RE.match(name)
-        if not m or _pid_alive(int(m.group(1))):
-            continue
-        try:
-            st = inspect_path(path)
-            if st["attached"]:
-                continue
-        except (ShmqError, OSError):
-            pass  # a corrupt anonymous segment of a dead creator is garbage too
-        try:
-            os.unlink(path)
-            print(f"removed {name} (anonymous queue of dead creator {m.group(1)})")
-            removed += 1
-        except FileNotFoundError:
-            pass
-    print(f"{removed} segment(s) removed")
-    return 0
+        ok, msg, err = _gc_one(f[len(_names.PREFIX):], os.path.join(_names.SHM_DIR, f))
+        removed += ok
+        failed += err
+        skipped += bool(msg) and not ok and not err
+        if msg:
+            print(("shmq gc: " + msg) if err else msg, file=sys.stderr if err else sys.stdout)
+    print(f"{removed} segment(s) removed" + (f", {skipped} skipped" if skipped else "")
+          + (f", {failed} could not be removed" if failed else ""))
+    return 1 if failed else 0
 
 
 def cmd_bench(args, rest):
@@ -259,8 +287,9 @@ def build_parser():
                        description="Show id, type, size and a hex prefix of the next messages, without consuming them. "
                                    "Unpickles only with --unpickle: unpickling runs code chosen by whoever can write the queue.")
     s.add_argument("name")
-    s.add_argument("-n", type=int, default=10, help="how many messages (default 10)")
-    s.add_argument("--bytes", type=int, default=32, help="hex prefix length (default 32)")
+    s.add_argument("-n", type=_count(), default=10, help="how many messages (default 10)")
+    s.add_argument("--bytes", type=_count(PEEK_MAX_BYTES), default=32,
+                   help=f"hex prefix length (default 32, at most {PEEK_MAX_BYTES})")
     s.add_argument("--unpickle", action="store_true", help="also show the decoded value (runs pickle: trust the writers)")
     s = sub.add_parser("purge", help="discard every queued message", description="Take and discard every queued message.")
     s.add_argument("name")
@@ -291,8 +320,6 @@ def main(argv=None):
         parser.print_help()
         return 2
     try:
-        if getattr(args, "n", 1) is not None and getattr(args, "n", 1) < 0:
-            raise ValueError("-n must be >= 0")
         return {"ls": cmd_ls, "stat": cmd_stat, "rm": cmd_rm, "gc": cmd_gc, "peek": cmd_peek, "purge": cmd_purge,
                 "top": cmd_top, "redrive": cmd_redrive}[args.cmd](args)
     except ValueError as e:

@@ -1,10 +1,11 @@
 """Queue inventory: QueueInfo records and list_queues(), read without attaching."""
 import os
+import stat as _stat
 import time
 from typing import NamedTuple, Optional
 
 from . import _core, _names
-from .errors import CorruptQueueError, IncompatibleQueueError
+from .errors import CorruptQueueError, IncompatibleQueueError, ShmqError
 
 __all__ = ["QueueInfo", "list_queues", "inspect_path", "complete_stats"]
 
@@ -48,7 +49,9 @@ def complete_stats(core, st):
 
 
 def inspect_path(path):
-    """Counters of the segment at path, read without attaching (participants are not disturbed)."""
+    """Counters of the segment at path, read without attaching (participants are not disturbed).
+    Raises FileNotFoundError, PermissionError or another OSError (a symlink, which is never
+    followed, or a directory), CorruptQueueError, IncompatibleQueueError."""
     c = _core.Core()
     c._open(path, -1, False)
     try:
@@ -57,9 +60,27 @@ def inspect_path(path):
         c._close()
 
 
-def list_queues(include_anonymous=True):
-    """Every queue segment in /dev/shm as QueueInfo, sorted by name. Segments that fail
-    validation are listed with kind 'corrupt' or 'incompatible' and no counters."""
+NOT_A_QUEUE = "not-a-queue"     # a directory, symlink, FIFO, socket or device named shmq.*: never opened
+
+
+def _bare(name, kind):
+    return QueueInfo(name, kind, None, None, None, None, None, None)
+
+
+def entry_kind(path):
+    """None for a regular file (a candidate segment), NOT_A_QUEUE for any other kind of entry,
+    False when nothing is there any more. Judged with lstat: a symlink is never followed."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return False
+    return None if _stat.S_ISREG(mode) else NOT_A_QUEUE
+
+
+def scan(include_anonymous=True):
+    """[(QueueInfo, counters or None)] for every shmq.* entry of /dev/shm, sorted by name. Each
+    entry is judged on its own: one that is no queue, or that cannot be read, is listed with a
+    kind saying so and no counters, and never stops the listing."""
     out = []
     try:
         files = sorted(os.listdir(_names.SHM_DIR))
@@ -71,19 +92,43 @@ def list_queues(include_anonymous=True):
         name = f[len(_names.PREFIX):]
         if name.startswith(_names.ANON_MARK) and not include_anonymous:
             continue
+        path = os.path.join(_names.SHM_DIR, f)
+        kind = entry_kind(path)
+        if kind is False:
+            continue  # removed while we listed
+        if kind is not None:
+            out.append((_bare(name, kind), None))
+            continue
         try:
-            st = inspect_path(os.path.join(_names.SHM_DIR, f))
+            st = inspect_path(path)
         except CorruptQueueError:
-            out.append(QueueInfo(name, "corrupt", None, None, None, None, None, None))
+            out.append((_bare(name, "corrupt"), None))
             continue
         except IncompatibleQueueError:
-            out.append(QueueInfo(name, "incompatible", None, None, None, None, None, None))
+            out.append((_bare(name, "incompatible"), None))
             continue
         except FileNotFoundError:
             continue  # removed while we listed
         except PermissionError:
-            out.append(QueueInfo(name, "no-permission", None, None, None, None, None, None))
+            out.append((_bare(name, "no-permission"), None))
             continue
-        out.append(QueueInfo(name, kind_name(st), st["depth"], st["bytes_used"], st["capacity"] or None,
-                             st["attached"], st["creator_pid"], st["created_at"], st["producers"], st["consumers"]))
+        except OSError:
+            # replaced by a directory or symlink since the lstat (ELOOP, EISDIR), or a file
+            # the kernel will not map (ENODEV, EINVAL): not something we can read as a queue
+            out.append((_bare(name, NOT_A_QUEUE if entry_kind(path) else "unreadable"), None))
+            continue
+        except ShmqError:
+            out.append((_bare(name, "corrupt"), None))
+            continue
+        out.append((QueueInfo(name, kind_name(st), st["depth"], st["bytes_used"], st["capacity"] or None,
+                              st["attached"], st["creator_pid"], st["created_at"], st["producers"],
+                              st["consumers"]), st))
     return out
+
+
+def list_queues(include_anonymous=True):
+    """Every shmq.* entry in /dev/shm as QueueInfo, sorted by name. Entries that are not queues
+    or fail validation are listed with kind 'not-a-queue' (a directory, symlink, FIFO...),
+    'corrupt', 'incompatible', 'no-permission' or 'unreadable', and no counters; none of them
+    stops the listing."""
+    return [qi for qi, _ in scan(include_anonymous)]
