@@ -96,6 +96,28 @@ cdef int _deadline(object block, object timeout, uint64_t *out) except -1:
     return 0
 
 
+def _untrusted_file(int fd, path, uint32_t expected_uid, uint32_t mode):
+    """None if the open file fd is owned by expected_uid with no permission bit outside mode,
+    else the QueuePermissionError to raise (naming the file, its owner and mode)."""
+    import errno
+    import pwd
+    st = os.fstat(fd)
+    have = st.st_mode & 0o777
+    if st.st_uid == expected_uid and not (have & ~mode):
+        return None
+    def who(uid):
+        try:
+            return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+        except KeyError:
+            return f"uid {uid}"
+    return _errors.QueuePermissionError(
+        errno.EPERM,
+        f"refusing to use queue file {path}: it is owned by {who(st.st_uid)} with mode {oct(have)}, but "
+        f"{who(expected_uid)} with at most mode {oct(mode)} was expected; another user may have created it "
+        "first to read or plant messages. Check who made it, remove it (`shmq rm`, as its owner or root), "
+        "or open it by name without create=True if you trust it", path)
+
+
 cdef class Core:
     """One attached handle on one queue segment."""
     cdef c.shmq_seg_t seg
@@ -151,6 +173,12 @@ cdef class Core:
         rc = c.shmq_seg_create(&self.seg, &o, exist_ok, &created)
         if rc != c.SHMQ_OK:
             self._raise_open(rc, path)
+        if not created:
+            # issue 11 item 5: exist_ok must not adopt a file someone else planted under the name
+            problem = _untrusted_file(self.seg.fd, path, os.geteuid(), mode)
+            if problem is not None:
+                c.shmq_seg_close(&self.seg)
+                raise problem
         self._opened(path)
         self._attach()
         return bool(created)
@@ -226,6 +254,17 @@ cdef class Core:
         if self._closed or not self.opened:
             raise _errors.QueueClosedError(f"queue {self.path!r} is closed")
         return 0
+
+    def _check_trusted(self, uint32_t expected_uid, uint32_t mode):
+        """Raise QueuePermissionError (and close) unless the file, as opened, is owned by
+        expected_uid and its mode is not wider than mode (fstat of our descriptor: no window
+        between the check and the use)."""
+        if not self.opened:
+            raise _errors.QueueClosedError(f"queue {self.path!r} is closed")
+        problem = _untrusted_file(self.seg.fd, self.path, expected_uid, mode)
+        if problem is not None:
+            self._close()
+            raise problem
 
     @property
     def _fd(self):
@@ -590,9 +629,10 @@ cdef class Core:
         c.shmq_ack_set_dlq(&self.seg, &dlq.seg if dlq is not None else NULL, bname)
 
     def _send(self, obj, bytes hdr, uint32_t priority, uint64_t delay_ns, uint64_t ttl_ns, bytes dedup_key,
-              block=True, timeout=None):
+              block=True, timeout=None, uint32_t raw_kind=0):
         """Send obj with a header block; returns (id, duplicate). delay/ttl: SHMQ_USE_DEFAULT
-        for the queue's default. Raises Full, MessageTooLargeError, QueueClosedError."""
+        for the queue's default. raw_kind: obj is a payload of that kind taken by a raw receive,
+        stored as it is (redrive). Raises Full, MessageTooLargeError, QueueClosedError."""
         cdef c.shmq_send_opts_t so
         cdef uint64_t dl, mid = 0
         cdef int dup
@@ -610,11 +650,19 @@ cdef class Core:
             if len(dedup_key) != 16:
                 raise ValueError("dedup key must be 16 bytes")
             so.dedup_key = <const uint8_t *>PyBytes_AS_STRING(dedup_key)
-        dup = self._put_obj(obj, dl, &so, &mid)
+        if raw_kind:
+            if raw_kind not in _KIND_NAMES or not isinstance(obj, bytes):
+                raise ValueError(f"not a payload of a raw receive: kind {raw_kind}")
+            if (raw_kind == KIND_PICKLE or raw_kind == KIND_PICKLE_OOB) and (self._flags & c.SHMQ_F_RAW):
+                raise TypeError(f"raw queue {self.path!r} carries bytes-like bodies only, not a pickle")
+            dup = self._put_contig(obj, raw_kind, dl, &so, &mid)
+        else:
+            dup = self._put_obj(obj, dl, &so, &mid)
         return mid, bool(dup)
 
-    cdef object _receive_one(self, uint64_t dl):
-        """(body, hdr, id, timestamp, delivery_count, priority, token) or None when empty."""
+    cdef object _receive_one(self, uint64_t dl, bint raw=False):
+        """(body, hdr, id, timestamp, delivery_count, priority, token) or None when empty.
+        raw: body is (payload kind, payload bytes), never unpickled (redrive)."""
         cdef c.shmq_msg_t m
         cdef int rc
         while True:
@@ -623,7 +671,10 @@ cdef class Core:
             body = None
             err = None
             try:
-                body = self._decode(&m)
+                if raw:
+                    body = (m.kind, PyBytes_FromStringAndSize(<const char *>m.data, <Py_ssize_t>m.size))
+                else:
+                    body = self._decode(&m)
                 hdr = PyBytes_FromStringAndSize(<const char *>m.hdr, <Py_ssize_t>m.hdr_size)
             except Exception as e:
                 err = e
@@ -635,11 +686,11 @@ cdef class Core:
                 raise err
             return (body, hdr, m.id, m.timestamp_ns / 1e9, m.delivery_count, m.priority, m.handle)
 
-    def _receive(self, block=True, timeout=None):
+    def _receive(self, block=True, timeout=None, bint raw=False):
         cdef uint64_t dl
         self._check()
         _deadline(block, timeout, &dl)
-        r = self._receive_one(dl)
+        r = self._receive_one(dl, raw)
         if r is None:
             raise _errors.Empty()
         return r
