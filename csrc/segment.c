@@ -15,6 +15,7 @@
 #include "atomic.h"
 #include "crashpoint.h"
 #include "desc.h"
+#include "guard.h"
 #include "lock.h"
 #include "participants.h"
 #include "wait.h"
@@ -335,14 +336,11 @@ int shmq_seg_create(shmq_seg_t *seg, const shmq_create_opts_t *o, const shmq_reg
         max_message = UINT32_MAX;
     uint64_t total = a0off + a0size;
 
-    static unsigned counter = 0;
+    /* issue 11 item 9: an unnamed (or unguessable) temporary file, so nobody can take it first */
     char tmp[512];
-    int n = snprintf(tmp, sizeof tmp, "%s~c%d.%u", o->path, (int)getpid(), __atomic_fetch_add(&counter, 1, __ATOMIC_RELAXED));
-    if (n < 0 || (size_t)n >= sizeof tmp)
-        return SHMQ_EINVAL;
-    int fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    int fd = shmq_tmp_create(o->path, tmp, sizeof tmp);
     if (fd < 0)
-        return set_err(seg, errno);
+        return errno == ENAMETOOLONG ? SHMQ_EINVAL : set_err(seg, errno);
     seg->fd = fd;
     int e;
     if (fchmod(fd, o->mode) != 0) { /* exact mode, whatever the umask */
@@ -395,19 +393,17 @@ int shmq_seg_create(shmq_seg_t *seg, const shmq_create_opts_t *o, const shmq_reg
     }
     area_init(&seg->areas[0], (uint8_t *)p + a0off, a0size, 0);
     shmq_store_release(&h->init_state, SHMQ_READY); /* release: everything above is visible first */
-    if (link(tmp, o->path) != 0) {
-        e = errno;
-        unlink(tmp);
+    e = shmq_tmp_publish(fd, tmp, o->path);
+    if (e != 0) {
         shmq_seg_close(seg);
         if (e == EEXIST && exist_ok)
             return shmq_seg_open(seg, o->path, -1);
         return set_err(seg, e);
     }
-    unlink(tmp);
     *created = 1;
     return SHMQ_OK;
 fail:
-    unlink(tmp);
+    shmq_tmp_discard(tmp);
     shmq_seg_close(seg);
     return set_err(seg, e);
 }

@@ -12,17 +12,18 @@
  * files: a process that holds the file open (even after unlink) can always reach every area,
  * and unlink removes everything at once. Each process maps each area on demand.
  *
- * Creation (no wedge window): the creator builds the whole file under a temporary name
- * ("shmq.<name>~c<pid>.<n>": '~' is outside the name alphabet), fchmod()s it, sets
- * init_state = READY, then link()s it into place; EEXIST means another creator won and we open
- * theirs. An opener therefore never sees a half-built segment under the real name.
+ * Creation (no wedge window): the creator builds the whole file unnamed (O_TMPFILE) or, where
+ * that is refused, under an unguessable temporary name ("shmq.<name>~c<pid>.<random>": '~' is
+ * outside the name alphabet; guard.h), fchmod()s it, sets init_state = READY, then links it
+ * into place; EEXIST means another creator won and we open theirs. An opener therefore never
+ * sees a half-built segment under the real name.
  *
  * Participants (participants.h): each attached handle owns one slot; liveness is an OFD lock
  * on byte 2^40 + slot. This file knows no kind of queue: a kind registers its hooks (shmq_ops_t)
  * and its regions, and the region table lets each kind keep its own state (DESIGN §1).
  *
  * Concurrency: the header's immutable part is written once before link(); the rest is atomics.
- * Crash windows: creation - a dead creator leaves only a temp file (shmq gc removes it);
+ * Crash windows: creation - a dead creator leaves nothing (O_TMPFILE) or a temp file (shmq gc);
  * attach - a process killed between taking its lock byte and writing its slot leaves a slot
  * whose byte is free again: the next attacher re-initialises it; growth - see shmq_seg_grow.
  * Everything read from the file is untrusted and validated in shmq_seg_validate / at use.

@@ -96,6 +96,28 @@ cdef int _deadline(object block, object timeout, uint64_t *out) except -1:
     return 0
 
 
+def _untrusted_file(int fd, path, uint32_t expected_uid, uint32_t mode):
+    """None if the open file fd is owned by expected_uid with no permission bit outside mode,
+    else the QueuePermissionError to raise (naming the file, its owner and mode)."""
+    import errno
+    import pwd
+    st = os.fstat(fd)
+    have = st.st_mode & 0o777
+    if st.st_uid == expected_uid and not (have & ~mode):
+        return None
+    def who(uid):
+        try:
+            return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+        except KeyError:
+            return f"uid {uid}"
+    return _errors.QueuePermissionError(
+        errno.EPERM,
+        f"refusing to use queue file {path}: it is owned by {who(st.st_uid)} with mode {oct(have)}, but "
+        f"{who(expected_uid)} with at most mode {oct(mode)} was expected; another user may have created it "
+        "first to read or plant messages. Check who made it, remove it (`shmq rm`, as its owner or root), "
+        "or open it by name without create=True if you trust it", path)
+
+
 cdef class Core:
     """One attached handle on one queue segment."""
     cdef c.shmq_seg_t seg
@@ -106,6 +128,8 @@ cdef class Core:
     cdef readonly str path
     cdef object _pending_error  # a decode error met by get_many after it had taken items
     cdef object _dlq            # the dead-letter queue's Core (its seg is referenced by ours)
+    cdef int _fault_word        # set by the SIGBUS guard (guard.h): our file was truncated under us
+    cdef bint _guarded          # registered with the guard
 
     def __cinit__(self):
         self.opened = False
@@ -116,8 +140,7 @@ cdef class Core:
 
     def __dealloc__(self):
         if self.opened:
-            c.shmq_close(&self.seg)
-            self.opened = False
+            self._seg_close()
 
     # -- lifecycle ---------------------------------------------------------------------
     def _create(self, str path, uint32_t kind, uint32_t flags, uint64_t capacity, uint64_t max_message,
@@ -151,6 +174,12 @@ cdef class Core:
         rc = c.shmq_create(&self.seg, &o, exist_ok, &created)
         if rc != c.SHMQ_OK:
             self._raise_open(rc, path)
+        if not created:
+            # issue 11 item 5: exist_ok must not adopt a file someone else planted under the name
+            problem = _untrusted_file(self.seg.fd, path, os.geteuid(), mode)
+            if problem is not None:
+                c.shmq_close(&self.seg)
+                raise problem
         self._opened(path)
         self._attach()
         return bool(created)
@@ -171,15 +200,17 @@ cdef class Core:
 
     cdef _opened(self, path):
         self.opened = True
+        # issue 11 item 7: an access to pages a truncation removed raises instead of killing us
+        self._guarded = c.shmq_guard_register(&self.seg, &self._fault_word) == 0
         self.path = path
         self._flags = self.seg.hdr.flags
         self.seg.poll_signals = 1   # blocking calls surface every 50 ms so Python signal handlers run
 
     cdef _attach(self):
         cdef int rc = c.shmq_attach(&self.seg)
+        self._check_fault()
         if rc != c.SHMQ_OK:
-            c.shmq_close(&self.seg)
-            self.opened = False
+            self._seg_close()
             raise _errors.ShmqError(f"cannot attach to queue {self.path!r}: the participant table is full "
                                     "(too many handles open on it at once); close unused handles")
 
@@ -204,8 +235,7 @@ cdef class Core:
             return
         cdef int rc = c.shmq_after_fork(&self.seg)
         if rc != c.SHMQ_OK:
-            c.shmq_close(&self.seg)
-            self.opened = False
+            self._seg_close()
 
     def _close(self):
         """Detach and unmap (deferred until calls running without the GIL return)."""
@@ -215,8 +245,25 @@ cdef class Core:
         if self._active:
             c.shmq_wake_all(&self.seg)   # blocked threads of ours wake, see _closed and leave
             return
+        self._seg_close()
+
+    cdef void _seg_close(self):
+        """Detach and unmap now (a truncated file's missing pages read as zeros meanwhile)."""
         c.shmq_close(&self.seg)
+        if self._guarded:
+            c.shmq_guard_unregister(&self.seg)
+            self._guarded = False
         self.opened = False
+
+    cdef int _check_fault(self) except -1:
+        """After each call into the core: a caught SIGBUS becomes CorruptQueueError, closing us."""
+        if not self._fault_word:
+            return 0
+        self._closed = True
+        self._close_if_idle()
+        raise _errors.CorruptQueueError(
+            f"queue {self.path!r}: its file was truncated while this process used it (an access beyond its "
+            "end was caught); this handle is closed. Another process shrank the segment: recreate the queue")
 
     cdef inline int _leave(self) except -1:
         self._active -= 1
@@ -225,8 +272,21 @@ cdef class Core:
 
     cdef inline int _check(self) except -1:
         if self._closed or not self.opened:
+            if self._fault_word:
+                raise _errors.QueueClosedError(f"queue {self.path!r} is closed: its file was truncated under us")
             raise _errors.QueueClosedError(f"queue {self.path!r} is closed")
         return 0
+
+    def _check_trusted(self, uint32_t expected_uid, uint32_t mode):
+        """Raise QueuePermissionError (and close) unless the file, as opened, is owned by
+        expected_uid and its mode is not wider than mode (fstat of our descriptor: no window
+        between the check and the use)."""
+        if not self.opened:
+            raise _errors.QueueClosedError(f"queue {self.path!r} is closed")
+        problem = _untrusted_file(self.seg.fd, self.path, expected_uid, mode)
+        if problem is not None:
+            self._close()
+            raise problem
 
     @property
     def _fd(self):
@@ -252,6 +312,7 @@ cdef class Core:
                 rc = c.shmq_put(&self.seg, iov, n, kind, 0, idp)
             else:
                 rc = c.shmq_send(&self.seg, iov, n, kind, so, 0, idp, &dup)
+            self._check_fault()
             if rc == c.SHMQ_OK:
                 return dup
             if rc != c.SHMQ_FULL or dl == 0:
@@ -266,6 +327,7 @@ cdef class Core:
                         rc = c.shmq_send(&self.seg, iov, n, kind, so, dl, idp, &dup)
             finally:
                 self._leave()
+            self._check_fault()
             if rc == c.SHMQ_EINTR:
                 PyErr_CheckSignals()
                 self._check()
@@ -480,6 +542,8 @@ cdef class Core:
         _close_if_idle), 0 (nothing in time); raises for errors and after close."""
         cdef int rc
         rc = c.shmq_receive_begin(&self.seg, m, 0) if lease else c.shmq_get_begin(&self.seg, m, 0)
+        if rc != c.SHMQ_OK:
+            self._check_fault()
         if rc == c.SHMQ_EMPTY and dl != 0:
             while True:
                 self._active += 1
@@ -494,6 +558,8 @@ cdef class Core:
                         self._active -= 1   # the message pins the mapping until it is released
                     else:
                         self._leave()
+                if rc != c.SHMQ_OK:
+                    self._check_fault()
                 if rc == c.SHMQ_EINTR:
                     PyErr_CheckSignals()
                     self._check()
@@ -516,8 +582,7 @@ cdef class Core:
     cdef inline void _close_if_idle(self):
         """After a taken message was released: finish a close() that waited for it."""
         if self._closed and self._active == 0 and self.opened:
-            c.shmq_close(&self.seg)
-            self.opened = False
+            self._seg_close()
 
     cdef object _get_one(self, uint64_t dl, bint *got):
         cdef c.shmq_msg_t m
@@ -525,10 +590,12 @@ cdef class Core:
         if not got[0]:
             return None
         try:
-            return self._decode(&m)
+            obj = self._decode(&m)
         finally:
             c.shmq_get_end(&self.seg, &m)
+            self._check_fault()   # what was decoded from zero pages is not returned
             self._close_if_idle()
+        return obj
 
     def get(self, block=True, timeout=None):
         """Remove and return an item. Raises Empty (timeout/non-blocking), QueueClosedError."""
@@ -591,9 +658,10 @@ cdef class Core:
         c.shmq_ack_set_dlq(&self.seg, &dlq.seg if dlq is not None else NULL, bname)
 
     def _send(self, obj, bytes hdr, uint32_t priority, uint64_t delay_ns, uint64_t ttl_ns, bytes dedup_key,
-              block=True, timeout=None):
+              block=True, timeout=None, uint32_t raw_kind=0):
         """Send obj with a header block; returns (id, duplicate). delay/ttl: SHMQ_USE_DEFAULT
-        for the queue's default. Raises Full, MessageTooLargeError, QueueClosedError."""
+        for the queue's default. raw_kind: obj is a payload of that kind taken by a raw receive,
+        stored as it is (redrive). Raises Full, MessageTooLargeError, QueueClosedError."""
         cdef c.shmq_send_opts_t so
         cdef uint64_t dl, mid = 0
         cdef int dup
@@ -611,11 +679,19 @@ cdef class Core:
             if len(dedup_key) != 16:
                 raise ValueError("dedup key must be 16 bytes")
             so.dedup_key = <const uint8_t *>PyBytes_AS_STRING(dedup_key)
-        dup = self._put_obj(obj, dl, &so, &mid)
+        if raw_kind:
+            if raw_kind not in _KIND_NAMES or not isinstance(obj, bytes):
+                raise ValueError(f"not a payload of a raw receive: kind {raw_kind}")
+            if (raw_kind == KIND_PICKLE or raw_kind == KIND_PICKLE_OOB) and (self._flags & c.SHMQ_F_RAW):
+                raise TypeError(f"raw queue {self.path!r} carries bytes-like bodies only, not a pickle")
+            dup = self._put_contig(obj, raw_kind, dl, &so, &mid)
+        else:
+            dup = self._put_obj(obj, dl, &so, &mid)
         return mid, bool(dup)
 
-    cdef object _receive_one(self, uint64_t dl):
-        """(body, hdr, id, timestamp, delivery_count, priority, token) or None when empty."""
+    cdef object _receive_one(self, uint64_t dl, bint raw=False):
+        """(body, hdr, id, timestamp, delivery_count, priority, token) or None when empty.
+        raw: body is (payload kind, payload bytes), never unpickled (redrive)."""
         cdef c.shmq_msg_t m
         cdef int rc
         while True:
@@ -624,11 +700,15 @@ cdef class Core:
             body = None
             err = None
             try:
-                body = self._decode(&m)
+                if raw:
+                    body = (m.kind, PyBytes_FromStringAndSize(<const char *>m.data, <Py_ssize_t>m.size))
+                else:
+                    body = self._decode(&m)
                 hdr = PyBytes_FromStringAndSize(<const char *>m.hdr, <Py_ssize_t>m.hdr_size)
             except Exception as e:
                 err = e
             rc = c.shmq_receive_end(&self.seg, &m)
+            self._check_fault()
             self._close_if_idle()
             if rc == c.SHMQ_ESTALE:
                 continue   # the lease ran out while we copied: that copy may be torn; take the next
@@ -636,11 +716,11 @@ cdef class Core:
                 raise err
             return (body, hdr, m.id, m.timestamp_ns / 1e9, m.delivery_count, m.priority, m.handle)
 
-    def _receive(self, block=True, timeout=None):
+    def _receive(self, block=True, timeout=None, bint raw=False):
         cdef uint64_t dl
         self._check()
         _deadline(block, timeout, &dl)
-        r = self._receive_one(dl)
+        r = self._receive_one(dl, raw)
         if r is None:
             raise _errors.Empty()
         return r
@@ -676,6 +756,7 @@ cdef class Core:
         cdef int rc
         self._check()
         rc = c.shmq_ack(&self.seg, token, mid)
+        self._check_fault()
         if rc != c.SHMQ_OK:
             self._settle_error(rc, mid, "ack")
 
@@ -687,6 +768,7 @@ cdef class Core:
         stale = []
         for token, mid in pairs:
             rc = c.shmq_ack(&self.seg, token, mid)
+            self._check_fault()
             if rc == c.SHMQ_ESTALE:
                 stale.append(mid)
             elif rc != c.SHMQ_OK:
@@ -697,6 +779,7 @@ cdef class Core:
         cdef int rc
         self._check()
         rc = c.shmq_nack(&self.seg, token, mid, requeue, delay_ns)
+        self._check_fault()
         if rc != c.SHMQ_OK:
             self._settle_error(rc, mid, "nack")
 
@@ -704,34 +787,40 @@ cdef class Core:
         cdef int rc
         self._check()
         rc = c.shmq_extend(&self.seg, token, mid, ns)
+        self._check_fault()
         if rc != c.SHMQ_OK:
             self._settle_error(rc, mid, "extend")
 
     def _timers_run(self):
         """Run the timer scan now (lease ends, delays, TTLs); returns how many it changed."""
         self._check()
-        return c.shmq_timers_run(&self.seg)
+        n = c.shmq_timers_run(&self.seg)
+        self._check_fault()
+        return n
 
     # -- state ------------------------------------------------------------------------
     def qsize(self):
         self._check()
-        return c.shmq_depth(&self.seg)
+        n = c.shmq_depth(&self.seg)
+        self._check_fault()
+        return n
 
     def empty(self):
-        self._check()
-        return c.shmq_depth(&self.seg) == 0
+        return self.qsize() == 0
 
     def full(self):
         self._check()
-        if self.seg.hdr.maxsize == 0:
-            return False
-        return c.shmq_depth(&self.seg) >= self.seg.hdr.maxsize
+        cdef uint64_t maxsize = self.seg.hdr.maxsize
+        full = maxsize != 0 and c.shmq_depth(&self.seg) >= maxsize
+        self._check_fault()
+        return full
 
     def _raw_stats(self):
         cdef c.shmq_stats_t st
         if not self.opened:
             raise _errors.QueueClosedError(f"queue {self.path!r} is closed")
         c.shmq_stats(&self.seg, &st)
+        self._check_fault()
         return {
             "depth": st.depth, "bytes_used": st.bytes_used, "capacity": st.capacity,
             "file_size": st.file_size, "max_message": st.max_message, "maxsize": st.maxsize,
@@ -760,6 +849,7 @@ cdef class Core:
         buf = PyBytes_FromStringAndSize(NULL, cap)
         for _ in range(1000):
             rc = c.shmq_peek(&self.seg, n, &pk, PyBytes_AS_STRING(buf), <uint64_t>cap)
+            self._check_fault()
             if rc != c.SHMQ_EAGAIN:
                 break
         if rc == c.SHMQ_EMPTY:
@@ -780,6 +870,7 @@ cdef class Core:
         for _ in range(1000):
             buf = PyBytes_FromStringAndSize(NULL, info[3])
             rc = c.shmq_peek(&self.seg, n, &pk, PyBytes_AS_STRING(buf), info[3])
+            self._check_fault()
             if rc == c.SHMQ_OK and pk.size == pk.copied:
                 break
             if rc == c.SHMQ_OK:
@@ -797,13 +888,17 @@ cdef class Core:
     def _purge(self):
         """Take and discard every queued message (no unpickling); returns how many."""
         self._check()
-        return c.shmq_purge(&self.seg)
+        n = c.shmq_purge(&self.seg)
+        self._check_fault()
+        return n
 
     def _repair(self):
         """Repair every dead participant we can; returns how many were repaired."""
         if not self.opened:
             raise _errors.QueueClosedError(f"queue {self.path!r} is closed")
-        return c.shmq_repair_dead(&self.seg)
+        n = c.shmq_repair_dead(&self.seg)
+        self._check_fault()
+        return n
 
     def _consistency(self):
         """Consistency walk (call on a quiescent queue): counts of descriptors by state,
@@ -812,19 +907,23 @@ cdef class Core:
         if not self.opened:
             raise _errors.QueueClosedError(f"queue {self.path!r} is closed")
         c.shmq_check(&self.seg, &ck)
+        self._check_fault()
         return {"free_desc": ck.free_desc, "ready_desc": ck.ready_desc, "owned_desc": ck.owned_desc,
                 "dead_owned": ck.dead_owned, "orphan_ready": ck.orphan_ready, "bad_chunks": ck.bad_chunks,
                 "arena_mismatch": ck.arena_mismatch, "bad_areas": ck.bad_areas, "queued": ck.queued}
 
     def _validate(self):
         cdef int rc = c.shmq_validate(&self.seg)
+        self._check_fault()
         if rc != c.SHMQ_OK:
             self._raise_open(rc, self.path)
 
     # -- JoinableQueue -----------------------------------------------------------------
     def _task_done(self):
         self._check()
-        if c.shmq_task_done(&self.seg) != c.SHMQ_OK:
+        rc = c.shmq_task_done(&self.seg)
+        self._check_fault()
+        if rc != c.SHMQ_OK:
             raise ValueError("task_done() called too many times")
 
     def _join(self, timeout=None):
@@ -839,6 +938,7 @@ cdef class Core:
                     rc = c.shmq_join(&self.seg, dl)
             finally:
                 self._leave()
+            self._check_fault()
             if rc == c.SHMQ_EINTR:
                 PyErr_CheckSignals()
                 self._check()

@@ -182,3 +182,7 @@ cdef extern from "lease.h" nogil:
     int shmq_extend(shmq_seg_t *q, uint64_t token, uint64_t id, uint64_t ns)
     void shmq_ack_set_dlq(shmq_seg_t *q, shmq_seg_t *dlq, const char *name)
     int shmq_timers_run(shmq_seg_t *q)
+
+cdef extern from "guard.h" nogil:
+    int shmq_guard_register(shmq_seg_t *seg, int *fault_word)
+    void shmq_guard_unregister(shmq_seg_t *seg)

@@ -12,7 +12,7 @@ from multiprocessing import reduction as _reduction
 from multiprocessing import util as _mp_util
 
 from . import _core, _names
-from .errors import QueueClosedError, QueueNotFound, _oserror
+from .errors import QueueClosedError, QueueNotFound, QueuePermissionError, _oserror
 from .message import Message, _lease_expired_many, dedup_key, encode_headers, seconds_ns
 from .stats import complete_stats
 
@@ -296,6 +296,11 @@ class Queue(_core.Core):
                 q = Queue(dlq)              # an existing one is used as it is
             except QueueNotFound:
                 q = Queue(dlq, **kw)        # same options as ours, ack=True, no DLQ of its own
+            # issue 11 item 5: only a file of our queue's owner, no wider than our queue (squatting)
+            q._check_trusted(os.fstat(self._fd).st_uid, st["mode"])
+        except QueuePermissionError:
+            self._close()
+            raise
         except ValueError as e:
             self._close()
             raise ValueError(f"queue {name!r}: its dead-letter queue {dlq!r} cannot be used: {e}") from None
@@ -566,7 +571,8 @@ def redrive(dlq, to=None, *, max_messages=None, timeout=0.0):
     try:
         while max_messages is None or moved < max_messages:
             try:
-                m = src.receive(timeout=timeout)
+                src._need_ack("receive")
+                m = Message(src, src._receive(True, timeout, True))   # body: (kind, payload), never unpickled
             except Exception as e:
                 from .errors import Empty
                 if isinstance(e, Empty):
@@ -582,7 +588,9 @@ def redrive(dlq, to=None, *, max_messages=None, timeout=0.0):
             headers = {k: v for k, v in m.headers.items() if not k.startswith("x-dead-letter-")
                        and k not in ("x-delivery-count", "x-first-delivery", "x-last-delivery",
                                      "x-original-id", "x-original-timestamp")}
-            q.send(m.body, headers=headers, priority=m.priority, dedup_id=f"redrive:{src.name}:{m.id}")
+            q._need_ack("send")
+            q._send(m.body[1], encode_headers(headers), m.priority, _core.USE_DEFAULT, _core.USE_DEFAULT,
+                    dedup_key(f"redrive:{src.name}:{m.id}"), True, None, m.body[0])
             m.ack()
             moved += 1
     finally:
