@@ -97,13 +97,15 @@ cdef int _deadline(object block, object timeout, uint64_t *out) except -1:
 
 
 def _untrusted_file(int fd, path, uint32_t expected_uid, uint32_t mode):
-    """None if the open file fd is owned by expected_uid with no permission bit outside mode,
-    else the QueuePermissionError to raise (naming the file, its owner and mode)."""
+    """None if the open file fd is owned by expected_uid and grants no write permission outside
+    mode, else the QueuePermissionError to raise (naming the file, its owner and mode). Another
+    user can only plant a file it owns (the uid check); a file of our own that is readable by more
+    than asked is our own earlier choice, but one that lets others write is refused."""
     import errno
     import pwd
     st = os.fstat(fd)
     have = st.st_mode & 0o777
-    if st.st_uid == expected_uid and not (have & ~mode):
+    if st.st_uid == expected_uid and not (have & ~mode & 0o022):
         return None
     def who(uid):
         try:
@@ -113,7 +115,7 @@ def _untrusted_file(int fd, path, uint32_t expected_uid, uint32_t mode):
     return _errors.QueuePermissionError(
         errno.EPERM,
         f"refusing to use queue file {path}: it is owned by {who(st.st_uid)} with mode {oct(have)}, but "
-        f"{who(expected_uid)} with at most mode {oct(mode)} was expected; another user may have created it "
+        f"{who(expected_uid)} with no write permission beyond mode {oct(mode)} was expected; another user may have created it "
         "first to read or plant messages. Check who made it, remove it (`shmq rm`, as its owner or root), "
         "or open it by name without create=True if you trust it", path)
 

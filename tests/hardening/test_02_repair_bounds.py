@@ -28,7 +28,6 @@ print("repairer-ok")
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason="issue 11 item 2: fix pending")
 def test_repair_with_hostile_area_bounds_does_not_read_outside_its_arrays(qname):
     import os
     here = os.path.dirname(os.path.abspath(__file__))

@@ -36,7 +36,6 @@ def _takes_exactly_maxsize(q, n):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason="issue 11 item 3: fix pending")
 def test_producer_killed_while_blocked_for_bytes_returns_its_unit(qname):
     q = shmq.Queue(qname, create=True, capacity="64KiB", maxsize=4)
     procs = []

@@ -25,7 +25,6 @@ print(f"{{t1 - t0:.3f}} {{t2 - t1:.3f}}")
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason="issue 11 item 4: fix pending")
 def test_put_nowait_and_put_timeout_return_while_a_stopped_process_holds_the_arena_lock(qname):
     q = shmq.Queue(qname, create=True, capacity="1MiB")
     try:

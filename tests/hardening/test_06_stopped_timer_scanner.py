@@ -10,7 +10,6 @@ from _stopped import stopped_holder
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason="issue 11 item 6: fix pending")
 def test_lease_expires_while_a_stopped_process_holds_the_timer_lock(qname):
     q = shmq.Queue(qname, create=True, capacity="1MiB", ack=True, visibility_timeout=0.2)
     try:

@@ -26,9 +26,6 @@ def _run(body):
         pytest.skip(why)
     out = check_child(run_py(COMMON + body, timeout=90, prefix=unshare_prefix("16m")), "planted /dev/shm entries")
     assert "child-ok" in out, out
-
-
-@pytest.mark.xfail(strict=True, reason="issue 11 item 8: fix pending")
 def test_a_directory_or_symlink_named_like_a_queue_does_not_break_listing():
     _run("""
 os.mkdir("/dev/shm/shmq.adir")
@@ -41,9 +38,6 @@ for args in (("ls",), ("ls", "--json"), ("top", "--iterations", "1", "--interval
     assert r.returncode == 0 and "real" in r.stdout, (args, r.returncode, r.stdout, r.stderr)
 print("child-ok")
 """)
-
-
-@pytest.mark.xfail(strict=True, reason="issue 11 item 8: fix pending")
 def test_gc_survives_a_file_name_with_a_huge_pid():
     _run("""
 open("/dev/shm/shmq.@99999999999999999999999-abcdef", "w").close()
@@ -54,9 +48,6 @@ assert r.returncode == 0, (r.stdout, r.stderr)
 assert os.path.exists("/dev/shm/shmq.real")
 print("child-ok")
 """)
-
-
-@pytest.mark.xfail(strict=True, reason="issue 11 item 8: fix pending")
 def test_gc_as_another_user_goes_on_past_a_file_it_may_not_delete():
     prefix, why = other_user_prefix()
     if prefix is None:
@@ -77,9 +68,6 @@ assert os.path.exists(root_path)
 assert "aaaa" in r.stdout + r.stderr, ("the entry it could not remove is not reported", r.stdout, r.stderr)
 print("child-ok")
 """)
-
-
-@pytest.mark.xfail(strict=True, reason="issue 11 item 8: fix pending")
 def test_peek_with_a_negative_byte_count_is_a_clean_argument_error():
     _run("""
 r = cli("peek", "real", "--bytes", "-1")

@@ -38,7 +38,6 @@ for k in range(1 << lg):                 # every cell FULL at a lap far ahead of
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason="issue 11 item 10: fix pending")
 @pytest.mark.parametrize("forge,growable", [(ZERO_AREA_SIZE, True), (CELLS_FAR_AHEAD, False)],
                          ids=["area-size-0", "cells-far-ahead"])
 def test_put_honours_its_timeout_on_a_hostile_segment(qname, forge, growable):

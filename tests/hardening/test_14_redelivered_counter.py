@@ -81,7 +81,6 @@ def test_redelivered_counter_matches_the_redeliveries_a_checker_sees(qname):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason="issue 11 item 14: fix pending")
 def test_a_message_parked_for_ring_room_is_counted_once(qname):
     q = shmq.Queue(qname, create=True, ack=True, capacity="64KiB", visibility_timeout=0.1, max_deliveries=65535)
     try:

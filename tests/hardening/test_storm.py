@@ -37,7 +37,6 @@ def _consumer(q, seed):
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.xfail(strict=True, reason="issue 11 item 3: fix pending (maxsize units lost under SIGKILL)")
 def test_sigkill_storm_leaves_a_maxsize_4_queue_taking_exactly_4(qname):
     ctx = multiprocessing.get_context("fork")
     rng = random.Random(int(os.environ.get("SHMQ_STORM_SEED", "4")))
