@@ -132,9 +132,9 @@ static void fold_slot(shmq_seg_t *seg, shmq_slot_t *sl)
     shmq_store_relaxed(&sl->dequeued, 0);
     uint32_t w = shmq_exchange_seq(&sl->waiting, 0);
     if (w & 0xffffu)
-        __atomic_fetch_sub(&h->waiters_get, w & 0xffffu, __ATOMIC_SEQ_CST);
+        __atomic_fetch_sub(&h->not_empty.waiters, w & 0xffffu, __ATOMIC_SEQ_CST);
     if (w >> 16)
-        __atomic_fetch_sub(&h->waiters_put, w >> 16, __ATOMIC_SEQ_CST);
+        __atomic_fetch_sub(&h->not_full.waiters, w >> 16, __ATOMIC_SEQ_CST);
 }
 
 void shmq_part_fold_slot(shmq_seg_t *seg, uint32_t s) { fold_slot(seg, &seg->slots[s]); }

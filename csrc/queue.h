@@ -27,6 +27,7 @@
 #define SHMQ_QUEUE_H
 
 #include "desc.h"
+#include "inspect.h"
 #include "segment.h"
 
 typedef struct {
@@ -50,63 +51,6 @@ typedef struct {
     uint32_t priority;
 } shmq_msg_t;
 
-typedef struct {
-    uint64_t depth;
-    uint64_t bytes_used;
-    uint64_t capacity;
-    uint64_t file_size;
-    uint64_t max_message;
-    uint64_t maxsize;
-    uint64_t enqueued;
-    uint64_t dequeued;
-    uint64_t repairs;
-    uint64_t corrupt_skipped;
-    uint64_t last_repair_ns;
-    uint64_t unfinished;
-    int64_t creator_pid;
-    uint64_t created_at_ns;
-    uint32_t attached;
-    uint32_t producers;
-    uint32_t consumers;
-    uint32_t areas;
-    uint32_t flags;
-    uint32_t kind;
-    uint32_t mode;
-    uint32_t max_slots;
-    /* at-least-once queues (zero otherwise) */
-    uint64_t in_flight;
-    uint64_t delayed;
-    uint64_t oldest_ready_ns; /* wall clock of the oldest ready message, 0 = none */
-    uint64_t acked;
-    uint64_t redelivered;
-    uint64_t dead_lettered;
-    uint64_t expired;
-    uint64_t dead_letter_failed;
-    uint64_t dedup_hits;
-    uint64_t visibility_ns;
-    uint64_t default_delay_ns;
-    uint64_t default_ttl_ns;
-    uint64_t dedup_window_ns;
-    uint32_t max_deliveries;
-    uint32_t dedup_slots;
-    char dead_letter[208];
-} shmq_stats_t;
-
-typedef struct {
-    uint64_t free_desc;
-    uint64_t ready_desc;
-    uint64_t owned_desc;    /* WRITING/READING (in someone's hands) */
-    uint64_t dead_owned;    /* ... of which the owner is dead (repair pending) */
-    uint64_t orphan_ready;  /* READY but referenced by no ring cell */
-    uint64_t bad_chunks;    /* descriptor chunk references outside the arena */
-    uint64_t arena_mismatch;/* areas whose free + referenced units != arena size */
-    uint64_t bad_areas;     /* areas that fail validation */
-    uint64_t queued;        /* ring count over all areas */
-} shmq_check_t;
-
-/* Bind the plain queue's hooks (repair) to an opened segment (kinds.c). */
-void shmq_queue_bind(shmq_seg_t *q);
-
 /* deadline_ns: 0 = do not wait, SHMQ_NO_DEADLINE = wait forever, else absolute monotonic. */
 /* SHMQ_OK, SHMQ_FULL/SHMQ_TIMEOUT (no room in time), SHMQ_ETOOBIG, SHMQ_EINTR, SHMQ_ENOMEM, SHMQ_ESYS. */
 int shmq_put(shmq_seg_t *q, const shmq_iov_t *iov, uint32_t n, uint32_t kind, uint64_t deadline_ns, uint64_t *id_out);
@@ -114,7 +58,6 @@ int shmq_put(shmq_seg_t *q, const shmq_iov_t *iov, uint32_t n, uint32_t kind, ui
 int shmq_get_begin(shmq_seg_t *q, shmq_msg_t *m, uint64_t deadline_ns);
 void shmq_get_end(shmq_seg_t *q, shmq_msg_t *m);
 uint64_t shmq_depth(shmq_seg_t *q);
-void shmq_stats(shmq_seg_t *q, shmq_stats_t *st);
 /* JoinableQueue: SHMQ_OK, SHMQ_EINVAL (called more often than put). */
 int shmq_task_done(shmq_seg_t *q);
 /* SHMQ_OK when every put was task_done'd, SHMQ_TIMEOUT, SHMQ_EINTR. */
@@ -122,26 +65,9 @@ int shmq_join(shmq_seg_t *q, uint64_t deadline_ns);
 /* Mark this handle closing and wake every sleeper of the queue: this handle's blocked calls
  * return SHMQ_ECLOSED (other processes' sleepers wake, find nothing and sleep again). */
 void shmq_wake_all(shmq_seg_t *q);
-typedef struct {
-    uint64_t id;
-    uint64_t timestamp_ns;
-    uint64_t size;      /* full payload size */
-    uint64_t copied;    /* bytes copied into the caller's buffer (a prefix when it is smaller) */
-    uint32_t kind;
-    uint32_t delivery_count;
-} shmq_peek_t;
-
-/* Copy the n-th queued message (0 = next to be delivered) without taking it. Re-checks the
- * descriptor's generation after the copy, so a message taken meanwhile is never half-reported.
- * SHMQ_OK, SHMQ_EMPTY (fewer than n+1 messages), SHMQ_EAGAIN (the queue moved: call again). */
-int shmq_peek(shmq_seg_t *q, uint64_t n, shmq_peek_t *out, void *buf, uint64_t cap);
-/* Take and discard every message queued now; returns how many. */
-uint64_t shmq_purge(shmq_seg_t *q);
 /* Repair every dead participant this process can elect itself for; returns how many. Blocking
  * calls run it every liveness slice while asleep; `shmq_check` callers run it first. */
 int shmq_repair_dead(shmq_seg_t *q);
-/* Consistency walk (quiescent queue): counts of what is where; see shmq_check_t. */
-void shmq_check(shmq_seg_t *q, shmq_check_t *out);
 /* Spin budget for blocking gets (ns); 0 disables spinning. Process-wide. */
 void shmq_set_spin_ns(uint64_t ns);
 uint64_t shmq_get_spin_ns(void);

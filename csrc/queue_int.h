@@ -28,6 +28,7 @@ typedef struct {
     uint64_t expire_ns; /* monotonic TTL deadline, 0 = none */
     uint32_t hdr_size;  /* recorded in the descriptor: header bytes the kind put in front of the body */
     uint32_t priority;
+    uint32_t flags;     /* the descriptor's initial flags byte (the kind's) */
 } shmq_put_ext_t;
 
 /* The hooks a kind layered over the queue registers (DESIGN §1): the queue calls them and knows
@@ -35,7 +36,8 @@ typedef struct {
  * q->ops of any queue kind reads as shmq_queue_hooks_t. NULL hooks are skipped. */
 typedef struct shmq_queue_hooks {
     shmq_ops_t ops;
-    uint32_t prefix;    /* bytes of the kind's own block before the header block (peek skips them) */
+    /* bytes before the body of this message: the kind's blocks and the header block (peek) */
+    uint64_t (*body_skip)(const shmq_desc_t *d);
     int keep_orphans;   /* repair publishes a dead producer's unpublished READY message, never drops it */
     /* a plain put on this kind: the kind supplies its defaults and layout (returns put's codes) */
     int (*put)(shmq_seg_t *q, const shmq_iov_t *iov, uint32_t n, uint32_t kind, uint64_t deadline_ns, uint64_t *id_out);
@@ -72,6 +74,12 @@ int shmq_q_publish(shmq_seg_t *q, uint64_t handle);
 void shmq_q_release_owned(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d);
 /* 1 if some descriptor that will be (or was) delivered carries message id. */
 int shmq_q_id_present(shmq_seg_t *q, uint64_t id);
+/* Return RETURNING chunks of every area whose arena lock is free now (no waiting). */
+void shmq_q_reclaim_try(shmq_seg_t *q);
+/* Per area, a bitmap of the descriptors a FULL ring cell references (for the generation it
+ * names); NULL when out of memory. Free with shmq_q_free_maps. */
+uint8_t **shmq_q_referenced_map(shmq_seg_t *q);
+void shmq_q_free_maps(uint8_t **maps);
 /* Make every sleeping consumer choose its wake-up time again (a timer moved earlier). */
 void shmq_q_rewake_getters(shmq_seg_t *q);
 /* The queue's own repair of a dead owner (kinds over the queue reuse it as their ops' repair). */

@@ -146,6 +146,47 @@ int shmq_ring_seal_mpmc(shmq_ring_t *r)
     return SHMQ_ECORRUPT;
 }
 
+int shmq_ring_room(const shmq_ring_t *r)
+{
+    uint64_t t = shmq_load_acquire(r->tail);
+    uint64_t w = shmq_load_acquire(&r->cells[t & r->mask].word); /* acquire: the consumer's release of it */
+    return shmq_cell_state(w) == SHMQ_CELL_EMPTY;
+}
+
+void shmq_ring_foreach(const shmq_ring_t *r, void (*visit)(void *ctx, uint64_t handle), void *ctx)
+{
+    uint64_t n = r->mask + 1;
+    for (uint64_t k = 0; k < n; k++) {
+        uint64_t w = shmq_load_acquire(&r->cells[k].word); /* acquire: pairs with the publishing CAS */
+        if (shmq_cell_state(w) != SHMQ_CELL_FULL)
+            continue;
+        uint64_t h = shmq_load_relaxed(&r->cells[k].handle);
+        if (shmq_load_acquire(&r->cells[k].word) == w) /* the handle belongs to this word */
+            visit(ctx, h);
+    }
+}
+
+int shmq_ring_nth(const shmq_ring_t *r, uint64_t *n, uint64_t *handle)
+{
+    uint64_t hd = shmq_load_acquire(r->head), t = shmq_load_acquire(r->tail);
+    /* t + 1: a producer that died between its publishing CAS and its tail CAS left one there;
+     * untrusted: never more than one lap of cells */
+    for (uint64_t pos = hd; pos < t + 1 && pos < hd + r->mask + 1; pos++) {
+        shmq_cell_t *c = &r->cells[pos & r->mask];
+        uint64_t w = shmq_load_acquire(&c->word);
+        if (shmq_cell_state(w) != SHMQ_CELL_FULL || shmq_cell_lap(w) != (uint32_t)(pos >> r->log2))
+            continue;
+        uint64_t h = shmq_load_relaxed(&c->handle);
+        if (shmq_load_acquire(&c->word) != w)
+            return SHMQ_EAGAIN;
+        if ((*n)-- > 0)
+            continue;
+        *handle = h;
+        return SHMQ_OK;
+    }
+    return SHMQ_EMPTY;
+}
+
 uint64_t shmq_ring_count(const shmq_ring_t *r)
 {
     uint64_t hd = shmq_load_acquire(r->head);

@@ -69,6 +69,15 @@ int shmq_ring_get_mpmc(shmq_ring_t *r, shmq_take_fn take, void *ctx, uint64_t *h
 /* Seal an empty ring so no producer can publish into it any more. SHMQ_OK (sealed, also if it
  * already was), SHMQ_EAGAIN (not empty: drain first). */
 int shmq_ring_seal_mpmc(shmq_ring_t *r);
+/* 1 if a put could land now: the cell at tail is EMPTY (a consumer freed it), else 0. */
+int shmq_ring_room(const shmq_ring_t *r);
+/* Call visit(ctx, handle) for every cell holding a message (FULL), in cell order: a snapshot
+ * while others run (a cell may be taken or filled meanwhile). Bounded by the ring's size. */
+void shmq_ring_foreach(const shmq_ring_t *r, void (*visit)(void *ctx, uint64_t handle), void *ctx);
+/* The *n-th message queued from head (0 = the next one delivered): SHMQ_OK with *handle;
+ * SHMQ_EMPTY past the last (then *n has been reduced by the messages seen, so a caller can go on
+ * in the next ring); SHMQ_EAGAIN if a cell changed while it was read (call again). */
+int shmq_ring_nth(const shmq_ring_t *r, uint64_t *n, uint64_t *handle);
 /* Messages published and not yet taken (approximate while others run). */
 uint64_t shmq_ring_count(const shmq_ring_t *r);
 /* untrusted: check that the cursors of a mapped ring are plausible (tail - head <= size). */

@@ -621,7 +621,6 @@ int shmq_seg_after_fork(shmq_seg_t *seg)
     for (uint32_t i = 0; i < SHMQ_MAX_AREAS; i++)
         seg->areas[i].arena_busy = 0;
     seg->map_busy = 0;
-    shmq_cpus_allowed_reset();
     return shmq_part_attach(seg);
 }
 

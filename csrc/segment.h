@@ -33,6 +33,7 @@
 
 #include "common.h"
 #include "ring.h"
+#include "wait.h"
 
 #define SHMQ_MAGIC 0x3176514d48530a7fULL /* "\x7f\nSHMQv1" little-endian (the magic of every layout version) */
 #define SHMQ_AREA_MAGIC 0x61657261514d4853ULL /* "SHMQarea" */
@@ -63,13 +64,9 @@
 /* participant slot states */
 #define SHMQ_SLOT_FREE 0u
 #define SHMQ_SLOT_ATTACHED 1u
-/* run states (spin policy) */
-#define SHMQ_RUN_RUNNING 0u
-#define SHMQ_RUN_SLEEPING 1u
 /* role bits */
 #define SHMQ_ROLE_PRODUCER 1u
 #define SHMQ_ROLE_CONSUMER 2u
-#define SHMQ_ROLE_INSPECTOR 4u
 
 typedef struct {
     uint32_t state;     /* FREE / ATTACHED */
@@ -153,19 +150,16 @@ typedef struct {
     uint32_t area_head;    /* oldest area that may hold messages */
     uint8_t _pad2[128 - 4];
     /* --- not-empty wait words (written by producers when someone sleeps) --- */
-    uint32_t not_empty_seq;
-    uint32_t waiters_get;
+    shmq_waitq_t not_empty; /* getters sleep here (coalesced wake-ups) */
     uint8_t _pad3[128 - 8];
     /* --- not-full wait words (written by consumers when someone sleeps) --- */
-    uint32_t not_full_seq;
-    uint32_t waiters_put;
+    shmq_waitq_t not_full;  /* putters sleep here (coalesced wake-ups) */
     uint8_t _pad4[128 - 8];
     /* --- shared counters (only touched when the option needs them) --- */
     uint64_t count;        /* maxsize queues: op sequence:32 | units:32 (items reserved; queue.c) */
     uint64_t next_id;      /* message ids: unique, increasing */
     uint64_t unfinished;   /* JoinableQueue: put minus task_done */
-    uint32_t join_seq;     /* futex word for join() */
-    uint32_t join_waiters;
+    shmq_waitq_t join;     /* join() sleeps here */
     uint8_t _pad5[128 - 32];
     /* --- totals folded in from detached/dead slots --- */
     uint64_t enq_folded;
@@ -181,8 +175,8 @@ typedef struct {
 _Static_assert(sizeof(shmq_header_t) == SHMQ_HEADER_SIZE, "header is one page");
 _Static_assert(offsetof(shmq_header_t, file_size) == 128, "growth block");
 _Static_assert(offsetof(shmq_header_t, area_head) == 256, "area head block");
-_Static_assert(offsetof(shmq_header_t, not_empty_seq) == 384, "not-empty block");
-_Static_assert(offsetof(shmq_header_t, not_full_seq) == 512, "not-full block");
+_Static_assert(offsetof(shmq_header_t, not_empty) == 384, "not-empty block");
+_Static_assert(offsetof(shmq_header_t, not_full) == 512, "not-full block");
 _Static_assert(offsetof(shmq_header_t, count) == 640, "counters block");
 _Static_assert(offsetof(shmq_header_t, areas) == 896, "area table");
 _Static_assert(offsetof(shmq_header_t, regions) == 896 + 32 * SHMQ_MAX_AREAS, "region table");
