@@ -31,7 +31,8 @@
     X(mid_expire, "timer scan: an expired lease claimed (SETTLING), not yet requeued")         \
     X(before_move, "dead-letter: descriptor MOVING, copy not yet sent to the dead-letter queue") \
     X(mid_move, "dead-letter: copy in the dead-letter queue, source descriptor not yet freed") \
-    X(mid_dedup, "send: dedup entry PENDING with its id, message not yet put")
+    X(mid_dedup, "send: dedup entry PENDING with its id, message not yet put")              \
+    X(before_dedup_finish, "send: message put (the send would return its id), dedup entry still PENDING")
 
 extern int shmq_crash_armed;
 void shmq_crash_hit(const char *name);

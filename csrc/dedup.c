@@ -187,6 +187,20 @@ void shmq_dedup_finish(shmq_seg_t *q, const uint8_t key[16], int committed)
     shmq_lock_release(q, &k->blk->dedup_lock, &k->dedup_busy);
 }
 
+void shmq_dedup_settle(shmq_seg_t *q, const uint8_t key[16], uint64_t id)
+{
+    shmq_ack_t *k = q->kstate; /* an at-least-once handle: the caller (lease.c) checked */
+    uint64_t k0, k1;
+    key_words(key, &k0, &k1);
+    if (!k->dedup || lock_table(q) != SHMQ_OK)
+        return;
+    shmq_dedup_ent_t *slot, *e = find_locked(q, k0, k1, shmq_now_mono_ns(), &slot);
+    /* only the entry this message was sent under (its id): a later send of the key is another */
+    if (e && e->state == SHMQ_DEDUP_PENDING && e->id == id)
+        shmq_store_release(&e->state, SHMQ_DEDUP_COMMITTED);
+    shmq_lock_release(q, &k->blk->dedup_lock, &k->dedup_busy);
+}
+
 void shmq_hash128(const void *data, size_t len, uint8_t out[16])
 {
     const uint8_t *p = data;

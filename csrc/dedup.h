@@ -17,8 +17,14 @@
  * A second sender of the same key meeting PENDING(live owner) waits for it (bounded); meeting
  * PENDING(dead owner) it looks for a message with the entry's id in the queue: present (the
  * put got as far as READY) means COMMITTED, absent means the put never happened and the
- * entry is taken over. So a sender killed at any instant causes neither a loss nor a second
- * copy. Known limit: a process killed while compacting (holding the lock) leaves the table
+ * entry is taken over. A message that leaves the queue (ack, plain get, dead-letter move, drop)
+ * carries its key (after its meta block) and settles a PENDING entry for its id first, before
+ * its descriptor is freed: so "absent" really means "never put", even when the sender died
+ * after its put returned and the message was acked before anyone resolved the entry. So a
+ * sender killed at any instant causes neither a loss nor a second copy. Remaining limit: an
+ * acker killed between claiming the message and settling (a few instructions, mid_ack) while
+ * the sender is dead before finishing too: repair frees the message unsettled, and a retry of
+ * that key may enqueue a second copy (a duplicate after two deaths, never a loss). Known limit: a process killed while compacting (holding the lock) leaves the table
  * partly rebuilt; the next holder recounts it, and keys lost that way can be sent again once
  * (a duplicate only after a death, never a loss).
  */
@@ -50,6 +56,9 @@ _Static_assert(sizeof(struct shmq_dedup_ent) == SHMQ_DEDUP_ENT_SIZE, "dedup entr
  * holds only live keys. SHMQ_TIMEOUT: another live sender of this key did not finish in time. */
 int shmq_dedup_begin(shmq_seg_t *q, const uint8_t key[16], uint64_t deadline_ns, uint64_t *id, int *dup);
 void shmq_dedup_finish(shmq_seg_t *q, const uint8_t key[16], int committed);
+/* The message sent under key with this id is leaving the queue (ack, get, dead-letter, drop):
+ * a PENDING entry for it becomes COMMITTED (its sender may have died before finishing). */
+void shmq_dedup_settle(shmq_seg_t *q, const uint8_t key[16], uint64_t id);
 /* A 128-bit non-cryptographic hash (FNV-1a in two lanes, finalised): dead-letter keys. */
 void shmq_hash128(const void *data, size_t len, uint8_t out[16]);
 

@@ -38,10 +38,14 @@
 #define SHMQ_D_SETTLING 7u  /* held for a moment by owner to change a delivery (lease.h) */
 #define SHMQ_D_MOVING 8u    /* being moved to the dead-letter queue by owner (lease.h) */
 
-/* flags byte: why a message is being dead-lettered (set while SETTLING/MOVING) */
+/* flags byte: low nibble = why a message is being dead-lettered (set while SETTLING/MOVING) */
 #define SHMQ_DL_MAX_DELIVERIES 1u
 #define SHMQ_DL_EXPIRED 2u
 #define SHMQ_DL_REJECTED 3u
+#define SHMQ_DL_REASON_MASK 0x0fu
+/* flags bit: the payload carries the 16-byte dedup key of its send after the meta block
+ * (lease.c: whoever removes the message first settles the key's entry, dedup.h) */
+#define SHMQ_DF_DEDUP 0x10u
 
 #define SHMQ_NO_CHUNK UINT32_MAX
 #define SHMQ_DGEN_MASK ((1u << 28) - 1)

@@ -30,6 +30,20 @@ shmq_ack_t *shmq_ack_of(shmq_seg_t *q) { return q->ops == &ack_hooks.ops ? q->ks
 static inline shmq_ack_t *K(shmq_seg_t *q) { return q->kstate; } /* an at-least-once handle's (checked at the entry points) */
 static inline int has_dlq(shmq_seg_t *q) { return K(q)->blk->dead_letter[0] != 0; }
 
+/* Payload of an at-least-once message: meta block, [dedup key], header block, body. */
+static inline uint64_t key_bytes(const shmq_desc_t *d) { return (d->flags & SHMQ_DF_DEDUP) ? 16 : 0; }
+static uint64_t body_skip(const shmq_desc_t *d) { return SHMQ_ACK_META + key_bytes(d) + (uint64_t)d->hdr_size; }
+
+/* The message is leaving the queue (acked, taken by a plain get, dead-lettered or dropped): if
+ * it was sent with a dedup key, settle the key's entry now, before the descriptor is freed, so a
+ * sender that died before its own dedup_finish cannot have its entry resolved as "never put"
+ * once the message is gone (dedup.h). The payload was validated by the caller. */
+static void settle_dedup(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d)
+{
+    if (d->flags & SHMQ_DF_DEDUP)
+        shmq_dedup_settle(q, shmq_q_payload(a, d) + SHMQ_ACK_META, d->id);
+}
+
 /* Lower the timer hint to t (CAS-min); sleepers choose their wake-up again when it moved earlier. */
 static void timer_hint(shmq_seg_t *q, uint64_t t)
 {
@@ -74,11 +88,14 @@ int shmq_send(shmq_seg_t *q, const shmq_iov_t *iov, uint32_t n, uint32_t kind, c
     x.expire_ns = ttl ? shmq_now_mono_ns() + ttl : 0;
     x.hdr_size = o->hdr_size;
     x.priority = o->priority;
-    /* payload layout: meta block (never delivered yet), header block, body */
+    x.flags = o->dedup_key ? SHMQ_DF_DEDUP : 0;
+    /* payload layout: meta block (never delivered yet), [dedup key], header block, body */
     static const shmq_ack_meta_t fresh = {0, 0};
-    shmq_iov_t v[66];
+    shmq_iov_t v[67];
     uint32_t nv = 0;
     v[nv++] = (shmq_iov_t){&fresh, SHMQ_ACK_META};
+    if (o->dedup_key)
+        v[nv++] = (shmq_iov_t){o->dedup_key, 16};
     if (o->hdr_size)
         v[nv++] = (shmq_iov_t){o->hdr, o->hdr_size};
     for (uint32_t i = 0; i < n; i++)
@@ -96,8 +113,11 @@ int shmq_send(shmq_seg_t *q, const shmq_iov_t *iov, uint32_t n, uint32_t kind, c
         }
     }
     int rc = shmq_q_put(q, v, nv, kind, deadline_ns, id, &x);
-    if (o->dedup_key)
+    if (o->dedup_key) {
+        if (rc == SHMQ_OK)
+            SHMQ_CRASH_POINT(before_dedup_finish);
         shmq_dedup_finish(q, o->dedup_key, rc == SHMQ_OK);
+    }
     return rc;
 }
 
@@ -204,18 +224,19 @@ static void publish_or_park(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d, uint3
 static void move_finish(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d, uint32_t g)
 {
     shmq_header_t *h = q->hdr;
-    uint32_t reason = d->flags;
-    if (!has_dlq(q)) {
-        /* a queue without a dead-letter queue (itself one): dropped, counted */
-        shmq_q_release_owned(q, a, d);
-        count(reason == SHMQ_DL_EXPIRED ? &K(q)->blk->expired : &K(q)->blk->dead_lettered);
-        return;
-    }
-    uint64_t size = d->size, skip = SHMQ_ACK_META + (uint64_t)d->hdr_size;
+    uint32_t reason = d->flags & SHMQ_DL_REASON_MASK;
+    uint64_t size = d->size, skip = body_skip(d);
     if (!shmq_q_payload_valid(a, d) || skip > size) { /* untrusted: garbage is not forwarded */
         __atomic_fetch_add(&h->corrupt_skipped, 1, __ATOMIC_RELAXED);
         d->chunk = SHMQ_NO_CHUNK;
         shmq_q_release_owned(q, a, d);
+        return;
+    }
+    if (!has_dlq(q)) {
+        /* a queue without a dead-letter queue (itself one): dropped, counted */
+        settle_dedup(q, a, d);
+        shmq_q_release_owned(q, a, d);
+        count(reason == SHMQ_DL_EXPIRED ? &K(q)->blk->expired : &K(q)->blk->dead_lettered);
         return;
     }
     if (!K(q)->dlq)
@@ -260,7 +281,7 @@ static void move_finish(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d, uint32_t 
     uint8_t *hdr = malloc(orig + xl);
     if (!hdr)
         goto refused;
-    memcpy(hdr, p + SHMQ_ACK_META, orig);
+    memcpy(hdr, p + SHMQ_ACK_META + key_bytes(d), orig);
     memcpy(hdr + orig, extra, xl);
     char keysrc[SHMQ_DLQ_NAME_MAX + 16];
     size_t nl = strnlen(K(q)->name, SHMQ_DLQ_NAME_MAX - 1);
@@ -279,6 +300,7 @@ static void move_finish(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d, uint32_t 
     if (rc != SHMQ_OK)
         goto refused;
     SHMQ_CRASH_POINT(mid_move);
+    settle_dedup(q, a, d);
     shmq_q_release_owned(q, a, d);
     count(&K(q)->blk->dead_lettered);
     if (reason == SHMQ_DL_EXPIRED)
@@ -295,7 +317,7 @@ refused:
 /* d is SETTLING(g, us): dead-letter it for `reason`. */
 static void dead_letter(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d, uint32_t g, uint32_t reason)
 {
-    d->flags = (uint8_t)reason;
+    d->flags = (uint8_t)((d->flags & ~SHMQ_DL_REASON_MASK) | reason);
     /* release: the reason before the MOVING state a repairer acts on */
     shmq_store_release(&d->word, shmq_desc_word(g, SHMQ_D_MOVING, q->owner));
     SHMQ_CRASH_POINT(before_move);
@@ -312,7 +334,7 @@ static void fail_delivery(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d, uint32_
     }
     if (!counted)
         count(&K(q)->blk->redelivered);
-    d->flags = 0; /* no dead-letter reason: a plain redelivery */
+    d->flags &= (uint8_t)~SHMQ_DL_REASON_MASK; /* no dead-letter reason: a plain redelivery */
     if (delay_ns) {
         d->deadline_ns = shmq_now_mono_ns() + delay_ns;
         shmq_store_release(&d->word, shmq_desc_word(g, SHMQ_D_DELAYED, q->owner));
@@ -332,6 +354,8 @@ int shmq_ack(shmq_seg_t *q, uint64_t token, uint64_t id)
     if (rc != SHMQ_OK)
         return rc;
     SHMQ_CRASH_POINT(mid_ack);
+    if (shmq_q_payload_valid(a, d) && body_skip(d) <= d->size) /* untrusted: the key lies inside */
+        settle_dedup(q, a, d);
     shmq_q_release_owned(q, a, d);
     count(&K(q)->blk->acked);
     return SHMQ_OK;
@@ -390,7 +414,7 @@ void shmq_ack_set_dlq(shmq_seg_t *q, shmq_seg_t *dlq, const char *name)
 static int ack_taken(shmq_seg_t *q, shmq_msg_t *m, int mode)
 {
     shmq_desc_t *d = m->d;
-    uint64_t size = m->size, skip = SHMQ_ACK_META + (uint64_t)d->hdr_size;
+    uint64_t size = m->size, skip = body_skip(d);
     if (skip > size) { /* untrusted: the meta and header blocks lie inside the payload */
         __atomic_fetch_add(&q->hdr->corrupt_skipped, 1, __ATOMIC_RELAXED);
         shmq_q_release_owned(q, m->area, d);
@@ -416,8 +440,10 @@ static int ack_taken(shmq_seg_t *q, shmq_msg_t *m, int mode)
         SHMQ_CRASH_POINT(after_lease);
         m->handle = shmq_handle_make((uint32_t)(m->area - q->areas), shmq_handle_idx(m->handle), g);
         m->delivery_count = d->delivery_count;
+    } else {
+        settle_dedup(q, m->area, d); /* a plain get: the message leaves the queue now */
     }
-    m->hdr = p + SHMQ_ACK_META;
+    m->hdr = p + SHMQ_ACK_META + key_bytes(d);
     m->hdr_size = d->hdr_size;
     m->data = p + skip;
     m->size = size - skip;
@@ -501,7 +527,7 @@ static void ack_close(shmq_seg_t *q)
 
 static const shmq_queue_hooks_t ack_hooks = {
     .ops = {.name = "ack", .repair_owner = shmq_q_repair_owner, .close = ack_close},
-    .prefix = SHMQ_ACK_META,
+    .body_skip = body_skip,
     .keep_orphans = 1,
     .put = ack_put,
     .before_take = ack_before_take,
@@ -676,8 +702,9 @@ static int timers_scan(shmq_seg_t *q, uint64_t now)
                 fail_delivery(q, a, d, g, 0, 0);
             } else if (ex && ex <= now) {
                 dead_letter(q, a, d, g, SHMQ_DL_EXPIRED);
-            } else if (d->flags >= SHMQ_DL_MAX_DELIVERIES && d->flags <= SHMQ_DL_REJECTED) {
-                dead_letter(q, a, d, g, d->flags); /* a move the dead-letter queue refused: again */
+            } else if ((d->flags & SHMQ_DL_REASON_MASK) >= SHMQ_DL_MAX_DELIVERIES &&
+                       (d->flags & SHMQ_DL_REASON_MASK) <= SHMQ_DL_REJECTED) {
+                dead_letter(q, a, d, g, d->flags & SHMQ_DL_REASON_MASK); /* a move the DLQ refused: again */
             } else { /* a delay came due */
                 shmq_store_release(&d->deadline_ns, 0);
                 publish_or_park(q, a, d, g);

@@ -91,111 +91,56 @@ static inline void note_cpu(shmq_seg_t *q)
         shmq_store_relaxed(w, cpu);
 }
 
-/* not_empty_seq, not_full_seq: bit 0 = a wake-up is pending (sent, and no waiter has cleared it
- * since), the rest counts wake-ups. A waker that finds the bit set skips its system call: some
- * waiter clears the bit after the waker's change and then looks, and a getter that leaves a
- * sleep with messages still queued passes the wake on (wait.h, "coalesced wake-ups"). */
-static void wake_coalesced(uint32_t *seqw, int n)
-{
-    uint32_t v = shmq_load_seq(seqw); /* seq_cst: ordered after our publication and waiter-count load */
-    do {
-        if (v & 1u)
-            return; /* pending: the waiter that clears it looks after our publication */
-    } while (!shmq_cas_seq(seqw, &v, v + 1)); /* seq_cst: sets the bit and changes the word sleepers wait on */
-    shmq_futex_wake(seqw, n);
-}
-
-static inline void wake_getters(shmq_seg_t *q)
-{
-    shmq_header_t *h = q->hdr;
-    /* seq_cst: the publication (a locked CAS) precedes this load; see wait.h. */
-    if (SHMQ_UNLIKELY(shmq_load_seq(&h->waiters_get) != 0))
-        wake_coalesced(&h->not_empty_seq, 1);
-}
-void shmq_q_wake_getters(shmq_seg_t *q) { wake_getters(q); }
-
-/* Clear the pending bit of a coalesced wait word; returns the (even) value now in it. Every
- * waiter does this before it registers and after each futex return, and looks after it. */
-static uint32_t clear_wake_pending(uint32_t *seqw)
-{
-    for (;;) {
-        uint32_t v = shmq_load_seq(seqw); /* seq_cst: a put that saw the bit set is ordered before our clear */
-        if (!(v & 1u))
-            return v;
-        if (shmq_cas_seq(seqw, &v, v + 1)) /* seq_cst: our later ring reads come after the clear */
-            return v + 1;
-    }
-}
-
-static inline void wake_putters(shmq_seg_t *q)
-{
-    shmq_header_t *h = q->hdr;
-    /* Coalesced like not_empty_seq; all are woken (putters wait for different amounts of room),
-     * so a skipped wake never strands a sleeper and no one needs to pass it on. */
-    if (SHMQ_UNLIKELY(shmq_load_seq(&h->waiters_put) != 0))
-        wake_coalesced(&h->not_full_seq, INT32_MAX);
-}
+/* The queue's three wait queues (wait.h): not_empty and not_full with coalesced wake-ups (a
+ * getter that leaves a sleep with messages still queued passes the wake on; putters are all
+ * woken, since they wait for different amounts of room), join without. */
+static inline void wake_getters(shmq_seg_t *q) { shmq_waitq_wake(&q->hdr->not_empty, 1, 1); }
+static inline void wake_putters(shmq_seg_t *q) { shmq_waitq_wake(&q->hdr->not_full, INT32_MAX, 1); }
 
 void shmq_wake_all(shmq_seg_t *q)
 {
     shmq_header_t *h = q->hdr;
     __atomic_store_n(&q->closing, 1, __ATOMIC_SEQ_CST);
-    shmq_fetch_add_seq(&h->not_empty_seq, 2); /* 2: bit 0 is the pending-wake flag */
-    shmq_futex_wake(&h->not_empty_seq, INT32_MAX);
-    shmq_fetch_add_seq(&h->not_full_seq, 2);
-    shmq_futex_wake(&h->not_full_seq, INT32_MAX);
-    shmq_fetch_add_seq(&h->join_seq, 1);
-    shmq_futex_wake(&h->join_seq, INT32_MAX);
+    shmq_waitq_wake_all(&h->not_empty);
+    shmq_waitq_wake_all(&h->not_full);
+    shmq_waitq_wake_all(&h->join);
 }
 
-/* Sleep on a wait word with the waiter-count protocol (wait.h). check() runs after we are
- * registered: SHMQ_EAGAIN means "still nothing, sleep"; anything else is returned at once
- * (SHMQ_OK: the check itself succeeded, e.g. took a message). After a wake-up, a slice or a
- * changed word the result is SHMQ_EAGAIN ("look again"); else SHMQ_TIMEOUT or SHMQ_EINTR
- * (also after each slice when q->poll_signals is set, so the caller can check signals). */
-typedef int (*check_fn)(shmq_seg_t *q, void *ctx);
+/* A whole slice asleep: look for dead participants and repair them (they may hold the room or
+ * descriptors we wait for); at most one sweep per slice per handle. */
+static void liveness_slice(void *ctx)
+{
+    shmq_seg_t *q = ctx;
+    if (shmq_now_mono_ns() - q->last_liveness_ns >= SHMQ_LIVENESS_SLICE_NS) {
+        q->last_liveness_ns = shmq_now_mono_ns();
+        shmq_repair_dead(q);
+    }
+}
 
-static int sleep_until(shmq_seg_t *q, uint32_t *seqw, uint32_t *waiters, uint32_t slot_unit, check_fn check,
+typedef int (*check_fn)(shmq_seg_t *q, void *ctx);
+typedef struct {
+    shmq_seg_t *q;
+    check_fn check;
+    void *ctx;
+} check_ctx;
+
+static int run_check(void *vctx)
+{
+    check_ctx *c = vctx;
+    return c->check(c->q, c->ctx);
+}
+
+/* Sleep on one of the queue's wait queues as this handle's slot (wait.h: shmq_waitq_sleep).
+ * slot_unit: what the sleeper adds to its slot's waiting entry (repair undoes it if it dies). */
+static int sleep_until(shmq_seg_t *q, shmq_waitq_t *wq, int coalesced, uint32_t slot_unit, check_fn check,
                        void *ctx, uint64_t deadline_ns)
 {
-    int coalesced = seqw == &q->hdr->not_empty_seq || seqw == &q->hdr->not_full_seq; /* pending-wake bit */
-    uint32_t seq = coalesced ? clear_wake_pending(seqw) : shmq_load_seq(seqw);
-    shmq_fetch_add_seq(waiters, 1);
     shmq_slot_t *sl = q->slot != UINT32_MAX ? &q->slots[q->slot] : NULL;
-    if (sl) {
-        if (slot_unit)
-            shmq_fetch_add_seq(&sl->waiting, slot_unit); /* lets repair undo our count if we die asleep */
-        shmq_store_relaxed(&sl->run_state, SHMQ_RUN_SLEEPING);
-    }
-    int rc = check(q, ctx);
-    if (rc == SHMQ_EAGAIN) {
-        rc = shmq_futex_wait(seqw, seq, deadline_ns);
-        if (coalesced)
-            clear_wake_pending(seqw); /* the wake may have been ours: clear it before the caller looks */
-        if (rc == SHMQ_EAGAIN) {
-            /* A whole slice asleep: look for dead participants and repair them (they may hold
-             * the room or descriptors we wait for); at most one sweep per slice per handle. */
-            if (shmq_now_mono_ns() - q->last_liveness_ns >= SHMQ_LIVENESS_SLICE_NS) {
-                q->last_liveness_ns = shmq_now_mono_ns();
-                shmq_repair_dead(q);
-            }
-            /* A signal that arrived before we slept (while spinning) did not interrupt the
-             * futex: a binding that asked for it comes up for air to run its handlers. */
-            if (q->poll_signals)
-                rc = SHMQ_EINTR;
-        } else if (rc == SHMQ_OK) {
-            rc = SHMQ_EAGAIN;
-        }
-        if (__atomic_load_n(&q->closing, __ATOMIC_SEQ_CST))
-            rc = SHMQ_ECLOSED; /* this handle is being closed by another thread */
-    }
-    if (sl) {
-        shmq_store_relaxed(&sl->run_state, SHMQ_RUN_RUNNING);
-        if (slot_unit)
-            __atomic_fetch_sub(&sl->waiting, slot_unit, __ATOMIC_SEQ_CST);
-    }
-    __atomic_fetch_sub(waiters, 1, __ATOMIC_SEQ_CST);
-    return rc;
+    shmq_sleeper_t who = {.slot_waiting = sl ? &sl->waiting : NULL, .slot_unit = slot_unit,
+                          .run_state = sl ? &sl->run_state : NULL, .on_slice = liveness_slice, .slice_ctx = q,
+                          .closing = &q->closing, .poll_signals = q->poll_signals};
+    check_ctx c = {q, check, ctx};
+    return shmq_waitq_sleep(wq, coalesced, run_check, &c, &who, deadline_ns);
 }
 
 shmq_area_t *shmq_q_area_next(shmq_seg_t *q, uint32_t *i)
@@ -313,15 +258,21 @@ typedef struct {
  * "no room now" and the caller sleeps, interruptibly, before it tries again), never past the
  * caller's deadline, and 1 ms for a put that may not wait at all: a stopped holder costs a
  * put_nowait 1 ms and a Full, not a hang (issue 11 item 4). */
-static uint64_t lock_until(uint64_t deadline_ns)
+static uint64_t lock_until_for(uint64_t deadline_ns, uint64_t nowait_ns)
 {
     uint64_t now = shmq_now_mono_ns();
     if (deadline_ns == 0)
-        return now + SHMQ_DEFER_AFTER_NS;
+        return now + nowait_ns;
     if (deadline_ns <= now)
         return now; /* passed: one attempt */
     return deadline_ns - now > SHMQ_LIVENESS_SLICE_NS ? now + SHMQ_LIVENESS_SLICE_NS : deadline_ns;
 }
+/* The arena lock is held for a few list operations: 1 ms is long. A grow legitimately holds its
+ * lock while the kernel zeroes a new area (up to 1 GiB): a put that may not wait gives a live
+ * grower 1 s before it reports no room, so only a stopped grower makes put_nowait raise Full. */
+#define SHMQ_GROW_NOWAIT_NS (1000ull * 1000 * 1000)
+static inline uint64_t lock_until(uint64_t deadline_ns) { return lock_until_for(deadline_ns, SHMQ_DEFER_AFTER_NS); }
+static inline uint64_t grow_until(uint64_t deadline_ns) { return lock_until_for(deadline_ns, SHMQ_GROW_NOWAIT_NS); }
 
 static void put_undo(shmq_seg_t *q, put_ctx *c)
 {
@@ -409,7 +360,7 @@ static int reserve_room(shmq_seg_t *q, put_ctx *c)
         }
         if (!(h->flags & SHMQ_F_GROWABLE))
             return SHMQ_FULL;
-        rc = shmq_seg_grow(q, ai, c->total, lock_until(c->deadline_ns));
+        rc = shmq_seg_grow(q, ai, c->total, grow_until(c->deadline_ns));
         if (rc != SHMQ_OK)
             return rc; /* SHMQ_FULL: the grow lock stayed held */
     }
@@ -426,9 +377,7 @@ static int ring_room_check(shmq_seg_t *q, void *ctx)
 {
     (void)q;
     shmq_area_t *a = ctx;
-    uint64_t t = shmq_load_acquire(a->ring.tail);
-    uint64_t w = shmq_load_acquire(&a->ring.cells[t & a->ring.mask].word);
-    return shmq_cell_state(w) == SHMQ_CELL_EMPTY ? SHMQ_OK : SHMQ_EAGAIN;
+    return shmq_ring_room(&a->ring) ? SHMQ_OK : SHMQ_EAGAIN;
 }
 
 /* The grow lock stayed held for a whole wait while we hold a READY descriptor: wait again unless
@@ -436,6 +385,8 @@ static int ring_room_check(shmq_seg_t *q, void *ctx)
  * the put is undone and the binding calls again). Each round waited up to a slice: no spin. */
 static int grow_wait_again(shmq_seg_t *q, uint64_t deadline_ns, int *rc)
 {
+    if (deadline_ns == 0)
+        return 0; /* *rc stays SHMQ_FULL: a put that may not wait reports no room */
     if (q->poll_signals) {
         *rc = SHMQ_EINTR;
         return 0;
@@ -468,7 +419,7 @@ static int put_commit(shmq_seg_t *q, put_ctx *c, uint64_t deadline_ns, uint64_t 
     d->size = (uint32_t)c->total;
     d->kind = (uint8_t)c->kind;
     d->priority = x ? (uint8_t)x->priority : 0;
-    d->flags = 0;
+    d->flags = x ? (uint8_t)x->flags : 0;
     d->delivery_count = 0;
     d->hdr_size = x ? (uint16_t)x->hdr_size : 0;
     d->expire_ns = x ? x->expire_ns : 0;
@@ -522,7 +473,7 @@ static int put_commit(shmq_seg_t *q, put_ctx *c, uint64_t deadline_ns, uint64_t 
             }
             /* consumers sealed this area after producers moved on: move on too */
             if (shmq_load_acquire(&h->area_tail) == ai) {
-                rc = shmq_seg_grow(q, ai, 0, lock_until(deadline_ns));
+                rc = shmq_seg_grow(q, ai, 0, grow_until(deadline_ns));
                 if (rc == SHMQ_FULL && grow_wait_again(q, deadline_ns, &rc))
                     continue;
                 if (rc != SHMQ_OK)
@@ -532,7 +483,7 @@ static int put_commit(shmq_seg_t *q, put_ctx *c, uint64_t deadline_ns, uint64_t 
         }
         /* ring full while we hold a descriptor: grow, or wait for a consumer (bounded) */
         if (h->flags & SHMQ_F_GROWABLE) {
-            rc = shmq_seg_grow(q, ai, 0, lock_until(deadline_ns));
+            rc = shmq_seg_grow(q, ai, 0, grow_until(deadline_ns));
             if (rc == SHMQ_FULL && grow_wait_again(q, deadline_ns, &rc))
                 continue;
             if (rc != SHMQ_OK)
@@ -540,7 +491,7 @@ static int put_commit(shmq_seg_t *q, put_ctx *c, uint64_t deadline_ns, uint64_t 
             continue;
         }
         rc = deadline_ns == 0 ? SHMQ_TIMEOUT
-                              : sleep_until(q, &h->not_full_seq, &h->waiters_put, 1u << 16, ring_room_check, ta, deadline_ns);
+                              : sleep_until(q, &h->not_full, 1, 1u << 16, ring_room_check, ta, deadline_ns);
         if (rc == SHMQ_TIMEOUT || rc == SHMQ_EINTR || rc == SHMQ_ECLOSED) {
             if (rc == SHMQ_TIMEOUT)
                 rc = SHMQ_FULL;
@@ -594,7 +545,7 @@ int shmq_q_put(shmq_seg_t *q, const shmq_iov_t *iov, uint32_t n, uint32_t kind, 
     while (rc == SHMQ_FULL) {
         if (deadline_ns == 0)
             break;
-        rc = sleep_until(q, &h->not_full_seq, &h->waiters_put, 1u << 16, put_check, &c, deadline_ns);
+        rc = sleep_until(q, &h->not_full, 1, 1u << 16, put_check, &c, deadline_ns);
         if (rc == SHMQ_EAGAIN)
             rc = put_reserve(q, &c);
         else if (rc == SHMQ_TIMEOUT) {
@@ -787,7 +738,7 @@ int shmq_q_take(shmq_seg_t *q, shmq_msg_t *m, uint64_t deadline_ns, int mode)
             if (t < until)
                 until = t;
         }
-        rc = sleep_until(q, &h->not_empty_seq, &h->waiters_get, 1u, get_check, &gc, until);
+        rc = sleep_until(q, &h->not_empty, 1, 1u, get_check, &gc, until);
         if (rc == SHMQ_TIMEOUT && until != deadline_ns)
             rc = SHMQ_EAGAIN; /* a timer came due, not our deadline */
         if (rc == SHMQ_EAGAIN) {
@@ -905,7 +856,7 @@ int shmq_q_publish(shmq_seg_t *q, uint64_t handle)
             return rc == SHMQ_ESEALED ? SHMQ_ECORRUPT : SHMQ_FULL;
         if (rc == SHMQ_ESEALED && shmq_load_acquire(&h->area_tail) != ai)
             continue;
-        rc = shmq_seg_grow(q, ai, 0, lock_until(0));
+        rc = shmq_seg_grow(q, ai, 0, grow_until(0));
         if (rc != SHMQ_OK)
             return rc == SHMQ_ENOMEM ? SHMQ_FULL : rc;
     }
@@ -928,10 +879,8 @@ int shmq_q_id_present(shmq_seg_t *q, uint64_t id)
 
 void shmq_q_rewake_getters(shmq_seg_t *q)
 {
-    if (shmq_load_seq(&q->hdr->waiters_get)) {
-        shmq_fetch_add_seq(&q->hdr->not_empty_seq, 2); /* 2: bit 0 is the pending-wake flag */
-        shmq_futex_wake(&q->hdr->not_empty_seq, INT32_MAX);
-    }
+    if (shmq_load_seq(&q->hdr->not_empty.waiters))
+        shmq_waitq_wake_all(&q->hdr->not_empty);
 }
 
 uint64_t shmq_depth(shmq_seg_t *q)
@@ -950,7 +899,7 @@ uint64_t shmq_depth(shmq_seg_t *q)
 
 /* Return RETURNING chunks of every area whose arena lock is free now (no waiting): stats and
  * sweeps do it, so the room comes back even when no producer needs it yet. */
-static void reclaim_all_try(shmq_seg_t *q)
+void shmq_q_reclaim_try(shmq_seg_t *q)
 {
     shmq_area_t *a;
     for (uint32_t i = 0; (a = shmq_q_area_next(q, &i)) != NULL; i++) {
@@ -959,47 +908,6 @@ static void reclaim_all_try(shmq_seg_t *q)
         reclaim_returning_locked(q, a);
         shmq_lock_release(q, &a->hdr->arena_lock, &a->arena_busy);
     }
-}
-
-void shmq_stats(shmq_seg_t *q, shmq_stats_t *st)
-{
-    if (q->slot != UINT32_MAX)
-        reclaim_all_try(q); /* attached handles only: inspectors (`shmq ls`) change nothing */
-    shmq_header_t *h = q->hdr;
-    memset(st, 0, sizeof *st);
-    st->depth = shmq_depth(q);
-    uint64_t used = 0;
-    shmq_area_t *a;
-    for (uint32_t i = 0; (a = shmq_q_area_next(q, &i)) != NULL; i++) {
-        st->areas++;
-        uint64_t fu = shmq_arena_free_units(a);
-        used += (a->arena_units > fu ? a->arena_units - fu : 0) * SHMQ_ARENA_UNIT;
-    }
-    st->bytes_used = used + st->depth * SHMQ_DESC_SIZE;
-    st->capacity = h->capacity;
-    st->file_size = shmq_load_relaxed(&h->file_size);
-    st->max_message = h->max_message;
-    st->maxsize = h->maxsize;
-    st->enqueued = shmq_load_relaxed(&h->enq_folded);
-    st->dequeued = shmq_load_relaxed(&h->deq_folded);
-    uint32_t hwm = shmq_load_relaxed(&h->slot_hwm);
-    for (uint32_t s = 0; s < hwm && s < q->max_slots; s++) {
-        st->enqueued += shmq_load_relaxed(&q->slots[s].enqueued);
-        st->dequeued += shmq_load_relaxed(&q->slots[s].dequeued);
-    }
-    st->repairs = shmq_load_relaxed(&h->repairs);
-    st->corrupt_skipped = shmq_load_relaxed(&h->corrupt_skipped);
-    st->last_repair_ns = shmq_load_relaxed(&h->last_repair_ns);
-    st->unfinished = shmq_load_relaxed(&h->unfinished);
-    st->creator_pid = h->creator_pid;
-    st->created_at_ns = h->created_at_ns;
-    st->flags = h->flags;
-    st->kind = h->kind;
-    st->mode = h->mode;
-    st->max_slots = h->max_slots;
-    shmq_part_count(q, &st->attached, &st->producers, &st->consumers);
-    if (shmq_q_hooks(q)->stats)
-        shmq_q_hooks(q)->stats(q, st);
 }
 
 /* ---------------------------------------------------------------- join */
@@ -1012,10 +920,8 @@ int shmq_task_done(shmq_seg_t *q)
         if (u == 0)
             return SHMQ_EINVAL;
     } while (!shmq_cas_acq_rel(&h->unfinished, &u, u - 1));
-    if (u == 1 && shmq_load_seq(&h->join_waiters)) {
-        shmq_fetch_add_seq(&h->join_seq, 1);
-        shmq_futex_wake(&h->join_seq, INT32_MAX);
-    }
+    if (u == 1)
+        shmq_waitq_wake(&h->join, INT32_MAX, 0);
     return SHMQ_OK;
 }
 
@@ -1029,7 +935,7 @@ int shmq_join(shmq_seg_t *q, uint64_t deadline_ns)
 {
     shmq_header_t *h = q->hdr;
     for (;;) {
-        int rc = sleep_until(q, &h->join_seq, &h->join_waiters, 0, join_check, NULL, deadline_ns);
+        int rc = sleep_until(q, &h->join, 0, 0, join_check, NULL, deadline_ns);
         if (rc != SHMQ_EAGAIN)
             return rc;
     }
@@ -1037,9 +943,26 @@ int shmq_join(shmq_seg_t *q, uint64_t deadline_ns)
 
 /* ---------------------------------------------------------------- repair */
 
+typedef struct {
+    shmq_seg_t *q;
+    uint8_t **maps;
+} ref_ctx;
+
+static void mark_referenced(void *vctx, uint64_t hd)
+{
+    ref_ctx *rc = vctx;
+    shmq_seg_t *q = rc->q;
+    uint32_t ai = shmq_handle_area(hd), idx = shmq_handle_idx(hd);
+    /* a cell counts only for the generation it names: at-least-once queues leave stale cells
+     * behind (a requeued message acked before it was taken again) */
+    if (ai < q->max_areas && rc->maps[ai] && q->areas[ai].base && idx < q->areas[ai].n_desc &&
+        shmq_desc_dgen(shmq_load_acquire(&desc_at(&q->areas[ai], idx)->word)) == (shmq_handle_dgen(hd) & SHMQ_DGEN_MASK))
+        rc->maps[ai][idx / 8] |= (uint8_t)(1u << (idx % 8));
+}
+
 /* Mark, per area, the descriptors referenced by a FULL cell of any ring (bitmap, 1 bit each).
  * untrusted: handles naming no valid descriptor are ignored. Caller frees. */
-static uint8_t **referenced_map(shmq_seg_t *q)
+uint8_t **shmq_q_referenced_map(shmq_seg_t *q)
 {
     uint8_t **maps = calloc(SHMQ_MAX_AREAS, sizeof *maps);
     if (!maps)
@@ -1047,25 +970,13 @@ static uint8_t **referenced_map(shmq_seg_t *q)
     shmq_area_t *a;
     for (uint32_t i = 0; (a = shmq_q_area_next(q, &i)) != NULL; i++)
         maps[i] = calloc((a->n_desc + 7) / 8, 1);
-    for (uint32_t i = 0; (a = shmq_q_area_next(q, &i)) != NULL; i++) {
-        uint64_t n = a->ring.mask + 1;
-        for (uint64_t k = 0; k < n; k++) {
-            uint64_t w = shmq_load_acquire(&a->ring.cells[k].word);
-            if (shmq_cell_state(w) != SHMQ_CELL_FULL)
-                continue;
-            uint64_t hd = shmq_load_relaxed(&a->ring.cells[k].handle);
-            uint32_t ai = shmq_handle_area(hd), idx = shmq_handle_idx(hd);
-            /* a cell counts only for the generation it names: at-least-once queues leave stale
-             * cells behind (a requeued message acked before it was taken again) */
-            if (ai < SHMQ_MAX_AREAS && maps[ai] && q->areas[ai].base && idx < q->areas[ai].n_desc &&
-                shmq_desc_dgen(shmq_load_acquire(&desc_at(&q->areas[ai], idx)->word)) == (shmq_handle_dgen(hd) & SHMQ_DGEN_MASK))
-                maps[ai][idx / 8] |= (uint8_t)(1u << (idx % 8));
-        }
-    }
+    ref_ctx rc = {q, maps};
+    for (uint32_t i = 0; (a = shmq_q_area_next(q, &i)) != NULL; i++)
+        shmq_ring_foreach(&a->ring, mark_referenced, &rc);
     return maps;
 }
 
-static void free_maps(uint8_t **maps)
+void shmq_q_free_maps(uint8_t **maps)
 {
     if (!maps)
         return;
@@ -1128,7 +1039,7 @@ static void queue_repair_owner(shmq_seg_t *q, uint32_t dead)
     if (any_ready) {
         /* READY but in no ring: the producer died between READY and its publishing CAS. A dead
          * producer can publish nothing more, so "not referenced now" means never. */
-        uint8_t **maps = referenced_map(q);
+        uint8_t **maps = shmq_q_referenced_map(q);
         for (uint32_t i = 0; maps && i <= tail && i < q->max_areas; i++) {
             shmq_area_t *a = q->areas[i].base ? &q->areas[i] : NULL;
             if (!a || !maps[i] || shmq_load_acquire(&h->areas[i].state) == SHMQ_AREA_RETIRED)
@@ -1154,13 +1065,13 @@ static void queue_repair_owner(shmq_seg_t *q, uint32_t dead)
                 free_dead_desc(q, a, d, w, 1);
             }
         }
-        free_maps(maps);
+        shmq_q_free_maps(maps);
     }
     __atomic_fetch_add(&h->repairs, 1, __ATOMIC_RELAXED);
     shmq_store_relaxed(&h->last_repair_ns, shmq_now_mono_ns() - t0);
     wake_putters(q);
     /* The dead one may have been a getter woken by a coalesced wake it never passed on. */
-    clear_wake_pending(&h->not_empty_seq);
+    shmq_waitq_clear_pending(&h->not_empty);
     if (shmq_depth(q) > 0)
         wake_getters(q);
 }
@@ -1215,128 +1126,10 @@ int shmq_repair_dead(shmq_seg_t *q)
 {
     if (q->slot == UINT32_MAX)
         return 0; /* an inspector has no owner id to act under */
-    reclaim_all_try(q);
+    shmq_q_reclaim_try(q);
     int n = shmq_part_repair_dead(q);
     n += repair_stale_owners(q);
     units_recount(q); /* after the repairs: units leaked by a death between a unit and its descriptor */
     return n;
 }
 
-int shmq_peek(shmq_seg_t *q, uint64_t n, shmq_peek_t *out, void *buf, uint64_t cap)
-{
-    shmq_header_t *h = q->hdr;
-    uint32_t head = shmq_load_acquire(&h->area_head), tail = shmq_load_acquire(&h->area_tail);
-    for (uint32_t ai = head; ai <= tail && ai < q->max_areas; ai++) {
-        int rc;
-        shmq_area_t *a = shmq_seg_area_live(q, ai, &rc);
-        if (!a)
-            return rc;
-        uint64_t hd = shmq_load_acquire(a->ring.head), t = shmq_load_acquire(a->ring.tail);
-        for (uint64_t pos = hd; pos < t + 1 && pos < hd + a->ring.mask + 1; pos++) {
-            shmq_cell_t *c = &a->ring.cells[pos & a->ring.mask];
-            uint64_t w = shmq_load_acquire(&c->word);
-            if (shmq_cell_state(w) != SHMQ_CELL_FULL || shmq_cell_lap(w) != (uint32_t)(pos >> a->ring.log2))
-                continue;
-            uint64_t handle = shmq_load_relaxed(&c->handle);
-            if (shmq_load_acquire(&c->word) != w)
-                return SHMQ_EAGAIN;
-            if (n-- > 0)
-                continue;
-            /* untrusted: the handle and the descriptor are checked like a consumer checks them */
-            shmq_area_t *da = shmq_seg_area(q, shmq_handle_area(handle), &rc);
-            if (!da || shmq_handle_idx(handle) >= da->n_desc)
-                return SHMQ_ECORRUPT;
-            shmq_desc_t *d = desc_at(da, shmq_handle_idx(handle));
-            uint64_t dw = shmq_load_acquire(&d->word);
-            if (shmq_desc_state(dw) != SHMQ_D_READY || shmq_desc_dgen(dw) != (shmq_handle_dgen(handle) & SHMQ_DGEN_MASK))
-                return SHMQ_EAGAIN;
-            uint64_t size = d->size;
-            uint32_t chunk = d->chunk, order = d->chunk_order;
-            if (chunk == SHMQ_NO_CHUNK ? size > SHMQ_INLINE_MAX
-                                       : (!shmq_arena_ref_valid(da, chunk, order) || size > ((uint64_t)SHMQ_ARENA_UNIT << order)))
-                return SHMQ_ECORRUPT;
-            const uint8_t *src = chunk == SHMQ_NO_CHUNK ? d->inline_data : da->arena + (uint64_t)chunk * SHMQ_ARENA_UNIT;
-            if (shmq_q_hooks(q)->prefix) { /* the body only: past the kind's and the header blocks */
-                uint64_t skip = shmq_q_hooks(q)->prefix + (uint64_t)d->hdr_size;
-                if (skip > size)
-                    return SHMQ_ECORRUPT;
-                src += skip;
-                size -= skip;
-            }
-            out->id = d->id;
-            out->timestamp_ns = d->timestamp_ns;
-            out->kind = d->kind;
-            out->delivery_count = d->delivery_count;
-            out->size = size;
-            out->copied = size < cap ? size : cap;
-            memcpy(buf, src, out->copied);
-            /* acquire fence: the copy above happens before the re-check below (x86 does not
-             * reorder loads with loads; TSan builds cannot express the fence and skip it) */
-#if !defined(__SANITIZE_THREAD__)
-            __atomic_thread_fence(__ATOMIC_ACQUIRE);
-#endif
-            if (shmq_load_relaxed(&d->word) != dw)
-                return SHMQ_EAGAIN; /* taken (and maybe re-used) while we copied */
-            return SHMQ_OK;
-        }
-    }
-    return SHMQ_EMPTY;
-}
-
-uint64_t shmq_purge(shmq_seg_t *q)
-{
-    uint64_t n = 0;
-    shmq_msg_t m;
-    while (shmq_get_begin(q, &m, 0) == SHMQ_OK) {
-        shmq_get_end(q, &m);
-        n++;
-    }
-    return n;
-}
-
-/* Consistency walk for tests and `shmq stat --check`: call while no one else operates. */
-void shmq_check(shmq_seg_t *q, shmq_check_t *out)
-{
-    shmq_header_t *h = q->hdr;
-    memset(out, 0, sizeof *out);
-    uint8_t **maps = referenced_map(q);
-    uint32_t tail = shmq_load_acquire(&h->area_tail);
-    for (uint32_t i = 0; i <= tail && i < q->max_areas; i++) {
-        int rc;
-        shmq_area_t *a = shmq_seg_area_live(q, i, &rc);
-        if (!a) {
-            out->bad_areas += rc != SHMQ_ESEALED; /* a retired area is fine */
-            continue;
-        }
-        uint64_t used = 0;
-        for (uint32_t k = 0; k < a->n_desc; k++) {
-            shmq_desc_t *d = desc_at(a, k);
-            uint64_t w = shmq_load_acquire(&d->word);
-            uint32_t st = shmq_desc_state(w);
-            if (st == SHMQ_D_FREE) {
-                out->free_desc++;
-                continue;
-            }
-            if (st == SHMQ_D_READY) {
-                out->ready_desc++;
-                if (maps && maps[i] && !(maps[i][k / 8] & (1u << (k % 8))))
-                    out->orphan_ready++;
-            } else {
-                out->owned_desc++;
-                if (!shmq_part_owner_alive(q, shmq_desc_owner(w)))
-                    out->dead_owned++;
-            }
-            if (d->chunk != SHMQ_NO_CHUNK) {
-                if (shmq_arena_ref_valid(a, d->chunk, d->chunk_order))
-                    used += 1ull << d->chunk_order;
-                else
-                    out->bad_chunks++;
-            }
-        }
-        uint64_t fu = shmq_arena_free_units(a);
-        if (used + fu != a->arena_units)
-            out->arena_mismatch++;
-        out->queued += shmq_ring_count(&a->ring);
-    }
-    free_maps(maps);
-}

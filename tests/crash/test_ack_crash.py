@@ -23,6 +23,7 @@ ACK_SCENARIOS = {
     "mid_move": ("nack", "0"),
     "mid_expire": ("expire",),
     "mid_dedup": ("dedup",),
+    "before_dedup_finish": ("dedup",),
 }
 
 
@@ -75,6 +76,20 @@ def test_kill_in_at_least_once_path(point, ackpair, tmp_path):
     q = ackpair
     record = str(tmp_path / "rec")
     op = ACK_SCENARIOS[point]
+    if point == "before_dedup_finish":
+        # the worker's message is in the queue and its entry PENDING(dead); once the message is
+        # acked (gone) a retry of the key must still be answered with the worker's id
+        r = _run([op[0], q.name, "K"], point, hit=1)
+        assert r.returncode == -9, r.stderr
+        m = q.receive(timeout=5)
+        assert m.body == b"worker"
+        assert m.ack()
+        q._repair()
+        assert q.send(struct.pack("<Q", 98), dedup_id="K") == m.id   # no second copy
+        assert _drain(q) == []
+        assert q.stats()["dedup_hits"] == 1
+        _consistent(q)
+        return
     if op[0] == "dedup":
         r = _run([op[0], q.name, "K"], point, hit=1)
         assert r.returncode == -9, r.stderr
