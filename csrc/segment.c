@@ -43,9 +43,17 @@ static uint64_t pow2floor(uint64_t x)
 void shmq_area_geometry(uint64_t size, uint32_t *cells_log2, uint32_t *n_desc, uint64_t *meta_off,
                         uint64_t *arena_off, uint64_t *arena_units)
 {
-    /* Sizing rule (docs/internals/segment-layout.md): a quarter of the area for cells and
-     * descriptors (144 bytes per message slot), the rest for the arena and its metadata. */
-    uint64_t cells = pow2floor((size / 4) / (16 + SHMQ_DESC_SIZE));
+    shmq_area_geometry_ex(size, SHMQ_GEO_DEFAULT, cells_log2, n_desc, meta_off, arena_off, arena_units);
+}
+
+void shmq_area_geometry_ex(uint64_t size, uint32_t geo, uint32_t *cells_log2, uint32_t *n_desc, uint64_t *meta_off,
+                           uint64_t *arena_off, uint64_t *arena_units)
+{
+    /* Sizing rule (docs/internals/segment-layout.md): a quarter (dense: seven eighths) of the
+     * area for cells and descriptors (144 bytes per message slot), the rest for the arena and
+     * its metadata. */
+    uint64_t share = geo == SHMQ_GEO_DENSE ? size / 8 * 7 : size / 4;
+    uint64_t cells = pow2floor(share / (16 + SHMQ_DESC_SIZE));
     if (cells < 16)
         cells = 16;
     if (cells > (1u << 22))
@@ -78,11 +86,13 @@ static uint32_t max_order_for(uint64_t units)
     return units ? o : 0;
 }
 
-uint64_t shmq_area_max_payload(uint64_t size)
+uint64_t shmq_area_max_payload(uint64_t size) { return shmq_area_max_payload_ex(size, SHMQ_GEO_DEFAULT); }
+
+uint64_t shmq_area_max_payload_ex(uint64_t size, uint32_t geo)
 {
     uint32_t lg, nd;
     uint64_t mo, ao, units;
-    shmq_area_geometry(size, &lg, &nd, &mo, &ao, &units);
+    shmq_area_geometry_ex(size, geo, &lg, &nd, &mo, &ao, &units);
     if (!units)
         return SHMQ_INLINE_MAX;
     return (1ull << max_order_for(units)) * SHMQ_ARENA_UNIT;
@@ -108,13 +118,14 @@ static void area_bind(shmq_area_t *a, uint8_t *base, uint64_t size)
 }
 
 /* Build an area in place (zeroed memory not assumed: a dead grower may have left bytes). */
-static void area_init(shmq_area_t *a, uint8_t *base, uint64_t size, uint32_t index)
+static void area_init(shmq_area_t *a, uint8_t *base, uint64_t size, uint32_t index, uint32_t geo)
 {
     shmq_area_hdr_t *h = (shmq_area_hdr_t *)base;
     memset(h, 0, sizeof *h);
     uint32_t lg, nd;
     uint64_t mo, ao, units;
-    shmq_area_geometry(size, &lg, &nd, &mo, &ao, &units);
+    shmq_area_geometry_ex(size, geo, &lg, &nd, &mo, &ao, &units);
+    h->geometry = geo;
     h->index = index;
     h->cells_log2 = lg;
     h->n_desc = nd;
@@ -135,12 +146,14 @@ static void area_init(shmq_area_t *a, uint8_t *base, uint64_t size, uint32_t ind
 }
 
 /* untrusted: an area header must match the geometry its size implies. */
-static int area_check(const shmq_area_hdr_t *h, uint64_t size, uint32_t index)
+static int area_check(const shmq_area_hdr_t *h, uint64_t size, uint32_t index, uint32_t geo)
 {
     uint32_t lg, nd;
     uint64_t mo, ao, units;
-    shmq_area_geometry(size, &lg, &nd, &mo, &ao, &units);
-    if (h->magic != SHMQ_AREA_MAGIC || h->index != index || h->size != size)
+    if (geo > SHMQ_GEO_DENSE || (index == 0 && geo != SHMQ_GEO_DEFAULT))
+        return 0;
+    shmq_area_geometry_ex(size, geo, &lg, &nd, &mo, &ao, &units);
+    if (h->magic != SHMQ_AREA_MAGIC || h->index != index || h->size != size || h->geometry != geo)
         return 0;
     if (h->cells_log2 != lg || h->n_desc != nd || h->meta_off != mo || h->arena_off != ao || h->arena_units != units)
         return 0;
@@ -391,7 +404,7 @@ int shmq_seg_create(shmq_seg_t *seg, const shmq_create_opts_t *o, const shmq_reg
         if (regions[i].init)
             regions[i].init(regions[i].ctx, (uint8_t *)p + reg_off[i], regions[i].size);
     }
-    area_init(&seg->areas[0], (uint8_t *)p + a0off, a0size, 0);
+    area_init(&seg->areas[0], (uint8_t *)p + a0off, a0size, 0, SHMQ_GEO_DEFAULT);
     shmq_store_release(&h->init_state, SHMQ_READY); /* release: everything above is visible first */
     e = shmq_tmp_publish(fd, tmp, o->path);
     if (e != 0) {
@@ -450,6 +463,7 @@ static shmq_area_t *area_map_locked(shmq_seg_t *seg, uint32_t i, int *rc)
     if (st != 1 && st != SHMQ_AREA_RETIRING) /* RETIRING: intact, maybe about to be restored */
         return NULL;
     uint64_t off = e->off, size = e->size;
+    uint32_t geo = e->geometry;
     uint64_t fsize = file_size_of(seg->fd);
     /* untrusted: the area must lie inside the file and be page aligned */
     if (off % 4096 || size < SHMQ_MIN_AREA_SIZE || off + size < off || off + size > fsize)
@@ -468,7 +482,7 @@ static shmq_area_t *area_map_locked(shmq_seg_t *seg, uint32_t i, int *rc)
         }
         base = p;
     }
-    if (!area_check((shmq_area_hdr_t *)base, size, i)) {
+    if (!area_check((shmq_area_hdr_t *)base, size, i, geo)) {
         if (i != 0)
             munmap(base, size);
         return NULL;
@@ -544,7 +558,12 @@ int shmq_seg_grow(shmq_seg_t *seg, uint32_t from, uint64_t need, uint64_t lock_d
         size = SHMQ_MIN_AREA_SIZE; /* untrusted: a zeroed size would never double */
     if (size > SHMQ_MAX_AREA_GROW)
         size = SHMQ_MAX_AREA_GROW;
-    while (shmq_area_max_payload(size) < need + 64) {
+    /* Small messages ran the area out of slots with most of its arena unused: a dense area. */
+    uint32_t geo = SHMQ_GEO_DEFAULT;
+    shmq_area_t *prev = from < seg->max_areas && seg->areas[from].base ? &seg->areas[from] : NULL;
+    if (need <= SHMQ_INLINE_MAX && prev && shmq_arena_free_units(prev) * 4 >= prev->arena_units * 3)
+        geo = SHMQ_GEO_DENSE;
+    while (shmq_area_max_payload_ex(size, geo) < need + 64) {
         if (size >= (1ull << 40)) {
             rc = SHMQ_ENOMEM;
             goto out;
@@ -558,7 +577,7 @@ int shmq_seg_grow(shmq_seg_t *seg, uint32_t from, uint64_t need, uint64_t lock_d
         e = posix_fallocate(seg->fd, (off_t)off, (off_t)size);
         /* /dev/shm full: a smaller area may still fit (drained ones were just given back). */
         uint64_t smaller = size / 2;
-        if (e != ENOSPC || smaller < SHMQ_MIN_AREA_SIZE || shmq_area_max_payload(smaller) < need + 64)
+        if (e != ENOSPC || smaller < SHMQ_MIN_AREA_SIZE || shmq_area_max_payload_ex(smaller, geo) < need + 64)
             break;
         size = smaller;
     }
@@ -576,9 +595,10 @@ int shmq_seg_grow(shmq_seg_t *seg, uint32_t from, uint64_t need, uint64_t lock_d
     if (seg->areas[k].base) /* a stale local view from a grower that died: drop it */
         munmap(seg->areas[k].base, seg->areas[k].size);
     memset(&seg->areas[k], 0, sizeof seg->areas[k]);
-    area_init(&seg->areas[k], p, size, k);
+    area_init(&seg->areas[k], p, size, k, geo);
     h->areas[k].off = off;
     h->areas[k].size = size;
+    h->areas[k].geometry = geo;
     shmq_store_release(&h->areas[k].state, 1);
     shmq_store_release(&h->file_size, off + size);
     shmq_store_seq(&h->area_tail, k); /* producers move on; consumers follow once area `from` drains */

@@ -90,7 +90,7 @@ typedef struct {
     uint64_t off;   /* byte offset of the area in the file (page aligned) */
     uint64_t size;  /* bytes */
     uint32_t state; /* 0 absent, 1 ready (written last, release), 2 retiring, 3 retired (memory given back) */
-    uint32_t _pad0;
+    uint32_t geometry; /* SHMQ_GEO_*: how the area splits into slots and arena (before state, release) */
     uint64_t _pad1; /* 32-byte entries */
 } shmq_area_ent_t;
 _Static_assert(sizeof(shmq_area_ent_t) == 32, "area entry layout");
@@ -194,7 +194,8 @@ typedef struct {
     uint64_t meta_off;
     uint64_t arena_off;
     uint64_t arena_units; /* arena size in 64-byte units */
-    uint8_t _pad0[128 - 72];
+    uint32_t geometry;    /* SHMQ_GEO_*, the same as the area entry's */
+    uint8_t _pad0[128 - 76];
     /* --- arena: lock, accounting and free lists (lock holders only) --- */
     uint32_t arena_lock;
     uint32_t returning;       /* RETURNING descriptors to reclaim: a hint, reset by the reclaimer */
@@ -318,10 +319,19 @@ shmq_area_t *shmq_seg_area_live(shmq_seg_t *seg, uint32_t i, int *rc);
  * Returns SHMQ_OK also if another process grew meanwhile; SHMQ_FULL if the grow lock stayed
  * held until lock_deadline_ns (absolute monotonic; SHMQ_NO_DEADLINE waits). */
 int shmq_seg_grow(shmq_seg_t *seg, uint32_t from, uint64_t need, uint64_t lock_deadline_ns);
-/* Area sizing rule, also used to answer "how big must an area be for need bytes". */
+/* Area sizing rules (docs/guide/sizing.md). SHMQ_GEO_DEFAULT: a quarter of the area for ring
+ * cells and descriptors (144 B per message slot), the rest arena. SHMQ_GEO_DENSE: seven eighths
+ * for cells and descriptors; a growable queue appends a dense area when the one before ran out
+ * of message slots with most of its arena unused (small messages), so 10^6 small messages cost
+ * ~4x less memory. Area 0 is always DEFAULT. */
+#define SHMQ_GEO_DEFAULT 0u
+#define SHMQ_GEO_DENSE 1u
+void shmq_area_geometry_ex(uint64_t size, uint32_t geo, uint32_t *cells_log2, uint32_t *n_desc, uint64_t *meta_off,
+                           uint64_t *arena_off, uint64_t *arena_units);
 void shmq_area_geometry(uint64_t size, uint32_t *cells_log2, uint32_t *n_desc, uint64_t *meta_off,
                         uint64_t *arena_off, uint64_t *arena_units);
-/* Largest payload an area of this size can hold in one arena block. */
+/* Largest payload an area of this size (and geometry) can hold in one arena block. */
 uint64_t shmq_area_max_payload(uint64_t size);
+uint64_t shmq_area_max_payload_ex(uint64_t size, uint32_t geo);
 
 #endif
