@@ -301,7 +301,11 @@ class Queue(_core.Core):
             except QueueNotFound:
                 q = Queue(dlq, **kw)        # same options as ours, ack=True, no DLQ of its own
             # issue 11 item 5: only a file of our queue's owner, no wider than our queue (squatting)
-            q._check_trusted(os.fstat(self._fd).st_uid, st["mode"])
+            try:
+                q._check_trusted(os.fstat(self._fd).st_uid, st["mode"])
+            except QueuePermissionError:
+                q.close()
+                raise
         except QueuePermissionError:
             self._close()
             raise

@@ -112,3 +112,12 @@ def test_a_sigbus_outside_shmq_mappings_is_not_swallowed(qname, faulthandler_fir
     assert rc == -signal.SIGBUS, (rc, out, err[-1000:])
     if faulthandler_first:
         assert "Bus error" in err, err[-1000:]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("size", [0, 4096, 100000], ids=["to-0", "to-header", "mid-area"])
+def test_opening_a_truncated_segment_is_refused(qname, size):
+    shmq.Queue(qname, create=True, capacity="1MiB").close()
+    os.truncate(os.path.join("/dev/shm", "shmq." + qname), size)
+    with pytest.raises(shmq.CorruptQueueError):
+        shmq.Queue(qname)
