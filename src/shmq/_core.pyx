@@ -146,8 +146,10 @@ cdef class Core:
 
     # -- lifecycle ---------------------------------------------------------------------
     def _create(self, str path, uint32_t kind, uint32_t flags, uint64_t capacity, uint64_t max_message,
-                uint64_t maxsize, uint32_t mode, uint32_t max_slots, bint exist_ok, dict ack=None):
+                uint64_t maxsize, uint32_t mode, uint32_t max_slots, bint exist_ok, dict ack=None,
+                bint check_mode=True):
         """Create (or with exist_ok open) the segment at path and attach. Returns True if created.
+        An existing file is opened only if it is ours and (check_mode) no wider than mode.
         ack: at-least-once options (visibility_ns, max_deliveries, dead_letter, default_delay_ns,
         default_ttl_ns, dedup_window_ns, dedup_slots) when flags has F_ACK."""
         cdef c.shmq_create_opts_t o
@@ -178,7 +180,7 @@ cdef class Core:
             self._raise_open(rc, path)
         if not created:
             # issue 11 item 5: exist_ok must not adopt a file someone else planted under the name
-            problem = _untrusted_file(self.seg.fd, path, os.geteuid(), mode)
+            problem = _untrusted_file(self.seg.fd, path, os.geteuid(), mode if check_mode else 0o777)
             if problem is not None:
                 c.shmq_close(&self.seg)
                 raise problem

@@ -166,7 +166,7 @@ class Queue(_core.Core):
         pass
 
     def __init__(self, name_or_maxsize=0, *, maxsize=None, create=False, exist_ok=False,
-                 capacity=_UNSET, max_message=None, mode=0o600, raw=False, max_participants=None, ctx=None,
+                 capacity=_UNSET, max_message=None, mode=None, raw=False, max_participants=None, ctx=None,
                  ack=None, visibility_timeout=None, max_deliveries=None, dead_letter=None, delay=None, ttl=None,
                  dedup_window=None, dedup_capacity=None, _is_dlq=False):
         self._internal = False
@@ -187,6 +187,9 @@ class Queue(_core.Core):
         if not isinstance(maxsize, int) or isinstance(maxsize, bool):
             raise TypeError(f"maxsize must be an int, not {type(maxsize).__name__}")
         maxsize = max(maxsize, 0)  # as multiprocessing: <= 0 means unbounded
+        mode_given = mode is not None   # exist_ok checks an existing file's mode only against a given mode=
+        if mode is None:
+            mode = 0o600
         if not isinstance(mode, int) or not 0 <= mode <= 0o777:
             raise ValueError(f"mode must be a permission mode such as 0o600, got {mode!r}")
         slots = 0
@@ -230,7 +233,8 @@ class Queue(_core.Core):
                 cap = ANON_INITIAL_CAPACITY
             else:
                 cap = DEFAULT_CAPACITY if capacity is _UNSET else _names.parse_size(capacity)
-            created = self._create(path, _core.KIND_QUEUE, flags, cap, mm, maxsize, mode, slots, exist_ok, create_ack)
+            created = self._create(path, _core.KIND_QUEUE, flags, cap, mm, maxsize, mode, slots, exist_ok, create_ack,
+                                   mode_given)
             if not created:
                 self._check_options(name, explicit)
         else:
@@ -297,7 +301,11 @@ class Queue(_core.Core):
             except QueueNotFound:
                 q = Queue(dlq, **kw)        # same options as ours, ack=True, no DLQ of its own
             # issue 11 item 5: only a file of our queue's owner, no wider than our queue (squatting)
-            q._check_trusted(os.fstat(self._fd).st_uid, st["mode"])
+            try:
+                q._check_trusted(os.fstat(self._fd).st_uid, st["mode"])
+            except QueuePermissionError:
+                q.close()
+                raise
         except QueuePermissionError:
             self._close()
             raise

@@ -150,3 +150,31 @@ def test_redrive_moves_bodies_without_unpickling(qname):
         _remove(qname + ".dlq")
         if os.path.exists(MARK):
             os.unlink(MARK)
+
+
+@pytest.mark.timeout(60)
+def test_a_queue_shared_on_purpose_by_another_user_still_opens_with_its_dead_letter_queue(qname):
+    """The dead-letter queue is trusted when it belongs to the queue's own owner: opening another
+    user's deliberately shared ack queue by name keeps working."""
+    prefix, why = other_user_prefix(SQUATTER_UID)
+    if prefix is None:
+        pytest.skip(f"cannot run a child as another user: {why}")
+    code = """
+import shmq
+q = shmq.Queue({name!r}, create=True, ack=True, mode=0o666)
+q.close()
+print("shared")
+"""
+    check_child(run_py(code.format(name=qname), timeout=30, prefix=prefix), "creating a shared ack queue as another user")
+    try:
+        q = shmq.Queue(qname)
+        try:
+            assert q.dead_letter_queue == qname + ".dlq"
+            q.send(b"hello")
+            m = q.receive(timeout=5)
+            assert m.body == b"hello"
+            m.ack()
+        finally:
+            q.close()
+    finally:
+        _remove(qname, qname + ".dlq")

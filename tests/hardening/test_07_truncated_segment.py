@@ -112,3 +112,58 @@ def test_a_sigbus_outside_shmq_mappings_is_not_swallowed(qname, faulthandler_fir
     assert rc == -signal.SIGBUS, (rc, out, err[-1000:])
     if faulthandler_first:
         assert "Bus error" in err, err[-1000:]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("size", [0, 4096, 100000], ids=["to-0", "to-header", "mid-area"])
+def test_opening_a_truncated_segment_is_refused(qname, size):
+    shmq.Queue(qname, create=True, capacity="1MiB").close()
+    os.truncate(os.path.join("/dev/shm", "shmq." + qname), size)
+    with pytest.raises(shmq.CorruptQueueError):
+        shmq.Queue(qname)
+
+
+THREADS = """
+import shmq, sys, threading, time
+q = shmq.Queue(sys.argv[1])
+seen = []
+def blocked_get():
+    try:
+        q.get(timeout=10)
+        seen.append("got")
+    except shmq.CorruptQueueError:
+        seen.append("corrupt")
+    except shmq.ShmqError as e:
+        seen.append(type(e).__name__)
+t = threading.Thread(target=blocked_get)
+t.start()
+print("blocking", flush=True)
+sys.stdin.readline()                  # the parent truncated the file
+try:
+    for i in range(100):
+        q.put(b"z" * 3000, timeout=1)
+    seen.append("put ok")
+except (shmq.CorruptQueueError, shmq.QueueClosedError):
+    seen.append("put refused")
+t.join(15)
+print(seen, flush=True)
+assert not t.is_alive() and len(seen) == 2 and "put refused" in seen, seen
+assert "corrupt" in seen or "QueueClosedError" in seen, seen   # whichever thread met it first
+"""
+
+
+@pytest.mark.timeout(60)
+def test_threads_of_one_handle_survive_a_truncation(qname):
+    shmq.Queue(qname, create=True, capacity="1MiB").close()
+    p = subprocess.Popen([sys.executable, "-c", THREADS, qname], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "blocking"
+        time.sleep(0.3)
+        os.truncate(os.path.join("/dev/shm", "shmq." + qname), 0)
+        out, err = p.communicate("go\n", timeout=30)
+        assert p.returncode == 0, (p.returncode, out, err[-2000:])
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
