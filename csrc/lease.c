@@ -24,6 +24,9 @@
 #define SHMQ_TIMER_STEAL_NS (100ull * 1000 * 1000)
 
 static const shmq_queue_hooks_t ack_hooks;
+/* The clock read of a take, shared by its two hooks (one clock read per receive, as before the
+ * hooks): before_take runs first in the same thread, within the same try of the take. */
+static __thread uint64_t take_now;
 static void shmq_lease_timers_maybe(shmq_seg_t *q, uint64_t now);
 
 shmq_ack_t *shmq_ack_of(shmq_seg_t *q) { return q->ops == &ack_hooks.ops ? q->kstate : NULL; }
@@ -420,7 +423,7 @@ static int ack_taken(shmq_seg_t *q, shmq_msg_t *m, int mode)
         shmq_q_release_owned(q, m->area, d);
         return SHMQ_EAGAIN;
     }
-    uint64_t now = shmq_now_mono_ns();
+    uint64_t now = take_now;
     uint32_t g = shmq_desc_dgen(m->word);
     if (d->expire_ns && d->expire_ns <= now) { /* its TTL passed while it waited */
         shmq_store_release(&d->word, shmq_desc_word(g, SHMQ_D_SETTLING, q->owner)); /* ours already */
@@ -468,7 +471,11 @@ static void ack_repair_desc(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d, uint6
         fail_delivery(q, a, d, g, 0, 0);
 }
 
-static void ack_before_take(shmq_seg_t *q) { shmq_lease_timers_maybe(q, shmq_now_mono_ns()); }
+static void ack_before_take(shmq_seg_t *q)
+{
+    take_now = shmq_now_mono_ns();
+    shmq_lease_timers_maybe(q, take_now);
+}
 
 /* Sleepers wake for the next due timer (a delay or lease ending) as well, but not sooner than the
  * scans' own rate limit: a hint that stays in the past then costs 1000 wake-ups a second, not a spin. */
