@@ -215,6 +215,11 @@ def test_the_installed_harness_compiles_nothing():
     for f in mods:
         text = open(os.path.join(d, f)).read()
         assert "gcc" not in text and "csrc" not in text, f"{f} builds C: that belongs in benchmarks/"
+    # the single-module harness this package replaced, shipped again by a stale build/ directory
+    top = os.path.dirname(shmq.__file__)
+    for f in sorted(os.listdir(top)):
+        if f.endswith(".py"):
+            assert "gcc" not in open(os.path.join(top, f)).read(), f"shmq/{f} builds C (a stale build/? rm -rf build)"
 
 
 def _small_result():
