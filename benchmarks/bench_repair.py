@@ -12,7 +12,6 @@ sweeps at once). Reports p50/p99/max in ms."""
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys

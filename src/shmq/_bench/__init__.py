@@ -67,7 +67,8 @@ def main(argv=None):
     peers.redis_server_path = args.redis_server
     suite = Suite(quick=args.quick, only=only, log=lambda s: print(s, file=sys.stderr, flush=True), peers=peer_list,
                   messages=args.messages, repeats=args.repeats)
-    res = suite.run()
+    with harness.stop_on_sigterm():
+        res = suite.run()
     print(report(res))
     if args.json:
         harness.write_json(res, args.json)
