@@ -201,10 +201,11 @@ def test_cli_usage_errors():
     r = subprocess.run([sys.executable, "-m", "shmq", "bench", "--only", "nope"], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 2 and "unknown group" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "shmq", "bench", "--help"], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0
-    for flag in ("--quick", "--json", "--plot", "--only", "--peers", "--messages", "--repeats", "--redis-server"):
-        assert flag in r.stdout
+    for cmd in (["shmq", "bench"], ["shmq._bench"]):
+        r = subprocess.run([sys.executable, "-m", *cmd, "--help"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        for flag in ("--quick", "--json", "--plot", "--only", "--peers", "--messages", "--repeats", "--redis-server"):
+            assert flag in r.stdout
 
 
 def test_the_installed_harness_compiles_nothing():

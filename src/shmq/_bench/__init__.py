@@ -80,7 +80,3 @@ def main(argv=None):
             print("--plot: matplotlib is not installed; no plot written")
     # no speed is ever asserted; a run whose consumers got other messages than were sent is an error
     return 1 if any(s["reason"].startswith("FAILED (wrong messages)") for s in res["skipped"]) else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
