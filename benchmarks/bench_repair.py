@@ -10,9 +10,7 @@ measured from the moment the consumer's death is seen (waitpid) to the put's ret
 asleep, so it notices at its next 50 ms liveness slice (a put that arrives after the death
 sweeps at once). Reports p50/p99/max in ms."""
 import argparse
-import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -21,6 +19,7 @@ import threading
 import time
 
 import shmq
+from shmq._bench.harness import host_info, write_json
 
 CHILD = textwrap.dedent("""
     import os, sys, shmq
@@ -68,13 +67,14 @@ def main(argv=None):
     a = ap.parse_args(argv)
     name = f"bench-repair-{os.getpid()}"
     ms = sorted(one_trial(name) for _ in range(a.trials))
+    m = host_info()
     res = {"trials": len(ms), "p50_ms": statistics.median(ms), "p99_ms": ms[min(len(ms) - 1, int(len(ms) * 0.99))],
-           "max_ms": ms[-1], "cores": os.cpu_count()}
+           "max_ms": ms[-1], "cores": m["cores"], "machine": m}
     print(f"death -> repaired (blocked put resumes): p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms, "
-          f"max {res['max_ms']:.1f} ms over {res['trials']} kills ({res['cores']} cores)")
+          f"max {res['max_ms']:.1f} ms over {res['trials']} kills ({m['cpu_model']}, {m['cores']} cores, "
+          f"Python {m['python']})")
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump(res, f, indent=2)
+        write_json(res, a.json)
     return 0
 
 

@@ -6,13 +6,12 @@ Creates an at-least-once queue, fills a share of its descriptors with delayed me
 scan has work to look at but nothing due), and times `_timers_run()` (one full scan). Reports
 the median and the descriptor count; asserts nothing."""
 import argparse
-import json
 import os
-import platform
 import statistics
 import time
 
 import shmq
+from shmq._bench.harness import host_info, write_json
 
 
 def main(argv=None):
@@ -34,15 +33,13 @@ def main(argv=None):
             times.append(time.perf_counter() - t0)
         geometry = q._consistency()
         n_desc = geometry["free_desc"] + geometry["ready_desc"] + geometry["owned_desc"]
+        m = host_info()
         res = {"capacity": a.capacity, "descriptors": n_desc, "delayed": a.fill,
-               "scan_ms_median": statistics.median(times) * 1e3, "scan_ms_min": min(times) * 1e3,
-               "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-               "python": platform.python_version()}
+               "scan_ms_median": statistics.median(times) * 1e3, "scan_ms_min": min(times) * 1e3, "machine": m}
         print(f"timer scan over {n_desc} descriptors ({a.fill} delayed): median {res['scan_ms_median']:.3f} ms, "
-              f"min {res['scan_ms_min']:.3f} ms  [{res['cores']} cores, Python {res['python']}]")
+              f"min {res['scan_ms_min']:.3f} ms  [{m['cpu_model']}, {m['cores']} cores, Python {m['python']}]")
         if a.json:
-            with open(a.json, "w") as f:
-                json.dump(res, f, indent=2)
+            write_json(res, a.json)
     finally:
         q.close()
         for n in (name, name + ".dlq"):

@@ -29,6 +29,15 @@ def _pid_alive(pid):
     return True
 
 
+def _show(name):
+    """A name as it may be printed to a terminal: anyone can plant a /dev/shm entry whose name
+    holds escape sequences or newlines (to forge rows or drive the terminal), so text output
+    shows anything non-printable, and spaces, as Python escapes."""
+    if name.isprintable() and " " not in name:
+        return name
+    return name.encode("unicode_escape").decode("ascii").replace(" ", "\\x20")
+
+
 def _count(limit=None):
     """An argparse type: an int >= 0 (and <= limit), else a usage error (exit status 2)."""
     def parse(text):
@@ -62,7 +71,7 @@ def _ls_rows():
     rows = []
     for qi in list_queues():
         dash = lambda v: "-" if v is None else v  # noqa: E731
-        rows.append((qi.name, qi.kind, str(dash(qi.depth)),
+        rows.append((_show(qi.name), qi.kind, str(dash(qi.depth)),
                      "-" if qi.bytes_used is None else _fmt_bytes(qi.bytes_used),
                      str(dash(qi.consumers)), str(dash(qi.producers)), str(dash(qi.attached))))
     return rows
@@ -181,7 +190,7 @@ def cmd_top(args):
             rows = []
             for qi, st in scan():
                 if st is None:  # not a queue, or unreadable: listed, with no counters
-                    rows.append((qi.name, qi.kind, "-", "-", "-", "-", "-", "-"))
+                    rows.append((_show(qi.name), qi.kind, "-", "-", "-", "-", "-", "-"))
                     continue
                 p = prev.get(qi.name)
                 rin = rout = 0.0
@@ -189,7 +198,7 @@ def cmd_top(args):
                     dt = max(now - p[0], 1e-9)
                     rin, rout = (st["enqueued"] - p[1]) / dt, (st["dequeued"] - p[2]) / dt
                 prev[qi.name] = (now, st["enqueued"], st["dequeued"])
-                rows.append((qi.name, qi.kind, str(st["depth"]), _fmt_bytes(st["bytes_used"]), f"{rin:.0f}",
+                rows.append((_show(qi.name), qi.kind, str(st["depth"]), _fmt_bytes(st["bytes_used"]), f"{rin:.0f}",
                              f"{rout:.0f}", str(st["consumers"]), str(st["producers"])))
             if sys.stdout.isatty():
                 print("\x1b[2J\x1b[H", end="")
@@ -205,7 +214,7 @@ def cmd_top(args):
     return 0
 
 
-def _gc_one(name, path):
+def _gc_one(name, shown, path):
     """(removed?, message or None, error?) for one shmq.* entry; never raises for the entry's sake."""
     m_tmp = _TMP_RE.search(name)
     m_anon = None if m_tmp else _ANON_RE.match(name)
@@ -214,7 +223,7 @@ def _gc_one(name, path):
         return False, None, False       # a named queue: only `shmq rm` removes it
     pid = int(m.group(1))
     if not 0 < pid <= PID_MAX_LIMIT:
-        return False, f"skipped {name}: pid {m.group(1)} is out of range (no process can have it): not made by shmq", \
+        return False, f"skipped {shown}: pid {m.group(1)} is out of range (no process can have it): not made by shmq", \
             False
     if _pid_alive(pid):
         return False, None, False
@@ -222,7 +231,7 @@ def _gc_one(name, path):
     if kind is False:
         return False, None, False       # gone meanwhile
     if kind is not None:
-        return False, f"skipped {name}: not a regular file (never opened, never removed by gc)", False
+        return False, f"skipped {shown}: not a regular file (never opened, never removed by gc)", False
     what = f"temporary file of dead creator {pid}" if m_tmp else f"anonymous queue of dead creator {pid}"
     if m_anon:
         try:
@@ -239,10 +248,10 @@ def _gc_one(name, path):
             owner = f"owner uid {os.lstat(path).st_uid}"
         except OSError:
             owner = "owner unknown"
-        return False, f"skipped {name}: {what}, but not permitted to remove it ({owner})", False
+        return False, f"skipped {shown}: {what}, but not permitted to remove it ({owner})", False
     except OSError as e:
-        return False, f"could not remove {name}: {e.strerror or e}", True
-    return True, f"removed {name} ({what})", False
+        return False, f"could not remove {shown}: {e.strerror or e}", True
+    return True, f"removed {shown} ({what})", False
 
 
 def cmd_gc(args):
@@ -257,7 +266,8 @@ def cmd_gc(args):
     for f in files:
         if not f.startswith(_names.PREFIX):
             continue
-        ok, msg, err = _gc_one(f[len(_names.PREFIX):], os.path.join(_names.SHM_DIR, f))
+        name = f[len(_names.PREFIX):]
+        ok, msg, err = _gc_one(name, _show(name), os.path.join(_names.SHM_DIR, f))
         removed += ok
         failed += err
         skipped += bool(msg) and not ok and not err

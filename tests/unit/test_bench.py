@@ -3,6 +3,7 @@ and reports ratios, `shmq bench --quick --json` writes the expected JSON, absent
 reported as skipped. No speed is ever asserted here (STYLE habit 7)."""
 import json
 import os
+import struct
 import subprocess
 import sys
 
@@ -95,6 +96,57 @@ def test_an_absent_peer_is_reported_as_skipped(monkeypatch):
     assert "faster-fifo: 64 B 1->1: not installed" in _bench.report(res)
 
 
+class _DuplicatingChan:
+    """Delivers message 2 twice and message 1 never: the count is right, the messages are not."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def receiver(self):
+        self.inner.receiver()
+        return self
+
+    def sender(self):
+        self.inner.sender()
+        return self
+
+    def send(self, obj):
+        if obj[:8] == struct.pack("<Q", 1):
+            obj = struct.pack("<Q", 2) + obj[8:]
+        self.inner.send(obj)
+
+    def recv(self):
+        return self.inner.recv()
+
+    def close_end(self):
+        self.inner.close_end()
+
+    def close(self):
+        self.inner.close()
+
+
+class _DuplicatingPeer(bench_peers._MPQueue):
+    name = "duplicating test peer"
+    family = "test"
+    key = "duplicating"
+    ack = True
+
+    def channel(self, kind, size, depth):
+        return _DuplicatingChan(super().channel(kind, size, depth))
+
+
+def test_wrong_messages_are_a_failure_and_exit_status_1(monkeypatch, capsys):
+    res = _bench.Suite(quick=True, only=["ack"], peers=[_DuplicatingPeer()], messages=50, repeats=1,
+                       log=lambda m: None).run()
+    assert not res["ack"]
+    reasons = [s["reason"] for s in res["skipped"] if s["peer"] == _DuplicatingPeer.name]
+    assert reasons and all(r.startswith("FAILED (wrong messages)") for r in reasons), reasons
+    monkeypatch.setattr(_bench, "ack_peers", lambda: [_DuplicatingPeer()])
+    assert _bench.main(["--only", "ack", "--messages", "50", "--peers", "duplicating"]) == 1
+    assert "FAILED (wrong messages)" in capsys.readouterr().out
+    assert _bench.main(["--only", "ack", "--messages", "50", "--peers", "mp"]) == 0
+
+
 def test_redis_without_a_server_binary_is_skipped(monkeypatch, tmp_path):
     monkeypatch.setattr(bench_peers, "redis_server_path", str(tmp_path / "no-redis-server"))
     res = _suite("ack", ["multiprocessing.Queue", "shmq ack (send/receive/ack)",
@@ -149,10 +201,11 @@ def test_cli_usage_errors():
     r = subprocess.run([sys.executable, "-m", "shmq", "bench", "--only", "nope"], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 2 and "unknown group" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "shmq", "bench", "--help"], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0
-    for flag in ("--quick", "--json", "--plot", "--only", "--peers", "--messages", "--repeats", "--redis-server"):
-        assert flag in r.stdout
+    for cmd in (["shmq", "bench"], ["shmq._bench"]):
+        r = subprocess.run([sys.executable, "-m", *cmd, "--help"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        for flag in ("--quick", "--json", "--plot", "--only", "--peers", "--messages", "--repeats", "--redis-server"):
+            assert flag in r.stdout
 
 
 def test_the_installed_harness_compiles_nothing():
@@ -163,6 +216,11 @@ def test_the_installed_harness_compiles_nothing():
     for f in mods:
         text = open(os.path.join(d, f)).read()
         assert "gcc" not in text and "csrc" not in text, f"{f} builds C: that belongs in benchmarks/"
+    # the single-module harness this package replaced, shipped again by a stale build/ directory
+    top = os.path.dirname(shmq.__file__)
+    for f in sorted(os.listdir(top)):
+        if f.endswith(".py"):
+            assert "gcc" not in open(os.path.join(top, f)).read(), f"shmq/{f} builds C (a stale build/? rm -rf build)"
 
 
 def _small_result():

@@ -97,6 +97,26 @@ def test_listing_reports_planted_directory_symlink_and_fifo(planted, qname):
             pass
 
 
+def test_names_with_escapes_newlines_or_undecodable_bytes_are_shown_escaped(planted):
+    planted(f"planted-{PID}-esc\x1b[2J\nforged-row  queue", "file")
+    raw = os.path.join(os.fsencode(SHM), b"shmq.planted-%d-\xff\xfe" % PID)
+    with open(raw, "wb") as f:
+        f.write(b"planted")
+    try:
+        for cmd in (["ls"], ["top", "--iterations", "1", "--interval", "0.01"], ["gc"]):
+            r = _cli(*cmd, errors="replace")
+            assert r.returncode == 0 and "Traceback" not in r.stderr, (cmd, r.stderr)
+            assert "\x1b" not in r.stdout and not any(line.startswith("forged-row") for line in r.stdout.splitlines())
+        r = _cli("ls", errors="replace")
+        assert f"planted-{PID}-esc\\x1b[2J\\nforged-row\\x20\\x20queue" in r.stdout
+        assert f"planted-{PID}-\\udcff\\udcfe" in r.stdout
+        r = _cli("ls", "--json", errors="replace")
+        assert r.returncode == 0 and f"planted-{PID}-esc\x1b[2J\nforged-row  queue" in {
+            row["name"] for row in json.loads(r.stdout)}
+    finally:
+        _remove(raw)
+
+
 def test_gc_survives_names_with_huge_pids(planted):
     huge = "9" * 25
     bad_tmp = planted(f"planted-{PID}-a~c{huge}.0", "file")

@@ -67,7 +67,8 @@ def main(argv=None):
     peers.redis_server_path = args.redis_server
     suite = Suite(quick=args.quick, only=only, log=lambda s: print(s, file=sys.stderr, flush=True), peers=peer_list,
                   messages=args.messages, repeats=args.repeats)
-    res = suite.run()
+    with harness.stop_on_sigterm():
+        res = suite.run()
     print(report(res))
     if args.json:
         harness.write_json(res, args.json)
@@ -79,7 +80,3 @@ def main(argv=None):
             print("--plot: matplotlib is not installed; no plot written")
     # no speed is ever asserted; a run whose consumers got other messages than were sent is an error
     return 1 if any(s["reason"].startswith("FAILED (wrong messages)") for s in res["skipped"]) else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

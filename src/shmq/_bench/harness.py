@@ -2,6 +2,7 @@
 import json
 import os
 import platform
+import signal
 import sys
 import time
 import traceback
@@ -48,6 +49,7 @@ def open_send(chan, consumers):
 
 def _child(fn, chans, recv_spec, send_spec, cpu, b1, b2, b3, resq, idx, args):
     # returns normally (no os._exit): multiprocessing's exit path flushes Queue feeder threads
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)     # the parent's handler (stop_on_sigterm) is not ours
     try:
         pin(cpu)
         rx = [open_recv(chans[c], i) for c, i in recv_spec]
@@ -132,6 +134,25 @@ def run(chans, roles, timeout=RUN_TIMEOUT):
                 p.join(2)
         resq.close()
         resq.join_thread()
+
+
+class stop_on_sigterm:
+    """While inside: SIGTERM raises SystemExit in the main thread, so the finally clauses that
+    stop the children and the Redis server run (the default action would skip them)."""
+
+    def __enter__(self):
+        def on_term(signum, frame):
+            raise SystemExit(128 + signum)
+        try:
+            self.old = signal.signal(signal.SIGTERM, on_term)
+        except ValueError:          # not the main thread: leave the handler alone
+            self.old = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            signal.signal(signal.SIGTERM, self.old)
+        return False
 
 
 def host_info():

@@ -509,11 +509,15 @@ class _Shmq(Peer):
 class _ShmqChan(_QueueChan):
     label = "shmq"
 
-    def recv_many(self):
+    def __init__(self, q):
         import shmq
+        super().__init__(q)
+        self.Empty = shmq.Empty
+
+    def recv_many(self):
         try:
             return self.q.get_many(BATCH, timeout=_recv_timeout)
-        except shmq.Empty as e:
+        except self.Empty as e:
             raise TimeoutError("shmq get_many timed out") from e
 
     def close_end(self):
@@ -586,7 +590,9 @@ class _ShmqAckChan:
     receive + Message.ack, or receive_many(64) + ack_many."""
 
     def __init__(self, q, name):
+        import shmq
         self.q, self.name = q, name
+        self.Empty = shmq.Empty     # bound once: no import statement per message
 
     def receiver(self):
         return self
@@ -603,19 +609,17 @@ class _ShmqAckChan:
             send(o, timeout=CHILD_TIMEOUT)
 
     def recv(self):
-        import shmq
         try:
             m = self.q.receive(timeout=_recv_timeout)
-        except shmq.Empty as e:
+        except self.Empty as e:
             raise TimeoutError("shmq receive timed out") from e
         m.ack()
         return m.body
 
     def recv_many(self):
-        import shmq
         try:
             ms = self.q.receive_many(BATCH, timeout=_recv_timeout)
-        except shmq.Empty as e:
+        except self.Empty as e:
             raise TimeoutError("shmq receive_many timed out") from e
         self.q.ack_many(ms)
         return [m.body for m in ms]
