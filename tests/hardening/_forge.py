@@ -120,4 +120,11 @@ def other_user_prefix(uid=65534):
         return None, "needs root to run a child as another user"
     if not shutil.which("setpriv"):
         return None, "setpriv is not installed"
-    return ("setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"), None
+    prefix = ("setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups")
+    # the other user must be able to run this interpreter and import the installed shmq (a venv
+    # under a 0700 directory is not readable to it)
+    r = subprocess.run([*prefix, sys.executable, "-c", "import shmq"], capture_output=True, text=True,
+                       timeout=30, cwd="/")
+    if r.returncode != 0:
+        return None, f"uid {uid} cannot import shmq from {sys.executable}: {r.stderr.strip()[-300:]}"
+    return prefix, None
