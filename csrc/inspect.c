@@ -75,12 +75,13 @@ int shmq_peek(shmq_seg_t *q, uint64_t n, shmq_peek_t *out, void *buf, uint64_t c
         uint32_t chunk = d->chunk, order = d->chunk_order;
         if (chunk == SHMQ_NO_CHUNK ? size > SHMQ_INLINE_MAX
                                    : (!shmq_arena_ref_valid(da, chunk, order) || size > ((uint64_t)SHMQ_ARENA_UNIT << order)))
-            return SHMQ_ECORRUPT;
+            /* fields read while a getter took and freed the message are not garbage: look again */
+            return shmq_load_acquire(&d->word) != dw ? SHMQ_EAGAIN : SHMQ_ECORRUPT;
         const uint8_t *src = chunk == SHMQ_NO_CHUNK ? d->inline_data : da->arena + (uint64_t)chunk * SHMQ_ARENA_UNIT;
         if (shmq_q_hooks(q)->body_skip) { /* the body only: past the kind's and the header blocks */
             uint64_t skip = shmq_q_hooks(q)->body_skip(d);
             if (skip > size)
-                return SHMQ_ECORRUPT;
+                return shmq_load_acquire(&d->word) != dw ? SHMQ_EAGAIN : SHMQ_ECORRUPT;
             src += skip;
             size -= skip;
         }

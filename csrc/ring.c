@@ -7,6 +7,29 @@ typedef unsigned __int128 shmq_u128;
 
 static inline shmq_u128 cell_pack(uint64_t word, uint64_t handle) { return ((shmq_u128)handle << 64) | word; }
 
+/* Every write of a cell is this one 16-byte CAS (cmpxchg16b: a full barrier). Under
+ * ThreadSanitizer the builtin becomes the runtime's emulation of 16-byte atomics (a lock around
+ * plain accesses), which is not atomic against the hardware and lost cell updates in the thread
+ * stress (a stranded message, consumers spinning): there the CAS is the instruction itself, in a
+ * function the sanitizer does not instrument. Production builds use the builtin. */
+#if defined(__SANITIZE_THREAD__) && defined(__x86_64__)
+__attribute__((no_sanitize_thread, noinline)) static int cell_cas(shmq_cell_t *c, shmq_u128 old, shmq_u128 new)
+{
+    uint64_t olo = (uint64_t)old, ohi = (uint64_t)(old >> 64);
+    uint8_t ok;
+    __asm__ __volatile__("lock cmpxchg16b %1\n\tsete %0"
+                         : "=q"(ok), "+m"(*c), "+a"(olo), "+d"(ohi)
+                         : "b"((uint64_t)new), "c"((uint64_t)(new >> 64))
+                         : "memory", "cc");
+    return ok;
+}
+#else
+static inline int cell_cas(shmq_cell_t *c, shmq_u128 old, shmq_u128 new)
+{
+    return __sync_bool_compare_and_swap((shmq_u128 *)c, old, new);
+}
+#endif
+
 void shmq_ring_init(shmq_ring_t *r)
 {
     uint64_t n = r->mask + 1;
@@ -36,7 +59,7 @@ int shmq_ring_put_mpmc(shmq_ring_t *r, uint64_t handle)
             SHMQ_CRASH_POINT(after_claim);
             /* The publication: state and handle in one 16-byte CAS (full barrier), so the cell
              * is never seen FULL with a stale handle and no claimed-but-empty cell exists. */
-            if (__sync_bool_compare_and_swap((shmq_u128 *)c, cell_pack(w, h_old),
+            if (cell_cas(c, cell_pack(w, h_old),
                                              cell_pack(shmq_cell_word(lap, SHMQ_CELL_FULL), handle))) {
                 SHMQ_CRASH_POINT(before_commit);
                 uint64_t exp = t;
@@ -87,7 +110,7 @@ int shmq_ring_get_mpmc(shmq_ring_t *r, shmq_take_fn take, void *ctx, uint64_t *h
              * its take must not block the ring. A 16-byte CAS (word and handle): after a stall
              * of 2^32 laps the same word could be back with another message, never with the
              * same handle, so a stalled consumer cannot advance past a message it did not see. */
-            __sync_bool_compare_and_swap((shmq_u128 *)c, cell_pack(w, h), cell_pack(shmq_cell_word(lap + 1, SHMQ_CELL_EMPTY), h));
+            cell_cas(c, cell_pack(w, h), cell_pack(shmq_cell_word(lap + 1, SHMQ_CELL_EMPTY), h));
             uint64_t exp = hd;
             shmq_cas_acq_rel(r->head, &exp, hd + 1); /* help: failure means someone already moved it */
             if (rc == SHMQ_OK) {
@@ -130,9 +153,12 @@ int shmq_ring_seal_mpmc(shmq_ring_t *r)
         if (d == 0 && st == SHMQ_CELL_EMPTY) {
             if (shmq_load_acquire(r->head) != t)
                 return SHMQ_EAGAIN; /* messages remain before tail */
-            uint64_t exp = w;
-            /* Only this word changes; the handle half is irrelevant in a SEALED cell. */
-            if (shmq_cas_acq_rel(&c->word, &exp, shmq_cell_word(lap, SHMQ_CELL_SEALED)))
+            uint64_t h = shmq_load_relaxed(&c->handle);
+            /* The same 16-byte CAS as every other write of a cell (the handle is kept): a 64-bit
+             * CAS on the word alone is atomic against cmpxchg16b on x86, but not where 16-byte
+             * atomics are emulated under a lock (ThreadSanitizer's runtime), where it lost
+             * updates against a concurrent publish or advance and stranded a message. */
+            if (cell_cas(c, cell_pack(w, h), cell_pack(shmq_cell_word(lap, SHMQ_CELL_SEALED), h)))
                 return SHMQ_OK;
             continue;
         }

@@ -485,6 +485,11 @@ static shmq_area_t *area_map_locked(shmq_seg_t *seg, uint32_t i, int *rc)
     if (!area_check((shmq_area_hdr_t *)base, size, i, geo)) {
         if (i != 0)
             munmap(base, size);
+        /* an area given back while we mapped it reads as zeros: that is retired, not corrupt
+         * (acquire: the retirer's RETIRED store follows its punch-hole) */
+        uint32_t now_st = shmq_load_acquire(&e->state);
+        if (now_st == SHMQ_AREA_RETIRED || now_st == SHMQ_AREA_RETIRING)
+            *rc = SHMQ_ESEALED;
         return NULL;
     }
     shmq_area_t tmp;
