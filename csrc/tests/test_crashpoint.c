@@ -45,16 +45,16 @@ static void test_crash_at_kills_at_the_nth_hit(void)
     shmq_seg_t *q = th_create(&o);
     CHECK(q != NULL);
     /* unarmed: all 5 puts return */
-    CHECK(th_exited_ok(th_wait(th_spawn(NULL, "put", path, "5", NULL), 20000)));
+    CHECK(th_exited_ok(th_wait(th_spawn(NULL, "put", path, "5", NULL, NULL), 20000)));
     CHECK_EQ(shmq_depth(q), 5);
     /* after_commit:3: killed in the third put, after it was published */
-    CHECK(th_killed(th_wait(th_spawn("after_commit:3", "put", path, "5", NULL), 20000)));
+    CHECK(th_killed(th_wait(th_spawn("after_commit:3", "put", path, "5", NULL, NULL), 20000)));
     CHECK_EQ(shmq_depth(q), 8);
     /* a point the puts never reach: no kill */
-    CHECK(th_exited_ok(th_wait(th_spawn("mid_ack", "put", path, "2", NULL), 20000)));
+    CHECK(th_exited_ok(th_wait(th_spawn("mid_ack", "put", path, "2", NULL, NULL), 20000)));
     CHECK_EQ(shmq_depth(q), 10);
     /* after_desc_claim: killed before anything was published; repair frees the descriptor */
-    CHECK(th_killed(th_wait(th_spawn("after_desc_claim", "put", path, "1", NULL), 20000)));
+    CHECK(th_killed(th_wait(th_spawn("after_desc_claim", "put", path, "1", NULL, NULL), 20000)));
     CHECK_EQ(shmq_depth(q), 10);
     shmq_repair_dead(q);
     shmq_check_t ck;

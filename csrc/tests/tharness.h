@@ -190,9 +190,10 @@ TH_FN int th_wait(pid_t pid, int timeout_ms)
 TH_FN int th_exited_ok(int st) { return st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0; }
 TH_FN int th_killed(int st) { return st != -1 && WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL; }
 
-/* Re-execute this binary as child `role` with args (at most 4), with SHMQ_CRASH_AT=crash_at
- * when crash_at is not NULL. */
-TH_FN pid_t th_spawn(const char *crash_at, const char *role, const char *a1, const char *a2, const char *a3)
+/* Re-execute this binary as child `role` with up to four arguments (NULL ends them early), with
+ * SHMQ_CRASH_AT=crash_at when crash_at is not NULL. */
+TH_FN pid_t th_spawn(const char *crash_at, const char *role, const char *a1, const char *a2, const char *a3,
+                     const char *a4)
 {
     pid_t pid = th_fork();
     if (pid == 0) {
@@ -200,7 +201,7 @@ TH_FN pid_t th_spawn(const char *crash_at, const char *role, const char *a1, con
             setenv("SHMQ_CRASH_AT", crash_at, 1);
         else
             unsetenv("SHMQ_CRASH_AT");
-        char *argv[] = {"child", "--th-child", (char *)role, (char *)a1, (char *)a2, (char *)a3, NULL};
+        char *argv[] = {"child", "--th-child", (char *)role, (char *)a1, (char *)a2, (char *)a3, (char *)a4, NULL};
         execv("/proc/self/exe", argv);
         _exit(127);
     }
