@@ -19,7 +19,7 @@ TSAN_FLAGS = [f for f in FLAGS if not f.startswith("-fsanitize") and "recover" n
 TEST_FILES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(CSRC, "tests", "test_*.c")))
 # The primitives and state machines that must keep a test file of their own (issue 10 item 8).
 REQUIRED = {"test_ring.c", "test_arena.c", "test_lock.c", "test_segment.c", "test_queue.c", "test_wait.c",
-            "test_crashpoint.c", "test_lease.c"}
+            "test_crashpoint.c", "test_lease.c", "test_dedup.c"}
 SUMMARY = re.compile(r"^(\d+) passed, (\d+) failed$", re.M)
 
 
