@@ -640,7 +640,8 @@ static void test_forged_tokens_are_refused(void)
 /* ---------------------------------------------------------------- dead consumers */
 
 /* child: open queue argv[0] (and attach DLQ argv[1] unless "-"), receive argv[2] messages, then
- * argv[3]: "hold" (keep the leases until killed), "ack", "reject" (nack without requeue).
+ * argv[3]: "hold" (keep the leases until killed), "ack", "nack" (requeue), "reject" (nack
+ * without requeue); with argv[2] == "0" and argv[3] "scan": sleep 60 ms, run the timer scan.
  * A crash point (SHMQ_CRASH_AT) may kill it on the way. */
 static int child_consume(int argc, char **argv)
 {
@@ -654,6 +655,11 @@ static int child_consume(int argc, char **argv)
             return 3;
         shmq_ack_set_dlq(&q, &d, base_name(argv[0]));
     }
+    if (strcmp(argv[3], "scan") == 0) {
+        th_sleep_ms(60);
+        shmq_timers_run(&q);
+        return 0;
+    }
     int n = atoi(argv[2]);
     for (int i = 0; i < n; i++) {
         got_t g;
@@ -663,6 +669,8 @@ static int child_consume(int argc, char **argv)
             return 5;
         if (strcmp(argv[3], "reject") == 0 && shmq_nack(&q, g.token, g.id, 0, 0) != SHMQ_OK)
             return 6;
+        if (strcmp(argv[3], "nack") == 0 && shmq_nack(&q, g.token, g.id, 1, 0) != SHMQ_OK)
+            return 7;
     }
     if (strcmp(argv[3], "hold") == 0)
         for (;;)
@@ -755,6 +763,31 @@ static void test_crash_mid_ack_finishes_the_ack(void)
     CHECK_EQ(ck.owned_desc, 0);
 }
 
+static void test_crash_mid_nack_and_mid_expire_count_a_failed_delivery(void)
+{
+    char path[128];
+    shmq_seg_t *q = ack_queue("midnack", VIS_SHORT, 5, NULL, path, NULL);
+    CHECK(q != NULL);
+    uint64_t id;
+    got_t g;
+    /* mid_nack: the nack had claimed the delivery (SETTLING), not requeued it */
+    CHECK_EQ(send_msg(q, "n", 0, 0, NULL, 0, &id), SHMQ_OK);
+    CHECK(th_killed(th_wait(th_spawn("mid_nack", "consume", path, "-", "1", "nack"), 20000)));
+    CHECK_ACK(q, 0, 1, 0, 0, 0, 0, 0); /* SETTLING counts as in flight */
+    CHECK(shmq_repair_dead(q) >= 1);
+    CHECK_ACK(q, 1, 0, 0, 0, 1, 0, 0);
+    CHECK_EQ(recv_msg(q, &g, 0), SHMQ_OK);
+    CHECK_EQ(g.id, id);
+    CHECK_EQ(g.dc, 2);
+    /* mid_expire: another process's timer scan claimed our expired lease and died */
+    CHECK(th_killed(th_wait(th_spawn("mid_expire", "consume", path, "-", "0", "scan"), 20000)));
+    CHECK_ACK(q, 0, 1, 0, 0, 1, 0, 0);
+    CHECK(shmq_repair_dead(q) >= 1);
+    CHECK_ACK(q, 1, 0, 0, 0, 2, 0, 0); /* put back: a failed delivery */
+    CHECK_EQ(shmq_ack(q, g.token, g.id), SHMQ_OK); /* not delivered again yet: still ours (lazy expiry) */
+    CHECK_ACK(q, 0, 0, 0, 1, 2, 0, 0);
+}
+
 static void test_crash_mid_move_copies_once(void)
 {
     /* killed before and after the copy into the DLQ: repair finishes the move, and the DLQ's
@@ -805,6 +838,7 @@ int main(int argc, char **argv)
     RUN(test_killed_consumer_leases_come_back);
     RUN(test_crash_after_lease_is_redelivered);
     RUN(test_crash_mid_ack_finishes_the_ack);
+    RUN(test_crash_mid_nack_and_mid_expire_count_a_failed_delivery);
     RUN(test_crash_mid_move_copies_once);
     TH_SUMMARY();
 }
