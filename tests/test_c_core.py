@@ -92,6 +92,65 @@ def test_every_primitive_has_its_test_file():
     assert not missing, f"C test files missing from csrc/tests: {sorted(missing)}"
 
 
+_HARNESS_PROBE = r"""
+#include "queue.h"
+#include "tharness.h"
+static void t_passes(void) { CHECK_EQ(1, 1); }
+static void t_fails_holding_things(void)
+{
+    char path[128];
+    th_path(path, sizeof path, "probe");
+    shmq_create_opts_t o = th_opts(path, 256 << 10, 0, 0);
+    shmq_seg_t *q = th_create(&o);
+    CHECK(q != NULL);
+    pid_t pid = th_fork();
+    if (pid == 0) {
+        for (;;)
+            pause();
+    }
+    printf("child %d path %s\n", (int)pid, path);
+    CHECK_EQ(shmq_depth(q), 1); /* fails: the queue is empty */
+}
+static void t_hangs(void) { if (getenv("PROBE_HANG")) th_sleep_ms(60000); }
+int main(void)
+{
+    RUN(t_passes);
+    RUN(t_fails_holding_things);
+    RUN(t_hangs);
+    TH_SUMMARY();
+}
+"""
+
+
+def test_harness_reports_a_failure_and_cleans_up(tmp_bin, asan_objs):
+    """The harness itself: a failed CHECK fails the binary and the summary, and the segment and
+    child the failed test held are gone; the watchdog ends a hung test the same way."""
+    probe = tmp_bin / "probe.c"
+    probe.write_text(_HARNESS_PROBE)
+    exe = str(tmp_bin / "probe")
+    r = subprocess.run([_gcc(), *FLAGS, "-I", CSRC, "-I", os.path.join(CSRC, "tests"), "-o", exe, str(probe), *asan_objs,
+                        "-lpthread"], capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0")
+    env.pop("LD_PRELOAD", None)
+    for hang in (False, True):
+        env.pop("PROBE_HANG", None)
+        if hang:
+            env.update(PROBE_HANG="1", TH_TIMEOUT_S="2")
+        r = subprocess.run([exe], capture_output=True, text=True, timeout=60, env=env)
+        m = re.search(r"child (\d+) path (\S+)", r.stdout)
+        assert m, r.stdout
+        pid, path = int(m.group(1)), m.group(2)
+        assert not os.path.exists(path), "the failed test's segment was left behind"
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+        assert "FAIL t_fails_holding_things" in r.stdout
+        if hang:
+            assert r.returncode == 3 and "watchdog" in r.stderr, (r.returncode, r.stdout, r.stderr)
+        else:
+            assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+            assert SUMMARY.findall(r.stdout)[-1] == ("2", "1"), r.stdout
+
+
 @pytest.mark.parametrize("test_c", TEST_FILES)
 def test_c_unit_tests_under_asan_ubsan(tmp_bin, asan_objs, test_c):
     out = _run(_link(str(tmp_bin), test_c, asan_objs))
