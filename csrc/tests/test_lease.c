@@ -592,6 +592,47 @@ static void test_ttl_without_dead_letter_queue_dropped_and_counted(void)
     CHECK_ACK(q, 0, 1, 0, 1, 0, 0, 2);
 }
 
+static void test_growable_queue_leases_in_later_areas(void)
+{
+    /* tokens name their area: deliveries from areas appended by growth settle like area 0's */
+    char path[128];
+    th_path(path, sizeof path, "grow");
+    shmq_create_opts_t o = th_ack_opts(path, 64 << 10, VIS_LONG, 5, NULL);
+    o.flags |= SHMQ_F_GROWABLE;
+    shmq_seg_t *q = th_create(&o);
+    CHECK(q != NULL);
+    enum { N = 3000 };
+    for (int i = 0; i < N; i++)
+        CHECK_EQ(send_msg(q, (i % 10) ? "small" : "a somewhat longer body that goes to the arena, not inline in the descriptor", 0,
+                          0, NULL, 0, NULL),
+                 SHMQ_OK);
+    shmq_stats_t st;
+    shmq_stats(q, &st);
+    CHECK(st.areas > 1);
+    CHECK_ACK(q, N, 0, 0, 0, 0, 0, 0);
+    uint64_t last_area_token = 0;
+    for (int i = 0; i < N; i++) {
+        got_t g;
+        CHECK_EQ(recv_msg(q, &g, 0), SHMQ_OK);
+        if (shmq_handle_area(g.token) > 0)
+            last_area_token = g.token;
+        if (i % 3 == 0)
+            CHECK_EQ(shmq_nack(q, g.token, g.id, 1, 0), SHMQ_OK);
+        else
+            CHECK_EQ(shmq_ack(q, g.token, g.id), SHMQ_OK);
+    }
+    CHECK(last_area_token != 0);
+    CHECK_EQ(shmq_ack(q, last_area_token ^ 0xffffff00000000ull, 1), SHMQ_ESTALE); /* beyond that area's descriptors */
+    CHECK_ACK(q, N / 3, 0, 0, N - N / 3, N / 3, 0, 0);
+    for (int i = 0; i < N / 3; i++) {
+        got_t g;
+        CHECK_EQ(recv_msg(q, &g, 0), SHMQ_OK);
+        CHECK_EQ(g.dc, 2);
+        CHECK_EQ(shmq_ack(q, g.token, g.id), SHMQ_OK);
+    }
+    CHECK_ACK(q, 0, 0, 0, N, N / 3, 0, 0);
+}
+
 /* ---------------------------------------------------------------- forged tokens */
 
 static void test_forged_tokens_are_refused(void)
@@ -834,6 +875,7 @@ int main(int argc, char **argv)
     RUN(test_no_dead_letter_handle_attached);
     RUN(test_ttl_to_dead_letter_queue);
     RUN(test_ttl_without_dead_letter_queue_dropped_and_counted);
+    RUN(test_growable_queue_leases_in_later_areas);
     RUN(test_forged_tokens_are_refused);
     RUN(test_killed_consumer_leases_come_back);
     RUN(test_crash_after_lease_is_redelivered);
