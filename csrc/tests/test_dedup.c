@@ -231,7 +231,7 @@ static void test_full_table_then_expired_entries_reused(void)
 {
     enum { SLOTS = 8 };
     char path[128];
-    shmq_seg_t *q = dq("full", path, 150 * TH_MS, SLOTS);
+    shmq_seg_t *q = dq("full", path, 400 * TH_MS, SLOTS);
     CHECK(q != NULL);
     uint64_t id, first_id = 0;
     int dup, n = 0, rc = SHMQ_OK;
@@ -250,7 +250,7 @@ static void test_full_table_then_expired_entries_reused(void)
     CHECK_EQ(send_key(q, "k", 100, 0, &id, &dup), SHMQ_OK); /* a known key is still answered */
     CHECK_EQ(dup, 1);
     CHECK_EQ(id, first_id);
-    th_sleep_ms(200); /* every key expired: their entries are reused */
+    th_sleep_ms(450); /* every key expired: their entries are reused */
     for (int i = 0; i < n; i++) {
         CHECK_EQ(send_key(q, "k2", 500 + (uint32_t)i, 0, &id, &dup), SHMQ_OK);
         CHECK_EQ(dup, 0);

@@ -141,7 +141,7 @@ static shmq_seg_t *ack_queue(const char *tag, uint64_t vis, uint32_t max_deliver
     char t2[64];
     snprintf(t2, sizeof t2, "%s.dlq", tag);
     th_path(dlq_path, 128, t2);
-    shmq_create_opts_t od = th_ack_opts(dlq_path, 1 << 20, vis, max_deliveries, NULL);
+    shmq_create_opts_t od = th_ack_opts(dlq_path, 1 << 20, VIS_LONG, max_deliveries, NULL); /* no expiry surprises */
     shmq_seg_t *d = th_create(&od);
     shmq_create_opts_t o = th_ack_opts(path, 1 << 20, vis, max_deliveries, base_name(dlq_path));
     shmq_seg_t *q = d ? th_create(&o) : NULL;
