@@ -263,6 +263,48 @@ static void test_full_table_then_expired_entries_reused(void)
     CHECK_EQ(st.dedup_hits, 1);
 }
 
+static void test_garbage_in_the_table(void)
+{
+    /* untrusted: entries with impossible states, and a PENDING entry stamped by an owner that
+     * names no slot, are reusable garbage, never a crash or a wedge */
+    char path[128];
+    shmq_seg_t *q = dq("garbage", path, 5000 * TH_MS, 64);
+    CHECK(q != NULL);
+    uint32_t n = 0;
+    shmq_dedup_ent_t *t = th_dedup_table(q, &n);
+    CHECK(t != NULL && n == 64);
+    uint8_t key[16];
+    key_of(41, key);
+    for (uint32_t i = 0; i < n; i++) {
+        memset(&t[i], 0xa5, sizeof t[i]);
+        t[i].state = 7 + i;
+    }
+    /* key 41 as a PENDING entry of a nonexistent sender, for an id that is in no descriptor */
+    for (uint32_t i = 0; i < n; i++) {
+        memcpy(&t[i].k0, key, 8);
+        memcpy(&t[i].k1, key + 8, 8);
+        t[i].id = 987654321;
+        t[i].owner = 0x7fffffffu;
+        t[i].state = SHMQ_DEDUP_PENDING;
+        t[i].expires_ns = UINT64_MAX;
+        if (i % 5 == 4)
+            t[i].state = 99; /* some garbage between */
+    }
+    uint64_t id, id2;
+    int dup;
+    CHECK_EQ(send_key(q, "x", 41, th_after_ms(3000), &id, &dup), SHMQ_OK); /* the dead PENDING is taken over */
+    CHECK_EQ(dup, 0);
+    CHECK(id != 987654321);
+    CHECK_EQ(send_key(q, "x", 41, 0, &id2, &dup), SHMQ_OK);
+    CHECK_EQ(dup, 1);
+    CHECK_EQ(id2, id);
+    for (uint32_t s = 42; s < 52; s++) { /* new keys go into reusable garbage */
+        CHECK_EQ(send_key(q, "y", s, 0, &id, &dup), SHMQ_OK);
+        CHECK_EQ(dup, 0);
+    }
+    CHECK_EQ(shmq_depth(q), 11);
+}
+
 static void test_no_table_on_a_plain_queue(void)
 {
     char path[128];
@@ -295,6 +337,7 @@ int main(int argc, char **argv)
     RUN(test_live_pending_holds_a_second_sender);
     RUN(test_dead_pending_resolved_by_looking_for_the_id);
     RUN(test_full_table_then_expired_entries_reused);
+    RUN(test_garbage_in_the_table);
     RUN(test_no_table_on_a_plain_queue);
     TH_SUMMARY();
 }

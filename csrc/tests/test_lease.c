@@ -678,6 +678,58 @@ static void test_forged_tokens_are_refused(void)
     CHECK_ACK(q, 1, 0, 0, 1, 0, 0, 0);
 }
 
+/* ---------------------------------------------------------------- hostile shared memory */
+
+static void test_garbage_descriptors_are_skipped_not_delivered(void)
+{
+    /* untrusted: a descriptor whose sizes or state were overwritten is skipped and counted,
+     * never read outside its payload, and never forwarded to the dead-letter queue */
+    char path[128], dpath[128];
+    shmq_seg_t *dlq = NULL;
+    shmq_seg_t *q = ack_queue("garbage", VIS_LONG, 5, &dlq, path, dpath);
+    CHECK(q && dlq);
+    uint64_t id1, id2, id3, id4;
+    static char longb[3000];
+    memset(longb, 'L', sizeof longb - 1);
+    CHECK_EQ(send_msg(q, "hdr", 0, 0, NULL, 0, &id1), SHMQ_OK);
+    CHECK_EQ(send_msg(q, "size", 0, 0, NULL, 0, &id2), SHMQ_OK);
+    CHECK_EQ(send_msg(q, "state", 0, 0, NULL, 0, &id3), SHMQ_OK);
+    CHECK_EQ(send_msg(q, "good", 0, 0, NULL, 0, &id4), SHMQ_OK);
+    shmq_desc_t *d1 = th_desc_by_id(q, id1), *d2 = th_desc_by_id(q, id2), *d3 = th_desc_by_id(q, id3);
+    CHECK(d1 && d2 && d3);
+    d1->hdr_size = 60000;                                                     /* header block past the payload */
+    d2->size = 0xfffffff0u;                                                   /* payload past the descriptor */
+    d3->word = shmq_desc_word(shmq_desc_dgen(d3->word), 15, 0x12345);        /* no such state */
+    got_t g;
+    CHECK_EQ(recv_msg(q, &g, 0), SHMQ_OK); /* the three are passed over */
+    CHECK_EQ(g.id, id4);
+    CHECK_EQ(g.len, 4);
+    CHECK_EQ(shmq_ack(q, g.token, g.id), SHMQ_OK);
+    CHECK_EQ(recv_msg(q, &g, 0), SHMQ_EMPTY);
+    shmq_stats_t st;
+    shmq_stats(q, &st);
+    CHECK_EQ(st.corrupt_skipped, 2);
+    CHECK_EQ(shmq_timers_run(q), 0); /* the scan leaves an unknown state alone */
+    /* an in-flight message whose chunk reference went bad, then rejected: not forwarded */
+    CHECK_EQ(send_msg(q, longb, 0, 0, NULL, 0, &id1), SHMQ_OK);
+    CHECK_EQ(recv_msg(q, &g, 0), SHMQ_OK);
+    d1 = th_desc_by_id(q, id1);
+    CHECK(d1 != NULL);
+    CHECK(d1->chunk != SHMQ_NO_CHUNK);
+    d1->chunk = 0x7ffffff0u;
+    CHECK_EQ(shmq_nack(q, g.token, g.id, 0, 0), SHMQ_OK);
+    shmq_stats(q, &st);
+    CHECK_EQ(st.corrupt_skipped, 3);
+    CHECK_EQ(st.in_flight + st.depth + st.delayed, 0);
+    CHECK_ACK(dlq, 0, 0, 0, 0, 0, 0, 0);
+    /* the queue still works, payloads in the arena included */
+    CHECK_EQ(send_msg(q, longb, 0, 0, NULL, 0, &id2), SHMQ_OK);
+    CHECK_EQ(recv_msg(q, &g, 0), SHMQ_OK);
+    CHECK_EQ(g.id, id2);
+    CHECK_EQ(g.len, sizeof g.body - 1); /* truncated by our copy, the message itself is whole */
+    CHECK_EQ(shmq_ack(q, g.token, g.id), SHMQ_OK);
+}
+
 /* ---------------------------------------------------------------- dead consumers */
 
 /* child: open queue argv[0] (and attach DLQ argv[1] unless "-"), receive argv[2] messages, then
@@ -877,6 +929,7 @@ int main(int argc, char **argv)
     RUN(test_ttl_without_dead_letter_queue_dropped_and_counted);
     RUN(test_growable_queue_leases_in_later_areas);
     RUN(test_forged_tokens_are_refused);
+    RUN(test_garbage_descriptors_are_skipped_not_delivered);
     RUN(test_killed_consumer_leases_come_back);
     RUN(test_crash_after_lease_is_redelivered);
     RUN(test_crash_mid_ack_finishes_the_ack);

@@ -28,6 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../desc.h"
 #include "../segment.h"
 
 /* helpers may go unused in a given test file */
@@ -320,6 +321,26 @@ TH_FN inline uint32_t th_areas_retired(shmq_seg_t *q)
 }
 /* Area 0 of a queue (its arena, descriptors and ring live there). */
 TH_FN inline shmq_area_t *th_area0(shmq_seg_t *q) { return &q->areas[0]; }
+/* The live descriptor (not FREE) carrying message id, in any mapped area; NULL if none.
+ * For tests that write garbage into shared memory on purpose. */
+TH_FN shmq_desc_t *th_desc_by_id(shmq_seg_t *q, uint64_t id)
+{
+    for (uint32_t i = 0; i < SHMQ_MAX_AREAS; i++) {
+        shmq_area_t *a = &q->areas[i];
+        for (uint32_t k = 0; a->base && k < a->n_desc; k++) {
+            shmq_desc_t *d = (shmq_desc_t *)(a->desc + (uint64_t)k * SHMQ_DESC_SIZE);
+            if (d->id == id && shmq_desc_state(d->word) != SHMQ_D_FREE)
+                return d;
+        }
+    }
+    return NULL;
+}
+/* The dedup table of an at-least-once queue (dedup.h defines the entries); NULL if none. */
+TH_FN shmq_dedup_ent_t *th_dedup_table(shmq_seg_t *q, uint32_t *n)
+{
+    *n = q->dedup_slots;
+    return q->dedup;
+}
 /* The repair counter of the header. */
 TH_FN inline uint64_t th_repairs(shmq_seg_t *q) { return q->hdr->repairs; }
 #endif
