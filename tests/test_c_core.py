@@ -172,6 +172,12 @@ def test_c_lease_kill_storm_under_asan_ubsan(tmp_bin, asan_objs):
     assert "kill storm:" in out
 
 
+def test_c_dedup_kill_storm_under_asan_ubsan(tmp_bin, asan_objs):
+    # Two senders of the same dedup keys SIGKILLed every few ms: every key exactly once.
+    out = _run(_link(str(tmp_bin), "stress_dedup.c", asan_objs), os.environ.get("SHMQ_STRESS_DEDUP_KEYS", "6000"))
+    assert "dedup kill storm:" in out
+
+
 def test_c_thread_stress_under_tsan(tmp_bin):
     # TSan sees threads, not processes: the same core driven by threads of one process
     # (put/get, and receive/ack/nack/extend with leases expiring under the consumers).
