@@ -92,6 +92,23 @@ def test_every_primitive_has_its_test_file():
     assert not missing, f"C test files missing from csrc/tests: {sorted(missing)}"
 
 
+def test_every_crash_point_has_a_c_crash_test():
+    """Each point of crashpoint.h's table is armed by some C test (th_spawn with SHMQ_CRASH_AT)."""
+    with open(os.path.join(CSRC, "crashpoint.h")) as f:
+        points = re.findall(r"^\s*X\((\w+),", f.read(), re.M)
+    assert len(points) >= 10
+    armed = set()
+    for p in glob.glob(os.path.join(CSRC, "tests", "*.c")):
+        with open(p) as f:
+            text = f.read()
+        armed |= set(re.findall(r'th_spawn\(\s*"(\w+)(?::\d+)?"', text))
+        # table-driven tests list their points as string literals next to the spawn
+        if "th_spawn(pts[i]" in text or "th_spawn(points[p]" in text:
+            armed |= set(re.findall(r'"(\w+)"', text)) & set(points)
+    missing = [p for p in points if p not in armed]
+    assert not missing, f"crash points no C test kills a process at: {missing}"
+
+
 _HARNESS_PROBE = r"""
 #include "queue.h"
 #include "tharness.h"
