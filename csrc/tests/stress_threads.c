@@ -2,10 +2,12 @@
  * attached handle), for ThreadSanitizer: every message exactly once, FIFO per producer; and
  * the at-least-once paths: receive, ack, nack (requeue and delay), extend, and leases that
  * expire under the consumers (timer scans racing receives and settles), where every message
- * must be acked successfully exactly once. */
+ * must be acked successfully exactly once; and senders of the same dedup keys racing each
+ * other (the dedup lock, PENDING waits), where every key must be enqueued exactly once. */
 #define _GNU_SOURCE
 #include <pthread.h>
 
+#include "../dedup.h"
 #include "../lease.h"
 #include "../queue.h"
 #include "tharness.h"
@@ -237,9 +239,84 @@ static void test_lease_threads(void)
            (unsigned long long)st.redelivered, l_stale);
 }
 
+/* ---------------------------------------------------------------- dedup */
+
+#define D_SENDERS 4
+#define D_KEYS 2000
+static char dpath[128];
+static int d_errors = 0;
+static long d_fresh = 0;
+
+static void *d_sender(void *arg)
+{
+    uint32_t who = (uint32_t)(uintptr_t)arg;
+    shmq_seg_t q;
+    if (shmq_seg_open(&q, dpath, -1) != SHMQ_OK || shmq_seg_attach(&q) != SHMQ_OK) {
+        __atomic_fetch_add(&d_errors, 1, __ATOMIC_SEQ_CST);
+        return NULL;
+    }
+    for (uint32_t k = 0; k < D_KEYS; k++) {
+        uint32_t v = (k + who * 7) % D_KEYS; /* the same keys, in different orders */
+        uint8_t key[16];
+        shmq_hash128(&v, sizeof v, key);
+        shmq_iov_t iov = {&v, sizeof v};
+        shmq_send_opts_t o = {.delay_ns = 0, .ttl_ns = 0, .hdr = NULL, .hdr_size = 0, .priority = 0, .dedup_key = key};
+        uint64_t id;
+        int dup, rc;
+        while ((rc = shmq_send(&q, &iov, 1, 1, &o, shmq_now_mono_ns() + 5ull * 1000 * 1000 * 1000, &id, &dup)) ==
+               SHMQ_TIMEOUT) {
+        }
+        if (rc != SHMQ_OK) {
+            fprintf(stderr, "dedup sender: %s (%d)\n", shmq_strerror(rc), rc);
+            __atomic_fetch_add(&d_errors, 1, __ATOMIC_SEQ_CST);
+            break;
+        } else if (!dup) {
+            __atomic_fetch_add(&d_fresh, 1, __ATOMIC_SEQ_CST);
+        }
+    }
+    shmq_seg_close(&q);
+    return NULL;
+}
+
+static void test_dedup_threads(void)
+{
+    th_path(dpath, sizeof dpath, "dthreads");
+    shmq_create_opts_t o = th_ack_opts(dpath, 4 << 20, 60000 * TH_MS, 5, NULL); /* 4096 descriptors: room for every key */
+    o.dedup_window_ns = 600000 * TH_MS;
+    shmq_seg_t *q = th_create(&o);
+    CHECK(q != NULL);
+    pthread_t t[D_SENDERS];
+    for (int i = 0; i < D_SENDERS; i++)
+        pthread_create(&t[i], NULL, d_sender, (void *)(uintptr_t)i);
+    for (int i = 0; i < D_SENDERS; i++)
+        pthread_join(t[i], NULL);
+    CHECK_EQ(d_errors, 0);
+    CHECK_EQ(d_fresh, D_KEYS);
+    static uint8_t count[D_KEYS];
+    long total = 0;
+    shmq_msg_t m;
+    while (shmq_receive_begin(q, &m, 0) == SHMQ_OK) {
+        uint32_t v;
+        memcpy(&v, m.data, sizeof v);
+        uint64_t token = m.handle, id = m.id;
+        CHECK_EQ(shmq_receive_end(q, &m), SHMQ_OK);
+        CHECK(v < D_KEYS);
+        count[v]++;
+        total++;
+        CHECK_EQ(shmq_ack(q, token, id), SHMQ_OK);
+    }
+    CHECK_EQ(total, D_KEYS);
+    for (int i = 0; i < D_KEYS; i++)
+        CHECK_EQ(count[i], 1);
+    shmq_stats_t st;
+    shmq_stats(q, &st);
+    CHECK_EQ(st.dedup_hits, (D_SENDERS - 1) * D_KEYS);
+}
+
 int main(void)
 {
     RUN(test_threads);
     RUN(test_lease_threads);
+    RUN(test_dedup_threads);
     TH_SUMMARY();
 }
