@@ -15,6 +15,9 @@
  * calls th_child_dispatch(argc, argv, table) first, which runs the named role and exits.
  *
  * The only place that knows internals of the core is the "internals" block at the end.
+ *
+ * Adding a test: a new csrc/tests/test_<what>.c with a main() of RUN(...)s and TH_SUMMARY()
+ * is built (ASan+UBSan, -Werror) and run by tests/test_c_core.py without further wiring.
  */
 #ifndef SHMQ_THARNESS_H
 #define SHMQ_THARNESS_H
