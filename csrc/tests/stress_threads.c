@@ -20,6 +20,7 @@ static char path[128];
 static uint8_t seen[PRODUCERS * PER];
 static long taken = 0;
 static int errors = 0;
+static long put_done[PRODUCERS];
 
 static void *producer(void *arg)
 {
@@ -35,9 +36,11 @@ static void *producer(void *arg)
         memcpy(buf, v, sizeof v);
         shmq_iov_t iov = {buf, (i % 7 == 0) ? 600 : sizeof v};
         int rc = shmq_put(&q, &iov, 1, 1, shmq_now_mono_ns() + 30ull * 1000 * 1000 * 1000, NULL);
+        __atomic_store_n(&put_done[p], (long)i + (rc == SHMQ_OK), __ATOMIC_RELAXED);
         if (rc != SHMQ_OK) {
             fprintf(stderr, "producer %u: put of %u failed: %s (%d)\n", p, i, shmq_strerror(rc), rc);
             __atomic_fetch_add(&errors, 1, __ATOMIC_SEQ_CST);
+            break; /* the consumers see the error and stop instead of waiting for it forever */
         }
     }
     shmq_seg_close(&q);
@@ -53,7 +56,17 @@ static void *consumer(void *arg)
         return NULL;
     }
     int64_t last[PRODUCERS] = {-1, -1, -1};
-    while (__atomic_load_n(&taken, __ATOMIC_SEQ_CST) < PRODUCERS * PER) {
+    uint64_t give_up = shmq_now_mono_ns() + 150ull * 1000 * 1000 * 1000;
+    while (__atomic_load_n(&taken, __ATOMIC_SEQ_CST) < PRODUCERS * PER && !__atomic_load_n(&errors, __ATOMIC_SEQ_CST)) {
+        if (shmq_now_mono_ns() > give_up) {
+            /* say where it stands rather than hang until the watchdog */
+            fprintf(stderr, "consumer: gave up with %ld of %d taken; puts done %ld %ld %ld; depth %llu\n",
+                    __atomic_load_n(&taken, __ATOMIC_SEQ_CST), PRODUCERS * PER, __atomic_load_n(&put_done[0], __ATOMIC_RELAXED),
+                    __atomic_load_n(&put_done[1], __ATOMIC_RELAXED), __atomic_load_n(&put_done[2], __ATOMIC_RELAXED),
+                    (unsigned long long)shmq_depth(&q));
+            __atomic_fetch_add(&errors, 1, __ATOMIC_SEQ_CST);
+            break;
+        }
         shmq_msg_t m;
         int rc = shmq_get_begin(&q, &m, shmq_now_mono_ns() + 50ull * 1000 * 1000);
         if (rc == SHMQ_EMPTY)
