@@ -1,7 +1,9 @@
 """Builds the C core's own tests with -Wall -Wextra -Werror and ASan+UBSan, and runs them.
 
-Every csrc/tests/test_*.c is one binary (one file per primitive, STYLE.md); the core is
-compiled once per session and linked into each. The thread stress runs under TSan."""
+Every csrc/tests/test_*.c is one binary (one file per primitive or state machine, STYLE.md);
+the core is compiled once per module and linked into each. The multi-process stresses (the
+queue, at-least-once and dedup under SIGKILL storms) run under ASan+UBSan too, the thread
+stress under TSan."""
 import concurrent.futures
 import glob
 import os
