@@ -197,20 +197,51 @@ def test_c_dedup_kill_storm_under_asan_ubsan(tmp_bin, asan_objs):
     assert "dedup kill storm:" in out
 
 
-def test_c_thread_stress_under_tsan(tmp_bin):
-    # TSan sees threads, not processes: the same core driven by threads of one process
-    # (put/get, and receive/ack/nack/extend with leases expiring under the consumers).
+def _tsan_run(tmp_bin, stress_c):
+    """Build csrc/tests/<stress_c> and the whole core with TSan and run it; the CompletedProcess."""
     gcc = _gcc()
-    out = str(tmp_bin / "stress_threads_tsan")
-    r = subprocess.run([gcc, *TSAN_FLAGS, "-o", out, os.path.join(CSRC, "tests", "stress_threads.c"), *_core_sources(),
-                        "-lpthread"], capture_output=True, text=True, timeout=240)
+    out = str(tmp_bin / (stress_c[:-2] + "_tsan"))
+    r = subprocess.run([gcc, *TSAN_FLAGS, "-o", out, os.path.join(CSRC, "tests", stress_c), *_core_sources(), "-lpthread"],
+                       capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr
     env = dict(os.environ, TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1", TH_TIMEOUT_S="230")
     r = subprocess.run([out], capture_output=True, text=True, timeout=240, env=env)
     if r.returncode != 0 and "unexpected memory mapping" in r.stderr:
         pytest.fail("TSan cannot run here (kernel ASLR layout); set vm.mmap_rnd_bits=28: " + r.stderr[:300])
+    return r
+
+
+def _assert_ok(r):
     # the first lines say what went wrong first; a TSan report at the end can be long
     err = r.stderr if len(r.stderr) < 8000 else r.stderr[:4000] + "\n[...]\n" + r.stderr[-4000:]
     assert r.returncode == 0, f"{r.stdout}\n{err}"
     assert " 0 failed" in r.stdout
     _check_summary(r.stdout)
+
+
+def test_c_thread_stress_under_tsan(tmp_bin):
+    # TSan sees threads, not processes: the same core driven by threads of one process
+    # (put/get, receive/ack/nack/extend with leases expiring under the consumers, dedup senders).
+    _assert_ok(_tsan_run(tmp_bin, "stress_threads.c"))
+
+
+def test_c_peek_racing_a_getter_under_asan_ubsan(tmp_bin, asan_objs):
+    # shmq_peek may answer SHMQ_EAGAIN while a getter takes the message, never an error, and
+    # a copy it reports is never torn. Known defect today: it answers SHMQ_ECORRUPT (it
+    # validates size/chunk read before re-checking the descriptor word; see stress_peek.c).
+    # Exactly that symptom is an expected failure; anything else (a torn copy, a stall, a
+    # sanitizer report) fails, and once peek is fixed this passes outright. (ASan, not TSan:
+    # under TSan this 1->1 bounded queue can stall for seconds with FULL, which plain and ASan
+    # builds never do, so TSan's emulated 16-byte CAS is suspected there, not the core.)
+    exe = _link(str(tmp_bin), "stress_peek.c", asan_objs)
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=1", UBSAN_OPTIONS="print_stacktrace=1",
+               TH_TIMEOUT_S="200")
+    env.pop("LD_PRELOAD", None)
+    r = subprocess.run([exe], capture_output=True, text=True, timeout=240, env=env)
+    known = "peek: corrupt segment (-6)"
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    only_known = all(ln == known or "CHECK_EQ failed: p_errors ==" in ln for ln in lines)
+    if r.returncode == 1 and known in lines and only_known:
+        pytest.xfail("known defect: shmq_peek returns SHMQ_ECORRUPT instead of SHMQ_EAGAIN when a getter frees "
+                     "the message it is looking at")
+    _assert_ok(r)
