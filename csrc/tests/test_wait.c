@@ -1,0 +1,150 @@
+/* test_wait.c - wait.h: futex waits with absolute deadlines and liveness slices, wake-ups
+ * across processes, and a blocking get woken by a put from another process. */
+#define _GNU_SOURCE
+#include <sys/mman.h>
+
+#include "../queue.h"
+#include "../kinds.h"
+#include "../participants.h"
+#include "../wait.h"
+#include "tharness.h"
+
+static int put_bytes(shmq_seg_t *q, const void *p, uint64_t n, uint64_t deadline)
+{
+    shmq_iov_t iov = {p, n};
+    return shmq_put(q, &iov, 1, 1, deadline, NULL);
+}
+
+static int get_bytes(shmq_seg_t *q, void *out, uint64_t cap, uint64_t *n, uint64_t deadline)
+{
+    shmq_msg_t m;
+    int rc = shmq_get_begin(q, &m, deadline);
+    if (rc != SHMQ_OK)
+        return rc;
+    *n = m.size;
+    memcpy(out, m.data, m.size < cap ? m.size : cap);
+    shmq_get_end(q, &m);
+    return SHMQ_OK;
+}
+
+static void test_futex_timeouts_and_slices(void)
+{
+    uint32_t *w = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    CHECK(w != MAP_FAILED);
+    *w = 5;
+    CHECK_EQ(shmq_futex_wait(w, 4, SHMQ_NO_DEADLINE), SHMQ_OK); /* value differs: returns at once */
+    CHECK_EQ(shmq_futex_wait(w, 5, shmq_now_mono_ns() - 1), SHMQ_TIMEOUT); /* deadline passed */
+    uint64_t t0 = shmq_now_mono_ns();
+    CHECK_EQ(shmq_futex_wait(w, 5, t0 + 20 * TH_MS), SHMQ_TIMEOUT);
+    uint64_t el = shmq_now_mono_ns() - t0;
+    CHECK(el >= 19 * TH_MS && el < 1000 * TH_MS); /* TIMEOUT, not a slice's EAGAIN: the deadline came first */
+    /* a wait longer than a liveness slice returns after one slice (SHMQ_EAGAIN) */
+    t0 = shmq_now_mono_ns();
+    CHECK_EQ(shmq_futex_wait(w, 5, SHMQ_NO_DEADLINE), SHMQ_EAGAIN);
+    el = shmq_now_mono_ns() - t0;
+    CHECK(el >= SHMQ_LIVENESS_SLICE_NS - TH_MS && el < 20 * SHMQ_LIVENESS_SLICE_NS);
+    munmap(w, 4096);
+}
+
+static void test_futex_wake_across_processes(void)
+{
+    uint32_t *w = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    CHECK(w != MAP_FAILED);
+    *w = 0;
+    pid_t pid = th_fork();
+    if (pid == 0) {
+        th_sleep_ms(30);
+        __atomic_store_n(w, 1, __ATOMIC_SEQ_CST);
+        shmq_futex_wake(w, INT32_MAX);
+        _exit(0);
+    }
+    uint64_t t0 = shmq_now_mono_ns();
+    int rc;
+    while ((rc = shmq_futex_wait(w, 0, t0 + 5000 * TH_MS)) == SHMQ_EAGAIN || (rc == SHMQ_OK && *w == 0)) {
+    }
+    CHECK_EQ(rc, SHMQ_OK);
+    CHECK_EQ(*w, 1);
+    CHECK(shmq_now_mono_ns() - t0 < 4000 * TH_MS);
+    CHECK(th_exited_ok(th_wait(pid, 5000)));
+    munmap(w, 4096);
+}
+
+static void test_blocking_get_wakes(void)
+{
+    char path[128];
+    th_path(path, sizeof path, "wake");
+    shmq_create_opts_t o = th_opts(path, 1 << 20, 0, 0);
+    shmq_seg_t *q = th_create(&o);
+    CHECK(q != NULL);
+    pid_t pid = th_fork();
+    if (pid == 0) {
+        shmq_seg_t c;
+        if (shmq_open(&c, path, -1) != SHMQ_OK || shmq_attach(&c) != SHMQ_OK)
+            _exit(2);
+        usleep(100 * 1000);
+        _exit(put_bytes(&c, "wake", 4, 0) == SHMQ_OK ? 0 : 3);
+    }
+    char out[8];
+    uint64_t n;
+    uint64_t t0 = shmq_now_mono_ns();
+    int rc = get_bytes(q, out, sizeof out, &n, t0 + 5ull * 1000 * 1000 * 1000);
+    int status = th_wait(pid, 10000);
+    CHECK_EQ(rc, SHMQ_OK);
+    CHECK(memcmp(out, "wake", 4) == 0);
+    CHECK(th_exited_ok(status));
+    /* a timed-out get returns EMPTY after (not before) its deadline */
+    t0 = shmq_now_mono_ns();
+    CHECK_EQ(get_bytes(q, out, sizeof out, &n, t0 + 30 * 1000 * 1000), SHMQ_EMPTY);
+    CHECK(shmq_now_mono_ns() - t0 >= 29 * 1000 * 1000);
+}
+
+static void test_blocked_put_woken_by_get(void)
+{
+    char path[128];
+    th_path(path, sizeof path, "wakeput");
+    shmq_create_opts_t o = th_opts(path, 256 << 10, 0, 1);
+    shmq_seg_t *q = th_create(&o);
+    CHECK(q != NULL);
+    CHECK_EQ(put_bytes(q, "a", 1, 0), SHMQ_OK);
+    pid_t pid = th_fork();
+    if (pid == 0) {
+        shmq_seg_t c;
+        char out[4];
+        uint64_t n;
+        if (shmq_open(&c, path, -1) != SHMQ_OK || shmq_attach(&c) != SHMQ_OK)
+            _exit(2);
+        usleep(50 * 1000);
+        _exit(get_bytes(&c, out, sizeof out, &n, 0) == SHMQ_OK ? 0 : 3);
+    }
+    uint64_t t0 = shmq_now_mono_ns();
+    CHECK_EQ(put_bytes(q, "b", 1, t0 + 5000 * TH_MS), SHMQ_OK); /* maxsize 1: waits for the child's get */
+    CHECK(shmq_now_mono_ns() - t0 < 4000 * TH_MS);
+    CHECK(th_exited_ok(th_wait(pid, 10000)));
+    CHECK_EQ(shmq_depth(q), 1);
+}
+
+static void test_wake_all_closes_waits(void)
+{
+    /* shmq_wake_all: this handle's blocked calls return SHMQ_ECLOSED */
+    char path[128];
+    th_path(path, sizeof path, "wakeall");
+    shmq_create_opts_t o = th_opts(path, 256 << 10, 0, 0);
+    shmq_seg_t *q = th_create(&o);
+    CHECK(q != NULL);
+    shmq_wake_all(q);
+    char out[4];
+    uint64_t n;
+    uint64_t t0 = shmq_now_mono_ns();
+    CHECK_EQ(get_bytes(q, out, sizeof out, &n, t0 + 2000 * TH_MS), SHMQ_ECLOSED);
+    CHECK(shmq_now_mono_ns() - t0 < 1000 * TH_MS);
+}
+
+int main(void)
+{
+    RUN(test_futex_timeouts_and_slices);
+    RUN(test_futex_wake_across_processes);
+    RUN(test_blocking_get_wakes);
+    RUN(test_blocked_put_woken_by_get);
+    RUN(test_wake_all_closes_waits);
+    TH_SUMMARY();
+}
