@@ -31,7 +31,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../dedup.h"
 #include "../desc.h"
+#include "../kinds.h"
+#include "../lease.h"
+#include "../participants.h"
 #include "../segment.h"
 
 /* helpers may go unused in a given test file */
