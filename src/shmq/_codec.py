@@ -84,7 +84,8 @@ def _pad(off):
 def encode(obj, raw):
     """(kind, parts) of a body: parts are buffers the binding writes back to back. raw: the
     queue carries bytes-like bodies only (TypeError otherwise)."""
-    if isinstance(obj, (bytes, bytearray, memoryview)) and (raw or type(obj) in (bytearray, memoryview)):
+    # (the binding sends exact bytes itself, as KIND_BYTES, without calling this)
+    if isinstance(obj, (bytes, bytearray, memoryview)) and (raw or type(obj) in (bytes, bytearray, memoryview)):
         if isinstance(obj, memoryview) and not obj.contiguous:
             obj = obj.tobytes()
         return (KIND_BYTEARRAY if isinstance(obj, bytearray) else KIND_BYTES), [obj]
