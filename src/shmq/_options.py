@@ -181,6 +181,8 @@ def resolve(name_or_maxsize=0, *, maxsize=None, create=False, exist_ok=False, ca
         raise ArgumentError(f"{', '.join(sorted(given))}: at-least-once options need ack=True")
     if ack is not None:
         given["ack"] = ack
+    if joinable and ack:
+        raise ArgumentError("a JoinableQueue cannot be an at-least-once queue: use shmq.Queue(name, ack=True)")
     flags = (_core.F_RAW if raw else 0) | (_core.F_JOINABLE if joinable else 0)
     if qname is None:
         if create:

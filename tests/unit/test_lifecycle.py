@@ -204,3 +204,23 @@ def test_a_put_waiting_for_a_stopped_lock_holder_does_not_hold_the_gil(make_queu
     if not waited:
         pytest.skip("the stopped child never held a lock at the moment it was stopped (a race; rare)")
     assert worst < 0.2
+
+
+def test_queue_returns_the_at_least_once_class_for_ack_segments(make_queue, qname):
+    import pickle
+    from shmq.reliable import ReliableQueue
+    q = make_queue(ack=True, capacity="1MiB")
+    assert type(q) is ReliableQueue and isinstance(q, shmq.Queue)
+    with shmq.Queue(qname) as opened:                  # opening an ack segment by name
+        assert type(opened) is ReliableQueue and opened.dead_letter_queue == qname + ".dlq"
+    with pickle.loads(pickle.dumps(q)) as copy:        # and after pickling
+        assert type(copy) is ReliableQueue
+        copy.send(b"through the copy")
+        m = q.receive(timeout=5)
+        assert m.body == b"through the copy" and m.ack()
+    plain = make_queue("-plain", capacity="1MiB")
+    assert type(plain) is shmq.Queue and plain.dead_letter_queue is None
+    assert not any(n in vars(shmq.Queue) for n in ("send", "receive", "receive_many", "ack_many"))
+    with pytest.raises(ValueError, match="at-least-once"):
+        shmq.JoinableQueue(qname + "-j", create=True, ack=True, capacity="1MiB")
+    assert not os.path.exists(f"/dev/shm/shmq.{qname}-j")   # refused before anything was created
