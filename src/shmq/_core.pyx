@@ -171,6 +171,7 @@ cdef class Core:
     cdef readonly str path
     cdef object _pending       # an error to raise at the next call (set by the Python layer)
     cdef object _dlq            # the dead-letter queue's Core (its seg is referenced by ours)
+    cdef bytes _name_b          # our queue name as the core keeps it for dead-letter headers
     cdef int _lost_rc           # why a forked child's handle could not re-attach (0: it did)
     cdef int _lost_errno
     cdef uint32_t _lost_slots
@@ -314,6 +315,12 @@ cdef class Core:
         failure the handle is unusable and its next use raises why."""
         cdef int rc
         self._active = 0            # the threads that were busy in calls of ours are the parent's
+        if self._dlq is not None:   # the dead-letter queue's handle is ours: it re-attaches first
+            self._dlq._after_fork()
+            if not self._dlq.opened and self.opened:
+                # its re-attach failed: poison messages stay here (the move is retried) rather
+                # than go through a closed segment
+                c.shmq_ack_set_dlq(&self.seg, NULL, self._name_b)
         if not self.opened:
             return
         if self._closed:            # a close deferred in the parent: finish it here
@@ -554,8 +561,8 @@ cdef class Core:
     def _set_dlq(self, Core dlq, str name):
         """Attach the dead-letter queue (kept alive by this handle) and record our name."""
         self._dlq = dlq
-        bname = name.encode()
-        c.shmq_ack_set_dlq(&self.seg, &dlq.seg if dlq is not None else NULL, bname)
+        self._name_b = name.encode()
+        c.shmq_ack_set_dlq(&self.seg, &dlq.seg if dlq is not None else NULL, self._name_b)
 
     def _send(self, obj, bytes hdr, uint32_t priority, uint64_t delay_ns, uint64_t ttl_ns, bytes dedup_key,
               block=True, timeout=None):

@@ -44,7 +44,8 @@ def _ensure_exit_hook():
 
 def _after_fork_in_child():
     for h in list(_live):
-        h._core._after_fork()
+        if not h._internal:     # a dead-letter queue's core is re-attached by its source's core
+            h._core._after_fork()
 
 
 def _after_mp_bootstrap(_handle):

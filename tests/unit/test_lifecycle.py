@@ -224,3 +224,27 @@ def test_queue_returns_the_at_least_once_class_for_ack_segments(make_queue, qnam
     with pytest.raises(ValueError, match="at-least-once"):
         shmq.JoinableQueue(qname + "-j", create=True, ack=True, capacity="1MiB")
     assert not os.path.exists(f"/dev/shm/shmq.{qname}-j")   # refused before anything was created
+
+
+def test_forked_child_dead_letters_through_its_own_dead_letter_handle(make_queue):
+    # The dead-letter queue's handle is re-attached by its source's handle after fork: a child's
+    # nack(requeue=False) moves the message, and closing the child's handle detaches both.
+    q = make_queue(ack=True, capacity="1MiB")
+    q.send(b"poison")
+    with shmq.Queue(q.dead_letter_queue) as d:
+        before = d.stats()["attached"]
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                q.receive(timeout=5).nack(requeue=False)
+                code = 0 if d.stats()["attached"] == before + 2 else 2   # our d and q's DLQ handle
+                q.close()
+                code = code or (0 if d.stats()["attached"] == before + 1 else 3)
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        m = d.receive(timeout=5)
+        assert m.body == b"poison" and m.headers["x-dead-letter-reason"] == "rejected"
+        m.ack()
