@@ -17,7 +17,7 @@ __all__ = ["Handle", "unlink"]
 _core._set_policy(_codec.encode, _codec.decode, _codec.KIND_NAMES, _codec.KIND_BYTES, _codec.KIND_BYTEARRAY,
                   _options.timeout_ns, from_code)
 
-_live = weakref.WeakSet()          # open handles of this process (fork re-attach, exit close)
+_live: "weakref.WeakSet[Handle]" = weakref.WeakSet()   # open handles of this process (fork, exit)
 _live_lock = threading.Lock()
 _exit_finalizer = None
 
@@ -99,7 +99,7 @@ class Handle:
     It owns its binding object (self._core); the calls that run once per message are the
     binding's own methods, bound on the instance (_DIRECT) so they cost no Python frame."""
 
-    _DIRECT = ()          # binding methods exposed as they are, bound on the instance
+    _DIRECT: "tuple[str, ...]" = ()   # binding methods exposed as they are, bound on the instance
     _internal = False     # a handle the library opened for another one (a dead-letter queue)
     _core = None
     _name = None

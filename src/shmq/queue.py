@@ -50,7 +50,7 @@ class Queue(Handle):
     NoSpaceError, CorruptQueueError, IncompatibleQueueError.
     """
 
-    _DIRECT = ("put", "put_nowait", "put_many", "get", "get_nowait", "qsize", "empty", "full")
+    _DIRECT: "tuple[str, ...]" = ("put", "put_nowait", "put_many", "get", "get_nowait", "qsize", "empty", "full")
     _joinable = False
 
     def __new__(cls, name_or_maxsize=0, *, maxsize=None, create=False, exist_ok=False, capacity=_UNSET,
