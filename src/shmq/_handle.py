@@ -111,7 +111,9 @@ class Handle:
         self._name = name
         self._owner_pid = os.getpid() if owner else None
         for m in self._DIRECT:
-            setattr(self, m, getattr(core, m))
+            # a subclass outside shmq that overrides the method keeps its override
+            if getattr(getattr(type(self), m, None), "__module__", "").startswith("shmq."):
+                setattr(self, m, getattr(core, m))
         with _live_lock:
             _live.add(self)
         _ensure_exit_hook()

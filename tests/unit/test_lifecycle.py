@@ -248,3 +248,23 @@ def test_forked_child_dead_letters_through_its_own_dead_letter_handle(make_queue
         m = d.receive(timeout=5)
         assert m.body == b"poison" and m.headers["x-dead-letter-reason"] == "rejected"
         m.ack()
+
+
+def test_a_subclass_override_of_a_per_message_call_is_honoured():
+    # put/get are the binding's methods bound on each instance (no Python frame per call);
+    # a user's subclass that overrides one must still get its override.
+    seen = []
+
+    class Logged(shmq.Queue):
+        def put(self, obj, block=True, timeout=None):
+            seen.append(obj)
+            super().put(obj, block, timeout)
+
+    q = Logged()
+    try:
+        q.put("a")
+        q.put_nowait("b")                    # not overridden: the direct binding method
+        assert seen == ["a"] and q.get(timeout=5) == "a" and q.get(timeout=5) == "b"
+        assert shmq.Queue.put.__module__ == "shmq.queue"
+    finally:
+        q.close()
