@@ -100,6 +100,35 @@ def qname(request):
         pass
 
 
+@pytest.fixture
+def make_queue(qname):
+    """Factory of named queues: make_queue(suffix="", **options) creates queue qname + suffix
+    (shmq.Queue(qname + suffix, create=True, **options)) and returns the handle. Every queue
+    it made is closed and unlinked afterwards, with its dead-letter queue, also when the test
+    fails."""
+    import shmq
+
+    made = []
+
+    def make(suffix="", **options):
+        q = shmq.Queue(qname + suffix, create=True, **options)
+        made.append(q)
+        return q
+
+    yield make
+    for q in made:
+        names = (q.name, getattr(q, "dead_letter_queue", None))
+        try:
+            q.close()
+        finally:
+            for n in names:
+                if n:
+                    try:
+                        shmq.unlink(n)
+                    except shmq.QueueNotFound:
+                        pass
+
+
 START_METHODS = ["fork", "spawn", "forkserver"]
 
 

@@ -1,8 +1,18 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, embedsignature=True
-"""Thin binding over the C core: argument conversion, GIL handling and error mapping only."""
+"""Thin binding over the C core: argument conversion and GIL handling only.
+
+Policy lives in Python and is registered here once at import (_set_policy): the payload codec
+(shmq._codec: kinds, pickling, out-of-band framing), the time rule (shmq._options.timeout_ns)
+and the error words (shmq.errors.from_code). Every C call that can wait (a futex sleep, a
+lock held by another process) runs without the GIL; a handle stays busy from the start of
+such a call until the message it took is copied out and released, and close() defers the
+unmap until the handle is idle.
+"""
 from cpython.buffer cimport PyBUF_ANY_CONTIGUOUS, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.float cimport PyFloat_CheckExact
+from cpython.long cimport PyLong_CheckExact
 from cpython.memoryview cimport PyMemoryView_FromMemory
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
@@ -16,20 +26,18 @@ from shmq import errors as _errors
 
 cdef extern from "Python.h":
     int PyErr_CheckSignals() except -1
-    int PyByteArray_CheckExact(object o)
-    int PyMemoryView_Check(object o)
     enum:
         PyBUF_READ
+    ctypedef struct PyThreadState
+    ctypedef struct PyInterpreterState
+    PyInterpreterState *PyInterpreterState_Get()
+    PyThreadState *PyInterpreterState_ThreadHead(PyInterpreterState *interp)
+    PyThreadState *PyThreadState_Next(PyThreadState *ts)
+    PyThreadState *PyEval_SaveThread()
+    void PyEval_RestoreThread(PyThreadState *ts)
 
-# Payload kinds (descriptor "kind" byte), owned by this layer.
-DEF KIND_BYTES = 1
-DEF KIND_BYTEARRAY = 2
-DEF KIND_PICKLE = 3
-DEF KIND_PICKLE_OOB = 4
 DEF GIL_RELEASE_BYTES = 65536   # copies this large run without the GIL
-DEF OOB_ALIGN = 64
-
-_KIND_NAMES = {KIND_BYTES: "bytes", KIND_BYTEARRAY: "bytearray", KIND_PICKLE: "pickle", KIND_PICKLE_OOB: "pickle+oob"}
+DEF SMALL_COPY = 256            # bodies up to this size are copied out inside the take's nogil block
 
 KIND_QUEUE = c.SHMQ_KIND_QUEUE
 KIND_PRIORITY = c.SHMQ_KIND_PRIORITY
@@ -41,56 +49,113 @@ F_JOINABLE = c.SHMQ_F_JOINABLE
 F_ACK = c.SHMQ_F_ACK
 LAYOUT_VERSION = c.SHMQ_LAYOUT_VERSION
 USE_DEFAULT = c.SHMQ_USE_DEFAULT
+HDR_MAX = c.SHMQ_HDR_MAX
 
-# Set by shmq.queue: (pickler_factory(file, buffer_callback) -> Pickler, loads)
-cdef object _make_pickler = None
-cdef object _loads = None
-cdef object _BytesIO = None
+# Result codes, for shmq.errors.from_code (the words of each error live there).
+RC = {name: value for name, value in (
+    ("OK", c.SHMQ_OK), ("EMPTY", c.SHMQ_EMPTY), ("FULL", c.SHMQ_FULL), ("TIMEOUT", c.SHMQ_TIMEOUT),
+    ("EINTR", c.SHMQ_EINTR), ("ETOOBIG", c.SHMQ_ETOOBIG), ("ECORRUPT", c.SHMQ_ECORRUPT),
+    ("EINCOMPAT", c.SHMQ_EINCOMPAT), ("ESYS", c.SHMQ_ESYS), ("ESLOTS", c.SHMQ_ESLOTS),
+    ("ESEALED", c.SHMQ_ESEALED), ("EINVAL", c.SHMQ_EINVAL), ("ENOMEM", c.SHMQ_ENOMEM),
+    ("ECLOSED", c.SHMQ_ECLOSED), ("EAGAIN", c.SHMQ_EAGAIN), ("ESTALE", c.SHMQ_ESTALE),
+    ("EDEDUPFULL", c.SHMQ_EDEDUPFULL))}
 
-def _set_serializer(make_pickler, loads, bytes_io):
-    global _make_pickler, _loads, _BytesIO
-    _make_pickler = make_pickler
-    _loads = loads
-    _BytesIO = bytes_io
+# Registered by the Python layer (_set_policy).
+cdef object _encode = None       # (obj, raw) -> (kind, [buffers written back to back])
+cdef object _decode = None       # (kind, memoryview, raw, id) -> obj; the view dies after the call
+cdef object _kind_names = {}
+cdef uint32_t _KIND_BYTES = 0    # the codec's kinds that are plain copies (no Python call)
+cdef uint32_t _KIND_BYTEARRAY = 0
+cdef object _timeout_ns = None   # timeout -> relative ns, or None for no deadline
+cdef object _from_code = None    # (rc, op, path, errno, detail) -> exception
+cdef object _last_timeout = None # the last timeout object converted, and its relative ns
+cdef uint64_t _last_timeout_ns = 0
 
-cdef bytes _ZEROS = b"\0" * OOB_ALIGN
+
+def _set_policy(encode, decode, kind_names, uint32_t kind_bytes, uint32_t kind_bytearray, timeout_ns, from_code):
+    """Register the Python layer's codec, time rule and error words (once, at import)."""
+    global _encode, _decode, _kind_names, _KIND_BYTES, _KIND_BYTEARRAY, _timeout_ns, _from_code
+    _encode = encode
+    _decode = decode
+    _kind_names = dict(kind_names)
+    _KIND_BYTES = kind_bytes
+    _KIND_BYTEARRAY = kind_bytearray
+    _timeout_ns = timeout_ns
+    _from_code = from_code
+
 
 def crash_points():
     """[(name, where)] of every crash point compiled into the core."""
     return [(c.shmq_crash_name(i).decode(), c.shmq_crash_where(i).decode()) for i in range(c.shmq_crash_count())]
 
-def set_spin_us(double us):
-    """Spin budget of blocking gets in microseconds (0 disables spinning), process-wide."""
-    if not (us >= 0):
-        raise ValueError("spin budget must be a non-negative number of microseconds")
+def set_spin_us(us):
+    """Spin budget of blocking gets in microseconds (0 disables spinning), process-wide.
+    Raises ValueError/TypeError (ShmqError too) for anything but a number from 0 to 1e9."""
+    if isinstance(us, bool) or not isinstance(us, (int, float)):
+        raise _errors.ArgumentTypeError(f"spin budget must be a number of microseconds, not {type(us).__name__}")
+    if not (0 <= us <= 1e9):
+        raise _errors.ArgumentError(f"spin budget must be a non-negative number of microseconds, got {us!r}")
     c.shmq_set_spin_ns(<uint64_t>(us * 1000.0))
 
 def get_spin_us():
     return c.shmq_get_spin_ns() / 1000.0
 
+def copy_bytearray(view):
+    """A bytearray copy of a contiguous buffer; large copies run without the GIL."""
+    cdef Py_buffer b
+    cdef char *dst
+    PyObject_GetBuffer(view, &b, PyBUF_ANY_CONTIGUOUS)
+    try:
+        out = PyByteArray_FromStringAndSize(NULL, b.len)
+        dst = PyByteArray_AS_STRING(out)
+        if b.len < GIL_RELEASE_BYTES:
+            memcpy(dst, b.buf, <size_t>b.len)
+        else:
+            with nogil:
+                memcpy(dst, b.buf, <size_t>b.len)
+        return out
+    finally:
+        PyBuffer_Release(&b)
+
+
+cdef inline PyThreadState *_release() noexcept:
+    """Release the GIL around a C call that may wait (a futex sleep, a lock another process
+    holds), unless this is the interpreter's only thread: then there is nobody to hand it to,
+    and keeping it saves the two GIL handovers per call of the hot path. (Another thread can
+    appear only through a thread holding the GIL, so "alone" stays true during the call.)"""
+    cdef PyThreadState *head = PyInterpreterState_ThreadHead(PyInterpreterState_Get())
+    if head != NULL and PyThreadState_Next(head) == NULL:
+        return NULL
+    return PyEval_SaveThread()
+
+
+cdef inline void _reacquire(PyThreadState *ts) noexcept:
+    if ts != NULL:
+        PyEval_RestoreThread(ts)
+
 
 cdef int _deadline(object block, object timeout, uint64_t *out) except -1:
-    cdef double t
+    """Absolute monotonic deadline of a call: 0 = do not wait, SHMQ_NO_DEADLINE = forever."""
     if not block:
         out[0] = 0
         return 0
+    global _last_timeout, _last_timeout_ns
+    cdef uint64_t rel
     if timeout is None:
         out[0] = c.SHMQ_NO_DEADLINE
         return 0
-    if isinstance(timeout, (str, bytes, bytearray)):
-        raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
-    try:
-        t = float(timeout)
-    except (TypeError, ValueError):
-        raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}") from None
-    if t != t:
-        raise ValueError("timeout must be a number, not NaN")
-    if t < 0:
-        raise ValueError("'timeout' must be a non-negative number")
-    if t > 1e9:
+    if timeout is _last_timeout:
+        rel = _last_timeout_ns        # the same int/float object as last time: the same answer
+    else:
+        ns = _timeout_ns(timeout)
+        rel = c.SHMQ_NO_DEADLINE if ns is None else <uint64_t>ns
+        if PyFloat_CheckExact(timeout) or PyLong_CheckExact(timeout):   # immutable: safe to remember
+            _last_timeout = timeout
+            _last_timeout_ns = rel
+    if rel == c.SHMQ_NO_DEADLINE:
         out[0] = c.SHMQ_NO_DEADLINE
         return 0
-    out[0] = c.shmq_now_mono_ns() + <uint64_t>(t * 1e9)
+    out[0] = c.shmq_now_mono_ns() + rel
     if out[0] == 0:
         out[0] = 1
     return 0
@@ -115,9 +180,9 @@ def _untrusted_file(int fd, path, uint32_t expected_uid, uint32_t mode):
     return _errors.QueuePermissionError(
         errno.EPERM,
         f"refusing to use queue file {path}: it is owned by {who(st.st_uid)} with mode {oct(have)}, but "
-        f"{who(expected_uid)} with no write permission beyond mode {oct(mode)} was expected; another user may have created it "
-        "first to read or plant messages. Check who made it, remove it (`shmq rm`, as its owner or root), "
-        "or open it by name without create=True if you trust it", path)
+        f"{who(expected_uid)} with no write permission beyond mode {oct(mode)} was expected; another user may "
+        "have created it first to read or plant messages. Check who made it, remove it (`shmq rm`, as its owner "
+        "or root), or open it by name without create=True if you trust it", path)
 
 
 cdef class Core:
@@ -125,11 +190,15 @@ cdef class Core:
     cdef c.shmq_seg_t seg
     cdef readonly bint opened
     cdef bint _closed
-    cdef int _active          # calls running without the GIL (close waits for them)
+    cdef int _active          # calls of ours between a GIL release and their message's release
     cdef uint32_t _flags
     cdef readonly str path
-    cdef object _pending_error  # a decode error met by get_many after it had taken items
+    cdef object _pending       # an error to raise at the next call (set by the Python layer)
     cdef object _dlq            # the dead-letter queue's Core (its seg is referenced by ours)
+    cdef bytes _name_b          # our queue name as the core keeps it for dead-letter headers
+    cdef int _lost_rc           # why a forked child's handle could not re-attach (0: it did)
+    cdef int _lost_errno
+    cdef uint32_t _lost_slots
     cdef int _fault_word        # set by the SIGBUS guard (guard.h): our file was truncated under us
     cdef bint _guarded          # registered with the guard
 
@@ -137,19 +206,98 @@ cdef class Core:
         self.opened = False
         self._closed = False
         self._active = 0
+        self._lost_rc = 0
         self.seg.fd = -1
         self.path = None
 
     def __dealloc__(self):
         if self.opened:
             self._seg_close()
+            self.opened = False
+
+    # -- errors ------------------------------------------------------------------------
+    cdef object _error(self, int rc, str op, object detail=None):
+        return _from_code(rc, op, self.path, self.seg.err, detail)
+
+    cdef inline int _check(self) except -1:
+        if self._fault_word:
+            raise _errors.QueueClosedError(f"queue {self.path!r} is closed: its file was truncated under us")
+        if self._closed or not self.opened:
+            if self._lost_rc:
+                raise _from_code(self._lost_rc, "after_fork", self.path, self._lost_errno, self._lost_slots)
+            raise _errors.QueueClosedError(f"queue {self.path!r} is closed")
+        return 0
+
+    cdef inline int _raise_pending(self) except -1:
+        if self._pending is not None:
+            e = self._pending
+            self._pending = None
+            raise e
+        return 0
+
+    def _defer(self, exc):
+        """Raise exc at the next get on this handle (a batch that had taken items first)."""
+        self._pending = exc
+
+    # -- busy accounting: close() never unmaps under a call of ours ----------------------
+    cdef inline void _enter(self):
+        self._active += 1
+
+    cdef inline int _leave(self) except -1:
+        self._active -= 1
+        if self._closed and self._active == 0 and self.opened:
+            self._unmap()
+        if self._fault_word:
+            self._fault()
+        return 0
+
+    cdef void _seg_close(self):
+        """Detach and unmap the segment now (a truncated file's missing pages read as zeros: the
+        guard stays registered while the detach writes to them, and is dropped after)."""
+        c.shmq_close(&self.seg)
+        if self._guarded:
+            c.shmq_guard_unregister(&self.seg)
+            self._guarded = False
+
+    cdef int _fault(self) except -1:
+        """After a call into the core: a SIGBUS the guard caught (issue 11 item 7) becomes
+        CorruptQueueError; the handle is closed (unmapped once no call of ours is running)."""
+        if not self._fault_word:
+            return 0
+        self._closed = True
+        if self._active == 0 and self.opened:
+            self._unmap()
+        raise _errors.CorruptQueueError(
+            f"queue {self.path!r}: its file was truncated while this process used it (an access beyond its "
+            "end was caught); this handle is closed. Another process shrank the segment: recreate the queue")
+
+    cdef void _unmap(self):
+        """Detach and unmap now; then close the dead-letter queue's segment, which ours referenced."""
+        self._seg_close()
+        self.opened = False
+        if self._dlq is not None:
+            d = self._dlq
+            self._dlq = None
+            d._close()
+
+    cdef int _retry(self, int rc) except -1:
+        """After a wait returned rc: 1 if it was a signal and the call should wait again (Python
+        handlers ran and did not raise, the handle is still open), 0 if rc is the result."""
+        if rc == c.SHMQ_EINTR:
+            PyErr_CheckSignals()
+            self._check()
+            return 1
+        if self._closed:
+            self._check()   # woken by close()
+        return 0
 
     # -- lifecycle ---------------------------------------------------------------------
     def _create(self, str path, uint32_t kind, uint32_t flags, uint64_t capacity, uint64_t max_message,
                 uint64_t maxsize, uint32_t mode, uint32_t max_slots, bint exist_ok, dict ack=None,
                 bint check_mode=True):
         """Create (or with exist_ok open) the segment at path and attach. Returns True if created.
-        An existing file is opened only if it is ours and (check_mode) no wider than mode.
+        An existing file is opened only if it is ours and (check_mode) lets nobody else write
+        beyond mode (issue 11 item 5).
         ack: at-least-once options (visibility_ns, max_deliveries, dead_letter, default_delay_ns,
         default_ttl_ns, dedup_window_ns, dedup_slots) when flags has F_ACK."""
         cdef c.shmq_create_opts_t o
@@ -175,115 +323,93 @@ cdef class Core:
             o.dedup_slots = ack["dedup_slots"]
             bdlq = (ack["dead_letter"] or "").encode()
             o.dead_letter = bdlq
-        rc = c.shmq_create(&self.seg, &o, exist_ok, &created)
+        with nogil:
+            rc = c.shmq_create(&self.seg, &o, exist_ok, &created)
+        self.path = path
         if rc != c.SHMQ_OK:
-            self._raise_open(rc, path)
+            raise self._error(rc, "create")
         if not created:
             # issue 11 item 5: exist_ok must not adopt a file someone else planted under the name
             problem = _untrusted_file(self.seg.fd, path, os.geteuid(), mode if check_mode else 0o777)
             if problem is not None:
                 c.shmq_close(&self.seg)
                 raise problem
-        self._opened(path)
+        self._opened()
         self._attach()
         return bool(created)
 
     def _open(self, str path, int fd=-1, bint attach=True):
-        """Open an existing segment by path (or by an inherited descriptor) and attach."""
+        """Open an existing segment by path (or by an inherited descriptor); attach unless
+        attach is False (an inspector: reads counters, takes no participant slot)."""
         cdef int rc
         bpath = os.fsencode(path) if path is not None else None
         cdef const char *p = NULL
         if bpath is not None:
             p = bpath
-        rc = c.shmq_open(&self.seg, p, fd)
+        with nogil:
+            rc = c.shmq_open(&self.seg, p, fd)
+        self.path = path
         if rc != c.SHMQ_OK:
-            self._raise_open(rc, path)
-        self._opened(path)
+            raise self._error(rc, "open")
+        self._opened()
         if attach:
             self._attach()
 
-    cdef _opened(self, path):
+    cdef _opened(self):
         self.opened = True
         # issue 11 item 7: an access to pages a truncation removed raises instead of killing us
         self._guarded = c.shmq_guard_register(&self.seg, &self._fault_word) == 0
-        self.path = path
         self._flags = self.seg.hdr.flags
         self.seg.poll_signals = 1   # blocking calls surface every 50 ms so Python signal handlers run
 
     cdef _attach(self):
-        cdef int rc = c.shmq_attach(&self.seg)
-        self._check_fault()
+        cdef int rc
+        with nogil:
+            rc = c.shmq_attach(&self.seg)
         if rc != c.SHMQ_OK:
+            err = self._error(rc, "attach", self.seg.hdr.max_slots)
             self._seg_close()
-            raise _errors.ShmqError(f"cannot attach to queue {self.path!r}: the participant table is full "
-                                    "(too many handles open on it at once); close unused handles")
-
-    cdef _raise_open(self, int rc, path):
-        cdef int e = self.seg.err
-        if rc == c.SHMQ_ECORRUPT:
-            raise _errors.CorruptQueueError(f"{path}: not a valid shmq segment (failed validation); "
-                                            "remove it with `shmq rm` if it is garbage")
-        if rc == c.SHMQ_EINCOMPAT:
-            raise _errors.IncompatibleQueueError(f"{path}: made by an shmq with segment layout version {e}; "
-                                                 f"this shmq reads layout version {c.SHMQ_LAYOUT_VERSION} "
-                                                 "(close every process of the older version and recreate the queue)")
-        if rc == c.SHMQ_ETOOBIG:
-            raise ValueError(f"max_message is larger than the capacity can ever hold")
-        if rc == c.SHMQ_ESYS:
-            raise _errors._oserror(e, path)
-        raise _errors.ShmqError(f"{path}: {c.shmq_strerror(rc).decode()}")
+            self.opened = False
+            raise err
 
     def _after_fork(self):
-        """In a forked child: take a slot of our own (the parent's stays the parent's)."""
+        """In a forked child: take a slot of our own (the parent's stays the parent's). On
+        failure the handle is unusable and its next use raises why."""
+        cdef int rc
+        self._active = 0            # the threads that were busy in calls of ours are the parent's
+        if self._dlq is not None:   # the dead-letter queue's handle is ours: it re-attaches first
+            self._dlq._after_fork()
+            if not self._dlq.opened and self.opened:
+                # its re-attach failed: poison messages stay here (the move is retried) rather
+                # than go through a closed segment
+                c.shmq_ack_set_dlq(&self.seg, NULL, self._name_b)
         if not self.opened:
             return
-        cdef int rc = c.shmq_after_fork(&self.seg)
+        if self._closed:            # a close deferred in the parent: finish it here
+            self._unmap()
+            return
+        rc = c.shmq_after_fork(&self.seg)
         if rc != c.SHMQ_OK:
+            self._lost_rc = rc
+            self._lost_errno = self.seg.err
+            self._lost_slots = self.seg.hdr.max_slots
             self._seg_close()
+            self.opened = False
+            self._closed = True
 
     def _close(self):
-        """Detach and unmap (deferred until calls running without the GIL return)."""
+        """Detach and unmap (deferred until calls of ours that released the GIL are done)."""
         self._closed = True
         if not self.opened:
             return
         if self._active:
             c.shmq_wake_all(&self.seg)   # blocked threads of ours wake, see _closed and leave
             return
-        self._seg_close()
-
-    cdef void _seg_close(self):
-        """Detach and unmap now (a truncated file's missing pages read as zeros meanwhile)."""
-        c.shmq_close(&self.seg)
-        if self._guarded:
-            c.shmq_guard_unregister(&self.seg)
-            self._guarded = False
-        self.opened = False
-
-    cdef int _check_fault(self) except -1:
-        """After each call into the core: a caught SIGBUS becomes CorruptQueueError, closing us."""
-        if not self._fault_word:
-            return 0
-        self._closed = True
-        self._close_if_idle()
-        raise _errors.CorruptQueueError(
-            f"queue {self.path!r}: its file was truncated while this process used it (an access beyond its "
-            "end was caught); this handle is closed. Another process shrank the segment: recreate the queue")
-
-    cdef inline int _leave(self) except -1:
-        self._active -= 1
-        self._close_if_idle()
-        return 0
-
-    cdef inline int _check(self) except -1:
-        if self._closed or not self.opened:
-            if self._fault_word:
-                raise _errors.QueueClosedError(f"queue {self.path!r} is closed: its file was truncated under us")
-            raise _errors.QueueClosedError(f"queue {self.path!r} is closed")
-        return 0
+        self._unmap()
 
     def _check_trusted(self, uint32_t expected_uid, uint32_t mode):
         """Raise QueuePermissionError (and close) unless the file, as opened, is owned by
-        expected_uid and its mode is not wider than mode (fstat of our descriptor: no window
+        expected_uid and lets nobody else write beyond mode (fstat of our descriptor: no window
         between the check and the use)."""
         if not self.opened:
             raise _errors.QueueClosedError(f"queue {self.path!r} is closed")
@@ -309,136 +435,55 @@ cdef class Core:
                       uint64_t dl, c.shmq_send_opts_t *so=NULL, uint64_t *idp=NULL) except -1:
         cdef int rc
         cdef int dup = 0
+        cdef PyThreadState *ts
+        while True:
+            self._enter()
+            ts = _release()
+            if so == NULL:
+                rc = c.shmq_put(&self.seg, iov, n, kind, dl, idp)
+            else:
+                rc = c.shmq_send(&self.seg, iov, n, kind, so, dl, idp, &dup)
+            _reacquire(ts)
+            self._leave()
+            if not self._retry(rc):
+                break
+        if rc == c.SHMQ_OK:
+            return dup
         if so != NULL:
             total += so.hdr_size
-        if total < GIL_RELEASE_BYTES:
-            if so == NULL:
-                rc = c.shmq_put(&self.seg, iov, n, kind, 0, idp)
-            else:
-                rc = c.shmq_send(&self.seg, iov, n, kind, so, 0, idp, &dup)
-            self._check_fault()
-            if rc == c.SHMQ_OK:
-                return dup
-            if rc != c.SHMQ_FULL or dl == 0:
-                return self._put_error(rc, total)
-        while True:
-            self._active += 1
-            try:
-                with nogil:
-                    if so == NULL:
-                        rc = c.shmq_put(&self.seg, iov, n, kind, dl, idp)
-                    else:
-                        rc = c.shmq_send(&self.seg, iov, n, kind, so, dl, idp, &dup)
-            finally:
-                self._leave()
-            self._check_fault()
-            if rc == c.SHMQ_EINTR:
-                PyErr_CheckSignals()
-                self._check()
-                continue
-            if rc == c.SHMQ_OK:
-                return dup
-            if self._closed:
-                self._check()
-            return self._put_error(rc, total)
-
-    cdef int _put_error(self, int rc, uint64_t total) except -1:
-        if rc == c.SHMQ_FULL:
-            raise _errors.Full()
-        if rc == c.SHMQ_ETOOBIG:
-            raise _errors.MessageTooLargeError(
-                f"message of {total} bytes is larger than this queue's max_message "
-                f"({self.seg.hdr.max_message} bytes); create the queue with a larger capacity or max_message")
-        if rc == c.SHMQ_ENOMEM:
-            raise _errors.QueueMemoryError(f"queue {self.path!r} cannot grow any further")
-        if rc == c.SHMQ_ESYS:
-            raise _errors._oserror(self.seg.err, self.path)
-        if rc == c.SHMQ_ECORRUPT:
-            raise _errors.CorruptQueueError(f"queue {self.path!r} failed validation during put")
-        if rc == c.SHMQ_EDEDUPFULL:
-            raise _errors.Full(f"queue {self.path!r}: the deduplication table holds only live dedup ids; "
-                               "create the queue with a larger dedup_capacity or a shorter dedup_window")
-        if rc == c.SHMQ_TIMEOUT:
-            raise _errors.Full(f"queue {self.path!r}: another send of the same dedup_id did not finish in time")
-        raise _errors.ShmqError(f"put failed: {c.shmq_strerror(rc).decode()}")
+        raise self._error(rc, "put" if so == NULL else "send", (total, self.seg.hdr.max_message))
 
     cdef int _put_obj(self, object obj, uint64_t dl, c.shmq_send_opts_t *so=NULL, uint64_t *idp=NULL) except -1:
-        cdef c.shmq_iov_t iov
-        cdef uint32_t kind
-        if PyBytes_CheckExact(obj):
-            iov.ptr = PyBytes_AS_STRING(obj)
-            iov.len = <uint64_t>PyBytes_GET_SIZE(obj)
-            return self._put_iov(&iov, 1, KIND_BYTES, iov.len, dl, so, idp)
-        if PyByteArray_CheckExact(obj) or PyMemoryView_Check(obj) or (self._flags & c.SHMQ_F_RAW):
-            if self._flags & c.SHMQ_F_RAW and not (PyByteArray_CheckExact(obj) or PyMemoryView_Check(obj)
-                                                   or isinstance(obj, (bytes, bytearray, memoryview))):
-                raise TypeError(f"raw queues carry bytes-like bodies only, not {type(obj).__name__}")
-            kind = KIND_BYTEARRAY if PyByteArray_CheckExact(obj) or isinstance(obj, bytearray) else KIND_BYTES
-            if PyMemoryView_Check(obj) and not obj.contiguous:
-                obj = obj.tobytes()
-            return self._put_contig(obj, kind, dl, so, idp)
-        return self._put_pickled(obj, dl, so, idp)
-
-    cdef int _put_pickled(self, object obj, uint64_t dl, c.shmq_send_opts_t *so=NULL, uint64_t *idp=NULL) except -1:
+        cdef c.shmq_iov_t one
         cdef c.shmq_iov_t *iov
         cdef Py_buffer *views
-        cdef Py_ssize_t nbuf, i, k, nviews = 0
-        cdef uint64_t total, off, pad
-        buffers = []
-        f = _BytesIO()
-        _make_pickler(f, buffers).dump(obj)
-        stream = f.getbuffer()
-        if not buffers:
-            try:
-                return self._put_contig(stream, KIND_PICKLE, dl, so, idp)
-            finally:
-                stream.release()
-        # Out-of-band: [u64 n][u64 stream_len][u64 len_i x n] pad | stream pad | buf_i pad ...
-        nbuf = len(buffers)
-        raws = [b.raw() for b in buffers]   # contiguous views (PickleBuffer.raw raises if not contiguous)
-        lens = [len(stream)] + [r.nbytes for r in raws]
-        header = (nbuf).to_bytes(8, "little") + b"".join(l.to_bytes(8, "little") for l in lens)
-        parts = [header, stream] + raws
-        views = <Py_buffer *>malloc(sizeof(Py_buffer) * len(parts))
-        iov = <c.shmq_iov_t *>malloc(sizeof(c.shmq_iov_t) * len(parts) * 2)
+        cdef Py_ssize_t i, nviews = 0
+        cdef uint64_t total = 0
+        if PyBytes_CheckExact(obj):
+            one.ptr = PyBytes_AS_STRING(obj)
+            one.len = <uint64_t>PyBytes_GET_SIZE(obj)
+            return self._put_iov(&one, 1, _KIND_BYTES, one.len, dl, so, idp)
+        kind, parts = _encode(obj, self._flags & c.SHMQ_F_RAW)
+        n = len(parts)
+        views = <Py_buffer *>malloc(sizeof(Py_buffer) * n)
+        iov = <c.shmq_iov_t *>malloc(sizeof(c.shmq_iov_t) * n)
         if views == NULL or iov == NULL:
             free(views)
             free(iov)
             raise MemoryError()
         try:
-            k = 0
-            off = 0
-            for i in range(len(parts)):
+            for i in range(n):
                 PyObject_GetBuffer(parts[i], &views[i], PyBUF_ANY_CONTIGUOUS)
                 nviews += 1
-                iov[k].ptr = views[i].buf
-                iov[k].len = <uint64_t>views[i].len
-                off += iov[k].len
-                k += 1
-                pad = (OOB_ALIGN - (off % OOB_ALIGN)) % OOB_ALIGN
-                if pad and i + 1 < len(parts):
-                    iov[k].ptr = PyBytes_AS_STRING(_ZEROS)
-                    iov[k].len = pad
-                    off += pad
-                    k += 1
-            return self._put_iov(iov, <uint32_t>k, KIND_PICKLE_OOB, off, dl, so, idp)
+                iov[i].ptr = views[i].buf
+                iov[i].len = <uint64_t>views[i].len
+                total += iov[i].len
+            return self._put_iov(iov, <uint32_t>n, <uint32_t>kind, total, dl, so, idp)
         finally:
             for i in range(nviews):
                 PyBuffer_Release(&views[i])
             free(views)
             free(iov)
-
-    cdef int _put_contig(self, object data, uint32_t kind, uint64_t dl, c.shmq_send_opts_t *so=NULL,
-                         uint64_t *idp=NULL) except -1:
-        cdef Py_buffer view
-        cdef c.shmq_iov_t iov
-        PyObject_GetBuffer(data, &view, PyBUF_ANY_CONTIGUOUS)
-        try:
-            iov.ptr = view.buf
-            iov.len = <uint64_t>view.len
-            return self._put_iov(&iov, 1, kind, iov.len, dl, so, idp)
-        finally:
-            PyBuffer_Release(&view)
 
     def put(self, obj, block=True, timeout=None):
         """Put obj. Raises Full (timeout/non-blocking), MessageTooLargeError, QueueClosedError."""
@@ -453,7 +498,7 @@ cdef class Core:
 
     def put_many(self, items, block=True, timeout=None):
         """Put every item of an iterable, in order; returns how many were put. The timeout is for
-        the whole batch."""
+        the whole batch; an error carries .items_put (how many went in before it)."""
         cdef uint64_t dl
         cdef Py_ssize_t n = 0
         self._check()
@@ -463,143 +508,84 @@ cdef class Core:
                 self._put_obj(obj, dl)
                 n += 1
         except BaseException as e:
-            e.items_put = n   # how many of the batch went in before the error
+            e.items_put = n
             raise
         return n
 
     # -- get -------------------------------------------------------------------------
-    cdef object _decode(self, c.shmq_msg_t *m):
+    cdef object _body(self, c.shmq_msg_t *m):
+        """The object of a taken message (the caller releases it afterwards)."""
         cdef object out
         cdef char *dst
         cdef uint64_t n = m.size
-        cdef uint32_t kind = m.kind
-        if kind == KIND_BYTES:
-            if n < GIL_RELEASE_BYTES:
-                return PyBytes_FromStringAndSize(<const char *>m.data, <Py_ssize_t>n)
-            out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>n)
-            dst = PyBytes_AS_STRING(out)
-            with nogil:
-                memcpy(dst, m.data, n)
-            return out
-        if kind == KIND_BYTEARRAY:
-            out = PyByteArray_FromStringAndSize(NULL, <Py_ssize_t>n)
-            dst = PyByteArray_AS_STRING(out)
+        if m.kind == _KIND_BYTES or m.kind == _KIND_BYTEARRAY:
+            if m.kind == _KIND_BYTES:
+                out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>n)
+                dst = PyBytes_AS_STRING(out)
+            else:
+                out = PyByteArray_FromStringAndSize(NULL, <Py_ssize_t>n)
+                dst = PyByteArray_AS_STRING(out)
             if n < GIL_RELEASE_BYTES:
                 memcpy(dst, m.data, n)
             else:
                 with nogil:
                     memcpy(dst, m.data, n)
             return out
-        if (kind == KIND_PICKLE or kind == KIND_PICKLE_OOB) and (self._flags & c.SHMQ_F_RAW):
-            raise _errors.CorruptQueueError(f"message {m.id} on raw queue {self.path!r} is pickled: "
-                                            "refusing to unpickle (raw queues carry bytes only)")
-        if kind == KIND_PICKLE:
-            mv = PyMemoryView_FromMemory(<char *>m.data, <Py_ssize_t>n, PyBUF_READ)
-            try:
-                return _loads(mv)
-            finally:
-                mv.release()
-        if kind == KIND_PICKLE_OOB:
-            return self._decode_oob(m)
-        raise _errors.CorruptQueueError(f"message {m.id} has an unknown payload kind {kind}")
+        mv = PyMemoryView_FromMemory(<char *>m.data, <Py_ssize_t>n, PyBUF_READ)
+        try:
+            return _decode(m.kind, mv, self._flags & c.SHMQ_F_RAW, m.id)
+        finally:
+            mv.release()
 
-    cdef object _decode_oob(self, c.shmq_msg_t *m):
-        cdef uint64_t size = m.size, nbuf, hdr, off, ln, i
-        cdef const uint8_t *p = m.data
-        cdef char *dst
-        # untrusted: every length and offset is checked against the payload size
-        if size < 16:
-            raise _errors.CorruptQueueError("out-of-band message shorter than its header")
-        memcpy(&nbuf, p, 8)
-        if nbuf > (size - 16) // 8:
-            raise _errors.CorruptQueueError("out-of-band message with an impossible buffer count")
-        hdr = 8 + 8 * (nbuf + 1)
-        off = hdr
-        lens = []
-        for i in range(nbuf + 1):
-            memcpy(&ln, p + 8 + 8 * i, 8)
-            lens.append(ln)
-        off = hdr + (OOB_ALIGN - hdr % OOB_ALIGN) % OOB_ALIGN
-        pieces = []
-        for i in range(nbuf + 1):
-            ln = lens[i]
-            if ln > size or off > size - ln:
-                raise _errors.CorruptQueueError("out-of-band message with a buffer outside the payload")
-            if i == 0:
-                pieces.append(PyBytes_FromStringAndSize(<const char *>(p + off), <Py_ssize_t>ln))
-            else:
-                ba = PyByteArray_FromStringAndSize(NULL, <Py_ssize_t>ln)
-                dst = PyByteArray_AS_STRING(ba)
-                if ln < GIL_RELEASE_BYTES:
-                    memcpy(dst, p + off, ln)
-                else:
-                    with nogil:
-                        memcpy(dst, p + off, ln)
-                pieces.append(ba)
-            off += ln
-            off += (OOB_ALIGN - off % OOB_ALIGN) % OOB_ALIGN
-        return _loads(pieces[0], buffers=pieces[1:])
-
-    cdef int _take(self, c.shmq_msg_t *m, uint64_t dl, bint lease) except -1:
-        """Take the next message (lease: under a lease, for receive), waiting until dl without
-        the GIL. Returns 1 (taken: the message pins the mapping until get_end/receive_end and
-        _close_if_idle), 0 (nothing in time); raises for errors and after close."""
+    cdef int _take(self, c.shmq_msg_t *m, uint64_t dl, bint lease, char *small, uint64_t *small_n) except -1:
+        """Take the next message without the GIL (lease: under a lease, for receive), waiting
+        until dl. Returns 1 with the handle busy (the caller copies out, releases the message
+        and calls _leave), 0 (nothing in time, not busy); raises for errors and after close.
+        A plain bytes body of at most SMALL_COPY bytes is copied into small (*small_n = its
+        size) and released in the same GIL release; else *small_n = UINT64_MAX."""
         cdef int rc
-        rc = c.shmq_receive_begin(&self.seg, m, 0) if lease else c.shmq_get_begin(&self.seg, m, 0)
-        if rc != c.SHMQ_OK:
-            self._check_fault()
-        if rc == c.SHMQ_EMPTY and dl != 0:
-            while True:
-                self._active += 1
-                try:
-                    with nogil:
-                        if lease:
-                            rc = c.shmq_receive_begin(&self.seg, m, dl)
-                        else:
-                            rc = c.shmq_get_begin(&self.seg, m, dl)
-                finally:
-                    if rc == c.SHMQ_OK:
-                        self._active -= 1   # the message pins the mapping until it is released
-                    else:
-                        self._leave()
-                if rc != c.SHMQ_OK:
-                    self._check_fault()
-                if rc == c.SHMQ_EINTR:
-                    PyErr_CheckSignals()
-                    self._check()
-                    continue
+        cdef PyThreadState *ts
+        while True:
+            self._enter()
+            ts = _release()
+            if lease:
+                rc = c.shmq_receive_begin(&self.seg, m, dl)
+            else:
+                rc = c.shmq_get_begin(&self.seg, m, dl)
+                if rc == c.SHMQ_OK and m.kind == _KIND_BYTES and m.size <= SMALL_COPY:
+                    memcpy(small, m.data, m.size)
+                    small_n[0] = m.size
+                    c.shmq_get_end(&self.seg, m)
+                else:
+                    small_n[0] = <uint64_t>-1
+            _reacquire(ts)
+            if rc == c.SHMQ_OK:
+                return 1
+            self._leave()
+            if not self._retry(rc):
                 break
-            if rc != c.SHMQ_OK and self._closed:
-                self._check()
-        if rc == c.SHMQ_OK:
-            return 1
-        if rc == c.SHMQ_EMPTY:
+        if rc == c.SHMQ_EMPTY or rc == c.SHMQ_TIMEOUT:
             return 0
-        if rc == c.SHMQ_EINVAL and lease:
-            raise ValueError(f"queue {self.path!r} was not created with ack=True: use get()")
-        if rc == c.SHMQ_ECORRUPT:
-            raise _errors.CorruptQueueError(f"queue {self.path!r} failed validation during {'receive' if lease else 'get'}")
-        if rc == c.SHMQ_ESYS:
-            raise _errors._oserror(self.seg.err, self.path)
-        raise _errors.ShmqError(f"{'receive' if lease else 'get'} failed: {c.shmq_strerror(rc).decode()}")
-
-    cdef inline void _close_if_idle(self):
-        """After a taken message was released: finish a close() that waited for it."""
-        if self._closed and self._active == 0 and self.opened:
-            self._seg_close()
+        raise self._error(rc, "receive" if lease else "get")
 
     cdef object _get_one(self, uint64_t dl, bint *got):
         cdef c.shmq_msg_t m
-        got[0] = self._take(&m, dl, False)
+        cdef char small[SMALL_COPY]
+        cdef uint64_t small_n
+        cdef PyThreadState *ts
+        got[0] = self._take(&m, dl, False, small, &small_n)
         if not got[0]:
             return None
+        if small_n != <uint64_t>-1:
+            self._leave()
+            return PyBytes_FromStringAndSize(small, <Py_ssize_t>small_n)
         try:
-            obj = self._decode(&m)
+            return self._body(&m)
         finally:
+            ts = _release()
             c.shmq_get_end(&self.seg, &m)
-            self._check_fault()   # what was decoded from zero pages is not returned
-            self._close_if_idle()
-        return obj
+            _reacquire(ts)
+            self._leave()
 
     def get(self, block=True, timeout=None):
         """Remove and return an item. Raises Empty (timeout/non-blocking), QueueClosedError."""
@@ -622,13 +608,12 @@ cdef class Core:
             raise _errors.Empty()
         return obj
 
-    def get_many(self, Py_ssize_t max_items=64, timeout=None, block=True):
-        """Return a list of 1..max_items items as soon as at least one is there. Raises Empty."""
+    def _get_many(self, Py_ssize_t max_items, timeout=None, block=True):
+        """(items, error): 1..max_items items, as soon as at least one is there, and the error
+        met after items had been taken (None if none). Raises Empty, or an error met first."""
         cdef uint64_t dl
         cdef bint got
         self._check()
-        if max_items < 1:
-            raise ValueError("max_items must be at least 1")
         _deadline(block, timeout, &dl)
         self._raise_pending()
         first = self._get_one(dl, &got)
@@ -639,40 +624,30 @@ cdef class Core:
             try:
                 obj = self._get_one(0, &got)
             except Exception as e:
-                # The items already taken are returned; this error is raised by the next get.
-                self._pending_error = e
-                break
+                return out, e
             if not got:
                 break
             out.append(obj)
-        return out
-
-    cdef int _raise_pending(self) except -1:
-        if self._pending_error is not None:
-            e = self._pending_error
-            self._pending_error = None
-            raise e
-        return 0
+        return out, None
 
     # -- at-least-once ----------------------------------------------------------------
     def _set_dlq(self, Core dlq, str name):
         """Attach the dead-letter queue (kept alive by this handle) and record our name."""
         self._dlq = dlq
-        bname = name.encode()
-        c.shmq_ack_set_dlq(&self.seg, &dlq.seg if dlq is not None else NULL, bname)
+        self._name_b = name.encode()
+        c.shmq_ack_set_dlq(&self.seg, &dlq.seg if dlq is not None else NULL, self._name_b)
 
     def _send(self, obj, bytes hdr, uint32_t priority, uint64_t delay_ns, uint64_t ttl_ns, bytes dedup_key,
               block=True, timeout=None, uint32_t raw_kind=0):
-        """Send obj with a header block; returns (id, duplicate). delay/ttl: SHMQ_USE_DEFAULT
-        for the queue's default. raw_kind: obj is a payload of that kind taken by a raw receive,
-        stored as it is (redrive). Raises Full, MessageTooLargeError, QueueClosedError."""
+        """Send obj with a header block; returns (id, duplicate). delay/ttl: USE_DEFAULT for the
+        queue's default. raw_kind: obj is a payload of that kind taken by a raw receive, stored as
+        it is (redrive: never unpickled). Raises Full, MessageTooLargeError, QueueClosedError."""
         cdef c.shmq_send_opts_t so
+        cdef c.shmq_iov_t one
         cdef uint64_t dl, mid = 0
         cdef int dup
         self._check()
         _deadline(block, timeout, &dl)
-        if len(hdr) > c.SHMQ_HDR_MAX:
-            raise ValueError(f"headers take {len(hdr)} bytes encoded; at most {c.SHMQ_HDR_MAX} fit")
         so.delay_ns = delay_ns
         so.ttl_ns = ttl_ns
         so.hdr = PyBytes_AS_STRING(hdr)
@@ -680,15 +655,15 @@ cdef class Core:
         so.priority = priority
         so.dedup_key = NULL
         if dedup_key is not None:
-            if len(dedup_key) != 16:
-                raise ValueError("dedup key must be 16 bytes")
             so.dedup_key = <const uint8_t *>PyBytes_AS_STRING(dedup_key)
         if raw_kind:
-            if raw_kind not in _KIND_NAMES or not isinstance(obj, bytes):
-                raise ValueError(f"not a payload of a raw receive: kind {raw_kind}")
-            if (raw_kind == KIND_PICKLE or raw_kind == KIND_PICKLE_OOB) and (self._flags & c.SHMQ_F_RAW):
-                raise TypeError(f"raw queue {self.path!r} carries bytes-like bodies only, not a pickle")
-            dup = self._put_contig(obj, raw_kind, dl, &so, &mid)
+            if raw_kind not in _kind_names or not PyBytes_CheckExact(obj):
+                raise _errors.ArgumentError(f"not a payload of a raw receive: kind {raw_kind}")
+            if str(_kind_names[raw_kind]).startswith("pickle") and (self._flags & c.SHMQ_F_RAW):
+                raise _errors.ArgumentTypeError(f"raw queue {self.path!r} carries bytes-like bodies only, not a pickle")
+            one.ptr = PyBytes_AS_STRING(obj)
+            one.len = <uint64_t>PyBytes_GET_SIZE(obj)
+            dup = self._put_iov(&one, 1, raw_kind, one.len, dl, &so, &mid)
         else:
             dup = self._put_obj(obj, dl, &so, &mid)
         return mid, bool(dup)
@@ -698,22 +673,24 @@ cdef class Core:
         raw: body is (payload kind, payload bytes), never unpickled (redrive)."""
         cdef c.shmq_msg_t m
         cdef int rc
+        cdef uint64_t unused
+        cdef PyThreadState *ts
         while True:
-            if not self._take(&m, dl, True):
+            if not self._take(&m, dl, True, NULL, &unused):
                 return None
-            body = None
-            err = None
+            body = hdr = err = None
             try:
                 if raw:
                     body = (m.kind, PyBytes_FromStringAndSize(<const char *>m.data, <Py_ssize_t>m.size))
                 else:
-                    body = self._decode(&m)
+                    body = self._body(&m)
                 hdr = PyBytes_FromStringAndSize(<const char *>m.hdr, <Py_ssize_t>m.hdr_size)
             except Exception as e:
                 err = e
+            ts = _release()
             rc = c.shmq_receive_end(&self.seg, &m)
-            self._check_fault()
-            self._close_if_idle()
+            _reacquire(ts)
+            self._leave()
             if rc == c.SHMQ_ESTALE:
                 continue   # the lease ran out while we copied: that copy may be torn; take the next
             if err is not None:
@@ -729,11 +706,9 @@ cdef class Core:
             raise _errors.Empty()
         return r
 
-    def _receive_many(self, Py_ssize_t max_items=64, timeout=None, block=True):
+    def _receive_many(self, Py_ssize_t max_items, timeout=None, block=True):
         cdef uint64_t dl
         self._check()
-        if max_items < 1:
-            raise ValueError("max_items must be at least 1")
         _deadline(block, timeout, &dl)
         first = self._receive_one(dl)
         if first is None:
@@ -746,67 +721,65 @@ cdef class Core:
             out.append(r)
         return out
 
-    cdef int _settle_error(self, int rc, uint64_t mid, str what) except -1:
-        if rc == c.SHMQ_ESTALE:
-            raise _errors.LeaseExpiredError(
-                f"message {mid}: this delivery's lease expired and the message was delivered again "
-                f"(or it was settled already); {what} changed nothing")
-        if rc == c.SHMQ_TIMEOUT:
-            raise _errors.ShmqError(f"message {mid}: another process held this delivery for 100 ms "
-                                    f"(stopped?); {what} changed nothing, try again")
-        raise _errors.ShmqError(f"{what} failed: {c.shmq_strerror(rc).decode()}")
+    cdef int _settle(self, int op, uint64_t token, uint64_t mid, int requeue, uint64_t ns) except? -9999:
+        cdef int rc
+        cdef PyThreadState *ts
+        self._check()
+        self._enter()
+        ts = _release()   # a settle may move the message to the dead-letter queue (its locks)
+        if op == 0:
+            rc = c.shmq_ack(&self.seg, token, mid)
+        elif op == 1:
+            rc = c.shmq_nack(&self.seg, token, mid, requeue, ns)
+        else:
+            rc = c.shmq_extend(&self.seg, token, mid, ns)
+        _reacquire(ts)
+        self._leave()
+        return rc
 
     def _ack(self, uint64_t token, uint64_t mid):
-        cdef int rc
-        self._check()
-        rc = c.shmq_ack(&self.seg, token, mid)
-        self._check_fault()
+        cdef int rc = self._settle(0, token, mid, 0, 0)
         if rc != c.SHMQ_OK:
-            self._settle_error(rc, mid, "ack")
+            raise self._error(rc, "ack", mid)
 
     def _ack_many(self, list pairs):
         """Ack (token, id) pairs; returns the list of ids whose lease had expired (not acked)."""
         cdef int rc
         cdef uint64_t token, mid
-        self._check()
         stale = []
         for token, mid in pairs:
-            rc = c.shmq_ack(&self.seg, token, mid)
-            self._check_fault()
+            rc = self._settle(0, token, mid, 0, 0)
             if rc == c.SHMQ_ESTALE:
                 stale.append(mid)
             elif rc != c.SHMQ_OK:
-                self._settle_error(rc, mid, "ack")
+                raise self._error(rc, "ack", mid)
         return stale
 
     def _nack(self, uint64_t token, uint64_t mid, bint requeue, uint64_t delay_ns):
-        cdef int rc
-        self._check()
-        rc = c.shmq_nack(&self.seg, token, mid, requeue, delay_ns)
-        self._check_fault()
+        cdef int rc = self._settle(1, token, mid, requeue, delay_ns)
         if rc != c.SHMQ_OK:
-            self._settle_error(rc, mid, "nack")
+            raise self._error(rc, "nack", mid)
 
     def _extend(self, uint64_t token, uint64_t mid, uint64_t ns):
-        cdef int rc
-        self._check()
-        rc = c.shmq_extend(&self.seg, token, mid, ns)
-        self._check_fault()
+        cdef int rc = self._settle(2, token, mid, 0, ns)
         if rc != c.SHMQ_OK:
-            self._settle_error(rc, mid, "extend")
+            raise self._error(rc, "extend", mid)
 
     def _timers_run(self):
         """Run the timer scan now (lease ends, delays, TTLs); returns how many it changed."""
+        cdef int n
         self._check()
-        n = c.shmq_timers_run(&self.seg)
-        self._check_fault()
+        self._enter()
+        with nogil:
+            n = c.shmq_timers_run(&self.seg)
+        self._leave()
         return n
 
     # -- state ------------------------------------------------------------------------
     def qsize(self):
         self._check()
         n = c.shmq_depth(&self.seg)
-        self._check_fault()
+        self._fault()
         return n
 
     def empty(self):
@@ -816,119 +789,145 @@ cdef class Core:
         self._check()
         cdef uint64_t maxsize = self.seg.hdr.maxsize
         full = maxsize != 0 and c.shmq_depth(&self.seg) >= maxsize
-        self._check_fault()
+        self._fault()
         return full
 
-    def _raw_stats(self):
-        cdef c.shmq_stats_t st
+    cdef int _check_open(self) except -1:
+        # inspection calls work on an inspector handle too (opened, not attached)
         if not self.opened:
-            raise _errors.QueueClosedError(f"queue {self.path!r} is closed")
-        c.shmq_stats(&self.seg, &st)
-        self._check_fault()
+            self._check()
+        return 0
+
+    def _raw_stats(self):
+        """The core's counters under their C names (shmq.stats gives them their public names)."""
+        cdef c.shmq_stats_t st
+        self._check_open()
+        self._enter()
+        with nogil:
+            c.shmq_stats(&self.seg, &st)
+        self._leave()
         return {
             "depth": st.depth, "bytes_used": st.bytes_used, "capacity": st.capacity,
             "file_size": st.file_size, "max_message": st.max_message, "maxsize": st.maxsize,
             "enqueued": st.enqueued, "dequeued": st.dequeued, "repairs": st.repairs,
             "corrupt_skipped": st.corrupt_skipped, "unfinished": st.unfinished,
-            "creator_pid": st.creator_pid, "created_at": st.created_at_ns / 1e9,
+            "creator_pid": st.creator_pid, "created_at_ns": st.created_at_ns,
             "attached": st.attached, "producers": st.producers, "consumers": st.consumers,
             "areas": st.areas, "flags": st.flags, "kind": st.kind, "mode": st.mode,
-            "max_slots": st.max_slots, "last_repair_ms": st.last_repair_ns / 1e6,
-            "in_flight": st.in_flight, "delayed": st.delayed, "oldest_ready": st.oldest_ready_ns / 1e9,
+            "max_slots": st.max_slots, "last_repair_ns": st.last_repair_ns,
+            "in_flight": st.in_flight, "delayed": st.delayed, "oldest_ready_ns": st.oldest_ready_ns,
             "acked": st.acked, "redelivered": st.redelivered, "dead_lettered": st.dead_lettered,
             "expired": st.expired, "dead_letter_failed": st.dead_letter_failed, "dedup_hits": st.dedup_hits,
-            "visibility_timeout": st.visibility_ns / 1e9, "max_deliveries": st.max_deliveries,
-            "default_delay": st.default_delay_ns / 1e9, "default_ttl": st.default_ttl_ns / 1e9,
-            "dedup_window": st.dedup_window_ns / 1e9, "dedup_capacity": st.dedup_slots,
+            "visibility_ns": st.visibility_ns, "max_deliveries": st.max_deliveries,
+            "default_delay_ns": st.default_delay_ns, "default_ttl_ns": st.default_ttl_ns,
+            "dedup_window_ns": st.dedup_window_ns, "dedup_slots": st.dedup_slots,
             "dead_letter": st.dead_letter.decode(errors="replace"),
         }
 
-    def _peek(self, uint64_t n, Py_ssize_t cap=64):
-        """(id, timestamp, kind, size, prefix bytes) of the n-th queued message, without taking
-        it; None when there are fewer messages. Never unpickles."""
-        cdef c.shmq_peek_t pk
+    cdef int _peek_into(self, uint64_t n, c.shmq_peek_t *pk, object buf, uint64_t cap) noexcept:
         cdef int rc
-        if not self.opened:
-            raise _errors.QueueClosedError(f"queue {self.path!r} is closed")
-        buf = PyBytes_FromStringAndSize(NULL, cap)
+        cdef char *p = PyBytes_AS_STRING(buf)
         for _ in range(1000):
-            rc = c.shmq_peek(&self.seg, n, &pk, PyBytes_AS_STRING(buf), <uint64_t>cap)
-            self._check_fault()
+            with nogil:
+                rc = c.shmq_peek(&self.seg, n, pk, p, cap)
             if rc != c.SHMQ_EAGAIN:
                 break
+        return rc
+
+    def _peek(self, uint64_t n, Py_ssize_t cap=64):
+        """(id, timestamp, kind name, size, prefix bytes) of the n-th queued message, without
+        taking it; None when there are fewer messages. Never unpickles."""
+        cdef c.shmq_peek_t pk
+        cdef int rc
+        self._check_open()
+        if cap < 0:
+            raise _errors.ArgumentError(f"cap must be a non-negative number of bytes, got {cap}")
+        buf = PyBytes_FromStringAndSize(NULL, cap)
+        self._enter()
+        try:
+            rc = self._peek_into(n, &pk, buf, <uint64_t>cap)
+        finally:
+            self._leave()
         if rc == c.SHMQ_EMPTY:
             return None
-        if rc == c.SHMQ_ECORRUPT:
-            raise _errors.CorruptQueueError(f"queue {self.path!r}: a queued message failed validation")
         if rc != c.SHMQ_OK:
-            raise _errors.ShmqError(f"peek failed: {c.shmq_strerror(rc).decode()}")
-        return (pk.id, pk.timestamp_ns / 1e9, _KIND_NAMES.get(pk.kind, str(pk.kind)), pk.size, buf[:pk.copied])
+            raise self._error(rc, "peek")
+        return (pk.id, pk.timestamp_ns / 1e9, _kind_names.get(pk.kind, str(pk.kind)), pk.size, buf[:pk.copied])
 
     def _peek_body(self, uint64_t n):
-        """The object of the n-th queued message (unpickles: runs code from the queue)."""
+        """The object of the n-th queued message, decoded from a copy (unpickles: runs code
+        from the queue); None when there are fewer messages."""
+        cdef c.shmq_peek_t pk
+        cdef int rc = c.SHMQ_OK
         info = self._peek(n, 0)
         if info is None:
             return None
-        cdef c.shmq_peek_t pk
-        cdef int rc
-        for _ in range(1000):
-            buf = PyBytes_FromStringAndSize(NULL, info[3])
-            rc = c.shmq_peek(&self.seg, n, &pk, PyBytes_AS_STRING(buf), info[3])
-            self._check_fault()
-            if rc == c.SHMQ_OK and pk.size == pk.copied:
-                break
-            if rc == c.SHMQ_OK:
-                info = (0, 0, 0, pk.size)
-        if rc != c.SHMQ_OK:
+        size = info[3]
+        self._enter()
+        try:
+            for _ in range(1000):
+                buf = PyBytes_FromStringAndSize(NULL, size)
+                rc = self._peek_into(n, &pk, buf, <uint64_t>size)
+                if rc != c.SHMQ_OK or pk.size == pk.copied:
+                    break
+                size = pk.size
+        finally:
+            self._leave()
+        if rc != c.SHMQ_OK or pk.size != pk.copied:
             return None
-        if pk.kind == KIND_BYTES:
-            return buf
-        if pk.kind == KIND_BYTEARRAY:
-            return bytearray(buf)
-        if pk.kind == KIND_PICKLE:
-            return _loads(buf)
-        return "<message with out-of-band buffers>"
+        return _decode(pk.kind, memoryview(buf), self._flags & c.SHMQ_F_RAW, pk.id)
 
     def _purge(self):
         """Take and discard every queued message (no unpickling); returns how many."""
+        cdef uint64_t n
         self._check()
-        n = c.shmq_purge(&self.seg)
-        self._check_fault()
+        self._enter()
+        with nogil:
+            n = c.shmq_purge(&self.seg)
+        self._leave()
         return n
 
     def _repair(self):
         """Repair every dead participant we can; returns how many were repaired."""
-        if not self.opened:
-            raise _errors.QueueClosedError(f"queue {self.path!r} is closed")
-        n = c.shmq_repair_dead(&self.seg)
-        self._check_fault()
+        cdef int n
+        self._check_open()
+        self._enter()
+        with nogil:
+            n = c.shmq_repair_dead(&self.seg)
+        self._leave()
         return n
 
     def _consistency(self):
         """Consistency walk (call on a quiescent queue): counts of descriptors by state,
         orphans, chunk and arena mismatches."""
         cdef c.shmq_check_t ck
-        if not self.opened:
-            raise _errors.QueueClosedError(f"queue {self.path!r} is closed")
-        c.shmq_check(&self.seg, &ck)
-        self._check_fault()
+        self._check_open()
+        self._enter()
+        with nogil:
+            c.shmq_check(&self.seg, &ck)
+        self._leave()
         return {"free_desc": ck.free_desc, "ready_desc": ck.ready_desc, "owned_desc": ck.owned_desc,
                 "dead_owned": ck.dead_owned, "orphan_ready": ck.orphan_ready, "bad_chunks": ck.bad_chunks,
                 "arena_mismatch": ck.arena_mismatch, "bad_areas": ck.bad_areas, "queued": ck.queued}
 
     def _validate(self):
-        cdef int rc = c.shmq_validate(&self.seg)
-        self._check_fault()
+        cdef int rc
+        self._check_open()
+        rc = c.shmq_validate(&self.seg)
+        self._fault()
         if rc != c.SHMQ_OK:
-            self._raise_open(rc, self.path)
+            raise self._error(rc, "open")
 
     # -- JoinableQueue -----------------------------------------------------------------
     def _task_done(self):
+        cdef int rc
         self._check()
-        rc = c.shmq_task_done(&self.seg)
-        self._check_fault()
+        self._enter()
+        with nogil:
+            rc = c.shmq_task_done(&self.seg)
+        self._leave()
         if rc != c.SHMQ_OK:
-            raise ValueError("task_done() called too many times")
+            raise self._error(rc, "task_done")
 
     def _join(self, timeout=None):
         cdef uint64_t dl
@@ -936,17 +935,15 @@ cdef class Core:
         self._check()
         _deadline(True, timeout, &dl)
         while True:
-            self._active += 1
-            try:
-                with nogil:
-                    rc = c.shmq_join(&self.seg, dl)
-            finally:
-                self._leave()
-            self._check_fault()
-            if rc == c.SHMQ_EINTR:
-                PyErr_CheckSignals()
-                self._check()
-                continue
-            if self._closed:
-                self._check()
-            return rc == c.SHMQ_OK
+            self._enter()
+            with nogil:
+                rc = c.shmq_join(&self.seg, dl)
+            self._leave()
+            if not self._retry(rc):
+                break
+        return rc == c.SHMQ_OK
+
+
+def strerror(int rc):
+    """The core's description of a result code."""
+    return c.shmq_strerror(rc).decode()

@@ -3,6 +3,8 @@ import os
 import re
 import secrets
 
+from .errors import ArgumentError, ArgumentTypeError
+
 SHM_DIR = "/dev/shm"
 PREFIX = "shmq."
 NAME_RULE = "1-200 characters of [A-Za-z0-9._-], not starting with '.'"
@@ -13,11 +15,12 @@ _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb":
 
 
 def check_name(name):
-    """Return name if it is a valid queue name, else raise ValueError quoting the rule."""
+    """Return name if it is a valid queue name, else raise ArgumentError (a ValueError and a
+    ShmqError) quoting the rule; ArgumentTypeError for a name that is not a str."""
     if not isinstance(name, str):
-        raise TypeError(f"queue name must be a str, not {type(name).__name__}")
+        raise ArgumentTypeError(f"queue name must be a str, not {type(name).__name__}")
     if not _NAME_RE.match(name):
-        raise ValueError(f"invalid queue name {name!r}: names are {NAME_RULE}")
+        raise ArgumentError(f"invalid queue name {name!r}: names are {NAME_RULE}")
     return name
 
 
@@ -30,18 +33,19 @@ def anonymous_name():
 
 
 def parse_size(value, what="capacity"):
-    """Bytes from an int or a string such as '64MiB', '1.5GB', '4096'."""
+    """Bytes from an int or a string such as '64MiB', '1.5GB', '4096'. Raises
+    ArgumentTypeError/ArgumentError (TypeError/ValueError and ShmqError) naming what."""
     if isinstance(value, bool):
-        raise TypeError(f"{what} must be a number of bytes or a string like '64MiB'")
+        raise ArgumentTypeError(f"{what} must be a number of bytes or a string like '64MiB'")
     if isinstance(value, int):
         n = value
     elif isinstance(value, str):
         m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", value)
         if not m or m.group(2).lower() not in _UNITS:
-            raise ValueError(f"{what} {value!r} is not a size: use bytes or a string like '64MiB', '512KiB', '1GB'")
+            raise ArgumentError(f"{what} {value!r} is not a size: use bytes or a string like '64MiB', '512KiB', '1GB'")
         n = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
     else:
-        raise TypeError(f"{what} must be a number of bytes or a string like '64MiB', not {type(value).__name__}")
+        raise ArgumentTypeError(f"{what} must be a number of bytes or a string like '64MiB', not {type(value).__name__}")
     if n <= 0:
-        raise ValueError(f"{what} must be positive, got {value!r}")
+        raise ArgumentError(f"{what} must be positive, got {value!r}")
     return n

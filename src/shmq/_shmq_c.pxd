@@ -42,6 +42,7 @@ cdef extern from "segment.h" nogil:
         SHMQ_LAYOUT_VERSION
     ctypedef struct shmq_header_t:
         uint32_t flags
+        uint32_t max_slots
         uint64_t maxsize
         uint64_t max_message
         int64_t creator_pid

@@ -62,11 +62,26 @@ class LeaseExpiredError(ShmqError):
     """The delivery's lease expired and the message was delivered again."""
 
 
+class ArgumentError(ShmqError, ValueError):
+    """A bad argument value (not public: callers catch ValueError or ShmqError)."""
+
+
+class ArgumentTypeError(ShmqError, TypeError):
+    """An argument of the wrong type (not public: callers catch TypeError or ShmqError)."""
+
+
+class QueueOSError(ShmqError, OSError):
+    """A system call on a segment failed for a reason no other class names (not public)."""
+
+
+def _queue_name(path):
+    name = _os.path.basename(path or "")
+    return name[len("shmq."):] if name.startswith("shmq.") else name
+
+
 def _oserror(err, path):
     """An OSError (or subclass) for a failed system call on a segment, naming the cause."""
-    name = _os.path.basename(path or "")
-    if name.startswith("shmq."):
-        name = name[len("shmq."):]
+    name = _queue_name(path)
     if err == _errno.ENOENT:
         return QueueNotFound(err, f"no such queue: {name!r}", path)
     if err == _errno.EEXIST:
@@ -79,4 +94,70 @@ def _oserror(err, path):
                                  "default: --shm-size; or use a smaller capacity)", path)
     if err == _errno.ENOMEM:
         return QueueMemoryError(f"out of memory mapping queue {name!r}")
-    return OSError(err, f"{_os.strerror(err)} on queue {name!r}", path)
+    if err in (_errno.EMFILE, _errno.ENFILE):
+        return QueueOSError(err, f"no file descriptor left to open queue {name!r} ({_os.strerror(err)}): close "
+                                 "unused handles or files, or raise the limit (ulimit -n)", path)
+    return QueueOSError(err, f"{_os.strerror(err)} on queue {name!r}", path)
+
+
+def from_code(rc, op, path, err, detail=None):
+    """The exception for result code rc of the core's call op on the queue at path.
+
+    err: errno of a failed system call (SHMQ_ESYS); detail: what op adds (a message id for
+    settles, (size, max_message) for puts, the table size for attach). The binding raises
+    what this returns, so every word the user reads is written here."""
+    from . import _core
+    rcs = _core.RC
+    name = _queue_name(path)
+    if rc == rcs["ESYS"]:
+        e = _oserror(err, path)
+        if op == "after_fork":
+            e.args = (e.args[0], f"this forked process could not re-open queue {name!r} for itself: {e.args[1]}")
+        return e
+    if rc == rcs["ESLOTS"]:
+        who = "this forked process could not attach to" if op == "after_fork" else "cannot attach to"
+        return ShmqError(f"{who} queue {name!r}: its participant table is full ({detail} slots, each held by a "
+                         "live handle); close unused handles, or create the queue with a larger max_participants")
+    if rc == rcs["ECLOSED"]:
+        return QueueClosedError(f"queue {path!r} is closed")
+    if rc == rcs["ECORRUPT"]:
+        if op in ("open", "create"):
+            return CorruptQueueError(f"{path}: not a valid shmq segment (failed validation); "
+                                     "remove it with `shmq rm` if it is garbage")
+        if op == "peek":
+            return CorruptQueueError(f"queue {path!r}: a queued message failed validation")
+        return CorruptQueueError(f"queue {path!r} failed validation during {op}")
+    if rc == rcs["EINCOMPAT"]:
+        return IncompatibleQueueError(f"{path}: made by an shmq with segment layout version {err}; this shmq "
+                                      f"reads layout version {_core.LAYOUT_VERSION} (close every process of the "
+                                      "other version and recreate the queue)")
+    if rc == rcs["ETOOBIG"]:
+        if op == "create":
+            return ArgumentError("max_message is larger than the capacity can ever hold")
+        size, mm = detail
+        return MessageTooLargeError(f"message of {size} bytes is larger than this queue's max_message ({mm} bytes); "
+                                    "create the queue with a larger capacity or max_message")
+    if rc == rcs["FULL"]:
+        return Full()
+    if rc == rcs["TIMEOUT"] and op == "send":
+        return Full(f"queue {path!r}: another send of the same dedup_id did not finish in time")
+    if rc == rcs["TIMEOUT"] and op in ("ack", "nack", "extend"):
+        return ShmqError(f"message {detail}: another process held this delivery for 100 ms (stopped?); "
+                         f"{op} changed nothing, try again")
+    if rc == rcs["TIMEOUT"]:
+        return Full() if op == "put" else Empty()
+    if rc == rcs["EDEDUPFULL"]:
+        return Full(f"queue {path!r}: the deduplication table holds only live dedup ids; "
+                    "create the queue with a larger dedup_capacity or a shorter dedup_window")
+    if rc == rcs["ENOMEM"]:
+        return QueueMemoryError(f"queue {path!r} cannot grow any further")
+    if rc == rcs["ESTALE"]:
+        return LeaseExpiredError(f"message {detail}: this delivery's lease expired and the message was delivered "
+                                 f"again (or it was settled already); {op} changed nothing")
+    if rc == rcs["EINVAL"]:
+        if op == "receive":
+            return ArgumentError(f"queue {path!r} was not created with ack=True: use get()")
+        if op == "task_done":
+            return ArgumentError("task_done() called too many times")
+        return ArgumentError(f"{op} refused by queue {path!r}: {_core.strerror(rc)}")
+    return ShmqError(f"{op} failed on queue {path!r}: {_core.strerror(rc)}")

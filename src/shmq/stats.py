@@ -5,9 +5,10 @@ import time
 from typing import NamedTuple, Optional
 
 from . import _core, _names
+from ._options import ACK_COUNTERS, SETTINGS_KEYS
 from .errors import CorruptQueueError, IncompatibleQueueError, ShmqError
 
-__all__ = ["QueueInfo", "list_queues", "inspect_path", "complete_stats"]
+__all__ = ["QueueInfo", "list_queues", "inspect_path", "complete_stats", "settings"]
 
 
 class QueueInfo(NamedTuple):
@@ -30,19 +31,28 @@ def kind_name(st):
     return {_core.KIND_QUEUE: "queue", _core.KIND_PRIORITY: "priority", _core.KIND_TOPIC: "topic"}.get(st["kind"], "?")
 
 
-def complete_stats(core, st):
-    """Add the keys every kind reports (DESIGN §5.1) to the core's raw counters."""
+def settings(raw):
+    """The core's raw counters (Core._raw_stats) under their public names, in seconds/ms."""
+    st = {}
+    for k, v in raw.items():
+        public, div = SETTINGS_KEYS.get(k, (k, None))
+        st[public] = v / div if div else v
+    return st
+
+
+def complete_stats(core, raw):
+    """Every key every kind reports (DESIGN §5.1, shmq._options.STATS_KEYS) from the core's raw
+    counters."""
+    st = settings(raw)
     st["skipped_cells"] = 0  # the ring has no holes to skip (docs/internals/ring.md)
+    oldest_ns = st.pop("oldest_ready_ns")
     if st["flags"] & _core.F_ACK:
         # counted by the core: descriptors by state (depth = ready only) and settle counters
-        oldest = st.pop("oldest_ready")
-        st["oldest_age_s"] = max(0.0, time.time() - oldest) if oldest else 0.0
+        st["oldest_age_s"] = max(0.0, time.time() - oldest_ns / 1e9) if oldest_ns else 0.0
         return st
     # At-most-once: a taken message is gone, nothing is in flight, delayed or acked.
-    for k in ("in_flight", "delayed", "acked", "redelivered", "dead_lettered", "expired", "dead_letter_failed",
-              "dedup_hits"):
+    for k in ACK_COUNTERS:
         st[k] = 0
-    st.pop("oldest_ready", None)
     head = core._peek(0, 0)
     st["oldest_age_s"] = max(0.0, time.time() - head[1]) if head else 0.0
     return st

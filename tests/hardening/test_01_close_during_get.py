@@ -35,7 +35,6 @@ print("child-ok")
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason="issue 11 item 1: fix pending")
 def test_close_in_another_thread_during_get_neither_crashes_nor_leaks(qname):
     q = shmq.Queue(qname, create=True, capacity="4MiB")
     try:

@@ -7,7 +7,6 @@ import shmq
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason="issue 11 item 11: fix pending")
 def test_closed_ack_handles_leave_no_dead_letter_attachment(qname):
     q = shmq.Queue(qname, create=True, ack=True, capacity="1MiB")
     dlq = shmq.Queue(qname + ".dlq")

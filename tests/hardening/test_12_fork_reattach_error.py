@@ -27,7 +27,6 @@ print(msg)
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason="issue 11 item 12: fix pending")
 def test_a_forked_child_that_could_not_reattach_says_why(qname):
     out = check_child(run_py(CHILD.format(name=qname), timeout=30), "forked child with a full participant table")
     msg = out.strip()

@@ -5,7 +5,7 @@ import pytest
 import shmq
 from _forge import can_unshare, check_child, run_py, unshare_prefix
 
-pytestmark = [pytest.mark.timeout(60), pytest.mark.xfail(strict=True, reason="issue 11 item 13: fix pending")]
+pytestmark = [pytest.mark.timeout(60)]
 
 
 def _raises(builtin, fn):

@@ -14,27 +14,14 @@ VIS = 0.3   # visibility timeout of most tests (seconds)
 
 
 @pytest.fixture
-def ackq(qname):
-    """Factory of at-least-once queues named after the test; every segment (and its DLQ) is
-    closed and unlinked afterwards."""
-    made = []
-
+def ackq(make_queue):
+    """Factory of at-least-once queues named after the test (make_queue: every segment and its
+    DLQ is closed and unlinked afterwards)."""
     def make(suffix="", **kw):
         kw.setdefault("visibility_timeout", VIS)
         kw.setdefault("capacity", "1MiB")
-        q = shmq.Queue(qname + suffix, create=True, ack=True, **kw)
-        made.append(q)
-        return q
-    yield make
-    for q in made:
-        dlq = q.dead_letter_queue
-        q.close()
-        for n in (q.name, dlq):
-            if n:
-                try:
-                    shmq.unlink(n)
-                except shmq.QueueNotFound:
-                    pass
+        return make_queue(suffix, ack=True, **kw)
+    return make
 
 
 def counters(q):
@@ -195,16 +182,14 @@ def test_dead_letter_queue_is_created_with_our_options(ackq, qname):
         assert g.receive(timeout=1).body == b"z"
 
 
-def test_dead_letter_queue_without_ack_is_refused(qname):
-    plain = shmq.Queue(qname + "-plain", create=True, capacity="256KiB")
+def test_dead_letter_queue_without_ack_is_refused(make_queue, qname):
+    make_queue("-plain", capacity="256KiB")
     try:
         with pytest.raises(ValueError, match="without ack"):
             shmq.Queue(qname, create=True, ack=True, dead_letter=qname + "-plain", capacity="256KiB")
     finally:
-        plain.close()
-        shmq.unlink(qname + "-plain")
         try:
-            shmq.unlink(qname)
+            shmq.unlink(qname)      # created before its dead-letter queue was refused
         except shmq.QueueNotFound:
             pass
 
@@ -397,7 +382,7 @@ def test_stats_match_a_model(ackq):
 
 # ---------------------------------------------------------------- bad input
 
-def test_bad_input(ackq, qname):
+def test_bad_input(ackq, make_queue, qname):
     q = ackq()
     with pytest.raises(ValueError, match="priority"):
         q.send(b"x", priority=10)
@@ -423,17 +408,13 @@ def test_bad_input(ackq, qname):
         shmq.Queue(q.name, ack=True, visibility_timeout=99)       # contradicts the creator
     with pytest.raises(ValueError, match="ack=False"):
         shmq.Queue(q.name, ack=False)
-    plain = shmq.Queue(qname + "-plain", create=True, capacity="256KiB")
-    try:
-        with pytest.raises(ValueError, match="ack=True"):
-            plain.send(b"x")
-        with pytest.raises(ValueError, match="ack=True"):
-            plain.receive(timeout=0)
-        with pytest.raises(ValueError, match="ack=True"):
-            shmq.Queue(qname + "-plain", ack=True)
-    finally:
-        plain.close()
-        shmq.unlink(qname + "-plain")
+    plain = make_queue("-plain", capacity="256KiB")
+    with pytest.raises(ValueError, match="ack=True"):
+        plain.send(b"x")
+    with pytest.raises(ValueError, match="ack=True"):
+        plain.receive(timeout=0)
+    with pytest.raises(ValueError, match="ack=True"):
+        shmq.Queue(qname + "-plain", ack=True)
     q.send(b"x")
     m = q.receive(timeout=1)
     with pytest.raises(TypeError):

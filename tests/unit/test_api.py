@@ -91,34 +91,26 @@ def test_use_after_close_raises_closed_error():
             call()
 
 
-def test_message_larger_than_capacity_raises_before_writing(qname):
-    q = shmq.Queue(qname, create=True, capacity="256KiB")
-    try:
-        mm = q.stats()["max_message"]
-        assert mm == 64 * 1024  # capacity / 4
-        with pytest.raises(shmq.MessageTooLargeError, match="max_message"):
-            q.put(b"x" * (mm + 1))
-        assert q.qsize() == 0 and q.stats()["bytes_used"] == 0
-        q.put(b"y" * (mm - 100))
-        assert q.get(timeout=5) == b"y" * (mm - 100)
-    finally:
-        q.close()
-        shmq.unlink(qname)
+def test_message_larger_than_capacity_raises_before_writing(make_queue):
+    q = make_queue(capacity="256KiB")
+    mm = q.stats()["max_message"]
+    assert mm == 64 * 1024  # capacity / 4
+    with pytest.raises(shmq.MessageTooLargeError, match="max_message"):
+        q.put(b"x" * (mm + 1))
+    assert q.qsize() == 0 and q.stats()["bytes_used"] == 0
+    q.put(b"y" * (mm - 100))
+    assert q.get(timeout=5) == b"y" * (mm - 100)
 
 
-def test_bounded_bytes_block_then_full(qname):
-    q = shmq.Queue(qname, create=True, capacity="256KiB")
-    try:
-        n = 0
-        with pytest.raises(shmq.Full):
-            for n in range(1000):
-                q.put(b"z" * 30000, timeout=0.05)
-        assert n > 2
-        q.get(timeout=1)
-        q.put(b"z" * 30000, timeout=1)
-    finally:
-        q.close()
-        shmq.unlink(qname)
+def test_bounded_bytes_block_then_full(make_queue):
+    q = make_queue(capacity="256KiB")
+    n = 0
+    with pytest.raises(shmq.Full):
+        for n in range(1000):
+            q.put(b"z" * 30000, timeout=0.05)
+    assert n > 2
+    q.get(timeout=1)
+    q.put(b"z" * 30000, timeout=1)
 
 
 def test_unpicklable_raises_at_put():
@@ -138,18 +130,14 @@ def pickle_error():
     return pickle.PicklingError
 
 
-def test_raw_queue_rejects_objects(qname):
-    q = shmq.Queue(qname, create=True, capacity="1MiB", raw=True)
-    try:
-        q.put(b"ok")
-        q.put(bytearray(b"ba"))
-        q.put(memoryview(b"mv"))
-        with pytest.raises(TypeError, match="raw"):
-            q.put({"a": 1})
-        assert q.get_many(10, timeout=1) == [b"ok", bytearray(b"ba"), b"mv"]
-    finally:
-        q.close()
-        shmq.unlink(qname)
+def test_raw_queue_rejects_objects(make_queue):
+    q = make_queue(capacity="1MiB", raw=True)
+    q.put(b"ok")
+    q.put(bytearray(b"ba"))
+    q.put(memoryview(b"mv"))
+    with pytest.raises(TypeError, match="raw"):
+        q.put({"a": 1})
+    assert q.get_many(10, timeout=1) == [b"ok", bytearray(b"ba"), b"mv"]
 
 
 def test_get_many_returns_without_filling_the_batch():
@@ -374,33 +362,25 @@ def test_spin_setting():
         shmq.set_spin_us(old)
 
 
-def test_os_errors_are_shmq_errors_too(qname):
-    q = shmq.Queue(qname, create=True, capacity="1MiB")
-    try:
-        with pytest.raises(shmq.QueueExistsError) as ei:
-            shmq.Queue(qname, create=True)
-        assert isinstance(ei.value, FileExistsError) and isinstance(ei.value, shmq.ShmqError)
-        assert repr(qname) in str(ei.value)
-    finally:
-        q.close()
-        shmq.unlink(qname)
+def test_os_errors_are_shmq_errors_too(make_queue, qname):
+    q = make_queue(capacity="1MiB")
+    with pytest.raises(shmq.QueueExistsError) as ei:
+        shmq.Queue(qname, create=True)
+    assert isinstance(ei.value, FileExistsError) and isinstance(ei.value, shmq.ShmqError)
+    assert repr(qname) in str(ei.value)
     assert issubclass(shmq.QueuePermissionError, PermissionError)
     assert issubclass(shmq.NoSpaceError, OSError) and issubclass(shmq.NoSpaceError, shmq.ShmqError)
 
 
-def test_joinable_over_a_plain_queue_is_refused(qname):
-    q = shmq.Queue(qname, create=True, capacity="1MiB")
-    try:
-        with pytest.raises(ValueError, match="JoinableQueue"):
-            shmq.JoinableQueue(qname)
-    finally:
-        q.close()
-        shmq.unlink(qname)
+def test_joinable_over_a_plain_queue_is_refused(make_queue, qname):
+    q = make_queue(capacity="1MiB")
+    with pytest.raises(ValueError, match="JoinableQueue"):
+        shmq.JoinableQueue(qname)
 
 
-def test_raw_queue_consumer_never_unpickles(qname):
+def test_raw_queue_consumer_never_unpickles(make_queue, qname):
     import struct
-    raw = shmq.Queue(qname, create=True, capacity="1MiB", raw=True)
+    raw = make_queue(capacity="1MiB", raw=True)
     other = shmq.Queue(qname)  # any handle on a raw queue enforces it at put
     try:
         with pytest.raises(TypeError, match="raw"):
@@ -418,8 +398,6 @@ def test_raw_queue_consumer_never_unpickles(qname):
             raw.get(timeout=1)
     finally:
         other.close()
-        raw.close()
-        shmq.unlink(qname)
 
 
 def test_get_many_keeps_items_taken_before_a_bad_one():
@@ -438,21 +416,17 @@ def test_get_many_keeps_items_taken_before_a_bad_one():
         q.close()
 
 
-def test_qsize_counts_a_message_published_by_a_producer_killed_before_its_tail_advance(qname, tmp_path):
+def test_qsize_counts_a_message_published_by_a_producer_killed_before_its_tail_advance(make_queue, qname, tmp_path):
     import subprocess, sys
     worker = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "crash", "_worker.py")
-    q = shmq.Queue(qname, create=True, capacity="1MiB")
-    try:
-        env = dict(os.environ, SHMQ_CRASH_AT="before_commit:1")
-        r = subprocess.run([sys.executable, worker, "produce", qname, "5", str(tmp_path / "r"), "small"],
-                           env=env, capture_output=True, timeout=60)
-        assert r.returncode == -9
-        assert q.qsize() == 1 and not q.empty()
-        q.get(timeout=1)
-        assert q.qsize() == 0
-    finally:
-        q.close()
-        shmq.unlink(qname)
+    q = make_queue(capacity="1MiB")
+    env = dict(os.environ, SHMQ_CRASH_AT="before_commit:1")
+    r = subprocess.run([sys.executable, worker, "produce", qname, "5", str(tmp_path / "r"), "small"],
+                       env=env, capture_output=True, timeout=60)
+    assert r.returncode == -9
+    assert q.qsize() == 1 and not q.empty()
+    q.get(timeout=1)
+    assert q.qsize() == 0
 
 
 def test_put_many_reports_how_many_went_in():
