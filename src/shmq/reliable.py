@@ -16,6 +16,9 @@ class ReliableQueue(Queue):
 
     _dlq = None           # the dead-letter queue's handle (internal: closed with ours)
     _dlq_name = None
+    # Message.ack/nack/extend call these once per message: the binding's methods, bound on the
+    # instance (no Python frame; the definitions below serve calls through the class)
+    _DIRECT = Queue._DIRECT + ("_ack", "_nack", "_extend")
 
     def _attached(self):
         """Open (creating it if needed) the dead-letter queue this queue names, and hand it to
