@@ -97,6 +97,17 @@ void shmq_lock_release(shmq_seg_t *seg, uint32_t *word, int *local)
     local_leave(local);
 }
 
+int shmq_lock_try_once(shmq_seg_t *seg, uint32_t *word, int *local)
+{
+    if (__atomic_exchange_n(local, 1, __ATOMIC_ACQUIRE))
+        return SHMQ_EAGAIN; /* another thread of ours holds this lock */
+    uint32_t exp = 0;
+    if (shmq_cas_acq_rel(word, &exp, seg->owner)) /* acquire: the guarded state of the last holder */
+        return SHMQ_OK;
+    local_leave(local);
+    return SHMQ_EAGAIN;
+}
+
 int shmq_lock_try(shmq_seg_t *seg, uint32_t *word, int *local)
 {
     if (__atomic_exchange_n(local, 1, __ATOMIC_ACQUIRE))

@@ -35,5 +35,9 @@ void shmq_lock_release(shmq_seg_t *seg, uint32_t *word, int *local);
 /* One attempt, no waiting: SHMQ_OK (held) or SHMQ_EAGAIN (someone holds it, maybe a stopped
  * process; the caller defers its work instead of waiting). */
 int shmq_lock_try(shmq_seg_t *seg, uint32_t *word, int *local);
+/* One CAS, no spinning: SHMQ_OK (held, nothing to rebuild) or SHMQ_EAGAIN (then call
+ * shmq_lock_acquire, which handles contention, dead holders and stale stamps). The fast path of
+ * a lock that is usually free, without reading the clock for a deadline. */
+int shmq_lock_try_once(shmq_seg_t *seg, uint32_t *word, int *local);
 
 #endif

@@ -337,7 +337,10 @@ static int reserve_room(shmq_seg_t *q, put_ctx *c)
             d->chunk = SHMQ_NO_CHUNK;
             if (c->total <= SHMQ_INLINE_MAX)
                 return SHMQ_OK;
-            rc = shmq_lock_acquire(q, &a->hdr->arena_lock, &a->arena_busy, lock_until(c->deadline_ns));
+            /* a free lock is the common case: no clock read for a deadline unless we must wait */
+            rc = shmq_lock_try_once(q, &a->hdr->arena_lock, &a->arena_busy);
+            if (rc != SHMQ_OK)
+                rc = shmq_lock_acquire(q, &a->hdr->arena_lock, &a->arena_busy, lock_until(c->deadline_ns));
             if (rc == SHMQ_TIMEOUT) { /* held (by a stopped process?): no room now */
                 desc_release(q, a, d);
                 c->a = NULL;
@@ -794,7 +797,9 @@ static void release_taken(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d)
         desc_release(q, a, d);
         return;
     }
-    int rc = shmq_lock_acquire(q, &a->hdr->arena_lock, &a->arena_busy, shmq_now_mono_ns() + SHMQ_DEFER_AFTER_NS);
+    int rc = shmq_lock_try_once(q, &a->hdr->arena_lock, &a->arena_busy); /* usually free: no clock read */
+    if (rc != SHMQ_OK)
+        rc = shmq_lock_acquire(q, &a->hdr->arena_lock, &a->arena_busy, shmq_now_mono_ns() + SHMQ_DEFER_AFTER_NS);
     if (rc == SHMQ_TIMEOUT) {
         uint64_t w = shmq_load_relaxed(&d->word);
         /* release: our reads of the payload are done before anyone may reuse the chunk */
