@@ -356,11 +356,15 @@ int shmq_ack(shmq_seg_t *q, uint64_t token, uint64_t id)
     int rc = claim(q, token, id, SHMQ_D_READING, &a, &d, &w);
     if (rc != SHMQ_OK)
         return rc;
+    /* Counted as soon as the claim is ours: from here the message is gone whatever happens (a
+     * process killed below leaves READING(dead), which repair frees), so a kill during the
+     * release cannot leave an ack uncounted (it could, a few hundred ns wide, when the count came
+     * after the release); the window left is this one instruction after the CAS. */
+    count(&K(q)->blk->acked);
     SHMQ_CRASH_POINT(mid_ack);
     if (shmq_q_payload_valid(a, d) && body_skip(d) <= d->size) /* untrusted: the key lies inside */
         settle_dedup(q, a, d);
     shmq_q_release_owned(q, a, d);
-    count(&K(q)->blk->acked);
     return SHMQ_OK;
 }
 
