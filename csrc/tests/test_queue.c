@@ -8,24 +8,6 @@
 #include "../participants.h"
 #include "tharness.h"
 
-static int put_bytes(shmq_seg_t *q, const void *p, uint64_t n, uint64_t deadline)
-{
-    shmq_iov_t iov = {p, n};
-    return shmq_put(q, &iov, 1, 1, deadline, NULL);
-}
-
-static int get_bytes(shmq_seg_t *q, void *out, uint64_t cap, uint64_t *n, uint64_t deadline)
-{
-    shmq_msg_t m;
-    int rc = shmq_get_begin(q, &m, deadline);
-    if (rc != SHMQ_OK)
-        return rc;
-    *n = m.size;
-    memcpy(out, m.data, m.size < cap ? m.size : cap);
-    shmq_get_end(q, &m);
-    return SHMQ_OK;
-}
-
 static void test_fifo_and_sizes(void)
 {
     char path[128];
@@ -39,11 +21,11 @@ static void test_fifo_and_sizes(void)
         for (unsigned i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
             for (uint64_t k = 0; k < sizes[i]; k++)
                 buf[k] = (uint8_t)(k * 7 + i + round);
-            CHECK_EQ(put_bytes(q, buf, sizes[i], 0), SHMQ_OK);
+            CHECK_EQ(th_put_bytes(q, buf, sizes[i], 0), SHMQ_OK);
         }
         for (unsigned i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
             uint64_t n;
-            CHECK_EQ(get_bytes(q, out, sizeof out, &n, 0), SHMQ_OK);
+            CHECK_EQ(th_get_bytes(q, out, sizeof out, &n, 0), SHMQ_OK);
             CHECK_EQ(n, sizes[i]);
             for (uint64_t k = 0; k < n; k++)
                 if (out[k] != (uint8_t)(k * 7 + i + round)) {
@@ -91,18 +73,18 @@ static void test_too_big_and_full(void)
     shmq_seg_t *q = th_create(&o);
     CHECK(q != NULL);
     static uint8_t big[1 << 20];
-    CHECK_EQ(put_bytes(q, big, th_max_message(q) + 1, 0), SHMQ_ETOOBIG);
-    CHECK_EQ(put_bytes(q, "a", 1, 0), SHMQ_OK);
-    CHECK_EQ(put_bytes(q, "b", 1, 0), SHMQ_OK);
-    CHECK_EQ(put_bytes(q, "c", 1, 0), SHMQ_OK);
-    CHECK_EQ(put_bytes(q, "d", 1, 0), SHMQ_FULL); /* maxsize 3 */
+    CHECK_EQ(th_put_bytes(q, big, th_max_message(q) + 1, 0), SHMQ_ETOOBIG);
+    CHECK_EQ(th_put_bytes(q, "a", 1, 0), SHMQ_OK);
+    CHECK_EQ(th_put_bytes(q, "b", 1, 0), SHMQ_OK);
+    CHECK_EQ(th_put_bytes(q, "c", 1, 0), SHMQ_OK);
+    CHECK_EQ(th_put_bytes(q, "d", 1, 0), SHMQ_FULL); /* maxsize 3 */
     uint64_t t0 = shmq_now_mono_ns();
-    CHECK_EQ(put_bytes(q, "d", 1, t0 + 20 * 1000 * 1000), SHMQ_FULL); /* waits, then gives up */
+    CHECK_EQ(th_put_bytes(q, "d", 1, t0 + 20 * 1000 * 1000), SHMQ_FULL); /* waits, then gives up */
     CHECK(shmq_now_mono_ns() - t0 >= 19 * 1000 * 1000);
     char out[8];
     uint64_t n;
-    CHECK_EQ(get_bytes(q, out, sizeof out, &n, 0), SHMQ_OK);
-    CHECK_EQ(put_bytes(q, "d", 1, 0), SHMQ_OK);
+    CHECK_EQ(th_get_bytes(q, out, sizeof out, &n, 0), SHMQ_OK);
+    CHECK_EQ(th_put_bytes(q, "d", 1, 0), SHMQ_OK);
 }
 
 static void test_bytes_full(void)
@@ -115,14 +97,14 @@ static void test_bytes_full(void)
     CHECK(q != NULL);
     static uint8_t blk[16384];
     int n = 0;
-    while (put_bytes(q, blk, sizeof blk, 0) == SHMQ_OK)
+    while (th_put_bytes(q, blk, sizeof blk, 0) == SHMQ_OK)
         n++;
     CHECK(n >= 8);
-    CHECK_EQ(put_bytes(q, blk, sizeof blk, 0), SHMQ_FULL);
+    CHECK_EQ(th_put_bytes(q, blk, sizeof blk, 0), SHMQ_FULL);
     static uint8_t out[16384];
     uint64_t len;
-    CHECK_EQ(get_bytes(q, out, sizeof out, &len, 0), SHMQ_OK);
-    CHECK_EQ(put_bytes(q, blk, sizeof blk, 0), SHMQ_OK);
+    CHECK_EQ(th_get_bytes(q, out, sizeof out, &len, 0), SHMQ_OK);
+    CHECK_EQ(th_put_bytes(q, blk, sizeof blk, 0), SHMQ_OK);
 }
 
 static void test_growable(void)
@@ -134,33 +116,33 @@ static void test_growable(void)
     CHECK(q != NULL);
     /* many small messages: more than area 0's ring holds */
     for (uint32_t i = 0; i < 20000; i++)
-        CHECK_EQ(put_bytes(q, &i, sizeof i, 0), SHMQ_OK);
+        CHECK_EQ(th_put_bytes(q, &i, sizeof i, 0), SHMQ_OK);
     /* a message larger than the first area */
     static uint8_t big[3 << 20];
     for (size_t k = 0; k < sizeof big; k++)
         big[k] = (uint8_t)k;
-    CHECK_EQ(put_bytes(q, big, sizeof big, 0), SHMQ_OK);
+    CHECK_EQ(th_put_bytes(q, big, sizeof big, 0), SHMQ_OK);
     CHECK(th_area_tail(q) > 0);
     for (uint32_t i = 0; i < 20000; i++) {
         uint32_t v;
         uint64_t n;
-        CHECK_EQ(get_bytes(q, &v, sizeof v, &n, 0), SHMQ_OK);
+        CHECK_EQ(th_get_bytes(q, &v, sizeof v, &n, 0), SHMQ_OK);
         CHECK_EQ(v, i);
     }
     static uint8_t out[3 << 20];
     uint64_t n;
-    CHECK_EQ(get_bytes(q, out, sizeof out, &n, 0), SHMQ_OK);
+    CHECK_EQ(th_get_bytes(q, out, sizeof out, &n, 0), SHMQ_OK);
     CHECK_EQ(n, sizeof big);
     CHECK(memcmp(out, big, n) == 0);
-    CHECK_EQ(get_bytes(q, out, sizeof out, &n, 0), SHMQ_EMPTY);
+    CHECK_EQ(th_get_bytes(q, out, sizeof out, &n, 0), SHMQ_EMPTY);
     /* another process maps the new areas on demand */
     shmq_seg_t *r = th_seg();
     CHECK(r != NULL);
     CHECK_EQ(shmq_open(r, path, -1), SHMQ_OK);
     CHECK_EQ(shmq_validate(r), SHMQ_OK);
     CHECK_EQ(shmq_attach(r), SHMQ_OK);
-    CHECK_EQ(put_bytes(r, "x", 1, 0), SHMQ_OK);
-    CHECK_EQ(get_bytes(q, out, sizeof out, &n, 0), SHMQ_OK);
+    CHECK_EQ(th_put_bytes(r, "x", 1, 0), SHMQ_OK);
+    CHECK_EQ(th_get_bytes(q, out, sizeof out, &n, 0), SHMQ_OK);
     CHECK_EQ(n, 1);
 }
 
@@ -176,11 +158,11 @@ static void test_growable_gives_drained_areas_back(void)
     /* grow a few times, drain, grow again: the drained areas are retired (memory returned) */
     for (int round = 0, count = 100; round < 4; round++, count *= 2) {
         for (int i = 0; i < count; i++)
-            CHECK_EQ(put_bytes(q, blk, sizeof blk, 0), SHMQ_OK);
+            CHECK_EQ(th_put_bytes(q, blk, sizeof blk, 0), SHMQ_OK);
         for (int i = 0; i < count; i++)
-            CHECK_EQ(get_bytes(q, out, sizeof out, &n, 0), SHMQ_OK);
+            CHECK_EQ(th_get_bytes(q, out, sizeof out, &n, 0), SHMQ_OK);
     }
-    CHECK_EQ(get_bytes(q, out, sizeof out, &n, 0), SHMQ_EMPTY);
+    CHECK_EQ(th_get_bytes(q, out, sizeof out, &n, 0), SHMQ_EMPTY);
     CHECK(th_areas_retired(q) >= 1);
     struct stat st;
     CHECK(stat(path, &st) == 0);
@@ -204,8 +186,8 @@ static void test_peek_purge_check(void)
     CHECK(q != NULL);
     static uint8_t big[5000];
     memset(big, 'z', sizeof big);
-    CHECK_EQ(put_bytes(q, "first", 5, 0), SHMQ_OK);
-    CHECK_EQ(put_bytes(q, big, sizeof big, 0), SHMQ_OK);
+    CHECK_EQ(th_put_bytes(q, "first", 5, 0), SHMQ_OK);
+    CHECK_EQ(th_put_bytes(q, big, sizeof big, 0), SHMQ_OK);
     shmq_peek_t pk;
     char buf[16];
     CHECK_EQ(shmq_peek(q, 0, &pk, buf, sizeof buf), SHMQ_OK);
@@ -239,15 +221,15 @@ static void test_joinable(void)
     CHECK(q != NULL);
     CHECK_EQ(shmq_join(q, 0), SHMQ_OK); /* nothing put: done */
     CHECK_EQ(shmq_task_done(q), SHMQ_EINVAL); /* more task_done than puts */
-    CHECK_EQ(put_bytes(q, "a", 1, 0), SHMQ_OK);
-    CHECK_EQ(put_bytes(q, "b", 1, 0), SHMQ_OK);
+    CHECK_EQ(th_put_bytes(q, "a", 1, 0), SHMQ_OK);
+    CHECK_EQ(th_put_bytes(q, "b", 1, 0), SHMQ_OK);
     uint64_t t0 = shmq_now_mono_ns();
     CHECK_EQ(shmq_join(q, t0 + 20 * TH_MS), SHMQ_TIMEOUT);
     CHECK(shmq_now_mono_ns() - t0 >= 19 * TH_MS);
     char out[4];
     uint64_t n;
-    CHECK_EQ(get_bytes(q, out, sizeof out, &n, 0), SHMQ_OK);
-    CHECK_EQ(get_bytes(q, out, sizeof out, &n, 0), SHMQ_OK);
+    CHECK_EQ(th_get_bytes(q, out, sizeof out, &n, 0), SHMQ_OK);
+    CHECK_EQ(th_get_bytes(q, out, sizeof out, &n, 0), SHMQ_OK);
     CHECK_EQ(shmq_task_done(q), SHMQ_OK);
     CHECK_EQ(shmq_join(q, 0), SHMQ_TIMEOUT); /* one still unfinished; 0 = do not wait */
     CHECK_EQ(shmq_task_done(q), SHMQ_OK);

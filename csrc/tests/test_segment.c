@@ -11,24 +11,6 @@
 #include "../participants.h"
 #include "tharness.h"
 
-static int put_bytes(shmq_seg_t *q, const void *p, uint64_t n, uint64_t deadline)
-{
-    shmq_iov_t iov = {p, n};
-    return shmq_put(q, &iov, 1, 1, deadline, NULL);
-}
-
-static int get_bytes(shmq_seg_t *q, void *out, uint64_t cap, uint64_t *n, uint64_t deadline)
-{
-    shmq_msg_t m;
-    int rc = shmq_get_begin(q, &m, deadline);
-    if (rc != SHMQ_OK)
-        return rc;
-    *n = m.size;
-    memcpy(out, m.data, m.size < cap ? m.size : cap);
-    shmq_get_end(q, &m);
-    return SHMQ_OK;
-}
-
 static void test_create_open_roundtrip(void)
 {
     char path[128];
@@ -47,13 +29,13 @@ static void test_create_open_roundtrip(void)
     CHECK(a->slot != b->slot);
     CHECK(shmq_part_owner_alive(a, b->owner));
     const char msg[] = "hello";
-    CHECK_EQ(put_bytes(a, msg, sizeof msg, 0), SHMQ_OK);
+    CHECK_EQ(th_put_bytes(a, msg, sizeof msg, 0), SHMQ_OK);
     char out[64];
     uint64_t n;
-    CHECK_EQ(get_bytes(b, out, sizeof out, &n, 0), SHMQ_OK);
+    CHECK_EQ(th_get_bytes(b, out, sizeof out, &n, 0), SHMQ_OK);
     CHECK_EQ(n, sizeof msg);
     CHECK(memcmp(out, msg, n) == 0);
-    CHECK_EQ(get_bytes(b, out, sizeof out, &n, 0), SHMQ_EMPTY);
+    CHECK_EQ(th_get_bytes(b, out, sizeof out, &n, 0), SHMQ_EMPTY);
     uint32_t b_owner = b->owner;
     shmq_close(b);
     CHECK(!shmq_part_owner_alive(a, b_owner));
@@ -81,7 +63,7 @@ static void test_exist_ok_and_mode(void)
     CHECK_EQ(shmq_create(b, &o, 1, &created), SHMQ_OK);
     CHECK_EQ(created, 0);
     CHECK_EQ(shmq_attach(b), SHMQ_OK);
-    CHECK_EQ(put_bytes(a, "x", 1, 0), SHMQ_OK);
+    CHECK_EQ(th_put_bytes(a, "x", 1, 0), SHMQ_OK);
     CHECK_EQ(shmq_depth(b), 1);
     shmq_seg_t c;
     CHECK_EQ(shmq_open(&c, "/dev/shm/shmq.ctest-no-such-queue", -1), SHMQ_ESYS);

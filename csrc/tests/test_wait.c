@@ -9,24 +9,6 @@
 #include "../wait.h"
 #include "tharness.h"
 
-static int put_bytes(shmq_seg_t *q, const void *p, uint64_t n, uint64_t deadline)
-{
-    shmq_iov_t iov = {p, n};
-    return shmq_put(q, &iov, 1, 1, deadline, NULL);
-}
-
-static int get_bytes(shmq_seg_t *q, void *out, uint64_t cap, uint64_t *n, uint64_t deadline)
-{
-    shmq_msg_t m;
-    int rc = shmq_get_begin(q, &m, deadline);
-    if (rc != SHMQ_OK)
-        return rc;
-    *n = m.size;
-    memcpy(out, m.data, m.size < cap ? m.size : cap);
-    shmq_get_end(q, &m);
-    return SHMQ_OK;
-}
-
 static void test_futex_timeouts_and_slices(void)
 {
     uint32_t *w = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -82,19 +64,19 @@ static void test_blocking_get_wakes(void)
         if (shmq_open(&c, path, -1) != SHMQ_OK || shmq_attach(&c) != SHMQ_OK)
             _exit(2);
         usleep(100 * 1000);
-        _exit(put_bytes(&c, "wake", 4, 0) == SHMQ_OK ? 0 : 3);
+        _exit(th_put_bytes(&c, "wake", 4, 0) == SHMQ_OK ? 0 : 3);
     }
     char out[8];
     uint64_t n;
     uint64_t t0 = shmq_now_mono_ns();
-    int rc = get_bytes(q, out, sizeof out, &n, t0 + 5ull * 1000 * 1000 * 1000);
+    int rc = th_get_bytes(q, out, sizeof out, &n, t0 + 5ull * 1000 * 1000 * 1000);
     int status = th_wait(pid, 10000);
     CHECK_EQ(rc, SHMQ_OK);
     CHECK(memcmp(out, "wake", 4) == 0);
     CHECK(th_exited_ok(status));
     /* a timed-out get returns EMPTY after (not before) its deadline */
     t0 = shmq_now_mono_ns();
-    CHECK_EQ(get_bytes(q, out, sizeof out, &n, t0 + 30 * 1000 * 1000), SHMQ_EMPTY);
+    CHECK_EQ(th_get_bytes(q, out, sizeof out, &n, t0 + 30 * 1000 * 1000), SHMQ_EMPTY);
     CHECK(shmq_now_mono_ns() - t0 >= 29 * 1000 * 1000);
 }
 
@@ -105,7 +87,7 @@ static void test_blocked_put_woken_by_get(void)
     shmq_create_opts_t o = th_opts(path, 256 << 10, 0, 1);
     shmq_seg_t *q = th_create(&o);
     CHECK(q != NULL);
-    CHECK_EQ(put_bytes(q, "a", 1, 0), SHMQ_OK);
+    CHECK_EQ(th_put_bytes(q, "a", 1, 0), SHMQ_OK);
     pid_t pid = th_fork();
     if (pid == 0) {
         shmq_seg_t c;
@@ -114,10 +96,10 @@ static void test_blocked_put_woken_by_get(void)
         if (shmq_open(&c, path, -1) != SHMQ_OK || shmq_attach(&c) != SHMQ_OK)
             _exit(2);
         usleep(50 * 1000);
-        _exit(get_bytes(&c, out, sizeof out, &n, 0) == SHMQ_OK ? 0 : 3);
+        _exit(th_get_bytes(&c, out, sizeof out, &n, 0) == SHMQ_OK ? 0 : 3);
     }
     uint64_t t0 = shmq_now_mono_ns();
-    CHECK_EQ(put_bytes(q, "b", 1, t0 + 5000 * TH_MS), SHMQ_OK); /* maxsize 1: waits for the child's get */
+    CHECK_EQ(th_put_bytes(q, "b", 1, t0 + 5000 * TH_MS), SHMQ_OK); /* maxsize 1: waits for the child's get */
     CHECK(shmq_now_mono_ns() - t0 < 4000 * TH_MS);
     CHECK(th_exited_ok(th_wait(pid, 10000)));
     CHECK_EQ(shmq_depth(q), 1);
@@ -135,7 +117,7 @@ static void test_wake_all_closes_waits(void)
     char out[4];
     uint64_t n;
     uint64_t t0 = shmq_now_mono_ns();
-    CHECK_EQ(get_bytes(q, out, sizeof out, &n, t0 + 2000 * TH_MS), SHMQ_ECLOSED);
+    CHECK_EQ(th_get_bytes(q, out, sizeof out, &n, t0 + 2000 * TH_MS), SHMQ_ECLOSED);
     CHECK(shmq_now_mono_ns() - t0 < 1000 * TH_MS);
 }
 

@@ -358,6 +358,24 @@ TH_FN int *th_lock_flag(shmq_seg_t *q, uint32_t *word)
             return &q->areas[i].arena_busy;
     return &q->grow_busy;
 }
+/* Put n bytes as one message (kind 1); shmq_put's result. */
+TH_FN int th_put_bytes(shmq_seg_t *q, const void *p, uint64_t n, uint64_t deadline)
+{
+    shmq_iov_t iov = {p, n};
+    return shmq_put(q, &iov, 1, 1, deadline, NULL);
+}
+/* Take one message: its size in *n, up to cap bytes of it copied to out. */
+TH_FN int th_get_bytes(shmq_seg_t *q, void *out, uint64_t cap, uint64_t *n, uint64_t deadline)
+{
+    shmq_msg_t m;
+    int rc = shmq_get_begin(q, &m, deadline);
+    if (rc != SHMQ_OK)
+        return rc;
+    *n = m.size;
+    memcpy(out, m.data, m.size < cap ? m.size : cap);
+    shmq_get_end(q, &m);
+    return SHMQ_OK;
+}
 /* The repair counter of the header. */
 TH_FN inline uint64_t th_repairs(shmq_seg_t *q) { return q->hdr->repairs; }
 #endif
