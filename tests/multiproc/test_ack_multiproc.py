@@ -75,7 +75,9 @@ def test_sigkilled_consumers_every_message_acked_once(qname, tmp_path):
                 break
             time.sleep(rnd.uniform(0.02, 0.08))
             if kills < 15:
-                os.kill(rnd.choice(consumers).pid, signal.SIGKILL)
+                victim = rnd.choice(consumers)
+                victim.kill()
+                victim.join(5)            # dead and reaped before the list is looked at again
                 kills += 1
         elapsed = time.monotonic() - t0
         st = q.stats()

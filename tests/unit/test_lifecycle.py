@@ -157,7 +157,7 @@ def test_a_put_waiting_for_a_stopped_lock_holder_does_not_hold_the_gil(make_queu
     # put_nowait() wait for it with the GIL held, freezing every thread of that interpreter.
     # A child puts and gets 20 kB messages (each takes the arena lock) and is stopped at random
     # moments; a watchdog process continues it every 0.3 s, whatever our interpreter does.
-    # Our put_nowait runs in a thread: the main thread must keep running meanwhile.
+    # Our put runs in a thread: the main thread must keep running meanwhile.
     import signal
     import threading
     import time
@@ -182,8 +182,10 @@ def test_a_put_waiting_for_a_stopped_lock_holder_does_not_hold_the_gil(make_queu
             done = threading.Event()
 
             def put():
-                q.put_nowait(b"y" * 20000)
-                q.get_nowait()
+                # a waiting put (put_nowait gives up after 1 ms with Full, tested in
+                # tests/hardening/test_04): it must wait with the GIL released
+                q.put(b"y" * 20000, timeout=10)
+                q.get(timeout=10)
                 done.set()
 
             t0 = time.monotonic()
