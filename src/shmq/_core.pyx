@@ -8,6 +8,7 @@ lock held by another process) runs without the GIL; a handle stays busy from the
 such a call until the message it took is copied out and released, and close() defers the
 unmap until the handle is idle.
 """
+cimport cython
 from cpython.buffer cimport PyBUF_ANY_CONTIGUOUS, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -118,12 +119,16 @@ def copy_bytearray(view):
         PyBuffer_Release(&b)
 
 
+# This module is single-phase initialised: it lives in one interpreter, looked up once.
+cdef PyInterpreterState *_interp = PyInterpreterState_Get()
+
+
 cdef inline PyThreadState *_release() noexcept:
     """Release the GIL around a C call that may wait (a futex sleep, a lock another process
     holds), unless this is the interpreter's only thread: then there is nobody to hand it to,
     and keeping it saves the two GIL handovers per call of the hot path. (Another thread can
     appear only through a thread holding the GIL, so "alone" stays true during the call.)"""
-    cdef PyThreadState *head = PyInterpreterState_ThreadHead(PyInterpreterState_Get())
+    cdef PyThreadState *head = PyInterpreterState_ThreadHead(_interp)
     if head != NULL and PyThreadState_Next(head) == NULL:
         return NULL
     return PyEval_SaveThread()
@@ -185,6 +190,7 @@ def _untrusted_file(int fd, path, uint32_t expected_uid, uint32_t mode):
         "or root), or open it by name without create=True if you trust it", path)
 
 
+@cython.final
 cdef class Core:
     """One attached handle on one queue segment."""
     cdef c.shmq_seg_t seg
@@ -220,6 +226,12 @@ cdef class Core:
         return _from_code(rc, op, self.path, self.seg.err, detail)
 
     cdef inline int _check(self) except -1:
+        # the test the hot path pays inline; the words of the error in a call only when closed
+        if self._fault_word or self._closed or not self.opened:
+            return self._check_failed()
+        return 0
+
+    cdef int _check_failed(self) except -1:
         if self._fault_word:
             raise _errors.QueueClosedError(f"queue {self.path!r} is closed: its file was truncated under us")
         if self._closed or not self.opened:
@@ -445,7 +457,7 @@ cdef class Core:
                 rc = c.shmq_send(&self.seg, iov, n, kind, so, dl, idp, &dup)
             _reacquire(ts)
             self._leave()
-            if not self._retry(rc):
+            if (rc != c.SHMQ_EINTR and not self._closed) or not self._retry(rc):
                 break
         if rc == c.SHMQ_OK:
             return dup
@@ -485,20 +497,33 @@ cdef class Core:
             free(views)
             free(iov)
 
-    def put(self, obj, block=True, timeout=None):
-        """Put obj. Raises Full (timeout/non-blocking), MessageTooLargeError, QueueClosedError."""
+    # The per-message calls are cdef functions, so that QueueOps (a handle's base) reaches them
+    # with a C call; the def methods serve Python callers of the binding object itself.
+    cdef int _put_c(self, obj, block, timeout) except -1:
         cdef uint64_t dl
         self._check()
         _deadline(block, timeout, &dl)
         self._put_obj(obj, dl)
+        return 0
 
-    def put_nowait(self, obj):
+    cdef int _put_nowait_c(self, obj) except -1:
         self._check()
         self._put_obj(obj, 0)
+        return 0
+
+    def put(self, obj, block=True, timeout=None):
+        """Put obj. Raises Full (timeout/non-blocking), MessageTooLargeError, QueueClosedError."""
+        self._put_c(obj, block, timeout)
+
+    def put_nowait(self, obj):
+        self._put_nowait_c(obj)
 
     def put_many(self, items, block=True, timeout=None):
         """Put every item of an iterable, in order; returns how many were put. The timeout is for
         the whole batch; an error carries .items_put (how many went in before it)."""
+        return self._put_many_c(items, block, timeout)
+
+    cdef object _put_many_c(self, items, block, timeout):
         cdef uint64_t dl
         cdef Py_ssize_t n = 0
         self._check()
@@ -587,8 +612,7 @@ cdef class Core:
             _reacquire(ts)
             self._leave()
 
-    def get(self, block=True, timeout=None):
-        """Remove and return an item. Raises Empty (timeout/non-blocking), QueueClosedError."""
+    cdef object _get_c(self, block, timeout):
         cdef uint64_t dl
         cdef bint got
         self._check()
@@ -599,7 +623,7 @@ cdef class Core:
             raise _errors.Empty()
         return obj
 
-    def get_nowait(self):
+    cdef object _get_nowait_c(self):
         cdef bint got
         self._check()
         self._raise_pending()
@@ -608,9 +632,19 @@ cdef class Core:
             raise _errors.Empty()
         return obj
 
+    def get(self, block=True, timeout=None):
+        """Remove and return an item. Raises Empty (timeout/non-blocking), QueueClosedError."""
+        return self._get_c(block, timeout)
+
+    def get_nowait(self):
+        return self._get_nowait_c()
+
     def _get_many(self, Py_ssize_t max_items, timeout=None, block=True):
         """(items, error): 1..max_items items, as soon as at least one is there, and the error
         met after items had been taken (None if none). Raises Empty, or an error met first."""
+        return self._get_many_c(max_items, timeout, block)
+
+    cdef tuple _get_many_c(self, Py_ssize_t max_items, timeout, block):
         cdef uint64_t dl
         cdef bint got
         self._check()
@@ -737,10 +771,14 @@ cdef class Core:
         self._leave()
         return rc
 
-    def _ack(self, uint64_t token, uint64_t mid):
-        cdef int rc = self._settle(0, token, mid, 0, 0)
+    cdef int _settle_or_raise(self, int op, uint64_t token, uint64_t mid, int requeue, uint64_t ns) except -1:
+        cdef int rc = self._settle(op, token, mid, requeue, ns)
         if rc != c.SHMQ_OK:
-            raise self._error(rc, "ack", mid)
+            raise self._error(rc, ("ack", "nack", "extend")[op], mid)
+        return 0
+
+    def _ack(self, uint64_t token, uint64_t mid):
+        self._settle_or_raise(0, token, mid, 0, 0)
 
     def _ack_many(self, list pairs):
         """Ack (token, id) pairs; returns the list of ids whose lease had expired (not acked)."""
@@ -756,14 +794,10 @@ cdef class Core:
         return stale
 
     def _nack(self, uint64_t token, uint64_t mid, bint requeue, uint64_t delay_ns):
-        cdef int rc = self._settle(1, token, mid, requeue, delay_ns)
-        if rc != c.SHMQ_OK:
-            raise self._error(rc, "nack", mid)
+        self._settle_or_raise(1, token, mid, requeue, delay_ns)
 
     def _extend(self, uint64_t token, uint64_t mid, uint64_t ns):
-        cdef int rc = self._settle(2, token, mid, 0, ns)
-        if rc != c.SHMQ_OK:
-            raise self._error(rc, "extend", mid)
+        self._settle_or_raise(2, token, mid, 0, ns)
 
     def _timers_run(self):
         """Run the timer scan now (lease ends, delays, TTLs); returns how many it changed."""
@@ -776,21 +810,27 @@ cdef class Core:
         return n
 
     # -- state ------------------------------------------------------------------------
-    def qsize(self):
+    cdef uint64_t _qsize_c(self) except? 0xffffffffffffffff:
         self._check()
-        n = c.shmq_depth(&self.seg)
+        cdef uint64_t n = c.shmq_depth(&self.seg)
         self._fault()
         return n
 
-    def empty(self):
-        return self.qsize() == 0
-
-    def full(self):
+    cdef bint _full_c(self) except -1:
         self._check()
         cdef uint64_t maxsize = self.seg.hdr.maxsize
-        full = maxsize != 0 and c.shmq_depth(&self.seg) >= maxsize
+        cdef bint full = maxsize != 0 and c.shmq_depth(&self.seg) >= maxsize
         self._fault()
         return full
+
+    def qsize(self):
+        return self._qsize_c()
+
+    def empty(self):
+        return self._qsize_c() == 0
+
+    def full(self):
+        return self._full_c()
 
     cdef int _check_open(self) except -1:
         # inspection calls work on an inspector handle too (opened, not attached)
@@ -942,6 +982,87 @@ cdef class Core:
             if not self._retry(rc):
                 break
         return rc == c.SHMQ_OK
+
+
+@cython.auto_pickle(False)
+cdef class HandleBase:
+    """The base of every handle (shmq._handle.Handle): the slot of its binding object. A C-level
+    slot, so the per-message calls of a kind's ops class below reach the binding with a C call,
+    and CPython's specialised method calls hit them directly (no instance dictionary, no
+    Python frame)."""
+
+    cdef public Core _core
+
+    @cython.final
+    cdef inline Core _c(self):
+        if self._core is None:
+            self._not_open()
+        return self._core
+
+    @cython.final
+    cdef int _not_open(self) except -1:
+        raise _errors.QueueClosedError(f"{type(self).__name__} handle is not open")
+
+
+@cython.auto_pickle(False)
+cdef class QueueOps(HandleBase):
+    """The per-message calls of shmq.Queue (and the at-least-once settle calls Message uses)."""
+
+    def put(self, obj, block=True, timeout=None):
+        """Put obj. Raises Full (timeout/non-blocking), MessageTooLargeError, QueueClosedError,
+        TypeError (raw queues, unpicklable objects), ValueError for a negative timeout."""
+        cdef uint64_t dl
+        cdef Core core = self._c()
+        core._check()               # Core._put_c, written out: one C call less per message
+        _deadline(block, timeout, &dl)
+        core._put_obj(obj, dl)
+
+    def put_nowait(self, obj):
+        """put(obj, block=False)."""
+        self._c()._put_nowait_c(obj)
+
+    def put_many(self, items, block=True, timeout=None):
+        """Put every item of an iterable, in order; returns how many were put. The timeout is
+        for the whole batch; an error carries .items_put."""
+        return self._c()._put_many_c(items, block, timeout)
+
+    def get(self, block=True, timeout=None):
+        """Remove and return an item. Raises Empty (timeout/non-blocking), QueueClosedError."""
+        cdef uint64_t dl
+        cdef bint got
+        cdef Core core = self._c()
+        core._check()               # Core._get_c, written out: one C call less per message
+        _deadline(block, timeout, &dl)
+        core._raise_pending()
+        obj = core._get_one(dl, &got)
+        if not got:
+            raise _errors.Empty()
+        return obj
+
+    def get_nowait(self):
+        """get(block=False)."""
+        return self._c()._get_nowait_c()
+
+    def qsize(self):
+        """Ready messages. Raises QueueClosedError."""
+        return self._c()._qsize_c()
+
+    def empty(self):
+        """True if no message is ready. Raises QueueClosedError."""
+        return self._c()._qsize_c() == 0
+
+    def full(self):
+        """True if a bounded queue holds maxsize messages. Raises QueueClosedError."""
+        return self._c()._full_c()
+
+    def _ack(self, uint64_t token, uint64_t mid):
+        self._c()._settle_or_raise(0, token, mid, 0, 0)
+
+    def _nack(self, uint64_t token, uint64_t mid, bint requeue, uint64_t delay_ns):
+        self._c()._settle_or_raise(1, token, mid, requeue, delay_ns)
+
+    def _extend(self, uint64_t token, uint64_t mid, uint64_t ns):
+        self._c()._settle_or_raise(2, token, mid, 0, ns)
 
 
 def strerror(int rc):

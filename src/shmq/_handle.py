@@ -88,20 +88,19 @@ def _rebuild(cls, name, path, fdobj):
     finally:
         if fd >= 0:
             os.close(fd)
-    h = object.__new__(cls)
+    h = _core.HandleBase.__new__(cls)
     h._adopt(core, name, owner=False)
     return h
 
 
-class Handle:
+class Handle(_core.HandleBase):
     """One attached handle on a queue segment (the base of Queue and the other kinds).
 
-    It owns its binding object (self._core); the calls that run once per message are the
-    binding's own methods, bound on the instance (_DIRECT) so they cost no Python frame."""
+    It owns its binding object (self._core, a C-level slot of _core.HandleBase); the calls that
+    run once per message are a kind's ops class in the binding (Queue: _core.QueueOps), so they
+    cost no Python frame."""
 
-    _DIRECT: "tuple[str, ...]" = ()   # binding methods exposed as they are, bound on the instance
     _internal = False     # a handle the library opened for another one (a dead-letter queue)
-    _core = None
     _name = None
     _owner_pid = None
 
@@ -110,10 +109,6 @@ class Handle:
         self._core = core
         self._name = name
         self._owner_pid = os.getpid() if owner else None
-        for m in self._DIRECT:
-            # a subclass outside shmq that overrides the method keeps its override
-            if getattr(getattr(type(self), m, None), "__module__", "").startswith("shmq."):
-                setattr(self, m, getattr(core, m))
         with _live_lock:
             _live.add(self)
         _ensure_exit_hook()

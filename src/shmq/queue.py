@@ -7,7 +7,6 @@ from .stats import settings
 __all__ = ["Queue", "SimpleQueue", "JoinableQueue", "unlink", "redrive"]
 
 _UNSET = object()
-_ACK_ONLY = ("send", "receive", "receive_many", "ack_many")
 
 
 def _make_core(spec):
@@ -37,7 +36,7 @@ def _refuse(q, what, *args, **kwargs):
                         "is at-most-once (use put/get)")
 
 
-class Queue(Handle):
+class Queue(Handle, _core.QueueOps):
     """A process-shared FIFO queue in POSIX shared memory.
 
     ``Queue()`` / ``Queue(maxsize)``: the multiprocessing drop-in (anonymous, unbounded bytes,
@@ -50,7 +49,6 @@ class Queue(Handle):
     NoSpaceError, CorruptQueueError, IncompatibleQueueError.
     """
 
-    _DIRECT: "tuple[str, ...]" = ("put", "put_nowait", "put_many", "get", "get_nowait", "qsize", "empty", "full")
     _joinable = False
 
     def __new__(cls, name_or_maxsize=0, *, maxsize=None, create=False, exist_ok=False, capacity=_UNSET,
@@ -73,52 +71,30 @@ class Queue(Handle):
                 core._close()
                 raise ArgumentError(f"{cls.__name__} cannot be an at-least-once queue: use "
                                     "shmq.Queue(name, ack=True)")
-        self = object.__new__(cls)
+        self = _core.HandleBase.__new__(cls)
         self._adopt(core, spec.name, owner=spec.name is None)
         return self
 
-    def __getattr__(self, name):
-        # The at-least-once calls live on shmq.reliable.ReliableQueue; on an at-most-once queue
-        # they raise (ValueError) when called, and dead_letter_queue is None.
-        if name in _ACK_ONLY:
-            return lambda *a, **k: _refuse(self, name)
-        if name == "dead_letter_queue":
-            return None
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+    # The at-least-once calls live on shmq.reliable.ReliableQueue; on an at-most-once queue they
+    # raise ValueError. (Methods, not a __getattr__: a class with __getattr__ gets no specialised
+    # attribute and method lookups from CPython, which cost every put and get ~30 ns.)
+    dead_letter_queue = None
 
-    # The per-message calls below are bound straight to the binding's methods on each instance
-    # (Handle._DIRECT); these definitions document them and serve calls through the class.
-    def put(self, obj, block=True, timeout=None):
-        """Put obj. Raises Full (timeout/non-blocking), MessageTooLargeError, QueueClosedError,
-        TypeError (raw queues, unpicklable objects), ValueError for a negative timeout."""
-        self._core.put(obj, block, timeout)
+    def send(self, body, *args, **kwargs):
+        """At-least-once queues only (ack=True): see shmq.reliable.ReliableQueue.send."""
+        _refuse(self, "send")
 
-    def put_nowait(self, obj):
-        """put(obj, block=False)."""
-        self._core.put_nowait(obj)
+    def receive(self, *args, **kwargs):
+        """At-least-once queues only (ack=True): see shmq.reliable.ReliableQueue.receive."""
+        _refuse(self, "receive")
 
-    def put_many(self, items, block=True, timeout=None):
-        """Put every item of an iterable, in order; returns how many were put. The timeout is
-        for the whole batch; an error carries .items_put."""
-        return self._core.put_many(items, block, timeout)
+    def receive_many(self, *args, **kwargs):
+        """At-least-once queues only (ack=True): see shmq.reliable.ReliableQueue.receive_many."""
+        _refuse(self, "receive_many")
 
-    def get(self, block=True, timeout=None):
-        """Remove and return an item. Raises Empty (timeout/non-blocking), QueueClosedError."""
-        return self._core.get(block, timeout)
-
-    def get_nowait(self):
-        """get(block=False)."""
-        return self._core.get_nowait()
-
-    def qsize(self):
-        """Ready messages. Raises QueueClosedError."""
-        return self._core.qsize()
-
-    def empty(self):
-        return self._core.empty()
-
-    def full(self):
-        return self._core.full()
+    def ack_many(self, messages):
+        """At-least-once queues only (ack=True): see shmq.reliable.ReliableQueue.ack_many."""
+        _refuse(self, "ack_many")
 
     def get_many(self, max_items=64, timeout=None, block=True):
         """1..max_items items, as soon as at least one is there (it does not wait to fill the
@@ -140,8 +116,6 @@ class Queue(Handle):
 
 class SimpleQueue(Queue):
     """Drop-in for multiprocessing.SimpleQueue: put(obj), get(), empty(), close()."""
-
-    _DIRECT = tuple(m for m in Queue._DIRECT if m not in ("put", "get"))
 
     def __new__(cls, *, ctx=None, **kwargs):
         return super().__new__(cls, 0, ctx=ctx, **kwargs)

@@ -16,9 +16,6 @@ class ReliableQueue(Queue):
 
     _dlq = None           # the dead-letter queue's handle (internal: closed with ours)
     _dlq_name = None
-    # Message.ack/nack/extend call these once per message: the binding's methods, bound on the
-    # instance (no Python frame; the definitions below serve calls through the class)
-    _DIRECT = Queue._DIRECT + ("_ack", "_nack", "_extend")
 
     def _attached(self):
         """Open (creating it if needed) the dead-letter queue this queue names, and hand it to
@@ -122,15 +119,6 @@ class ReliableQueue(Queue):
         return len(todo)
 
     # settles of one delivery (Message calls these) and the timer scan (tests, tools)
-    def _ack(self, token, mid):
-        self._core._ack(token, mid)
-
-    def _nack(self, token, mid, requeue, delay_ns):
-        self._core._nack(token, mid, requeue, delay_ns)
-
-    def _extend(self, token, mid, ns):
-        self._core._extend(token, mid, ns)
-
     def _timers_run(self):
         return self._core._timers_run()
 

@@ -1,5 +1,6 @@
 """Handle lifecycle regressions: close of an ack queue, a failed re-attach after fork, close()
 racing a get()/receive() in another thread, invalid names."""
+import inspect
 import os
 import subprocess
 import sys
@@ -222,7 +223,10 @@ def test_queue_returns_the_at_least_once_class_for_ack_segments(make_queue, qnam
         assert m.body == b"through the copy" and m.ack()
     plain = make_queue("-plain", capacity="1MiB")
     assert type(plain) is shmq.Queue and plain.dead_letter_queue is None
-    assert not any(n in vars(shmq.Queue) for n in ("send", "receive", "receive_many", "ack_many"))
+    for call in (lambda: plain.send(b"x"), lambda: plain.receive(timeout=0), lambda: plain.receive_many(2),
+                 lambda: plain.ack_many([])):
+        with pytest.raises(ValueError, match="needs a queue created with ack=True"):
+            call()
     with pytest.raises(ValueError, match="at-least-once"):
         shmq.JoinableQueue(qname + "-j", create=True, ack=True, capacity="1MiB")
     assert not os.path.exists(f"/dev/shm/shmq.{qname}-j")   # refused before anything was created
@@ -253,8 +257,8 @@ def test_forked_child_dead_letters_through_its_own_dead_letter_handle(make_queue
 
 
 def test_a_subclass_override_of_a_per_message_call_is_honoured():
-    # put/get are the binding's methods bound on each instance (no Python frame per call);
-    # a user's subclass that overrides one must still get its override.
+    # put/get are the binding's methods (_core.QueueOps, no Python frame per call); a user's
+    # subclass that overrides one must still get its override, and help() the real signature.
     seen = []
 
     class Logged(shmq.Queue):
@@ -267,6 +271,7 @@ def test_a_subclass_override_of_a_per_message_call_is_honoured():
         q.put("a")
         q.put_nowait("b")                    # not overridden: the direct binding method
         assert seen == ["a"] and q.get(timeout=5) == "a" and q.get(timeout=5) == "b"
-        assert shmq.Queue.put.__module__ == "shmq.queue"
+        assert str(inspect.signature(shmq.Queue.put)) == "(self, obj, block=True, timeout=None)"
+        assert "Raises Full" in shmq.Queue.put.__doc__
     finally:
         q.close()
