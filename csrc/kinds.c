@@ -42,7 +42,13 @@ int shmq_open(shmq_seg_t *seg, const char *path, int fd) { return bound(seg, shm
 
 int shmq_attach(shmq_seg_t *seg) { return shmq_part_attach(seg); }
 
-int shmq_after_fork(shmq_seg_t *seg) { return shmq_seg_after_fork(seg); }
+int shmq_after_fork(shmq_seg_t *seg)
+{
+    int rc = shmq_seg_after_fork(seg);
+    if (rc == SHMQ_OK && seg->ops && seg->ops->after_fork)
+        seg->ops->after_fork(seg);
+    return rc;
+}
 
 int shmq_validate(shmq_seg_t *seg)
 {

@@ -18,7 +18,8 @@ int shmq_create(shmq_seg_t *seg, const shmq_create_opts_t *o, int exist_ok, int 
 int shmq_open(shmq_seg_t *seg, const char *path, int fd);
 /* Attach as a participant (takes a slot and its lock byte). */
 int shmq_attach(shmq_seg_t *seg);
-/* After fork in the child: reopen a private description and attach under a new slot. */
+/* After fork in the child: reopen a private description and void the parent threads' flags.
+ * The child holds no slot until it attaches (shmq_attach, at its first use of the handle). */
 int shmq_after_fork(shmq_seg_t *seg);
 /* untrusted: full validation of the header, the mapped areas and the kind's regions. */
 int shmq_validate(shmq_seg_t *seg);

@@ -536,8 +536,19 @@ static void ack_close(shmq_seg_t *q)
     q->kstate = NULL;
 }
 
+/* A forked child has one thread: a timer scan or dedup lookup a parent thread was inside at
+ * the fork is not the child's (its flags would keep the child out of those locks forever). */
+static void ack_after_fork(shmq_seg_t *q)
+{
+    shmq_ack_t *k = q->kstate;
+    if (k) {
+        k->timer_busy = 0;
+        k->dedup_busy = 0;
+    }
+}
+
 static const shmq_queue_hooks_t ack_hooks = {
-    .ops = {.name = "ack", .repair_owner = shmq_q_repair_owner, .close = ack_close},
+    .ops = {.name = "ack", .repair_owner = shmq_q_repair_owner, .close = ack_close, .after_fork = ack_after_fork},
     .body_skip = body_skip,
     .keep_orphans = 1,
     .put = ack_put,

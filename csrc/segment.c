@@ -646,7 +646,9 @@ int shmq_seg_after_fork(shmq_seg_t *seg)
     for (uint32_t i = 0; i < SHMQ_MAX_AREAS; i++)
         seg->areas[i].arena_busy = 0;
     seg->map_busy = 0;
-    return shmq_part_attach(seg);
+    /* No slot yet: the child takes one when it first uses the handle (shmq_part_attach), so a
+     * pool of forked workers that never touch an inherited queue takes none of its slots. */
+    return SHMQ_OK;
 }
 
 int shmq_seg_validate(shmq_seg_t *seg)

@@ -52,7 +52,7 @@
 
 #define SHMQ_HEADER_SIZE 4096u
 #define SHMQ_MAX_AREAS 64u
-#define SHMQ_DEFAULT_SLOTS 128u
+#define SHMQ_DEFAULT_SLOTS 1023u
 #define SHMQ_LOCK_BYTE_BASE (1ull << 40)
 #define SHMQ_AREA_HDR_SIZE 1024u
 #define SHMQ_DESC_SIZE 128u
@@ -261,6 +261,7 @@ typedef struct shmq_ops {
     const char *name;
     void (*repair_owner)(struct shmq_seg *seg, uint32_t dead); /* return what a dead owner held */
     void (*close)(struct shmq_seg *seg);                        /* free kstate; may be NULL */
+    void (*after_fork)(struct shmq_seg *seg); /* forked child: void the parent threads' flags; may be NULL */
 } shmq_ops_t;
 
 typedef struct shmq_seg {

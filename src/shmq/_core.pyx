@@ -207,6 +207,7 @@ cdef class Core:
     cdef uint32_t _lost_slots
     cdef int _fault_word        # set by the SIGBUS guard (guard.h): our file was truncated under us
     cdef bint _guarded          # registered with the guard
+    cdef bint _attach_pending   # a forked child's handle: takes its slot at the first use
 
     def __cinit__(self):
         self.opened = False
@@ -227,11 +228,13 @@ cdef class Core:
 
     cdef inline int _check(self) except -1:
         # the test the hot path pays inline; the words of the error in a call only when closed
-        if self._fault_word or self._closed or not self.opened:
+        if self._fault_word or self._closed or not self.opened or self._attach_pending:
             return self._check_failed()
         return 0
 
     cdef int _check_failed(self) except -1:
+        if self._attach_pending and not (self._fault_word or self._closed or not self.opened):
+            return self._attach_late()
         if self._fault_word:
             raise _errors.QueueClosedError(f"queue {self.path!r} is closed: its file was truncated under us")
         if self._closed or not self.opened:
@@ -402,12 +405,45 @@ cdef class Core:
             return
         rc = c.shmq_after_fork(&self.seg)
         if rc != c.SHMQ_OK:
-            self._lost_rc = rc
-            self._lost_errno = self.seg.err
-            self._lost_slots = self.seg.hdr.max_slots
-            self._seg_close()
-            self.opened = False
-            self._closed = True
+            self._lose(rc)
+            return
+        # issue 13 item 1: the slot is taken at the child's first use of the handle (_check), so
+        # 500 forked workers that never use an inherited queue take none of its slots
+        self._attach_pending = True
+
+    cdef void _lose(self, int rc):
+        """A forked child's handle that could not be made its own: closed; its next use raises why."""
+        self._lost_rc = rc
+        self._lost_errno = self.seg.err
+        self._lost_slots = self.seg.hdr.max_slots
+        self._attach_pending = False
+        self._seg_close()
+        self.opened = False
+        self._closed = True
+
+    cdef int _attach_late(self) except -1:
+        """The first use of an inherited handle in a forked child: take a slot (the dead-letter
+        queue's first, which the core may move poison messages into). Raises as after_fork."""
+        cdef int rc
+        if self._dlq is not None and self._dlq._attach_pending:
+            self._dlq._attach_late_quiet()
+            if not self._dlq.opened:
+                # its attach failed: poison messages stay here (the move is retried) rather than
+                # go through a segment we hold no slot of
+                c.shmq_ack_set_dlq(&self.seg, NULL, self._name_b)
+        with nogil:
+            rc = c.shmq_attach(&self.seg)
+        self._attach_pending = False
+        if rc != c.SHMQ_OK:
+            self._lose(rc)
+            raise _from_code(rc, "after_fork", self.path, self._lost_errno, self._lost_slots)
+        return 0
+
+    cdef void _attach_late_quiet(self):
+        try:
+            self._attach_late()
+        except Exception:
+            pass
 
     def _close(self):
         """Detach and unmap (deferred until calls of ours that released the GIL are done)."""
