@@ -32,7 +32,8 @@
     X(before_move, "dead-letter: descriptor MOVING, copy not yet sent to the dead-letter queue") \
     X(mid_move, "dead-letter: copy in the dead-letter queue, source descriptor not yet freed") \
     X(mid_dedup, "send: dedup entry PENDING with its id, message not yet put")              \
-    X(before_dedup_finish, "send: message put (the send would return its id), dedup entry still PENDING")
+    X(before_dedup_finish, "send: message put (the send would return its id), dedup entry still PENDING") \
+    X(mid_close_return, "close: an unacked delivery of the closing handle claimed (SETTLING), not yet requeued")
 
 extern int shmq_crash_armed;
 void shmq_crash_hit(const char *name);

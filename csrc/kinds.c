@@ -60,6 +60,8 @@ int shmq_validate(shmq_seg_t *seg)
 
 void shmq_close(shmq_seg_t *seg)
 {
+    if (seg->ops && seg->ops->detach && seg->slot != UINT32_MAX)
+        seg->ops->detach(seg);
     if (seg->ops && seg->ops->close)
         seg->ops->close(seg);
     seg->ops = NULL;

@@ -547,8 +547,31 @@ static void ack_after_fork(shmq_seg_t *q)
     }
 }
 
+/* The handle closes (close(), the exit hook, a worker leaving through an exception or
+ * sys.exit): its unacked deliveries go back now, each a failed delivery as a dead consumer's
+ * are, instead of waiting out their leases (issue 13 item 2). The binding closes only when no
+ * call of the handle is running, so every INFLIGHT descriptor stamped with our owner id is a
+ * delivery the application still held. A kill during this is a death: repair finishes it. */
+static void ack_detach(shmq_seg_t *q)
+{
+    shmq_area_t *a;
+    for (uint32_t i = 0; (a = shmq_q_area_next(q, &i)) != NULL; i++)
+        for (uint32_t k = 0; k < a->n_desc; k++) {
+            shmq_desc_t *d = shmq_q_desc(a, k);
+            uint64_t w = shmq_load_acquire(&d->word), exp = w;
+            if (shmq_desc_state(w) != SHMQ_D_INFLIGHT || shmq_desc_owner(w) != q->owner)
+                continue;
+            uint32_t g = shmq_desc_dgen(w);
+            if (!shmq_cas_acq_rel(&d->word, &exp, shmq_desc_word(g, SHMQ_D_SETTLING, q->owner)))
+                continue; /* its lease ended and the timer scan took it meanwhile */
+            SHMQ_CRASH_POINT(mid_close_return);
+            fail_delivery(q, a, d, g, 0, 0);
+        }
+}
+
 static const shmq_queue_hooks_t ack_hooks = {
-    .ops = {.name = "ack", .repair_owner = shmq_q_repair_owner, .close = ack_close, .after_fork = ack_after_fork},
+    .ops = {.name = "ack", .repair_owner = shmq_q_repair_owner, .close = ack_close, .after_fork = ack_after_fork,
+            .detach = ack_detach},
     .body_skip = body_skip,
     .keep_orphans = 1,
     .put = ack_put,

@@ -262,6 +262,7 @@ typedef struct shmq_ops {
     void (*repair_owner)(struct shmq_seg *seg, uint32_t dead); /* return what a dead owner held */
     void (*close)(struct shmq_seg *seg);                        /* free kstate; may be NULL */
     void (*after_fork)(struct shmq_seg *seg); /* forked child: void the parent threads' flags; may be NULL */
+    void (*detach)(struct shmq_seg *seg);     /* an attached handle closes: give back what it holds; may be NULL */
 } shmq_ops_t;
 
 typedef struct shmq_seg {

@@ -4,6 +4,7 @@ usage: _ack_worker.py receive NAME COUNT RECORD      receive + ack COUNT message
        _ack_worker.py nack    NAME COUNT RECORD R    receive + nack (R=1 requeue, 0 dead-letter)
        _ack_worker.py expire  NAME VIS RECORD        receive one, outlive its lease, run the timer scan
        _ack_worker.py dedup   NAME KEY               send one message with dedup_id KEY
+       _ack_worker.py close   NAME COUNT RECORD      receive COUNT messages, settle none, close
 Records "r <seq> <delivery_count>" after each receive and "a|n <seq>" after each ack/nack returns.
 """
 import os
@@ -33,6 +34,8 @@ def main():
         m = q.receive(timeout=10)
         seq = struct.unpack_from("<Q", m.body)[0]
         os.write(fd, b"r %d %d\n" % (seq, m.delivery_count))
+        if op == "close":
+            continue
         if op == "receive":
             m.ack()
             os.write(fd, b"a %d\n" % seq)

@@ -24,6 +24,7 @@ ACK_SCENARIOS = {
     "mid_expire": ("expire",),
     "mid_dedup": ("dedup",),
     "before_dedup_finish": ("dedup",),
+    "mid_close_return": ("close",),
 }
 
 
@@ -71,7 +72,7 @@ def _consistent(q):
         assert ck["bad_chunks"] == 0 and ck["arena_mismatch"] == 0, ck
 
 
-@pytest.mark.parametrize("point", sorted(set(ACK_SCENARIOS) - {"mid_expire"}))  # mid_expire: below
+@pytest.mark.parametrize("point", sorted(set(ACK_SCENARIOS) - {"mid_expire", "mid_close_return"}))  # below
 def test_kill_in_at_least_once_path(point, ackpair, tmp_path):
     q = ackpair
     record = str(tmp_path / "rec")
@@ -125,6 +126,24 @@ def test_kill_in_at_least_once_path(point, ackpair, tmp_path):
         assert sorted(s for s, _, _ in dead) == list(range(dying + 1))
         assert sorted(s for s, _, _ in left) == list(range(dying + 1, N))
         assert all(h["x-dead-letter-reason"] == "rejected" for _, _, h in dead)
+    _consistent(q)
+
+
+def test_kill_while_close_returns_the_unacked_deliveries(ackpair, tmp_path):
+    # the worker holds all N deliveries and closes: it dies at the HIT-th one it gives back
+    # (HIT - 1 are READY again, one SETTLING(dead), the rest INFLIGHT(dead)); repair returns the
+    # rest, each once, each counted as one failed delivery
+    q = ackpair
+    for seq in range(N):
+        q.send(struct.pack("<Q", seq) + bytes(seq * 40))
+    record = str(tmp_path / "rec")
+    r = _run(["close", q.name, str(N), record], "mid_close_return")
+    assert r.returncode == -9, (r.returncode, r.stderr)
+    assert sorted(int(x[1]) for x in _records(record)) == list(range(N))
+    q._repair()
+    left = _drain(q)
+    assert sorted((s, c) for s, c, _ in left) == [(s, 2) for s in range(N)]
+    assert q.stats()["redelivered"] == N
     _consistent(q)
 
 
