@@ -72,6 +72,7 @@ class Queue(Handle, _core.QueueOps):
                 raise ArgumentError(f"{cls.__name__} cannot be an at-least-once queue: use "
                                     "shmq.Queue(name, ack=True)")
         self = _core.HandleBase.__new__(cls)
+        self._just_created = _created and spec.name is not None
         self._adopt(core, spec.name, owner=spec.name is None)
         return self
 

@@ -16,6 +16,7 @@ class ReliableQueue(Queue):
 
     _dlq = None           # the dead-letter queue's handle (internal: closed with ours)
     _dlq_name = None
+    _just_created = False  # this call created our named queue (set by Queue.__new__)
 
     def _attached(self):
         """Open (creating it if needed) the dead-letter queue this queue names, and hand it to
@@ -38,10 +39,15 @@ class ReliableQueue(Queue):
             except QueueNotFound:
                 q = Queue(dlq, **kw)        # same options as ours, ack=True, no DLQ of its own
         except ValueError as e:
-            self._core._close()
+            self._abandon()
             raise ArgumentError(f"queue {self._name!r}: its dead-letter queue {dlq!r} cannot be used: {e}") from None
-        except BaseException:
-            self._core._close()
+        except BaseException as e:
+            # issue 13 item 3: both or neither. A queue this call created is removed again (its
+            # name stays free), so a retry with room (or other options) can create the pair.
+            if self._abandon() and isinstance(e, Exception):
+                e.add_note(f"queue {self._name!r} was not created either: an at-least-once queue and its "
+                           "dead-letter queue are created together (the default dead-letter queue takes as much "
+                           "room as the queue: pass a smaller capacity, or free room in /dev/shm)")
             raise
         # issue 11 item 5: only a file of our queue's owner that lets nobody else write beyond our
         # queue's mode (another user could have planted it first to read or plant dead letters)
@@ -49,11 +55,11 @@ class ReliableQueue(Queue):
             q._core._check_trusted(os.fstat(self._core._fd).st_uid, st["mode"])
         except QueuePermissionError:
             q.close()
-            self._core._close()
+            self._abandon()
             raise
         if not isinstance(q, ReliableQueue):
             q.close()
-            self._core._close()
+            self._abandon()
             raise ArgumentError(f"queue {self._name!r}: its dead-letter queue {dlq!r} exists without ack=True")
         q._internal = True
         self._dlq = q
@@ -61,6 +67,18 @@ class ReliableQueue(Queue):
         # The core keeps q's segment object and closes it when it unmaps its own (a close
         # deferred for a thread inside a call still needs the dead-letter queue).
         self._core._set_dlq(q._core, self._name)
+
+    def _abandon(self):
+        """Close our core after a failed open; remove our queue if this call created it (True)."""
+        self._core._close()
+        if not self._just_created:
+            return False
+        self._just_created = False
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+        return True
 
     def _closing(self):
         if self._dlq is not None:
