@@ -2,7 +2,6 @@
 import argparse
 import json
 import os
-import re
 import sys
 import time
 
@@ -13,20 +12,9 @@ from .stats import entry_kind, inspect_path, kind_name, list_queues, scan
 # argparse (standard library): the CLI needs subcommands, --help and exit codes, nothing a
 # third-party library would add enough to justify a runtime dependency.
 
-_TMP_RE = re.compile(r"~c(\d+)\.\d+\Z")
-_ANON_RE = re.compile(r"@(\d+)-[0-9a-f]+\Z")
-PID_MAX_LIMIT = 1 << 22      # the kernel's hard ceiling for pid_max (64-bit): no process has a larger pid
+from ._sweep import judge as _gc_one
+
 PEEK_MAX_BYTES = 1 << 24     # --bytes: the prefix is copied into one buffer first
-
-
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _show(name):
@@ -212,46 +200,6 @@ def cmd_top(args):
     except KeyboardInterrupt:
         pass
     return 0
-
-
-def _gc_one(name, shown, path):
-    """(removed?, message or None, error?) for one shmq.* entry; never raises for the entry's sake."""
-    m_tmp = _TMP_RE.search(name)
-    m_anon = None if m_tmp else _ANON_RE.match(name)
-    m = m_tmp or m_anon
-    if not m:
-        return False, None, False       # a named queue: only `shmq rm` removes it
-    pid = int(m.group(1))
-    if not 0 < pid <= PID_MAX_LIMIT:
-        return False, f"skipped {shown}: pid {m.group(1)} is out of range (no process can have it): not made by shmq", \
-            False
-    if _pid_alive(pid):
-        return False, None, False
-    kind = entry_kind(path)
-    if kind is False:
-        return False, None, False       # gone meanwhile
-    if kind is not None:
-        return False, f"skipped {shown}: not a regular file (never opened, never removed by gc)", False
-    what = f"temporary file of dead creator {pid}" if m_tmp else f"anonymous queue of dead creator {pid}"
-    if m_anon:
-        try:
-            if inspect_path(path)["attached"]:
-                return False, None, False
-        except (ShmqError, OSError):
-            pass  # a corrupt anonymous segment of a dead creator is garbage too
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        return False, None, False
-    except PermissionError:
-        try:
-            owner = f"owner uid {os.lstat(path).st_uid}"
-        except OSError:
-            owner = "owner unknown"
-        return False, f"skipped {shown}: {what}, but not permitted to remove it ({owner})", False
-    except OSError as e:
-        return False, f"could not remove {shown}: {e.strerror or e}", True
-    return True, f"removed {shown} ({what})", False
 
 
 def cmd_gc(args):

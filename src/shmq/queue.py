@@ -1,5 +1,5 @@
 """Queue, SimpleQueue and JoinableQueue: multiprocessing drop-ins and named queues."""
-from . import _core, _names, _options
+from . import _core, _names, _options, _sweep
 from ._handle import Handle, open_core, unlink
 from .errors import ArgumentError
 from .stats import settings
@@ -12,6 +12,7 @@ _UNSET = object()
 def _make_core(spec):
     """(attached binding object, created) for a validated Queue() call."""
     if spec.name is None:
+        _sweep.sweep_dead()     # issue 13 item 4: what creators killed by SIGTERM/SIGKILL/OOM left
         core = _core.Core()
         core._create(_names.path_of(_names.anonymous_name()), _core.KIND_QUEUE, spec.flags, spec.capacity,
                      spec.max_message, spec.maxsize, spec.mode, spec.slots, False)

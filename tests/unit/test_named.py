@@ -221,10 +221,11 @@ def test_cli_end_to_end(make_queue, qname):
 
 
 def test_gc_removes_only_dead_anonymous_segments():
+    # ours first: a new anonymous queue sweeps dead creators' ones itself (test_04_sigterm_sweep)
+    live = shmq.Queue()
     r = _py("import shmq, os; q = shmq.Queue(); print(q.path); os._exit(0)")  # dies without cleanup
     path = r.stdout.strip()
     assert os.path.exists(path)
-    live = shmq.Queue()
     try:
         r = _cli("gc")
         assert r.returncode == 0 and os.path.basename(path)[5:] in r.stdout
