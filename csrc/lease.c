@@ -780,3 +780,64 @@ int shmq_timers_run(shmq_seg_t *q)
         return 0;
     return timers_scan(q, shmq_now_mono_ns());
 }
+
+/* ---------------------------------------------------------------- probes (request-reply) */
+
+int shmq_ack_find(shmq_seg_t *q, uint64_t id, uint64_t *token)
+{
+    if (!shmq_ack_of(q))
+        return SHMQ_EINVAL;
+    shmq_area_t *a;
+    for (uint32_t i = 0; (a = shmq_q_area_next(q, &i)) != NULL; i++)
+        for (uint32_t k = 0; k < a->n_desc; k++) {
+            shmq_desc_t *d = shmq_q_desc(a, k);
+            uint64_t w = shmq_load_acquire(&d->word);
+            uint32_t st = shmq_desc_state(w);
+            if (st == SHMQ_D_FREE || st == SHMQ_D_WRITING || d->id != id)
+                continue;
+            if (shmq_load_acquire(&d->word) != w)
+                continue; /* re-used while we read the id */
+            *token = shmq_handle_make(i, k, shmq_desc_dgen(w));
+            return SHMQ_OK;
+        }
+    return SHMQ_ESTALE;
+}
+
+int shmq_ack_probe(shmq_seg_t *q, uint64_t token, uint64_t id, shmq_probe_t *p)
+{
+    memset(p, 0, sizeof *p);
+    if (!shmq_ack_of(q))
+        return SHMQ_EINVAL;
+    shmq_area_t *a;
+    shmq_desc_t *d = token_desc(q, token, &a);
+    if (!d)
+        return SHMQ_OK; /* untrusted token, or its area is gone: GONE */
+    uint64_t w = shmq_load_acquire(&d->word);
+    uint32_t st = shmq_desc_state(w), count = d->delivery_count;
+    /* By id, not by the token's generation: each delivery stamps a new generation (so a stale
+     * delivery cannot settle), while ids are never reused within a queue. */
+    if (d->id != id || shmq_load_acquire(&d->word) != w)
+        return SHMQ_OK; /* re-used: ours was settled */
+    p->delivery_count = count;
+    switch (st) {
+    case SHMQ_D_READY:
+        p->state = SHMQ_PROBE_READY;
+        break;
+    case SHMQ_D_DELAYED:
+        p->state = SHMQ_PROBE_DELAYED;
+        break;
+    case SHMQ_D_INFLIGHT:
+        p->state = SHMQ_PROBE_INFLIGHT;
+        p->owner_alive = (uint32_t)shmq_part_owner_alive(q, shmq_desc_owner(w));
+        break;
+    case SHMQ_D_SETTLING:
+    case SHMQ_D_MOVING:
+    case SHMQ_D_READING:
+        p->state = SHMQ_PROBE_BUSY;
+        p->owner_alive = (uint32_t)shmq_part_owner_alive(q, shmq_desc_owner(w));
+        break;
+    default:
+        break; /* FREE, WRITING (a new put): ours is gone */
+    }
+    return SHMQ_OK;
+}

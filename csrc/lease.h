@@ -129,4 +129,21 @@ void shmq_ack_set_dlq(shmq_seg_t *q, shmq_seg_t *dlq, const char *name);
 /* Run the timer scan now (whatever the hint says); returns the descriptors it changed. */
 int shmq_timers_run(shmq_seg_t *q);
 
+/* Where a sent message is now, for a sender that waits on its outcome (request-reply). */
+#define SHMQ_PROBE_GONE 0u     /* settled (acked, dead-lettered, expired) or never here */
+#define SHMQ_PROBE_READY 1u    /* waiting for a consumer */
+#define SHMQ_PROBE_DELAYED 2u
+#define SHMQ_PROBE_INFLIGHT 3u /* delivered under a lease: see owner_alive */
+#define SHMQ_PROBE_BUSY 4u     /* being settled or moved right now: look again */
+typedef struct {
+    uint32_t state;
+    uint32_t owner_alive;      /* INFLIGHT: the lease holder's slot is alive */
+    uint32_t delivery_count;
+} shmq_probe_t;
+/* The token of the descriptor holding message id (a walk of the descriptors: once per message
+ * a sender looks after); SHMQ_ESTALE if none holds it. */
+int shmq_ack_find(shmq_seg_t *q, uint64_t id, uint64_t *token);
+/* O(1): the state of message id, held by the descriptor token names (from shmq_ack_find). */
+int shmq_ack_probe(shmq_seg_t *q, uint64_t token, uint64_t id, shmq_probe_t *p);
+
 #endif

@@ -169,6 +169,27 @@ void shmq_part_count(shmq_seg_t *seg, uint32_t *attached, uint32_t *producers, u
 }
 
 
+uint32_t shmq_part_consumers(shmq_seg_t *seg, int alive)
+{
+    uint32_t n = 0, hwm = shmq_load_relaxed(&seg->hdr->slot_hwm);
+    if (hwm > seg->max_slots)
+        hwm = seg->max_slots; /* untrusted */
+    for (uint32_t s = 0; s < hwm; s++) {
+        shmq_slot_t *sl = &seg->slots[s];
+        if (shmq_load_acquire(&sl->state) != SHMQ_SLOT_ATTACHED || !(shmq_load_relaxed(&sl->role) & SHMQ_ROLE_CONSUMER))
+            continue;
+        n += !alive || shmq_part_slot_alive(seg, s);
+    }
+    return n;
+}
+
+void shmq_part_set_role(shmq_seg_t *seg, uint32_t role)
+{
+    if (seg->slot != UINT32_MAX)
+        __atomic_fetch_or(&seg->slots[seg->slot].role, role & (SHMQ_ROLE_PRODUCER | SHMQ_ROLE_CONSUMER),
+                          __ATOMIC_RELAXED);
+}
+
 int shmq_part_repair_dead(shmq_seg_t *seg)
 {
     int n = 0;

@@ -33,6 +33,11 @@ void shmq_part_unlock_slot(shmq_seg_t *seg, uint32_t s);
 void shmq_part_fold_slot(shmq_seg_t *seg, uint32_t s);
 /* Live attached count, producers, consumers. */
 void shmq_part_count(shmq_seg_t *seg, uint32_t *attached, uint32_t *producers, uint32_t *consumers);
+/* Slots that took the consumer role: without system calls (alive = 0: ATTACHED slots, dead ones
+ * not yet repaired included), or only live ones (alive = 1: one F_OFD_GETLK per candidate). */
+uint32_t shmq_part_consumers(shmq_seg_t *seg, int alive);
+/* Take a role before the first put or get (a responder is a consumer from its creation). */
+void shmq_part_set_role(shmq_seg_t *seg, uint32_t role);
 /* Repair every dead participant this handle can elect itself for (through seg->ops->repair_owner),
  * then free their slots; returns how many. */
 int shmq_part_repair_dead(shmq_seg_t *seg);

@@ -8,6 +8,7 @@
  * The stats counters are checked exactly after every step. */
 #define _GNU_SOURCE
 #include "../lease.h"
+#include "../participants.h"
 #include "tharness.h"
 
 #define VIS_SHORT (30 * TH_MS)
@@ -733,7 +734,7 @@ static void test_garbage_descriptors_are_skipped_not_delivered(void)
 /* ---------------------------------------------------------------- dead consumers */
 
 /* child: open queue argv[0] (and attach DLQ argv[1] unless "-"), receive argv[2] messages, then
- * argv[3]: "hold" (keep the leases until killed), "ack", "nack" (requeue), "reject" (nack
+ * argv[3]: "hold" (keep the leases until killed), "close" (close holding them), "ack", "nack" (requeue), "reject" (nack
  * without requeue); with argv[2] == "0" and argv[3] "scan": sleep 60 ms, run the timer scan.
  * A crash point (SHMQ_CRASH_AT) may kill it on the way. */
 static int child_consume(int argc, char **argv)
@@ -768,6 +769,8 @@ static int child_consume(int argc, char **argv)
     if (strcmp(argv[3], "hold") == 0)
         for (;;)
             pause();
+    if (strcmp(argv[3], "close") == 0)
+        shmq_close(&q); /* gives the unacked deliveries back (a crash point may kill it midway) */
     return 0;
 }
 
@@ -835,6 +838,74 @@ static void test_crash_after_lease_is_redelivered(void)
     CHECK_EQ(recv_msg(q, &g, 0), SHMQ_OK);
     CHECK_EQ(g.id, id);
     CHECK_EQ(g.dc, 2);
+}
+
+/* close() gives a handle's unacked deliveries back at once, each a failed delivery; a kill in
+ * the middle (mid_close_return) leaves SETTLING(dead) and INFLIGHT(dead): repair does the rest. */
+static void test_close_gives_deliveries_back(void)
+{
+    char path[128];
+    shmq_seg_t *q = ack_queue("closeback", VIS_LONG, 5, NULL, path, NULL);
+    CHECK(q != NULL);
+    for (int i = 0; i < 3; i++)
+        CHECK_EQ(send_msg(q, "c", 0, 0, NULL, 0, NULL), SHMQ_OK);
+    CHECK_EQ(th_wait(th_spawn(NULL, "consume", path, "-", "3", "close"), 20000), 0);
+    CHECK_ACK(q, 3, 0, 0, 0, 3, 0, 0); /* back without any repair, each counted */
+    CHECK(th_killed(th_wait(th_spawn("mid_close_return:2", "consume", path, "-", "3", "close"), 20000)));
+    CHECK_ACK(q, 1, 2, 0, 0, 4, 0, 0); /* one given back, one SETTLING(dead), one INFLIGHT(dead) */
+    CHECK(shmq_repair_dead(q) >= 1);
+    CHECK_ACK(q, 3, 0, 0, 0, 6, 0, 0);
+    got_t g;
+    for (int i = 0; i < 3; i++) {
+        CHECK_EQ(recv_msg(q, &g, 0), SHMQ_OK);
+        CHECK_EQ(g.dc, 3);
+        CHECK_EQ(shmq_ack(q, g.token, g.id), SHMQ_OK);
+    }
+    shmq_check_t ck;
+    shmq_check(q, &ck);
+    CHECK_EQ(ck.owned_desc, 0);
+}
+
+/* A sender looks after its message: find it once, then probe it in O(1). */
+static void test_find_and_probe(void)
+{
+    char path[128];
+    shmq_seg_t *q = ack_queue("probe", VIS_LONG, 5, NULL, path, NULL);
+    CHECK(q != NULL);
+    uint64_t id, token = 0;
+    shmq_probe_t p;
+    CHECK_EQ(send_msg(q, "p", 0, 0, NULL, 0, &id), SHMQ_OK);
+    CHECK_EQ(shmq_ack_find(q, id + 1, &token), SHMQ_ESTALE);
+    CHECK_EQ(shmq_ack_find(q, id, &token), SHMQ_OK);
+    CHECK_EQ(shmq_ack_probe(q, token, id, &p), SHMQ_OK);
+    CHECK_EQ(p.state, SHMQ_PROBE_READY);
+    CHECK_EQ(shmq_part_consumers(q, 1), 0);
+    pid_t pid = th_spawn(NULL, "consume", path, "-", "1", "hold");
+    for (int i = 0; i < 2000 && p.state != SHMQ_PROBE_INFLIGHT; i++) {
+        th_sleep_ms(5);
+        CHECK_EQ(shmq_ack_probe(q, token, id, &p), SHMQ_OK);
+    }
+    CHECK_EQ(p.state, SHMQ_PROBE_INFLIGHT);
+    CHECK_EQ(p.owner_alive, 1);
+    CHECK_EQ(p.delivery_count, 1);
+    CHECK_EQ(shmq_part_consumers(q, 1), 1);
+    kill(pid, SIGKILL);
+    CHECK(th_killed(th_wait(pid, 20000)));
+    CHECK_EQ(shmq_ack_probe(q, token, id, &p), SHMQ_OK);
+    CHECK_EQ(p.state, SHMQ_PROBE_INFLIGHT);
+    CHECK_EQ(p.owner_alive, 0);
+    CHECK_EQ(shmq_part_consumers(q, 0), 1); /* dead, not repaired yet: counted without the check */
+    CHECK_EQ(shmq_part_consumers(q, 1), 0);
+    CHECK(shmq_repair_dead(q) >= 1);
+    CHECK_EQ(shmq_ack_probe(q, token, id, &p), SHMQ_OK);
+    CHECK_EQ(p.state, SHMQ_PROBE_READY);
+    got_t g;
+    CHECK_EQ(recv_msg(q, &g, 0), SHMQ_OK);
+    CHECK_EQ(shmq_ack(q, g.token, g.id), SHMQ_OK);
+    CHECK_EQ(shmq_ack_probe(q, token, id, &p), SHMQ_OK);
+    CHECK_EQ(p.state, SHMQ_PROBE_GONE);
+    CHECK_EQ(shmq_ack_probe(q, ~0ull, id, &p), SHMQ_OK); /* untrusted token: nothing read outside */
+    CHECK_EQ(p.state, SHMQ_PROBE_GONE);
 }
 
 static void test_crash_mid_ack_finishes_the_ack(void)
@@ -933,6 +1004,8 @@ int main(int argc, char **argv)
     RUN(test_killed_consumer_leases_come_back);
     RUN(test_crash_after_lease_is_redelivered);
     RUN(test_crash_mid_ack_finishes_the_ack);
+    RUN(test_close_gives_deliveries_back);
+    RUN(test_find_and_probe);
     RUN(test_crash_mid_nack_and_mid_expire_count_a_failed_delivery);
     RUN(test_crash_mid_move_copies_once);
     TH_SUMMARY();

@@ -50,6 +50,11 @@ F_JOINABLE = c.SHMQ_F_JOINABLE
 F_ACK = c.SHMQ_F_ACK
 LAYOUT_VERSION = c.SHMQ_LAYOUT_VERSION
 USE_DEFAULT = c.SHMQ_USE_DEFAULT
+PROBE_GONE = c.SHMQ_PROBE_GONE
+PROBE_READY = c.SHMQ_PROBE_READY
+PROBE_DELAYED = c.SHMQ_PROBE_DELAYED
+PROBE_INFLIGHT = c.SHMQ_PROBE_INFLIGHT
+PROBE_BUSY = c.SHMQ_PROBE_BUSY
 HDR_MAX = c.SHMQ_HDR_MAX
 
 # Result codes, for shmq.errors.from_code (the words of each error live there).
@@ -200,7 +205,7 @@ cdef class Core:
     cdef uint32_t _flags
     cdef readonly str path
     cdef object _pending       # an error to raise at the next call (set by the Python layer)
-    cdef object _dlq            # the dead-letter queue's Core (its seg is referenced by ours)
+    cdef Core _dlq              # the dead-letter queue's Core (its seg is referenced by ours)
     cdef bytes _name_b          # our queue name as the core keeps it for dead-letter headers
     cdef int _lost_rc           # why a forked child's handle could not re-attach (0: it did)
     cdef int _lost_errno
@@ -834,6 +839,45 @@ cdef class Core:
 
     def _extend(self, uint64_t token, uint64_t mid, uint64_t ns):
         self._settle_or_raise(2, token, mid, 0, ns)
+
+    # -- request-reply: a sender looking after its message, responders' presence ---------------
+    def _find(self, uint64_t mid):
+        """The token of the descriptor holding message mid (walks the descriptors), or None."""
+        cdef uint64_t token = 0
+        cdef int rc
+        self._check()
+        rc = c.shmq_ack_find(&self.seg, mid, &token)
+        self._fault()
+        if rc == c.SHMQ_ESTALE:
+            return None
+        if rc != c.SHMQ_OK:
+            raise self._error(rc, "find", mid)
+        return token
+
+    def _probe(self, uint64_t token, uint64_t mid):
+        """(state, owner_alive, delivery_count) of message (token, mid): state is one of
+        PROBE_GONE/READY/DELAYED/INFLIGHT/BUSY. O(1); a dead owner's check is one system call."""
+        cdef c.shmq_probe_t p
+        cdef int rc
+        self._check()
+        rc = c.shmq_ack_probe(&self.seg, token, mid, &p)
+        self._fault()
+        if rc != c.SHMQ_OK:
+            raise self._error(rc, "probe", mid)
+        return p.state, bool(p.owner_alive), p.delivery_count
+
+    def _consumers(self, bint alive):
+        """Attached handles that took the consumer role (alive: only live ones, one system call
+        each; else dead ones not yet repaired count too, and no system call is made)."""
+        self._check()
+        n = c.shmq_part_consumers(&self.seg, alive)
+        self._fault()
+        return n
+
+    def _set_consumer(self):
+        """Take the consumer role now (a responder is one before its first receive)."""
+        self._check()
+        c.shmq_part_set_role(&self.seg, c.SHMQ_ROLE_CONSUMER)
 
     def _timers_run(self):
         """Run the timer scan now (lease ends, delays, TTLs); returns how many it changed."""

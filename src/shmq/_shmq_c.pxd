@@ -40,6 +40,8 @@ cdef extern from "segment.h" nogil:
         SHMQ_F_JOINABLE
         SHMQ_F_ACK
         SHMQ_LAYOUT_VERSION
+        SHMQ_ROLE_PRODUCER
+        SHMQ_ROLE_CONSUMER
     ctypedef struct shmq_header_t:
         uint32_t flags
         uint32_t max_slots
@@ -183,6 +185,22 @@ cdef extern from "lease.h" nogil:
     int shmq_extend(shmq_seg_t *q, uint64_t token, uint64_t id, uint64_t ns)
     void shmq_ack_set_dlq(shmq_seg_t *q, shmq_seg_t *dlq, const char *name)
     int shmq_timers_run(shmq_seg_t *q)
+    enum:
+        SHMQ_PROBE_GONE
+        SHMQ_PROBE_READY
+        SHMQ_PROBE_DELAYED
+        SHMQ_PROBE_INFLIGHT
+        SHMQ_PROBE_BUSY
+    ctypedef struct shmq_probe_t:
+        uint32_t state
+        uint32_t owner_alive
+        uint32_t delivery_count
+    int shmq_ack_find(shmq_seg_t *q, uint64_t id, uint64_t *token)
+    int shmq_ack_probe(shmq_seg_t *q, uint64_t token, uint64_t id, shmq_probe_t *p)
+
+cdef extern from "participants.h" nogil:
+    uint32_t shmq_part_consumers(shmq_seg_t *seg, int alive)
+    void shmq_part_set_role(shmq_seg_t *seg, uint32_t role)
 
 cdef extern from "guard.h" nogil:
     int shmq_guard_register(shmq_seg_t *seg, int *fault_word)
