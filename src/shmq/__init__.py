@@ -2,9 +2,11 @@
 from ._core import crash_points, get_spin_us, set_spin_us
 from .errors import (CorruptQueueError, Empty, Full, IncompatibleQueueError, LeaseExpiredError,
                      MessageTooLargeError, NoSpaceError, QueueClosedError, QueueExistsError, QueueMemoryError,
-                     QueueNotFound, QueuePermissionError, ShmqError)
+                     NoRespondersError, QueueNotFound, QueuePermissionError, RemoteError, RequestTimeout,
+                     ResponderDiedError, ShmqError)
 from .message import Message
 from .queue import JoinableQueue, Queue, SimpleQueue, redrive, unlink
+from .rpc import Request, Requester, Responder
 from .stats import QueueInfo, list_queues
 
 __version__ = "0.1.0"
@@ -14,5 +16,6 @@ __all__ = [
     "ShmqError", "Empty", "Full", "QueueClosedError", "QueueNotFound", "CorruptQueueError",
     "IncompatibleQueueError", "MessageTooLargeError", "QueueMemoryError", "LeaseExpiredError",
     "QueueExistsError", "QueuePermissionError", "NoSpaceError",
+    "Requester", "Responder", "Request", "NoRespondersError", "ResponderDiedError", "RequestTimeout", "RemoteError",
     "crash_points", "set_spin_us", "get_spin_us", "__version__",
 ]

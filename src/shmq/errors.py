@@ -7,6 +7,7 @@ __all__ = [
     "ShmqError", "Empty", "Full", "QueueClosedError", "QueueNotFound", "CorruptQueueError",
     "IncompatibleQueueError", "MessageTooLargeError", "QueueMemoryError", "LeaseExpiredError",
     "QueueExistsError", "QueuePermissionError", "NoSpaceError",
+    "NoRespondersError", "ResponderDiedError", "RequestTimeout", "RemoteError",
 ]
 
 
@@ -72,6 +73,25 @@ class ArgumentTypeError(ShmqError, TypeError):
 
 class QueueOSError(ShmqError, OSError):
     """A system call on a segment failed for a reason no other class names (not public)."""
+
+
+# request-reply (shmq.rpc)
+class NoRespondersError(ShmqError):
+    """No responder is attached to the request queue (raised at once, or when the last one left
+    while the request waited)."""
+
+
+class ResponderDiedError(ShmqError):
+    """The responder that took the request died before replying (the request is not handed to
+    another responder unless the responder side is reliable=True)."""
+
+
+class RequestTimeout(ShmqError, TimeoutError):
+    """No reply arrived in time (a reply that arrives later is dropped and counted)."""
+
+
+class RemoteError(ShmqError):
+    """The responder answered with Request.fail(reason): str(e) is the reason."""
 
 
 def _queue_name(path):
