@@ -42,14 +42,19 @@ def snippets(text):
     return out
 
 
+def _pages():
+    """(name as shown, path) of the guide's pages and the README, whose example is a snippet too."""
+    pages = [(p, os.path.join(GUIDE, p)) for p in sorted(os.listdir(GUIDE)) if p.endswith(".md")]
+    return pages + [("../../README.md", os.path.join(ROOT, "README.md"))]
+
+
 def _guide_snippets():
     found = []
-    for page in sorted(os.listdir(GUIDE)) if os.path.isdir(GUIDE) else []:
-        if page.endswith(".md"):
-            with open(os.path.join(GUIDE, page)) as f:
-                for line, info, code in snippets(f.read()):
-                    if info.split(":")[0].split()[:1] == ["python"]:
-                        found.append(pytest.param(page, line, info, code, id=f"{page}:{line}"))
+    for page, path in _pages():
+        with open(path) as f:
+            for line, info, code in snippets(f.read()):
+                if info.split(":")[0].split()[:1] == ["python"]:
+                    found.append(pytest.param(page, line, info, code, id=f"{os.path.basename(page)}:{line}"))
     return found
 
 
@@ -85,6 +90,37 @@ def test_the_extractor_sees_every_kind_of_fence():
 def test_the_guide_has_snippets():
     pages = {p.values[0] for p in SNIPPETS}
     assert {"index.md", "dropin.md", "named-queues.md", "at-least-once.md", "monitoring.md"} <= pages
+
+
+def _docs():
+    """Every markdown page a user gets: README.md and docs/**.md."""
+    out = [os.path.join(ROOT, "README.md")]
+    for dirpath, _, files in os.walk(os.path.join(ROOT, "docs")):
+        out += [os.path.join(dirpath, f) for f in sorted(files) if f.endswith(".md")]
+    return out
+
+
+def test_no_page_cites_the_design_document():
+    """Users do not have DESIGN.md: a page states the rule or the reason itself."""
+    cites = []
+    for path in _docs():
+        with open(path) as f:
+            for n, line in enumerate(f, 1):
+                if re.search(r"DESIGN|§|\bsection \d", line):
+                    cites.append(f"{os.path.relpath(path, ROOT)}:{n}: {line.strip()}")
+    assert not cites, "pages that cite the design document:\n" + "\n".join(cites)
+
+
+def test_errors_page_lists_every_public_exception():
+    import shmq
+    with open(os.path.join(GUIDE, "errors.md")) as f:
+        text = f.read()
+    exceptions = [n for n in shmq.__all__ if isinstance(getattr(shmq, n), type)
+                  and issubclass(getattr(shmq, n), BaseException)]
+    assert "LeaseExpiredError" in exceptions
+    missing = [n for n in exceptions if f"| `{n}` |" not in text and f"| `{n}` itself |" not in text]
+    assert not missing, f"errors.md has no row saying when these are raised: {missing}"
+    assert "not raised" not in text, "errors.md says an exception is never raised"
 
 
 @pytest.mark.parametrize("page,line,info,code", SNIPPETS)
