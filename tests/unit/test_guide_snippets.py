@@ -53,7 +53,8 @@ def _guide_snippets():
     for page, path in _pages():
         with open(path) as f:
             for line, info, code in snippets(f.read()):
-                if info.split(":")[0].split()[:1] == ["python"]:
+                # every Python-looking fence, so that a ```py or ```pycon one cannot slip past the run
+                if info.split(":")[0].split()[:1] in (["python"], ["py"], ["python3"], ["pycon"], ["ipython"]):
                     found.append(pytest.param(page, line, info, code, id=f"{os.path.basename(page)}:{line}"))
     return found
 
@@ -123,14 +124,8 @@ def test_errors_page_lists_every_public_exception():
     assert "not raised" not in text, "errors.md says an exception is never raised"
 
 
-@pytest.mark.parametrize("page,line,info,code", SNIPPETS)
-def test_guide_snippet_runs_and_cleans_up(page, line, info, code, tmp_path):
-    where = f"docs/guide/{page}, the snippet at line {line}"
-    if info != "python":
-        m = re.fullmatch(r"python no-run:\s*(\S.*)", info)
-        assert m, (f"{where}: unknown fence info string {info!r}; use ```python, or "
-                   "```python no-run: <why it cannot run on its own>")
-        pytest.skip(f"{where} is marked no-run: {m.group(1)}")
+def run_snippet(code, tmp_path):
+    """(completed process, names of shmq.* files it left in /dev/shm, which are removed)."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SHMQ_CRASH_AT")}
     if code.lstrip().startswith(">>>"):
         path = tmp_path / "snippet.txt"
@@ -145,11 +140,33 @@ def test_guide_snippet_runs_and_cleans_up(page, line, info, code, tmp_path):
         r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     finally:
         left = _segments() - before
-        for s in left:      # clean up even when the assertions below fail
+        for s in left:      # clean up even when the caller's assertions fail
             try:
                 os.unlink(os.path.join(SHM, s))
             except OSError:
                 pass
+    return r, left
+
+
+def test_the_runner_sees_a_failure_a_wrong_output_and_a_leak(tmp_path):
+    r, _ = run_snippet("import shmq\nq = shmq.Queue()\nq.get(timeout=0.01)\n", tmp_path)
+    assert r.returncode != 0 and "Empty" in r.stderr
+    r, _ = run_snippet(">>> 1 + 1\n3\n", tmp_path)
+    assert r.returncode != 0
+    r, left = run_snippet("import shmq\nshmq.Queue('snippet-leak', create=True, capacity='64KiB')\n", tmp_path)
+    assert r.returncode == 0 and left == {"shmq.snippet-leak"}
+    assert "shmq.snippet-leak" not in _segments()
+
+
+@pytest.mark.parametrize("page,line,info,code", SNIPPETS)
+def test_guide_snippet_runs_and_cleans_up(page, line, info, code, tmp_path):
+    where = f"docs/guide/{page}, the snippet at line {line}"
+    if info != "python":
+        m = re.fullmatch(r"python no-run:\s*(\S.*)", info)
+        assert m, (f"{where}: unknown fence info string {info!r}; use ```python, or "
+                   "```python no-run: <why it cannot run on its own>")
+        pytest.skip(f"{where} is marked no-run: {m.group(1)}")
+    r, left = run_snippet(code, tmp_path)
     assert r.returncode == 0, (f"{where} exited with {r.returncode}\n--- code:\n{code}\n"
                                f"--- stdout:\n{r.stdout}\n--- stderr:\n{r.stderr}")
     assert not left, f"{where} left files in /dev/shm: {sorted(left)} (close or unlink its queues)"
