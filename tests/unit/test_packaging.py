@@ -97,6 +97,9 @@ def built(tmp_path_factory):
     r = subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(src)], env=env,
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, f"python -m build failed:\n{r.stdout[-5000:]}\n{r.stderr[-5000:]}"
+    # setuptools announces with a deadline what it will stop accepting: such a build breaks later
+    dep = [ln for ln in (r.stdout + r.stderr).splitlines() if re.search(r"deprecat", ln, re.I)]
+    assert not dep, "python -m build warns of deprecated configuration:\n" + "\n".join(dep)
     sdists = glob.glob(os.path.join(out, "shmq-*.tar.gz"))
     wheels = glob.glob(os.path.join(out, "shmq-*.whl"))
     assert len(sdists) == 1 and len(wheels) == 1, os.listdir(out)
