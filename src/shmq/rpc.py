@@ -534,9 +534,16 @@ class Requester:
             if p.token is None:
                 p.token = core._find(p.mid)
             if p.token is not None:
-                st, _alive, _n = core._probe(p.token, p.mid)
+                st, alive, _n = core._probe(p.token, p.mid)
+                if st in (_core.PROBE_INFLIGHT, _core.PROBE_BUSY) and not alive:
+                    self._q._repair()              # a dead responder's: back to READY first
+                    st, alive, _n = core._probe(p.token, p.mid)
                 if st in (_core.PROBE_READY, _core.PROBE_DELAYED):
-                    core._ack(p.token, p.mid)      # taken by nobody: it leaves nothing behind
+                    # taken by nobody: it leaves nothing behind. A fresh token: each delivery
+                    # stamps a new generation, and settling needs the current one
+                    tok = core._find(p.mid)
+                    if tok is not None:
+                        core._ack(tok, p.mid)
         except ShmqError:
             pass
 
@@ -564,7 +571,8 @@ class Requester:
                 self._fail(p, ResponderDiedError(
                     f"the responder of {self.name!r} that took request {p.corr} died before replying"),
                     "responder_died")
-        elif state == _core.PROBE_READY and core._consumers(True) == 0:
+        elif state == _core.PROBE_READY and not self.reliable and core._consumers(True) == 0:
+            # (reliable: the request stays queued for a responder that comes back, until the timeout)
             self._remove_if_waiting(p)
             self._fail(p, NoRespondersError(f"every responder of {self.name!r} left before taking the request"),
                        "no_responders")
