@@ -8,7 +8,7 @@ import sys
 import time
 
 from . import __version__, _codec, _core, _names
-from .errors import QueueNotFound, ShmqError
+from .errors import MessageTooLargeError, QueueClosedError, QueueNotFound, ShmqError
 from .stats import complete_stats, entry_kind, inspect_path, kind_name, scan
 
 # argparse (standard library): the CLI needs subcommands, --help and exit codes, nothing a
@@ -337,9 +337,14 @@ def cmd_redrive(args):
         if args.to is not None:
             _names.check_name(args.to)      # a bad --to is a usage error (exit status 2)
             _redrive_target(args.to, targets)
-        n = _redrive(dlq, args.to, args.max, 0.0, lambda name: _redrive_target(name, targets),
-                     lambda mid: _RedriveError(f"message {mid} in {args.name!r} has no x-dead-letter-source "
-                                               "header: pass --to QUEUE to say where it goes"))
+        try:
+            n = _redrive(dlq, args.to, args.max, 0.0, lambda name: _redrive_target(name, targets),
+                         lambda mid: _RedriveError(f"message {mid} in {args.name!r} has no x-dead-letter-source "
+                                                   "header: pass --to QUEUE to say where it goes"))
+        except MessageTooLargeError as e:
+            where = f" {args.to!r}" if args.to else ""
+            raise _RedriveError(f"a message does not fit its target queue{where} ({e}); it stays in "
+                                f"{args.name!r}") from None
     finally:
         for q in targets.values():
             q.close()
@@ -541,9 +546,9 @@ def _main(argv):
                 "top": cmd_top, "redrive": cmd_redrive}[args.cmd](args)
     except BrokenPipeError:
         raise                       # main() ends quietly
-    except _RedriveError as e:
+    except (_RedriveError, MessageTooLargeError, QueueClosedError) as e:
         print(f"shmq {args.cmd}: {e}", file=sys.stderr)
-        return 1
+        return 1                    # ValueErrors, but not usage errors: the command could not be done
     except ValueError as e:
         print(f"shmq {args.cmd}: {e}", file=sys.stderr)
         return 2

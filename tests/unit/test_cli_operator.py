@@ -318,3 +318,15 @@ def test_library_redrive_of_a_message_without_source_counts_no_delivery(ackq):
         assert _first_delivery_count(q) == 1
     finally:
         d.close()
+
+
+def test_redrive_into_a_target_that_refuses_the_message_exits_1_and_keeps_it(ackq, qname):
+    q = ackq()
+    ackq("-small", max_message=1024)
+    q.send(b"x" * 4000)
+    q.receive(timeout=5).nack(requeue=False)
+    r = sh(f"shmq redrive {q.dead_letter_queue} --to {qname}-small")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, (r.returncode, r.stderr)
+    assert "max_message" in r.stderr and f"stays in '{q.dead_letter_queue}'" in r.stderr, r.stderr
+    d, in_flight, _ = _dlq_state(q)
+    assert (d, in_flight) == (1, 0)           # back in the dead-letter queue at once, not held for its lease
