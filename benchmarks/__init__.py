@@ -4,7 +4,8 @@ import sys
 
 
 def run(groups, argv=None):
-    """Run `shmq bench --only <groups>` with the extra command-line arguments given."""
+    """Run `shmq bench --only <groups> --goals` (the project's performance goals, which `shmq
+    bench` alone does not print) with the extra command-line arguments given."""
     from shmq import _bench
     argv = list(sys.argv[1:] if argv is None else argv)
-    return _bench.main(["--only", ",".join(groups)] + argv)
+    return _bench.main(["--only", ",".join(groups), "--goals"] + argv)

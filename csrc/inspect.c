@@ -4,6 +4,8 @@
 
 #include "arena.h"
 #include "atomic.h"
+#include "dedup.h"
+#include "lease.h"
 #include "participants.h"
 #include "queue_int.h"
 
@@ -48,7 +50,55 @@ void shmq_stats(shmq_seg_t *q, shmq_stats_t *st)
         shmq_q_hooks(q)->stats(q, st);
 }
 
+/* Copy the message of descriptor d (in area da) whose word was dw when its caller chose it;
+ * re-checks the word after the copy. SHMQ_OK, SHMQ_EAGAIN (it changed), SHMQ_ECORRUPT. */
+static int peek_copy(shmq_seg_t *q, shmq_area_t *da, shmq_desc_t *d, uint64_t dw, shmq_peek_t *out, void *buf,
+                     uint64_t cap, uint32_t flags)
+{
+    uint64_t size = d->size;
+    uint32_t chunk = d->chunk, order = d->chunk_order, hs = 0;
+    if (chunk == SHMQ_NO_CHUNK ? size > SHMQ_INLINE_MAX
+                               : (!shmq_arena_ref_valid(da, chunk, order) || size > ((uint64_t)SHMQ_ARENA_UNIT << order)))
+        /* fields read while a getter took and freed the message are not garbage: look again */
+        return shmq_load_acquire(&d->word) != dw ? SHMQ_EAGAIN : SHMQ_ECORRUPT;
+    const uint8_t *src = chunk == SHMQ_NO_CHUNK ? d->inline_data : da->arena + (uint64_t)chunk * SHMQ_ARENA_UNIT;
+    if (shmq_q_hooks(q)->body_skip) { /* the body only: past the kind's and the header blocks */
+        uint64_t skip = shmq_q_hooks(q)->body_skip(d);
+        hs = d->hdr_size;
+        if (skip > size || hs > skip) /* untrusted: the blocks lie inside the payload */
+            return shmq_load_acquire(&d->word) != dw ? SHMQ_EAGAIN : SHMQ_ECORRUPT;
+        src += skip;
+        size -= skip;
+    }
+    out->id = d->id;
+    out->timestamp_ns = d->timestamp_ns;
+    out->kind = d->kind;
+    out->delivery_count = d->delivery_count;
+    out->state = shmq_desc_state(dw);
+    out->hdr_size = hs;
+    out->size = size;
+    if (flags & SHMQ_PEEK_HEADERS) { /* the header block sits right before the body */
+        src -= hs;
+        size += hs;
+    }
+    out->copied = size < cap ? size : cap;
+    memcpy(buf, src, out->copied);
+    /* acquire fence: the copy above happens before the re-check below (x86 does not
+     * reorder loads with loads; TSan builds cannot express the fence and skip it) */
+#if !defined(__SANITIZE_THREAD__)
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+#endif
+    if (shmq_load_relaxed(&d->word) != dw)
+        return SHMQ_EAGAIN; /* taken (and maybe re-used) while we copied */
+    return SHMQ_OK;
+}
+
 int shmq_peek(shmq_seg_t *q, uint64_t n, shmq_peek_t *out, void *buf, uint64_t cap)
+{
+    return shmq_peek_ex(q, n, out, buf, cap, 0);
+}
+
+int shmq_peek_ex(shmq_seg_t *q, uint64_t n, shmq_peek_t *out, void *buf, uint64_t cap, uint32_t flags)
 {
     shmq_header_t *h = q->hdr;
     uint32_t head = shmq_load_acquire(&h->area_head), tail = shmq_load_acquire(&h->area_tail);
@@ -71,35 +121,31 @@ int shmq_peek(shmq_seg_t *q, uint64_t n, shmq_peek_t *out, void *buf, uint64_t c
         uint64_t dw = shmq_load_acquire(&d->word);
         if (shmq_desc_state(dw) != SHMQ_D_READY || shmq_desc_dgen(dw) != (shmq_handle_dgen(handle) & SHMQ_DGEN_MASK))
             return SHMQ_EAGAIN;
-        uint64_t size = d->size;
-        uint32_t chunk = d->chunk, order = d->chunk_order;
-        if (chunk == SHMQ_NO_CHUNK ? size > SHMQ_INLINE_MAX
-                                   : (!shmq_arena_ref_valid(da, chunk, order) || size > ((uint64_t)SHMQ_ARENA_UNIT << order)))
-            /* fields read while a getter took and freed the message are not garbage: look again */
-            return shmq_load_acquire(&d->word) != dw ? SHMQ_EAGAIN : SHMQ_ECORRUPT;
-        const uint8_t *src = chunk == SHMQ_NO_CHUNK ? d->inline_data : da->arena + (uint64_t)chunk * SHMQ_ARENA_UNIT;
-        if (shmq_q_hooks(q)->body_skip) { /* the body only: past the kind's and the header blocks */
-            uint64_t skip = shmq_q_hooks(q)->body_skip(d);
-            if (skip > size)
-                return shmq_load_acquire(&d->word) != dw ? SHMQ_EAGAIN : SHMQ_ECORRUPT;
-            src += skip;
-            size -= skip;
+        return peek_copy(q, da, d, dw, out, buf, cap, flags);
+    }
+    return SHMQ_EMPTY;
+}
+
+static int held_state(uint32_t st) { return st == SHMQ_D_INFLIGHT || st == SHMQ_D_SETTLING || st == SHMQ_D_DELAYED; }
+
+int shmq_peek_held(shmq_seg_t *q, uint64_t *pos, shmq_peek_t *out, void *buf, uint64_t cap, uint32_t flags)
+{
+    if (!shmq_ack_of(q))
+        return SHMQ_EMPTY; /* only at-least-once queues hold messages outside their rings */
+    uint32_t i = (uint32_t)(*pos >> 32), k = (uint32_t)*pos;
+    shmq_area_t *a;
+    for (; (a = shmq_q_area_next(q, &i)) != NULL; i++, k = 0) {
+        for (; k < a->n_desc; k++) {
+            shmq_desc_t *d = shmq_q_desc(a, k);
+            uint64_t dw = shmq_load_acquire(&d->word);
+            if (!held_state(shmq_desc_state(dw)))
+                continue;
+            *pos = ((uint64_t)i << 32) | (k + 1);
+            int rc = peek_copy(q, a, d, dw, out, buf, cap, flags);
+            if (rc == SHMQ_EAGAIN)
+                *pos -= 1; /* this one again */
+            return rc;
         }
-        out->id = d->id;
-        out->timestamp_ns = d->timestamp_ns;
-        out->kind = d->kind;
-        out->delivery_count = d->delivery_count;
-        out->size = size;
-        out->copied = size < cap ? size : cap;
-        memcpy(buf, src, out->copied);
-        /* acquire fence: the copy above happens before the re-check below (x86 does not
-         * reorder loads with loads; TSan builds cannot express the fence and skip it) */
-#if !defined(__SANITIZE_THREAD__)
-        __atomic_thread_fence(__ATOMIC_ACQUIRE);
-#endif
-        if (shmq_load_relaxed(&d->word) != dw)
-            return SHMQ_EAGAIN; /* taken (and maybe re-used) while we copied */
-        return SHMQ_OK;
     }
     return SHMQ_EMPTY;
 }
@@ -111,6 +157,33 @@ uint64_t shmq_purge(shmq_seg_t *q)
     while (shmq_get_begin(q, &m, 0) == SHMQ_OK) {
         shmq_get_end(q, &m);
         n++;
+    }
+    return n;
+}
+
+uint64_t shmq_purge_held(shmq_seg_t *q)
+{
+    if (!shmq_ack_of(q))
+        return 0;
+    uint64_t n = 0;
+    shmq_area_t *a;
+    for (uint32_t i = 0; (a = shmq_q_area_next(q, &i)) != NULL; i++) {
+        for (uint32_t k = 0; k < a->n_desc; k++) {
+            shmq_desc_t *d = shmq_q_desc(a, k);
+            uint64_t w = shmq_load_acquire(&d->word);
+            uint32_t st = shmq_desc_state(w);
+            if (st != SHMQ_D_INFLIGHT && st != SHMQ_D_DELAYED)
+                continue; /* SETTLING/MOVING: someone's moment; the rest are not held messages */
+            /* acq_rel: claimed like an ack claims it, so no settle of the old lease gets it too */
+            if (!shmq_cas_acq_rel(&d->word, &w, shmq_desc_word(shmq_desc_dgen(w), SHMQ_D_READING, q->owner)))
+                continue; /* settled meanwhile */
+            /* untrusted: the dedup key lies inside the payload (lease.c settles it the same way) */
+            if ((d->flags & SHMQ_DF_DEDUP) && shmq_q_payload_valid(a, d)
+                && shmq_q_hooks(q)->body_skip(d) <= d->size)
+                shmq_dedup_settle(q, shmq_q_payload(a, d) + SHMQ_ACK_META, d->id);
+            shmq_q_release_owned(q, a, d);
+            n++;
+        }
     }
     return n;
 }

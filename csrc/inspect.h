@@ -79,14 +79,29 @@ typedef struct {
     uint64_t copied;    /* bytes copied into the caller's buffer (a prefix when it is smaller) */
     uint32_t kind;
     uint32_t delivery_count;
+    uint32_t state;     /* SHMQ_D_READY, SHMQ_D_INFLIGHT, SHMQ_D_DELAYED... (desc.h) */
+    uint32_t hdr_size;  /* header block bytes (at-least-once); copied first with SHMQ_PEEK_HEADERS */
 } shmq_peek_t;
+
+/* shmq_peek_ex flag: copy the header block (out->hdr_size bytes), then the body, into buf. */
+#define SHMQ_PEEK_HEADERS 1u
 
 /* Copy the n-th queued message (0 = next to be delivered) without taking it. Re-checks the
  * descriptor's generation after the copy, so a message taken meanwhile is never half-reported.
  * SHMQ_OK, SHMQ_EMPTY (fewer than n+1 messages), SHMQ_EAGAIN (the queue moved: call again). */
 int shmq_peek(shmq_seg_t *q, uint64_t n, shmq_peek_t *out, void *buf, uint64_t cap);
+int shmq_peek_ex(shmq_seg_t *q, uint64_t n, shmq_peek_t *out, void *buf, uint64_t cap, uint32_t flags);
+/* The messages no ring holds (at-least-once: in flight or delayed), found by walking the
+ * descriptors: the first one at position >= *pos (area << 32 | index) in state INFLIGHT,
+ * SETTLING (counted as in flight) or DELAYED, copied as shmq_peek_ex copies; *pos is set past it.
+ * SHMQ_OK, SHMQ_EMPTY (no more), SHMQ_EAGAIN (it changed while we copied: call again). */
+int shmq_peek_held(shmq_seg_t *q, uint64_t *pos, shmq_peek_t *out, void *buf, uint64_t cap, uint32_t flags);
 /* Take and discard every message queued now; returns how many. */
 uint64_t shmq_purge(shmq_seg_t *q);
+/* Discard what shmq_purge leaves of an at-least-once queue: the in-flight and delayed messages
+ * (their leases end: a later ack or nack of one is SHMQ_ESTALE); returns how many. A message
+ * someone is settling at that moment (SETTLING, MOVING) is left alone. 0 on other queues. */
+uint64_t shmq_purge_held(shmq_seg_t *q);
 /* Consistency walk (quiescent queue): counts of what is where; see shmq_check_t. */
 void shmq_check(shmq_seg_t *q, shmq_check_t *out);
 

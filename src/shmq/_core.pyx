@@ -70,6 +70,8 @@ RC = {name: value for name, value in (
 cdef object _encode = None       # (obj, raw) -> (kind, [buffers written back to back])
 cdef object _decode = None       # (kind, memoryview, raw, id) -> obj; the view dies after the call
 cdef object _kind_names = {}
+# descriptor states (desc.h) as the CLI's peek names them; SETTLING is a moment of an in-flight one
+cdef dict _STATE_NAMES = {2: "ready", 4: "in-flight", 7: "in-flight", 5: "delayed"}
 cdef uint32_t _KIND_BYTES = 0    # the codec's kinds that are plain copies (no Python call)
 cdef uint32_t _KIND_BYTEARRAY = 0
 cdef object _timeout_ns = None   # timeout -> relative ns, or None for no deadline
@@ -997,13 +999,67 @@ cdef class Core:
             return None
         return _decode(pk.kind, memoryview(buf), self._flags & c.SHMQ_F_RAW, pk.id)
 
-    def _purge(self):
-        """Take and discard every queued message (no unpickling); returns how many."""
-        cdef uint64_t n
+    def _inspect(self, bint held, uint64_t n, Py_ssize_t cap=64, bint decode=False):
+        """A message without taking it (the CLI's peek): the n-th ready one in delivery order, or
+        with held=True the first in-flight or delayed one at descriptor position >= n (at-least-
+        once queues). A dict: id, timestamp, kind, size, delivery_count, state ("ready",
+        "in-flight", "delayed"), headers (the raw header block), prefix (the body's first cap
+        bytes), decoded/value (decode=True: the object, decoded from a copy: unpickles), next
+        (held: the position after it); None when there are no more."""
+        cdef c.shmq_peek_t pk
+        cdef int rc = c.SHMQ_EAGAIN
+        cdef uint64_t pos = n
+        cdef uint64_t want
+        cdef char *p
+        self._check_open()
+        if cap < 0:
+            raise _errors.ArgumentError(f"cap must be a non-negative number of bytes, got {cap}")
+        want = <uint64_t>cap + 65535  # SHMQ_HDR_MAX: the header block always fits before the prefix
+        buf = b""
+        self._enter()
+        try:
+            for _ in range(1000):
+                buf = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>want)
+                p = PyBytes_AS_STRING(buf)
+                pos = n
+                with nogil:
+                    if held:
+                        rc = c.shmq_peek_held(&self.seg, &pos, &pk, p, want, c.SHMQ_PEEK_HEADERS)
+                    else:
+                        rc = c.shmq_peek_ex(&self.seg, n, &pk, p, want, c.SHMQ_PEEK_HEADERS)
+                if rc == c.SHMQ_OK and decode and pk.copied < <uint64_t>pk.hdr_size + pk.size:
+                    want = <uint64_t>pk.hdr_size + pk.size  # the whole body, to decode it: again
+                    rc = c.SHMQ_EAGAIN
+                    continue
+                if rc != c.SHMQ_EAGAIN:
+                    break
+        finally:
+            self._leave()
+        if rc == c.SHMQ_EMPTY:
+            return None
+        if rc != c.SHMQ_OK:
+            raise self._error(rc, "peek")
+        hs = pk.hdr_size
+        body = buf[hs:pk.copied]
+        decoded = bool(decode) and pk.copied == <uint64_t>hs + pk.size
+        return {"id": pk.id, "timestamp": pk.timestamp_ns / 1e9, "kind": _kind_names.get(pk.kind, str(pk.kind)),
+                "size": pk.size, "delivery_count": pk.delivery_count,
+                "state": _STATE_NAMES.get(pk.state, str(pk.state)), "headers": buf[:hs], "prefix": body[:cap],
+                "decoded": decoded,
+                "value": _decode(pk.kind, memoryview(body), self._flags & c.SHMQ_F_RAW, pk.id) if decoded else None,
+                "next": pos}
+
+    def _purge(self, bint held=False):
+        """Take and discard every queued message (no unpickling); returns how many. held=True:
+        the in-flight and delayed messages of an at-least-once queue as well (their leases end)."""
+        cdef uint64_t n, m = 0
         self._check()
         self._enter()
         with nogil:
             n = c.shmq_purge(&self.seg)
+            if held:
+                m = c.shmq_purge_held(&self.seg)
+                n += m + c.shmq_purge(&self.seg)  # and what a settle put back meanwhile
         self._leave()
         return n
 

@@ -150,8 +150,15 @@ cdef extern from "queue.h" nogil:
         uint64_t copied
         uint32_t kind
         uint32_t delivery_count
+        uint32_t state
+        uint32_t hdr_size
+    enum:
+        SHMQ_PEEK_HEADERS
     int shmq_peek(shmq_seg_t *q, uint64_t n, shmq_peek_t *out, void *buf, uint64_t cap)
+    int shmq_peek_ex(shmq_seg_t *q, uint64_t n, shmq_peek_t *out, void *buf, uint64_t cap, uint32_t flags)
+    int shmq_peek_held(shmq_seg_t *q, uint64_t *pos, shmq_peek_t *out, void *buf, uint64_t cap, uint32_t flags)
     uint64_t shmq_purge(shmq_seg_t *q)
+    uint64_t shmq_purge_held(shmq_seg_t *q)
     int shmq_repair_dead(shmq_seg_t *q)
     void shmq_check(shmq_seg_t *q, shmq_check_t *out)
     int shmq_put(shmq_seg_t *q, const shmq_iov_t *iov, uint32_t n, uint32_t kind, uint64_t deadline_ns, uint64_t *id_out)

@@ -1,13 +1,14 @@
 """The shmq command line: list, inspect and remove queues; run the benchmark."""
 import argparse
+import datetime
 import json
 import os
 import sys
 import time
 
-from . import _core, _names
-from .errors import QueueNotFound, ShmqError
-from .stats import entry_kind, inspect_path, kind_name, list_queues, scan
+from . import __version__, _codec, _core, _names
+from .errors import MessageTooLargeError, QueueClosedError, QueueNotFound, ShmqError
+from .stats import complete_stats, entry_kind, inspect_path, kind_name, scan
 
 # argparse (standard library): the CLI needs subcommands, --help and exit codes, nothing a
 # third-party library would add enough to justify a runtime dependency.
@@ -48,6 +49,14 @@ def _fmt_bytes(n):
         n /= 1024
 
 
+_PATH_PREFIX = _names.SHM_DIR + "/" + _names.PREFIX
+
+
+def _queue_name(text):
+    """An argparse type: a queue name, or its file's path as `ls -l /dev/shm` shows it (pasted)."""
+    return text[len(_PATH_PREFIX):] if text.startswith(_PATH_PREFIX) and len(text) > len(_PATH_PREFIX) else text
+
+
 def _resolve(name):
     if name.startswith(_names.ANON_MARK):
         return _names.SHM_DIR + "/" + _names.PREFIX + name
@@ -55,17 +64,60 @@ def _resolve(name):
     return _names.path_of(name)
 
 
-def _ls_rows():
+def _fmt_age(seconds):
+    """An age as an operator reads it: 4.2s, 3m07s, 2h05m, 3d04h."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    s = int(seconds)
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _ack(st):
+    return st is not None and bool(st["flags"] & _core.F_ACK)
+
+
+def _kind(qi, st):
+    """The KIND column: an at-least-once queue is `ack`, its dead-letter queue `dead-letter`
+    (an ack queue that names no dead-letter queue of its own: only dead-letter queues do)."""
+    if _ack(st):
+        return "ack" if st["dead_letter"] else "dead-letter"
+    return qi.kind
+
+
+def _held(st):
+    """(IN_FLIGHT, DELAYED, AGE) cells: `-` where a queue has no such thing."""
+    if st is None:
+        return "-", "-", "-"
+    age = _fmt_age(st["oldest_age_s"]) if st["depth"] else "-"
+    if not _ack(st):
+        return "-", "-", age
+    return str(st["in_flight"]), str(st["delayed"]), age
+
+
+def _ls_rows(entries):
     rows = []
-    for qi in list_queues():
+    for qi, st in entries:
         dash = lambda v: "-" if v is None else v  # noqa: E731
-        rows.append((_show(qi.name), qi.kind, str(dash(qi.depth)),
+        rows.append((_show(qi.name), _kind(qi, st), str(dash(qi.depth)), *_held(st),
                      "-" if qi.bytes_used is None else _fmt_bytes(qi.bytes_used),
                      str(dash(qi.consumers)), str(dash(qi.producers)), str(dash(qi.attached))))
     return rows
 
 
-_LS_HEAD = ("NAME", "KIND", "DEPTH", "BYTES", "CONSUMERS", "PRODUCERS", "ATTACHED")
+_LS_HEAD = ("NAME", "KIND", "DEPTH", "IN_FLIGHT", "DELAYED", "AGE", "BYTES", "CONSUMERS", "PRODUCERS", "ATTACHED")
+
+
+def _ls_json(qi, st):
+    row = qi._asdict()
+    ack = _ack(st)
+    row.update(at_least_once=ack, dead_letter_queue=ack and not st["dead_letter"],
+               in_flight=st["in_flight"] if ack else None, delayed=st["delayed"] if ack else None,
+               oldest_age_s=None if st is None else st["oldest_age_s"])
+    return row
 
 
 def _table(head, rows):
@@ -74,12 +126,49 @@ def _table(head, rows):
 
 
 def cmd_ls(args):
+    entries = scan()
     if args.json:
-        print(json.dumps([qi._asdict() for qi in list_queues()], indent=2))
+        print(json.dumps([_ls_json(qi, st) for qi, st in entries], indent=2))
         return 0
-    for line in _table(_LS_HEAD, _ls_rows()):
+    for line in _table(_LS_HEAD, _ls_rows(entries)):
         print(line)
     return 0
+
+
+def _iso(ts):
+    """Seconds since the epoch as ISO 8601 in local time with its offset."""
+    return datetime.datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
+
+
+# options whose 0 means "not set" (no limit, no TTL, ...): shown as None by `stat`
+_UNSET_IF_ZERO = ("maxsize", "default_ttl")
+_ACK_ONLY = ("visibility_timeout", "max_deliveries", "default_delay", "default_ttl", "dedup_window",
+             "dedup_capacity", "dead_letter")
+_FLAG_NAMES = ((_core.F_ACK, "ack"), (_core.F_GROWABLE, "growable"), (_core.F_JOINABLE, "joinable"),
+               (_core.F_RAW, "raw"))
+
+
+_STAT_NAMES = ("name", "dead_letter")     # names anyone could have chosen: shown escaped
+
+
+def _stat_text(st):
+    """stat's values as an operator reads them: the mode in octal, times in ISO 8601, None for
+    an option that is not set."""
+    out = dict(st)
+    ack = bool(st["flags"] & _core.F_ACK)
+    out["mode"] = oct(st["mode"])
+    out["created_at"] = _iso(st["created_at"]) if st["created_at"] else None
+    names = [n for f, n in _FLAG_NAMES if st["flags"] & f]
+    out["flags"] = f"{st['flags']} ({', '.join(names)})" if names else str(st["flags"])
+    if st["flags"] & _core.F_GROWABLE:
+        out["capacity"] = None      # unbounded: grows on demand
+    for k in _UNSET_IF_ZERO:
+        if not st[k]:
+            out[k] = None
+    for k in _ACK_ONLY:
+        if not ack or (k == "dead_letter" and not st[k]):
+            out[k] = None            # at-most-once queues have no such option; a DLQ names none
+    return out
 
 
 def cmd_stat(args):
@@ -93,8 +182,11 @@ def cmd_stat(args):
     if args.json:
         print(json.dumps(st, indent=2, sort_keys=True))
     else:
-        for k in sorted(st):
-            print(f"{k:16} {st[k]}")
+        text = _stat_text(st)
+        width = max(map(len, text))
+        for k in sorted(text):
+            v = text[k]
+            print(f"{k:{width}}  {_show(v) if k in _STAT_NAMES and v is not None else v}")
     return 0
 
 
@@ -124,21 +216,54 @@ def _open(name, attach):
     return c
 
 
+def _headers(block):
+    try:
+        return repr(_codec.decode_headers(block))   # repr escapes what could drive the terminal
+    except Exception:
+        return "?"                                  # a header block we cannot read: say so, go on
+
+
+def _peek_line(info, ack, unpickle):
+    line = (f"id={info['id']} time={_iso(info['timestamp'])} type={info['kind']} size={info['size']} "
+            f"hex={info['prefix'].hex()}")
+    if ack:
+        line = (f"state={info['state']} deliveries={info['delivery_count']} headers={_headers(info['headers'])} "
+                + line)
+    if unpickle:
+        line += f" value={info['value']!r}" if info["decoded"] else " value=?"
+    return line
+
+
 def cmd_peek(args):
     c = _open(args.name, attach=False)
     try:
+        st = complete_stats(c, c._raw_stats())
+        ack = _ack(st)
+        if ack:
+            print(f"{_show(args.name)}: {st['depth']} ready, {st['in_flight']} in flight, {st['delayed']} delayed")
+        else:
+            print(f"{_show(args.name)}: {st['depth']} queued")
         shown = 0
-        for i in range(args.n):
-            info = c._peek(i, args.bytes)
+        for i in range(args.n):   # ready messages, in the order they will be delivered
+            info = c._inspect(False, i, args.bytes, args.unpickle)
             if info is None:
                 break
-            mid, ts, kind, size, prefix = info
-            line = f"id={mid} time={time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ts))} type={kind} size={size} hex={prefix.hex()}"
-            if args.unpickle:
-                line += f" value={c._peek_body(i)!r}"
-            print(line)
+            print(_peek_line(info, ack, args.unpickle))
             shown += 1
-        if not shown:
+        if ack and args.n:        # then those no consumer can take now: in flight, delayed
+            held, pos, counts = [], 0, {"in-flight": 0, "delayed": 0}
+            while min(counts.values()) < args.n:
+                info = c._inspect(True, pos, args.bytes, args.unpickle)
+                if info is None:
+                    break
+                pos = info["next"]
+                if counts.get(info["state"], args.n) < args.n:
+                    counts[info["state"]] += 1
+                    held.append(info)
+            for info in sorted(held, key=lambda m: (m["state"] != "in-flight", m["id"])):
+                print(_peek_line(info, ack, args.unpickle))
+                shown += 1
+        if not shown and args.n:
             print("(empty)")
     finally:
         c._close()
@@ -148,25 +273,76 @@ def cmd_peek(args):
 def cmd_purge(args):
     c = _open(args.name, attach=True)
     try:
-        n = c._purge()
+        n = c._purge(args.all)
+        st = complete_stats(c, c._raw_stats())
     finally:
         c._close()
-    print(f"purged {n} message(s) from {args.name}")
+    print(f"purged {n} message(s) from {_show(args.name)}"
+          + (" (ready, in flight and delayed)" if args.all and _ack(st) else ""))
+    if _ack(st) and not args.all and (st["in_flight"] or st["delayed"]):
+        print(f"left {st['in_flight']} in flight and {st['delayed']} delayed (purge --all discards them too)")
     return 0
 
 
+class _RedriveError(ShmqError, ValueError):
+    """A redrive that cannot go on (exit status 1: not a usage error)."""
+
+
+def _redrive_target(name, cache):
+    """The at-least-once queue `name`, opened once per run."""
+    from .queue import Queue
+    from .reliable import ReliableQueue
+    q = cache.get(name)
+    if q is None:
+        try:
+            q = Queue(name)
+        except FileNotFoundError:
+            raise _RedriveError(f"no such queue: {name!r}") from None
+        except ValueError as e:     # a source header naming no valid queue (--to is checked before)
+            raise _RedriveError(str(e)) from None
+        if not isinstance(q, ReliableQueue):
+            q.close()
+            raise _RedriveError(f"{name!r} is not an at-least-once queue (created without ack=True): "
+                                "messages cannot be redriven to it")
+        cache[name] = q
+    return q
+
+
 def cmd_redrive(args):
-    from .queue import Queue, redrive
+    from .queue import Queue
+    from .reliable import ReliableQueue, _redrive
     try:
         dlq = Queue(args.name)
     except FileNotFoundError:
         raise QueueNotFound(2, f"no such queue: {args.name!r}", _resolve(args.name)) from None
+    targets = {}
     try:
-        n = redrive(dlq, to=args.to, max_messages=args.max)
+        if not isinstance(dlq, ReliableQueue):
+            raise _RedriveError(f"{args.name!r} is not a dead-letter queue (it is an at-most-once queue)")
+        if dlq.dead_letter_queue and args.to is None:
+            raise _RedriveError(f"{args.name!r} is not a dead-letter queue (its own is "
+                                f"{dlq.dead_letter_queue!r}); pass --to QUEUE to move its messages anyway")
+        if args.to is not None:
+            _names.check_name(args.to)      # a bad --to is a usage error (exit status 2)
+            _redrive_target(args.to, targets)
+        try:
+            n = _redrive(dlq, args.to, args.max, 0.0, lambda name: _redrive_target(name, targets),
+                         lambda mid: _RedriveError(f"message {mid} in {args.name!r} has no x-dead-letter-source "
+                                                   "header: pass --to QUEUE to say where it goes"))
+        except MessageTooLargeError as e:
+            where = f" {args.to!r}" if args.to else ""
+            raise _RedriveError(f"a message does not fit its target queue{where} ({e}); it stays in "
+                                f"{args.name!r}") from None
     finally:
+        for q in targets.values():
+            q.close()
         dlq.close()
-    print(f"moved {n} message(s) from {args.name}")
+    print(f"moved {n} message(s) from {_show(args.name)}")
     return 0
+
+
+_TOP_HEAD = ("NAME", "KIND", "DEPTH", "IN_FLIGHT", "DELAYED", "AGE", "BYTES", "IN/s", "OUT/s", "CONSUMERS",
+             "PRODUCERS")
 
 
 def cmd_top(args):
@@ -178,7 +354,7 @@ def cmd_top(args):
             rows = []
             for qi, st in scan():
                 if st is None:  # not a queue, or unreadable: listed, with no counters
-                    rows.append((_show(qi.name), qi.kind, "-", "-", "-", "-", "-", "-"))
+                    rows.append((_show(qi.name), qi.kind) + ("-",) * (len(_TOP_HEAD) - 2))
                     continue
                 p = prev.get(qi.name)
                 rin = rout = 0.0
@@ -186,12 +362,12 @@ def cmd_top(args):
                     dt = max(now - p[0], 1e-9)
                     rin, rout = (st["enqueued"] - p[1]) / dt, (st["dequeued"] - p[2]) / dt
                 prev[qi.name] = (now, st["enqueued"], st["dequeued"])
-                rows.append((_show(qi.name), qi.kind, str(st["depth"]), _fmt_bytes(st["bytes_used"]), f"{rin:.0f}",
-                             f"{rout:.0f}", str(st["consumers"]), str(st["producers"])))
+                rows.append((_show(qi.name), _kind(qi, st), str(st["depth"]), *_held(st), _fmt_bytes(st["bytes_used"]),
+                             f"{rin:.0f}", f"{rout:.0f}", str(st["consumers"]), str(st["producers"])))
             if sys.stdout.isatty():
                 print("\x1b[2J\x1b[H", end="")
             print(time.strftime("%H:%M:%S"), f"{len(rows)} queue(s)")
-            for line in _table(("NAME", "KIND", "DEPTH", "BYTES", "IN/s", "OUT/s", "CONSUMERS", "PRODUCERS"), rows):
+            for line in _table(_TOP_HEAD, rows):
                 print(line)
             sys.stdout.flush()
             it += 1
@@ -232,35 +408,48 @@ def cmd_bench(args, rest):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="shmq", description="Inspect and manage shmq queues in /dev/shm.")
+    p = argparse.ArgumentParser(prog="shmq", description="Inspect and manage shmq queues in /dev/shm. "
+                                "A queue is named by its name or by its file's path (/dev/shm/shmq.NAME).")
+    p.add_argument("--version", action="version", version=f"shmq {__version__}")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
-    s = sub.add_parser("ls", help="list queues", description="List every queue: name, kind, depth, bytes, consumers, producers.")
+    s = sub.add_parser("ls", help="list queues",
+                       description="List every queue: name, kind (ack, dead-letter for at-least-once queues), depth, "
+                                   "in-flight and delayed messages, age of the oldest ready message, bytes, "
+                                   "consumers, producers, attached handles.")
     s.add_argument("--json", action="store_true", help="print JSON")
     s = sub.add_parser("stat", help="show one queue's counters", description="Show the counters of one queue.")
-    s.add_argument("name")
+    s.add_argument("name", type=_queue_name)
     s.add_argument("--json", action="store_true", help="print JSON")
     s = sub.add_parser("rm", help="remove queues", description="Remove queues by name (attached processes keep working).")
-    s.add_argument("names", nargs="+", metavar="NAME")
+    s.add_argument("names", nargs="+", metavar="NAME", type=_queue_name)
     s = sub.add_parser("peek", help="show queued messages without taking them",
-                       description="Show id, type, size and a hex prefix of the next messages, without consuming them. "
-                                   "Unpickles only with --unpickle: unpickling runs code chosen by whoever can write the queue.")
-    s.add_argument("name")
-    s.add_argument("-n", type=_count(), default=10, help="how many messages (default 10)")
+                       description="Show id, time, type, size and a hex prefix of the next messages, without consuming "
+                                   "them; for an at-least-once queue also their state, delivery count and headers, "
+                                   "and the messages in flight and delayed. Unpickles only with --unpickle: "
+                                   "unpickling runs code chosen by whoever can write the queue.")
+    s.add_argument("name", type=_queue_name)
+    s.add_argument("-n", type=_count(), default=10,
+                   help="how many messages (default 10); of an at-least-once queue, of each state")
     s.add_argument("--bytes", type=_count(PEEK_MAX_BYTES), default=32,
                    help=f"hex prefix length (default 32, at most {PEEK_MAX_BYTES})")
     s.add_argument("--unpickle", action="store_true", help="also show the decoded value (runs pickle: trust the writers)")
-    s = sub.add_parser("purge", help="discard every queued message", description="Take and discard every queued message.")
-    s.add_argument("name")
+    s = sub.add_parser("purge", help="discard every queued message",
+                       description="Take and discard every queued message. With --all, an at-least-once queue's "
+                                   "in-flight and delayed messages too: their consumers' leases end (a later ack "
+                                   "raises LeaseExpiredError) and nothing goes to the dead-letter queue.")
+    s.add_argument("name", type=_queue_name)
+    s.add_argument("--all", action="store_true", help="also the in-flight and delayed messages (at-least-once queues)")
     s = sub.add_parser("top", help="live view of queues with rates", description="Refresh `ls` with in/out rates until Ctrl-C.")
     s.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
-    s.add_argument("--iterations", type=int, default=None, help="stop after N refreshes")
+    s.add_argument("--iterations", type=_count(), default=None, help="stop after N refreshes")
     s = sub.add_parser("redrive", help="move dead letters back",
                        description="Move messages of a dead-letter queue back to the queue each came from "
                                    "(x-dead-letter-source), or to --to. Acked in the dead-letter queue only after "
                                    "the copy was sent, de-duplicated by id.")
-    s.add_argument("name", help="the dead-letter queue")
-    s.add_argument("--to", default=None, help="send every message to this queue instead")
-    s.add_argument("--max", type=int, default=None, help="move at most this many")
+    s.add_argument("name", help="the dead-letter queue", type=_queue_name)
+    s.add_argument("--to", default=None, type=_queue_name, metavar="QUEUE",
+                   help="send every message to this queue instead")
+    s.add_argument("--max", type=_count(), default=None, help="move at most this many")
     sub.add_parser("gc", help="remove anonymous queues of dead processes",
                    description="Remove anonymous segments whose creator is dead and that no live process holds.")
     sub.add_parser("bench", help="benchmark against multiprocessing.Queue and installed peers", add_help=False,
@@ -268,8 +457,31 @@ def build_parser():
     return p
 
 
+def _quiet_stdout():
+    """The reader of our output went away (`shmq ls | head -1`): what is left to print goes
+    nowhere, so neither we nor the interpreter's flush at exit report a broken pipe."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+        os.close(fd)
+    except (OSError, AttributeError, ValueError):
+        pass
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        rc = _main(argv)
+        sys.stdout.flush()
+        return rc
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 0   # the reader stopped reading: not a failure of the command
+    except KeyboardInterrupt:
+        return 130
+
+
+def _main(argv):
     parser = build_parser()
     if argv and argv[0] == "bench":
         return cmd_bench(None, argv[1:])
@@ -280,6 +492,11 @@ def main(argv=None):
     try:
         return {"ls": cmd_ls, "stat": cmd_stat, "rm": cmd_rm, "gc": cmd_gc, "peek": cmd_peek, "purge": cmd_purge,
                 "top": cmd_top, "redrive": cmd_redrive}[args.cmd](args)
+    except BrokenPipeError:
+        raise                       # main() ends quietly
+    except (_RedriveError, MessageTooLargeError, QueueClosedError) as e:
+        print(f"shmq {args.cmd}: {e}", file=sys.stderr)
+        return 1                    # ValueErrors, but not usage errors: the command could not be done
     except ValueError as e:
         print(f"shmq {args.cmd}: {e}", file=sys.stderr)
         return 2

@@ -152,38 +152,72 @@ def redrive(dlq, to=None, *, max_messages=None, timeout=0.0):
     queue named by its x-dead-letter-source header. Headers, body and priority are kept, the
     x-dead-letter-* headers are dropped. Each copy is sent with a dedup id derived from the
     DLQ and message id, and acked in the DLQ only after the send returned, so a crash in
-    between never loses it and, within the target's dedup window, never doubles it.
-    Returns how many were moved. Raises QueueNotFound, ValueError (a message with no source)."""
-    src = dlq if isinstance(dlq, Queue) else Queue(dlq)
+    between never loses it and, within the target's dedup window, never doubles it. The target
+    of the next message is found and checked before the message is taken, so a redrive that
+    stops there (no source header, no such target) leaves it as it was, its delivery uncounted.
+    Returns how many were moved. Raises QueueNotFound, ValueError (a message with no source,
+    a target that is not an at-least-once queue)."""
     targets = {}
-    moved = 0
+
+    def target(dest):
+        q = targets.get(dest)
+        if q is None:
+            q = targets[dest] = Queue(dest)
+        if not isinstance(q, ReliableQueue):
+            raise ArgumentError(f"redrive() target {dest!r} is not an at-least-once queue")
+        return q
+
+    def no_source(mid):
+        return ArgumentError(f"message {mid} in {src_name!r} has no {_options.DLQ_SOURCE} header; pass to=")
+
+    src = dlq if isinstance(dlq, Queue) else Queue(dlq)
+    src_name = src.name
     try:
-        while max_messages is None or moved < max_messages:
-            if not isinstance(src, ReliableQueue):
-                raise ArgumentError(f"redrive() needs a dead-letter queue (ack=True); {src.name!r} is at-most-once")
-            try:
-                # the body as stored (kind, payload): a dead letter is never unpickled here (issue 11 item 5)
-                m = Message(src, src._core._receive(True, timeout, True))
-            except Empty:
-                break
-            dest = to or m.headers.get(_options.DLQ_SOURCE)
-            if not dest:
-                m.nack(requeue=True)
-                raise ArgumentError(f"message {m.id} in {src.name!r} has no {_options.DLQ_SOURCE} header; pass to=")
-            q = targets.get(dest)
-            if q is None:
-                q = targets[dest] = Queue(dest)
-            headers = {k: v for k, v in m.headers.items() if k not in _options.DLQ_HEADERS}
-            if not isinstance(q, ReliableQueue):
-                raise ArgumentError(f"redrive() target {dest!r} is not an at-least-once queue")
-            kind, payload = m.body
-            q._core._send(payload, _codec.encode_headers(headers), m.priority, _core.USE_DEFAULT, _core.USE_DEFAULT,
-                          dedup_key(f"redrive:{src.name}:{m.id}"), True, None, kind)
-            m.ack()
-            moved += 1
+        return _redrive(src, to, max_messages, timeout, target, no_source)
     finally:
         for q in targets.values():
             q.close()
         if src is not dlq:
             src.close()
+
+
+def _redrive(src, to, max_messages, timeout, target, no_source):
+    """redrive()'s loop; target(name) -> the open at-least-once queue or raises, no_source(id)
+    -> the exception for a message without a source (the CLI words both its own way)."""
+    if not isinstance(src, ReliableQueue):
+        raise ArgumentError(f"redrive() needs a dead-letter queue (ack=True); {src.name!r} is at-most-once")
+
+    def dest_of(headers, mid):
+        dest = to or headers.get(_options.DLQ_SOURCE)
+        if not dest:
+            raise no_source(mid)
+        return target(dest)
+
+    moved = 0
+    while max_messages is None or moved < max_messages:
+        # Look before taking: a receive counts a delivery, and a message whose target is missing
+        # would come back counted (issue 13 item 6). Only a message that a racing consumer put
+        # at the head meanwhile is checked after it was taken.
+        head = src._core._inspect(False, 0, 0)
+        if head is not None:
+            dest_of(_codec.decode_headers(head["headers"]), head["id"])
+        try:
+            # the body as stored (kind, payload): a dead letter is never unpickled here (issue 11 item 5)
+            m = Message(src, src._core._receive(True, timeout, True))
+        except Empty:
+            break
+        try:
+            q = dest_of(m.headers, m.id)
+            headers = {k: v for k, v in m.headers.items() if k not in _options.DLQ_HEADERS}
+            kind, payload = m.body
+            q._core._send(payload, _codec.encode_headers(headers), m.priority, _core.USE_DEFAULT, _core.USE_DEFAULT,
+                          dedup_key(f"redrive:{src.name}:{m.id}"), True, None, kind)
+        except BaseException:
+            try:
+                m.nack(requeue=True)    # back at once (a failed delivery), not after its lease
+            except Exception:
+                pass                    # the lease ended meanwhile: it is back already
+            raise
+        m.ack()
+        moved += 1
     return moved

@@ -181,6 +181,8 @@ def test_cli_quick_json(tmp_path):
                        text=True, timeout=200, cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr[-3000:]
     assert "# shmq bench (--quick)" in r.stdout and f"wrote {out}" in r.stdout
+    assert "DESIGN" not in r.stdout and "goal" not in r.stdout.lower()
+    assert "compared with the peers this run measured" in r.stdout and "left out: ckernel" in r.stdout
     res = json.loads(out.read_text())
     assert {"machine", "quick", "throughput", "latency", "idle", "ack", "skipped", "config", "elapsed_s"} <= set(res)
     assert res["quick"] is True
@@ -194,10 +196,36 @@ def test_cli_quick_json(tmp_path):
     assert not [s for s in res["skipped"] if s["reason"].startswith("FAILED")], res["skipped"]
 
 
-def test_cli_usage_errors():
+def test_a_group_that_needs_the_source_tree_is_left_out_with_one_line():
+    # issue 13 item 7: was a usage error (exit status 2)
     r = subprocess.run([sys.executable, "-m", "shmq", "bench", "--only", "ckernel"], capture_output=True, text=True,
                        timeout=60)
-    assert r.returncode == 2 and "benchmarks.bench_ckernel" in r.stderr
+    assert r.returncode == 0 and not r.stderr, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("left out: ckernel") and "benchmarks.bench_ckernel" in lines[0]
+
+
+def test_the_report_compares_with_the_peers_it_ran_and_grades_against_no_goals(monkeypatch):
+    monkeypatch.setitem(sys.modules, "faster_fifo", None)      # a peer that cannot run
+    res = _suite("throughput", ["multiprocessing.Queue", "faster-fifo", "shmq"], 40)
+    _no_failures(res)
+    text = _bench.report(res)
+    assert "DESIGN" not in text and "goal" not in text.lower() and "| met |" not in text
+    assert "compared with the peers this run measured, on this machine: multiprocessing.Queue;" in text
+    assert "not run, so not compared: faster-fifo: not installed" in text
+    assert "## shmq against the peers of this run" in text
+    assert "- 64 B 1->1: shmq " in text and "x multiprocessing.Queue" in text
+    # the project's goals stay available to the source tree's benchmarks/ scripts (--goals)
+    assert _bench.goals(res)
+    assert "| goal | measured | met |" in _bench.report(res, goals_table=True)
+
+
+def test_goals_is_no_user_option():
+    r = subprocess.run([sys.executable, "-m", "shmq", "bench", "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "--goals" not in r.stdout and "goal" not in r.stdout.lower()
+
+
+def test_cli_usage_errors():
     r = subprocess.run([sys.executable, "-m", "shmq", "bench", "--only", "nope"], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 2 and "unknown group" in r.stderr
