@@ -105,7 +105,7 @@ def _label(path: Optional[str]) -> str:
 
 # What Full says for each reason the core reports (seg.full_why): (why, what to do). {label},
 # {size}, {mm}, {maxsize} are filled in; the remedies name the option to change.
-_FULL_WORDS = {
+_FULL_WORDS: dict[Optional[str], tuple[str, str]] = {
     "maxsize": ("it holds maxsize={maxsize} items",
                 "consume some, wait longer (timeout=), or create the queue with a larger maxsize"),
     "slots": ("every message slot of its fixed capacity holds a message{held} (a fixed capacity has about "
@@ -137,7 +137,7 @@ def _full(op: str, path: Optional[str], detail: Any) -> Full:
     return e
 
 
-def _oserror(err: int, path: Optional[str]) -> OSError:
+def _oserror(err: Optional[int], path: Optional[str]) -> Exception:
     """An OSError (or subclass) for a failed system call on a segment, naming the cause."""
     name = _queue_name(path)
     if err == _errno.ENOENT:
@@ -199,26 +199,26 @@ def from_code(rc: int, op: str, path: Optional[str], err: int, detail: Any = Non
     if rc == rcs["FULL"]:
         return _full(op, path, detail)
     if rc == rcs["TIMEOUT"] and op == "send":
-        e = Full(f"{label}: another send of the same dedup_id did not finish in time; try again")
-        e.reason = "dedup"
-        return e
+        full = Full(f"{label}: another send of the same dedup_id did not finish in time; try again")
+        full.reason = "dedup"
+        return full
     if rc == rcs["TIMEOUT"] and op in ("ack", "nack", "extend"):
         return ShmqError(f"message {detail}: another process held this delivery for 100 ms (stopped?); "
                          f"{op} changed nothing, try again")
     if rc == rcs["TIMEOUT"]:
         return _full(op, path, detail) if op == "put" else Empty()
     if rc == rcs["EDEDUPFULL"]:
-        e = Full(f"{label} is full: its deduplication table holds only live dedup ids; create the queue "
-                 "with a larger dedup_capacity or a shorter dedup_window")
-        e.reason = "dedup"
-        return e
+        full = Full(f"{label} is full: its deduplication table holds only live dedup ids; create the queue "
+                    "with a larger dedup_capacity or a shorter dedup_window")
+        full.reason = "dedup"
+        return full
     if rc == rcs["ENOMEM"]:
         return QueueMemoryError(f"{label} cannot grow any further")
     if rc == rcs["ESTALE"]:
-        e = LeaseExpiredError(f"message {detail}: this delivery's lease expired and the message was delivered "
-                              f"again (or it was settled already); {op} changed nothing")
-        e.ids = [detail] if isinstance(detail, int) else []
-        return e
+        lease = LeaseExpiredError(f"message {detail}: this delivery's lease expired and the message was delivered "
+                                  f"again (or it was settled already); {op} changed nothing")
+        lease.ids = [detail] if isinstance(detail, int) else []
+        return lease
     if rc == rcs["EINVAL"]:
         if op == "receive":
             return ArgumentError(f"{label} was not created with ack=True: use get()")

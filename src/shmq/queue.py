@@ -169,11 +169,11 @@ class SimpleQueue(Queue):
 
     def put(self, obj: Any) -> None:  # type: ignore[override]  # multiprocessing's SimpleQueue.put takes obj only)
         """Put obj (never blocks: the queue grows). Raises QueueClosedError."""
-        self._core.put(obj)  # type: ignore[union-attr]
+        self._core.put(obj)
 
     def get(self) -> Any:  # type: ignore[override]  # no block/timeout, as multiprocessing's
         """Remove and return the next item, waiting for one. Raises QueueClosedError."""
-        return self._core.get()  # type: ignore[union-attr]
+        return self._core.get()
 
 
 class JoinableQueue(Queue):

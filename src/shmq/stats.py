@@ -93,7 +93,7 @@ def scan(include_anonymous: bool = True) -> list[tuple[QueueInfo, Optional[dict[
     """[(QueueInfo, counters or None)] for every shmq.* entry of /dev/shm, sorted by name. Each
     entry is judged on its own: one that is no queue, or that cannot be read, is listed with a
     kind saying so and no counters, and never stops the listing."""
-    out = []
+    out: list[tuple[QueueInfo, Optional[dict[str, Any]]]] = []
     try:
         files = sorted(os.listdir(_names.SHM_DIR))
     except FileNotFoundError:
@@ -108,7 +108,7 @@ def scan(include_anonymous: bool = True) -> list[tuple[QueueInfo, Optional[dict[
         kind = entry_kind(path)
         if kind is False:
             continue  # removed while we listed
-        if kind is not None:
+        if isinstance(kind, str):
             out.append((_bare(name, kind), None))
             continue
         try:
