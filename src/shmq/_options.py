@@ -64,7 +64,8 @@ def seconds_ns(value, what, *, allow_zero=True, forever=False):
         if forever:
             return None
         raise ArgumentError(f"{what} of {value!r} seconds is too large (at most {MAX_SECONDS:.0f})")
-    return int(t * 1e9)
+    # a positive duration below 1 ns is 1 ns, never 0 (which the core reads as "none": no TTL)
+    return int(t * 1e9) or (1 if t > 0 else 0)
 
 
 def timeout_ns(timeout):

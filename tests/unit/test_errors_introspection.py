@@ -149,6 +149,13 @@ def test_max_message_beyond_4_gib_is_refused_instead_of_clamped(make_queue):
     assert q.stats()["max_message"] == 2 ** 32 - 1
 
 
+def test_a_positive_duration_below_a_nanosecond_is_kept_positive(make_queue):
+    # 1e-10 s used to become 0 ns: "invalid argument" for visibility_timeout, and no TTL at all for ttl
+    q = make_queue(capacity="1MiB", ack=True, visibility_timeout=1e-10, ttl=1e-10, dedup_window=1e-10)
+    st = q.stats()
+    assert st["visibility_timeout"] > 0 and st["default_ttl"] > 0 and st["dedup_window"] > 0
+
+
 # -- signatures show real defaults ----------------------------------------------------------
 
 @pytest.mark.parametrize("cls", [shmq.Queue, shmq.SimpleQueue, shmq.JoinableQueue])
