@@ -151,9 +151,10 @@ class Spec(NamedTuple):
 
 
 def resolve(name_or_maxsize: Union[str, int] = 0, *, maxsize: Optional[int] = None, create: bool = False,
-            exist_ok: bool = False, capacity: Union[int, str, None] = DEFAULT, max_message: Union[int, str, None] = None,
-            mode: int = 0o600, raw: bool = False, max_participants: Optional[int] = None, joinable: bool = False,
-            is_dlq: bool = False, **ack_options: Any) -> Spec:
+            exist_ok: bool = False, capacity: Union[int, str, None] = DEFAULT,
+            max_message: Union[int, str, None] = None, mode: int = 0o600, raw: bool = False,
+            max_participants: Optional[int] = None, joinable: bool = False, is_dlq: bool = False,
+            **ack_options: Any) -> Spec:
     """Validate the arguments of Queue() (every error a ShmqError and the builtin that fits,
     naming the option) and apply the defaults. Values the core would silently change are
     refused instead (a capacity below 64 KiB, a maxsize or max_message beyond its counters)."""
