@@ -1,7 +1,7 @@
 """Queue, SimpleQueue and JoinableQueue: multiprocessing drop-ins and named queues."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, NoReturn, Optional, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, NoReturn, Optional, TypeVar, Union
 
 from . import _core, _names, _options
 from ._handle import Handle, open_core, unlink
@@ -120,7 +120,7 @@ class Queue(Handle, _core.QueueOps):
         """The name of this queue's dead-letter queue (None: at-most-once, or a dead-letter queue itself)."""
         return None
 
-    def send(self, body: Any, headers: Optional[dict[str, Union[str, bytes]]] = None, priority: Optional[int] = None,
+    def send(self, body: Any, headers: Optional[Mapping[str, Union[str, bytes]]] = None, priority: Optional[int] = None,
              delay: Optional[float] = None, ttl: Optional[float] = None, dedup_id: Union[str, bytes, None] = None, *,
              block: bool = True, timeout: Optional[float] = None) -> int:
         """At-least-once queues only (ack=True): see shmq.reliable.ReliableQueue.send."""

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, Optional, Union
+from typing import Any, Iterable, Mapping, Optional, Union
 
 from . import _codec, _core, _options
 from ._handle import _live, _live_lock
@@ -76,7 +76,7 @@ class ReliableQueue(Queue):
         """The name of this queue's dead-letter queue (None when it is one itself)."""
         return self._dlq_name
 
-    def send(self, body: Any, headers: Optional[dict[str, Union[str, bytes]]] = None, priority: Optional[int] = None,
+    def send(self, body: Any, headers: Optional[Mapping[str, Union[str, bytes]]] = None, priority: Optional[int] = None,
              delay: Optional[float] = None, ttl: Optional[float] = None, dedup_id: Union[str, bytes, None] = None, *,
              block: bool = True, timeout: Optional[float] = None) -> int:
         """Send a message; returns its id (for a duplicate dedup_id within the window, the

@@ -36,6 +36,9 @@ def at_least_once(name: str) -> None:
     with shmq.Queue(name, create=True, ack=True, capacity="1MiB", visibility_timeout=5.0,
                     max_deliveries=3) as q:
         mid: int = q.send(b"job", headers={"k": "v"}, priority=1, dedup_id="a")
+        plain: dict[str, str] = {"trace": "t-1"}       # a dict of str values fits the headers type
+        q.send(b"job2", headers=plain, ttl=60.0, delay=0.0)
+        q.receive(timeout=1.0).ack()
         m: Message = q.receive(timeout=1.0)
         body: Any = m.body
         hdrs: dict[str, str | bytes] = m.headers
@@ -165,3 +168,12 @@ def test_user_program_runs(tmp_path, qname):
                 os.unlink(f"/dev/shm/shmq.{n}")
             except FileNotFoundError:
                 pass
+
+
+def test_headers_take_any_mapping_as_their_type_says(make_queue):
+    import types
+    q = make_queue(capacity="1MiB", ack=True)
+    q.send(b"x", headers=types.MappingProxyType({"k": "v", "b": b"\x00"}))
+    m = q.receive(timeout=5)
+    assert m.headers == {"k": "v", "b": b"\x00"}
+    m.ack()
