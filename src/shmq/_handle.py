@@ -10,7 +10,7 @@ from multiprocessing import reduction as _reduction
 from multiprocessing import util as _mp_util
 
 from . import _codec, _core, _names, _options
-from .errors import QueueClosedError, QueueNotFound, _oserror, from_code
+from .errors import QueueClosedError, QueueNotFound, _label, _oserror, from_code
 from .stats import complete_stats, settings
 
 __all__ = ["Handle", "unlink"]
@@ -88,7 +88,7 @@ def _rebuild(cls, name, path, fdobj):
         try:
             core = open_core(path, name, fd)
         except QueueNotFound:
-            raise QueueNotFound(2, f"queue {name or path!r} no longer exists (its creator closed it before this "
+            raise QueueNotFound(2, f"{_label(path)} no longer exists (its creator closed it before this "
                                 "process attached)", path) from None
     finally:
         if fd >= 0:

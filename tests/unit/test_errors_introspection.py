@@ -217,3 +217,12 @@ def test_an_at_most_once_queue_refusing_send_names_the_queue():
         with pytest.raises(ValueError, match="anonymous queue @") as ei:
             q.send(b"x")
         assert isinstance(ei.value, ShmqError)
+
+
+def test_a_handle_of_a_removed_anonymous_queue_is_named_as_anonymous():
+    # what a child unpickling an anonymous queue's handle meets when its creator already removed it
+    from shmq._handle import _rebuild
+    with pytest.raises(shmq.QueueNotFound) as ei:
+        _rebuild(shmq.Queue, None, "/dev/shm/shmq.@1-0123456789ab", None)
+    assert "anonymous queue @1-0123456789ab no longer exists" in str(ei.value)
+    assert "/dev/shm" not in str(ei.value).split("(")[0]
