@@ -103,8 +103,8 @@ def _label(path: Optional[str]) -> str:
     return f"queue {name!r}"
 
 
-# What Full says for each reason the core reports (seg.full_why): (why, what to do). {label},
-# {size}, {mm}, {maxsize} are filled in; the remedies name the option to change.
+# What Full says for each reason the core reports (seg.full_why, named by _core.FULL_WHY):
+# (why, what to do), with {size}, {maxsize} and {held} filled in; the remedies name the option.
 _FULL_WORDS: dict[Optional[str], tuple[str, str]] = {
     "maxsize": ("it holds maxsize={maxsize} items",
                 "consume some, wait longer (timeout=), or create the queue with a larger maxsize"),
@@ -124,14 +124,14 @@ _FULL_WORDS: dict[Optional[str], tuple[str, str]] = {
 
 def _full(op: str, path: Optional[str], detail: Any) -> Full:
     """The Full of a put or send that found no room, naming the reason and the remedy."""
-    size, mm, why, maxsize = detail if isinstance(detail, tuple) and len(detail) == 4 else (0, 0, None, 0)
+    size, _mm, why, maxsize = detail if isinstance(detail, tuple) and len(detail) == 4 else (0, 0, None, 0)
     label = _label(path)
     words = _FULL_WORDS.get(why)
     if words is None:
-        e = Full(f"{label} is full")
+        e = Full(f"{label} is full: consume some, or wait longer (timeout=)")
     else:
         held = " (messages in flight or delayed hold slots too)" if op == "send" else ""
-        cause, remedy = (w.format(size=size, mm=mm, maxsize=maxsize, held=held) for w in words)
+        cause, remedy = (w.format(size=size, maxsize=maxsize, held=held) for w in words)
         e = Full(f"{label} is full: {cause}; {remedy}")
     e.reason = why
     return e
