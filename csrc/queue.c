@@ -299,6 +299,8 @@ static int put_reserve(shmq_seg_t *q, put_ctx *c)
         return reserve_room(q, c);
     unit_busy(q, 1); /* from the take until the descriptor holds the unit */
     int rc = units_take(h);
+    if (rc != SHMQ_OK)
+        q->full_why = SHMQ_WHY_MAXSIZE;
     if (rc == SHMQ_OK) {
         rc = reserve_room(q, c);
         if (rc == SHMQ_OK)
@@ -344,6 +346,7 @@ static int reserve_room(shmq_seg_t *q, put_ctx *c)
             if (rc == SHMQ_TIMEOUT) { /* held (by a stopped process?): no room now */
                 desc_release(q, a, d);
                 c->a = NULL;
+                q->full_why = SHMQ_WHY_BUSY;
                 return SHMQ_FULL;
             }
             if (rc == SHMQ_EAGAIN)
@@ -360,12 +363,17 @@ static int reserve_room(shmq_seg_t *q, put_ctx *c)
             }
             desc_release(q, a, d);
             c->a = NULL;
+            q->full_why = SHMQ_WHY_BYTES;
+        } else {
+            q->full_why = SHMQ_WHY_SLOTS;
         }
         if (!(h->flags & SHMQ_F_GROWABLE))
             return SHMQ_FULL;
         rc = shmq_seg_grow(q, ai, c->total, grow_until(c->deadline_ns));
+        if (rc == SHMQ_FULL)
+            q->full_why = SHMQ_WHY_BUSY; /* the grow lock stayed held */
         if (rc != SHMQ_OK)
-            return rc; /* SHMQ_FULL: the grow lock stayed held */
+            return rc;
     }
 }
 
@@ -388,6 +396,7 @@ static int ring_room_check(shmq_seg_t *q, void *ctx)
  * the put is undone and the binding calls again). Each round waited up to a slice: no spin. */
 static int grow_wait_again(shmq_seg_t *q, uint64_t deadline_ns, int *rc)
 {
+    q->full_why = SHMQ_WHY_BUSY;
     if (deadline_ns == 0)
         return 0; /* *rc stays SHMQ_FULL: a put that may not wait reports no room */
     if (q->poll_signals) {
@@ -496,8 +505,10 @@ static int put_commit(shmq_seg_t *q, put_ctx *c, uint64_t deadline_ns, uint64_t 
         rc = deadline_ns == 0 ? SHMQ_TIMEOUT
                               : sleep_until(q, &h->not_full, 1, 1u << 16, ring_room_check, ta, deadline_ns);
         if (rc == SHMQ_TIMEOUT || rc == SHMQ_EINTR || rc == SHMQ_ECLOSED) {
-            if (rc == SHMQ_TIMEOUT)
+            if (rc == SHMQ_TIMEOUT) {
                 rc = SHMQ_FULL;
+                q->full_why = SHMQ_WHY_SLOTS; /* every ring cell holds a message */
+            }
             goto unpublish;
         }
     }

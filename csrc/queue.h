@@ -51,6 +51,18 @@ typedef struct {
     uint32_t priority;
 } shmq_msg_t;
 
+/* Why a put returned SHMQ_FULL, in seg->full_why: written only on the failing path (the put that
+ * succeeds pays nothing), read by the caller after SHMQ_FULL. Threads sharing one handle may
+ * overwrite each other's reason between the return and the read: any of them is then a reason
+ * the queue had no room. */
+enum {
+    SHMQ_WHY_NONE = 0,
+    SHMQ_WHY_MAXSIZE = 1, /* maxsize items are queued (or reserved by puts under way) */
+    SHMQ_WHY_SLOTS = 2,   /* every message slot (descriptor, ring cell) holds a message */
+    SHMQ_WHY_BYTES = 3,   /* no free arena block large enough for this message */
+    SHMQ_WHY_BUSY = 4,    /* another process held the arena or grow lock past our wait (stopped?) */
+};
+
 /* deadline_ns: 0 = do not wait, SHMQ_NO_DEADLINE = wait forever, else absolute monotonic. */
 /* SHMQ_OK, SHMQ_FULL/SHMQ_TIMEOUT (no room in time), SHMQ_ETOOBIG, SHMQ_EINTR, SHMQ_ENOMEM, SHMQ_ESYS. */
 int shmq_put(shmq_seg_t *q, const shmq_iov_t *iov, uint32_t n, uint32_t kind, uint64_t deadline_ns, uint64_t *id_out);

@@ -279,6 +279,7 @@ typedef struct shmq_seg {
     uint32_t owner;           /* shmq_owner_make(slot, gen) */
     shmq_area_t areas[SHMQ_MAX_AREAS];
     int err;                  /* errno of the last SHMQ_ESYS */
+    int full_why;             /* process-local: why this handle's last put found no room (SHMQ_WHY_*, queue.h) */
     int map_busy;             /* process-local: serialises first mappings of an area between threads */
     int closing;              /* process-local: set by close so this handle's blocked waits return SHMQ_ECLOSED */
     int grow_busy;            /* process-local guard of grow_lock (lock.h) */

@@ -78,8 +78,11 @@ static void test_too_big_and_full(void)
     CHECK_EQ(th_put_bytes(q, "b", 1, 0), SHMQ_OK);
     CHECK_EQ(th_put_bytes(q, "c", 1, 0), SHMQ_OK);
     CHECK_EQ(th_put_bytes(q, "d", 1, 0), SHMQ_FULL); /* maxsize 3 */
+    CHECK_EQ(q->full_why, SHMQ_WHY_MAXSIZE);
+    q->full_why = SHMQ_WHY_NONE;
     uint64_t t0 = shmq_now_mono_ns();
     CHECK_EQ(th_put_bytes(q, "d", 1, t0 + 20 * 1000 * 1000), SHMQ_FULL); /* waits, then gives up */
+    CHECK_EQ(q->full_why, SHMQ_WHY_MAXSIZE);
     CHECK(shmq_now_mono_ns() - t0 >= 19 * 1000 * 1000);
     char out[8];
     uint64_t n;
@@ -89,7 +92,10 @@ static void test_too_big_and_full(void)
 
 static void test_bytes_full(void)
 {
-    /* A bounded-capacity queue refuses (FULL) when out of bytes, and accepts again after a get. */
+    /* A bounded-capacity queue refuses (FULL) when out of bytes or slots, saying which, and
+     * accepts again once drained. */
+    static uint8_t out[16384];
+    uint64_t len;
     char path[128];
     th_path(path, sizeof path, "bytes");
     shmq_create_opts_t o = th_opts(path, 256 << 10, 0, 0);
@@ -101,10 +107,14 @@ static void test_bytes_full(void)
         n++;
     CHECK(n >= 8);
     CHECK_EQ(th_put_bytes(q, blk, sizeof blk, 0), SHMQ_FULL);
-    static uint8_t out[16384];
-    uint64_t len;
-    CHECK_EQ(th_get_bytes(q, out, sizeof out, &len, 0), SHMQ_OK);
-    CHECK_EQ(th_put_bytes(q, blk, sizeof blk, 0), SHMQ_OK);
+    CHECK_EQ(q->full_why, SHMQ_WHY_BYTES);
+    /* small messages: the descriptors (message slots) run out, not the bytes */
+    while (th_put_bytes(q, "s", 1, 0) == SHMQ_OK)
+        ;
+    CHECK_EQ(q->full_why, SHMQ_WHY_SLOTS);
+    while (th_get_bytes(q, out, sizeof out, &len, 0) == SHMQ_OK)
+        ;
+    CHECK_EQ(th_put_bytes(q, blk, sizeof blk, 0), SHMQ_OK); /* drained: accepted again */
 }
 
 static void test_growable(void)

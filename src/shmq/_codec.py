@@ -5,6 +5,7 @@ that is not exactly bytes and decode() for every body that is not a plain copy; 
 copies itself (KIND_BYTES, KIND_BYTEARRAY) are registered with it below.
 """
 import collections
+import collections.abc
 import copyreg
 import pickle
 import struct
@@ -159,8 +160,8 @@ def encode_headers(headers):
     are neither str nor bytes-like, ValueError when it is too large."""
     if not headers:
         return b""
-    if not isinstance(headers, dict):
-        raise ArgumentTypeError(f"headers must be a dict of str to str/bytes, not {type(headers).__name__}")
+    if not isinstance(headers, collections.abc.Mapping):
+        raise ArgumentTypeError(f"headers must be a dict (a mapping) of str to str/bytes, not {type(headers).__name__}")
     parts = []
     for k, v in headers.items():
         if not isinstance(k, str):

@@ -20,6 +20,8 @@ PROBE_INFLIGHT: int
 PROBE_BUSY: int
 HDR_MAX: int
 RC: dict[str, int]
+MIN_CAPACITY: int
+FULL_WHY: dict[int, Optional[str]]
 
 def _set_policy(encode: Callable[[Any, int], tuple[int, list[Any]]], decode: Callable[[int, memoryview, int, int], Any],
                 kind_names: dict[int, str], kind_bytes: int, kind_bytearray: int,

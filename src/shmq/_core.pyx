@@ -56,6 +56,10 @@ PROBE_DELAYED = c.SHMQ_PROBE_DELAYED
 PROBE_INFLIGHT = c.SHMQ_PROBE_INFLIGHT
 PROBE_BUSY = c.SHMQ_PROBE_BUSY
 HDR_MAX = c.SHMQ_HDR_MAX
+MIN_CAPACITY = c.SHMQ_MIN_AREA_SIZE   # the smallest fixed capacity (bytes of the first area)
+# Why a put found no room (seg.full_why after SHMQ_FULL): passed to from_code in a put's detail.
+FULL_WHY = {c.SHMQ_WHY_NONE: None, c.SHMQ_WHY_MAXSIZE: "maxsize", c.SHMQ_WHY_SLOTS: "slots",
+            c.SHMQ_WHY_BYTES: "bytes", c.SHMQ_WHY_BUSY: "busy"}
 
 # Result codes, for shmq.errors.from_code (the words of each error live there).
 RC = {name: value for name, value in (
@@ -243,11 +247,11 @@ cdef class Core:
         if self._attach_pending and not (self._fault_word or self._closed or not self.opened):
             return self._attach_late()
         if self._fault_word:
-            raise _errors.QueueClosedError(f"queue {self.path!r} is closed: its file was truncated under us")
+            raise _errors.QueueClosedError(f"{_errors._label(self.path)} is closed: its file was truncated under us")
         if self._closed or not self.opened:
             if self._lost_rc:
                 raise _from_code(self._lost_rc, "after_fork", self.path, self._lost_errno, self._lost_slots)
-            raise _errors.QueueClosedError(f"queue {self.path!r} is closed")
+            raise _from_code(c.SHMQ_ECLOSED, "use", self.path, 0)
         return 0
 
     cdef inline int _raise_pending(self) except -1:
@@ -467,7 +471,7 @@ cdef class Core:
         expected_uid and lets nobody else write beyond mode (fstat of our descriptor: no window
         between the check and the use)."""
         if not self.opened:
-            raise _errors.QueueClosedError(f"queue {self.path!r} is closed")
+            raise _from_code(c.SHMQ_ECLOSED, "use", self.path, 0)
         problem = _untrusted_file(self.seg.fd, self.path, expected_uid, mode)
         if problem is not None:
             self._close()
@@ -506,7 +510,8 @@ cdef class Core:
             return dup
         if so != NULL:
             total += so.hdr_size
-        raise self._error(rc, "put" if so == NULL else "send", (total, self.seg.hdr.max_message))
+        raise self._error(rc, "put" if so == NULL else "send",
+                          (total, self.seg.hdr.max_message, FULL_WHY.get(self.seg.full_why), self.seg.hdr.maxsize))
 
     cdef int _put_obj(self, object obj, uint64_t dl, c.shmq_send_opts_t *so=NULL, uint64_t *idp=NULL) except -1:
         cdef c.shmq_iov_t one

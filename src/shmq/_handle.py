@@ -1,16 +1,21 @@
 """The base of every handle: it owns one binding segment object and holds the lifecycle (registry, fork and exit hooks, pickling, close/unlink, stats)."""
+from __future__ import annotations
+
 import os
 import threading
 import weakref
+from typing import Any, Optional, TypeVar
 from multiprocessing import context as _mp_context
 from multiprocessing import reduction as _reduction
 from multiprocessing import util as _mp_util
 
 from . import _codec, _core, _names, _options
-from .errors import QueueClosedError, QueueNotFound, _oserror, from_code
+from .errors import QueueClosedError, QueueNotFound, _label, _oserror, from_code
 from .stats import complete_stats, settings
 
 __all__ = ["Handle", "unlink"]
+
+_H = TypeVar("_H", bound="Handle")
 
 # The binding converts arguments and handles the GIL; what it must ask the Python layer (the
 # codec, the time rule, the words of errors) is registered once, here.
@@ -55,7 +60,7 @@ def _after_mp_bootstrap(_handle):
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def unlink(name):
+def unlink(name: str) -> None:
     """Remove the named queue. Attached processes keep working until they close.
 
     Raises QueueNotFound if there is no such queue, ValueError for an invalid name."""
@@ -83,7 +88,7 @@ def _rebuild(cls, name, path, fdobj):
         try:
             core = open_core(path, name, fd)
         except QueueNotFound:
-            raise QueueNotFound(2, f"queue {name or path!r} no longer exists (its creator closed it before this "
+            raise QueueNotFound(2, f"{_label(path)} no longer exists (its creator closed it before this "
                                 "process attached)", path) from None
     finally:
         if fd >= 0:
@@ -120,25 +125,25 @@ class Handle(_core.HandleBase):
 
     # -- identity -----------------------------------------------------------------
     @property
-    def name(self):
+    def name(self) -> Optional[str]:
         """The queue's name (None for an anonymous queue)."""
         return self._name
 
     @property
-    def path(self):
+    def path(self) -> Optional[str]:
         """The segment's file under /dev/shm."""
         return self._core.path
 
     @property
-    def closed(self):
+    def closed(self) -> bool:
         return self._core is None or self._core.closed
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"<shmq.{type(self).__name__} {self._name or 'anonymous'} {state}>"
 
     # -- lifecycle ----------------------------------------------------------------
-    def close(self):
+    def close(self) -> None:
         """Close this handle; further use raises QueueClosedError. An anonymous queue is
         removed when the process that created it closes it."""
         if self._core is None:
@@ -157,7 +162,7 @@ class Handle(_core.HandleBase):
     def _closing(self):
         """Hook of subclasses: close what this handle opened for itself (before its own core)."""
 
-    def unlink(self):
+    def unlink(self) -> None:
         """Remove this queue's name; attached processes keep working until they close."""
         if self._name is None:
             try:
@@ -169,10 +174,10 @@ class Handle(_core.HandleBase):
         else:
             unlink(self._name)
 
-    def __enter__(self):
+    def __enter__(self: _H) -> _H:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __del__(self):
@@ -200,7 +205,7 @@ class Handle(_core.HandleBase):
         return (_rebuild, (type(self), self._name, self.path, fdobj))
 
     # -- monitoring ------------------------------------------------------------------
-    def stats(self):
+    def stats(self) -> dict[str, Any]:
         """Counters of this queue (see docs/guide/monitoring.md). Every kind returns every key;
         the at-least-once counters are 0 on an at-most-once queue. Raises QueueClosedError."""
         s = complete_stats(self._core, self._core._raw_stats())

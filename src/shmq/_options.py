@@ -1,7 +1,9 @@
 """The one option schema of queues: validation, defaults, the "exists with other options" check, the time rule; DLQ header names and stats keys."""
+from __future__ import annotations
+
 import math
 import operator
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Union
 
 from . import _core, _names
 from .errors import ArgumentError, ArgumentTypeError
@@ -9,6 +11,10 @@ from .errors import ArgumentError, ArgumentTypeError
 DEFAULT_CAPACITY = 64 * 1024 * 1024      # named queues (DESIGN §5.1)
 ANON_INITIAL_CAPACITY = 256 * 1024       # anonymous queues start here and grow (cheap: many fit in /dev/shm)
 MAX_COUNT = (1 << 63) - 1                # item counts and byte sizes: the core keeps them in 64 bits
+MIN_CAPACITY = _core.MIN_CAPACITY        # 64 KiB: the smallest fixed capacity (one area of the core)
+MAX_MAXSIZE = (1 << 32) - 2              # the core counts maxsize units in 32 bits (queue.c)
+MAX_MESSAGE = (1 << 32) - 1              # a descriptor's size field is 32 bits
+DEFAULT = "default"                      # capacity="default": 64 MiB named, unbounded anonymous
 
 # The time rule, for every duration given in seconds (timeouts, leases, delays, TTLs, windows):
 # a real number (int, float, Fraction, numpy scalar; never str/bytes), not NaN, not negative;
@@ -58,7 +64,8 @@ def seconds_ns(value, what, *, allow_zero=True, forever=False):
         if forever:
             return None
         raise ArgumentError(f"{what} of {value!r} seconds is too large (at most {MAX_SECONDS:.0f})")
-    return int(t * 1e9)
+    # a positive duration below 1 ns is 1 ns, never 0 (which the core reads as "none": no TTL)
+    return int(t * 1e9) or (1 if t > 0 else 0)
 
 
 def timeout_ns(timeout):
@@ -143,12 +150,18 @@ class Spec(NamedTuple):
     explicit: dict               # options the caller named, for the "exists with other options" check
 
 
-def resolve(name_or_maxsize=0, *, maxsize=None, create=False, exist_ok=False, capacity=None, capacity_given=False,
-            max_message=None, mode=0o600, raw=False, max_participants=None, joinable=False, is_dlq=False,
-            **ack_options):
+def resolve(name_or_maxsize: Union[str, int] = 0, *, maxsize: Optional[int] = None, create: bool = False,
+            exist_ok: bool = False, capacity: Union[int, str, None] = DEFAULT,
+            max_message: Union[int, str, None] = None, mode: int = 0o600, raw: bool = False,
+            max_participants: Optional[int] = None, joinable: bool = False, is_dlq: bool = False,
+            **ack_options: Any) -> Spec:
     """Validate the arguments of Queue() (every error a ShmqError and the builtin that fits,
-    naming the option) and apply the defaults."""
+    naming the option) and apply the defaults. Values the core would silently change are
+    refused instead (a capacity below 64 KiB, a maxsize or max_message beyond its counters)."""
     maxsize_given = maxsize is not None
+    capacity_given = not (isinstance(capacity, str) and capacity == DEFAULT)
+    if not capacity_given:
+        capacity = None
     if isinstance(name_or_maxsize, str):
         qname = name(name_or_maxsize)
         maxsize = 0 if maxsize is None else maxsize
@@ -162,14 +175,19 @@ def resolve(name_or_maxsize=0, *, maxsize=None, create=False, exist_ok=False, ca
                                 f"{type(name_or_maxsize).__name__}")
     if isinstance(maxsize, bool) or not isinstance(maxsize, int):
         raise ArgumentTypeError(f"maxsize must be an int, not {type(maxsize).__name__}")
-    if maxsize > MAX_COUNT:
-        raise ArgumentError(f"maxsize must be at most {MAX_COUNT}, got {maxsize!r}")
+    if maxsize > MAX_MAXSIZE:
+        raise ArgumentError(f"maxsize must be at most {MAX_MAXSIZE} items, got {maxsize!r} (0 or less: unbounded)")
     maxsize = max(maxsize, 0)  # as multiprocessing: <= 0 means unbounded
     mode = _mode(mode)
     slots = 0 if max_participants is None else check_int(max_participants, "max_participants", 1, 1023)
     mm = 0 if max_message is None else size(max_message, "max_message")
+    if mm > MAX_MESSAGE:
+        raise ArgumentError(f"max_message must be at most {MAX_MESSAGE} bytes (4 GiB - 1), got {max_message!r}")
     growable = capacity is None
     cap = 0 if capacity is None else size(capacity, "capacity")
+    if capacity is not None and cap < MIN_CAPACITY:
+        raise ArgumentError(f"capacity must be at least {MIN_CAPACITY} bytes (64 KiB), got {capacity!r}; "
+                            "capacity=None makes a queue that grows as needed")
     ack = ack_options.pop("ack", None)
     unknown = set(ack_options) - set(_ACK_CHECKS)
     if unknown:

@@ -42,6 +42,7 @@ cdef extern from "segment.h" nogil:
         SHMQ_LAYOUT_VERSION
         SHMQ_ROLE_PRODUCER
         SHMQ_ROLE_CONSUMER
+        SHMQ_MIN_AREA_SIZE
     ctypedef struct shmq_header_t:
         uint32_t flags
         uint32_t max_slots
@@ -53,6 +54,7 @@ cdef extern from "segment.h" nogil:
         shmq_header_t *hdr
         uint32_t slot
         int err
+        int full_why
         int poll_signals
     ctypedef struct shmq_create_opts_t:
         const char *path
@@ -80,6 +82,12 @@ cdef extern from "kinds.h" nogil:
     int shmq_validate(shmq_seg_t *seg)
 
 cdef extern from "queue.h" nogil:
+    enum:
+        SHMQ_WHY_NONE
+        SHMQ_WHY_MAXSIZE
+        SHMQ_WHY_SLOTS
+        SHMQ_WHY_BYTES
+        SHMQ_WHY_BUSY
     ctypedef struct shmq_iov_t:
         const void *ptr
         uint64_t len

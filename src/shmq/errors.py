@@ -1,7 +1,10 @@
 """Exceptions of shmq: each derives from ShmqError and from the builtin that fits."""
+from __future__ import annotations
+
 import errno as _errno
 import os as _os
 import queue as _queue
+from typing import Any, Optional
 
 __all__ = [
     "ShmqError", "Empty", "Full", "QueueClosedError", "QueueNotFound", "CorruptQueueError",
@@ -20,7 +23,14 @@ class Empty(ShmqError, _queue.Empty):
 
 
 class Full(ShmqError, _queue.Full):
-    """No room before the timeout (a queue.Full, as multiprocessing raises)."""
+    """No room before the timeout (a queue.Full, as multiprocessing raises).
+
+    ``reason`` says which limit was reached: "maxsize" (maxsize items queued), "slots" (every
+    message slot of a fixed capacity holds a message), "bytes" (no free block of the arena fits
+    the message), "busy" (another process held the allocation lock through the wait), "dedup"
+    (the deduplication table), or None when not known. The message says what to do."""
+
+    reason: Optional[str] = None
 
 
 class QueueClosedError(ShmqError, ValueError, OSError):
@@ -60,7 +70,11 @@ class QueueMemoryError(ShmqError, MemoryError):
 
 
 class LeaseExpiredError(ShmqError):
-    """The delivery's lease expired and the message was delivered again."""
+    """The delivery's lease expired and the message was delivered again.
+
+    ``ids``: the message ids concerned (ack_many: each one that had been delivered again)."""
+
+    ids: list[int]
 
 
 class ArgumentError(ShmqError, ValueError):
@@ -94,12 +108,56 @@ class RemoteError(ShmqError):
     """The responder answered with Request.fail(reason): str(e) is the reason."""
 
 
-def _queue_name(path):
+def _queue_name(path: Optional[str]) -> str:
     name = _os.path.basename(path or "")
     return name[len("shmq."):] if name.startswith("shmq.") else name
 
 
-def _oserror(err, path):
+def _label(path: Optional[str]) -> str:
+    """The queue at path as messages name it: by its name, as its handle's repr does, or for an
+    anonymous queue ("anonymous" in the repr) with its segment's identifier, "@<creator pid>-..."
+    (what `shmq ls` lists)."""
+    name = _queue_name(path)
+    if name.startswith("@"):
+        return f"anonymous queue {name}"
+    return f"queue {name!r}"
+
+
+# What Full says for each reason the core reports (seg.full_why, named by _core.FULL_WHY):
+# (why, what to do), with {size}, {maxsize} and {held} filled in; the remedies name the option.
+_FULL_WORDS: dict[Optional[str], tuple[str, str]] = {
+    "maxsize": ("it holds maxsize={maxsize} items",
+                "consume some, wait longer (timeout=), or create the queue with a larger maxsize"),
+    "slots": ("every message slot of its fixed capacity holds a message{held} (a fixed capacity has about "
+              "one slot per KiB: small messages run out of slots before bytes)",
+              "consume some, wait longer (timeout=), or create the queue with a larger capacity, "
+              "or capacity=None to let it grow"),
+    "bytes": ("no free block of its arena fits this {size}-byte message (blocks are powers of two; "
+              "large messages fragment the arena)",
+              "consume some, wait longer (timeout=), or create the queue with a larger capacity, "
+              "or capacity=None to let it grow"),
+    "busy": ("another process held the queue's allocation lock through the whole wait (stopped, e.g. by "
+             "SIGSTOP or a debugger?)",
+             "try again, or wait longer (timeout=); the lock is taken over if its holder dies"),
+}
+
+
+def _full(op: str, path: Optional[str], detail: Any) -> Full:
+    """The Full of a put or send that found no room, naming the reason and the remedy."""
+    size, _mm, why, maxsize = detail if isinstance(detail, tuple) and len(detail) == 4 else (0, 0, None, 0)
+    label = _label(path)
+    words = _FULL_WORDS.get(why)
+    if words is None:
+        e = Full(f"{label} is full: consume some, or wait longer (timeout=)")
+    else:
+        held = " (messages in flight or delayed hold slots too)" if op == "send" else ""
+        cause, remedy = (w.format(size=size, maxsize=maxsize, held=held) for w in words)
+        e = Full(f"{label} is full: {cause}; {remedy}")
+    e.reason = why
+    return e
+
+
+def _oserror(err: Optional[int], path: Optional[str]) -> Exception:
     """An OSError (or subclass) for a failed system call on a segment, naming the cause."""
     name = _queue_name(path)
     if err == _errno.ENOENT:
@@ -120,7 +178,7 @@ def _oserror(err, path):
     return QueueOSError(err, f"{_os.strerror(err)} on queue {name!r}", path)
 
 
-def from_code(rc, op, path, err, detail=None):
+def from_code(rc: int, op: str, path: Optional[str], err: int, detail: Any = None) -> BaseException:
     """The exception for result code rc of the core's call op on the queue at path.
 
     err: errno of a failed system call (SHMQ_ESYS); detail: what op adds (a message id for
@@ -129,6 +187,7 @@ def from_code(rc, op, path, err, detail=None):
     from . import _core
     rcs = _core.RC
     name = _queue_name(path)
+    label = _label(path)
     if rc == rcs["ESYS"]:
         e = _oserror(err, path)
         if op == "after_fork":
@@ -139,14 +198,14 @@ def from_code(rc, op, path, err, detail=None):
         return ShmqError(f"{who} queue {name!r}: its participant table is full ({detail} slots, each held by a "
                          "live handle); close unused handles, or create the queue with a larger max_participants")
     if rc == rcs["ECLOSED"]:
-        return QueueClosedError(f"queue {path!r} is closed")
+        return QueueClosedError(f"{label} is closed")
     if rc == rcs["ECORRUPT"]:
         if op in ("open", "create"):
             return CorruptQueueError(f"{path}: not a valid shmq segment (failed validation); "
                                      "remove it with `shmq rm` if it is garbage")
         if op == "peek":
-            return CorruptQueueError(f"queue {path!r}: a queued message failed validation")
-        return CorruptQueueError(f"queue {path!r} failed validation during {op}")
+            return CorruptQueueError(f"{label}: a queued message failed validation")
+        return CorruptQueueError(f"{label} failed validation during {op}")
     if rc == rcs["EINCOMPAT"]:
         return IncompatibleQueueError(f"{path}: made by an shmq with segment layout version {err}; this shmq "
                                       f"reads layout version {_core.LAYOUT_VERSION} (close every process of the "
@@ -154,30 +213,36 @@ def from_code(rc, op, path, err, detail=None):
     if rc == rcs["ETOOBIG"]:
         if op == "create":
             return ArgumentError("max_message is larger than the capacity can ever hold")
-        size, mm = detail
+        size, mm = detail[:2]
         return MessageTooLargeError(f"message of {size} bytes is larger than this queue's max_message ({mm} bytes); "
                                     "create the queue with a larger capacity or max_message")
     if rc == rcs["FULL"]:
-        return Full()
+        return _full(op, path, detail)
     if rc == rcs["TIMEOUT"] and op == "send":
-        return Full(f"queue {path!r}: another send of the same dedup_id did not finish in time")
+        full = Full(f"{label}: another send of the same dedup_id did not finish in time; try again")
+        full.reason = "dedup"
+        return full
     if rc == rcs["TIMEOUT"] and op in ("ack", "nack", "extend"):
         return ShmqError(f"message {detail}: another process held this delivery for 100 ms (stopped?); "
                          f"{op} changed nothing, try again")
     if rc == rcs["TIMEOUT"]:
-        return Full() if op == "put" else Empty()
+        return _full(op, path, detail) if op == "put" else Empty()
     if rc == rcs["EDEDUPFULL"]:
-        return Full(f"queue {path!r}: the deduplication table holds only live dedup ids; "
-                    "create the queue with a larger dedup_capacity or a shorter dedup_window")
+        full = Full(f"{label} is full: its deduplication table holds only live dedup ids; create the queue "
+                    "with a larger dedup_capacity or a shorter dedup_window")
+        full.reason = "dedup"
+        return full
     if rc == rcs["ENOMEM"]:
-        return QueueMemoryError(f"queue {path!r} cannot grow any further")
+        return QueueMemoryError(f"{label} cannot grow any further")
     if rc == rcs["ESTALE"]:
-        return LeaseExpiredError(f"message {detail}: this delivery's lease expired and the message was delivered "
-                                 f"again (or it was settled already); {op} changed nothing")
+        lease = LeaseExpiredError(f"message {detail}: this delivery's lease expired and the message was delivered "
+                                  f"again (or it was settled already); {op} changed nothing")
+        lease.ids = [detail] if isinstance(detail, int) else []
+        return lease
     if rc == rcs["EINVAL"]:
         if op == "receive":
-            return ArgumentError(f"queue {path!r} was not created with ack=True: use get()")
+            return ArgumentError(f"{label} was not created with ack=True: use get()")
         if op == "task_done":
             return ArgumentError("task_done() called too many times")
-        return ArgumentError(f"{op} refused by queue {path!r}: {_core.strerror(rc)}")
-    return ShmqError(f"{op} failed on queue {path!r}: {_core.strerror(rc)}")
+        return ArgumentError(f"{op} refused by {label}: {_core.strerror(rc)}")
+    return ShmqError(f"{op} failed on {label}: {_core.strerror(rc)}")

@@ -1,14 +1,20 @@
 """Messages of at-least-once queues: Message (ack, nack, extend) and dedup keys."""
+from __future__ import annotations
+
 import hashlib
+from typing import TYPE_CHECKING, Any, NoReturn, Optional, Union
 
 from ._codec import decode_headers
 from ._options import seconds_ns
 from .errors import ArgumentError, ArgumentTypeError, LeaseExpiredError
 
+if TYPE_CHECKING:
+    from .reliable import ReliableQueue
+
 __all__ = ["Message", "dedup_key"]
 
 
-def dedup_key(dedup_id):
+def dedup_key(dedup_id: Union[str, bytes, bytearray, memoryview]) -> bytes:
     """16-byte key of a dedup id (str or bytes; the two never collide)."""
     if isinstance(dedup_id, str):
         raw = b"s" + dedup_id.encode()
@@ -30,11 +36,18 @@ class Message:
 
     __slots__ = ("_q", "_token", "_state", "id", "body", "headers", "timestamp", "delivery_count", "priority")
 
-    def __init__(self, q, rec):
+    id: int
+    body: Any                              # the object sent (unpickled), or bytes as sent
+    headers: dict[str, Union[str, bytes]]
+    timestamp: float
+    delivery_count: int
+    priority: int
+
+    def __init__(self, q: ReliableQueue, rec: tuple[Any, bytes, int, float, int, int, int]) -> None:
         body, hdr, mid, ts, count, prio, token = rec
         self._q = q
         self._token = token
-        self._state = None
+        self._state: Optional[str] = None
         self.id = mid
         self.body = body
         self.headers = decode_headers(hdr) if hdr else {}
@@ -42,11 +55,11 @@ class Message:
         self.delivery_count = count
         self.priority = prio
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         st = self._state or "in flight"
         return f"<shmq.Message id={self.id} delivery={self.delivery_count} {st}>"
 
-    def ack(self):
+    def ack(self) -> bool:
         """Delete the message: it will not be delivered again. Returns True; False if this
         delivery was acked already (nothing changes). Raises LeaseExpiredError when the lease
         expired and the message was delivered again (nothing changes), ValueError after nack()."""
@@ -58,7 +71,7 @@ class Message:
         self._state = "acked"
         return True
 
-    def nack(self, requeue=True, delay=0.0):
+    def nack(self, requeue: bool = True, delay: float = 0.0) -> None:
         """Give the message back: with requeue=True it is delivered again (after `delay`
         seconds), counting a failed delivery (past max_deliveries it is dead-lettered); with
         requeue=False it goes to the dead-letter queue at once (reason "rejected").
@@ -69,7 +82,7 @@ class Message:
         self._q._nack(self._token, self.id, bool(requeue), d)
         self._state = "nacked"
 
-    def extend(self, seconds):
+    def extend(self, seconds: float) -> None:
         """Keep the message in flight until now + seconds. Raises LeaseExpiredError when it was
         delivered again meanwhile, ValueError after ack()/nack() or for a negative value."""
         ns = seconds_ns(seconds, "extend(seconds)")
@@ -77,11 +90,11 @@ class Message:
             raise ArgumentError(f"message {self.id} was {self._state}: this delivery is over")
         self._q._extend(self._token, self.id, ns)
 
-    def __reduce__(self):
+    def __reduce__(self) -> NoReturn:
         raise ArgumentTypeError("a Message is one process's delivery and cannot be pickled; send its body instead")
 
 
-def _lease_expired_many(ids):
+def _lease_expired_many(ids: list[int]) -> LeaseExpiredError:
     e = LeaseExpiredError(f"{len(ids)} message(s) were delivered again before this ack: {ids[:10]}")
     e.ids = ids
     return e

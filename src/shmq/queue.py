@@ -1,12 +1,19 @@
 """Queue, SimpleQueue and JoinableQueue: multiprocessing drop-ins and named queues."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, NoReturn, Optional, TypeVar, Union
+
 from . import _core, _names, _options, _sweep
 from ._handle import Handle, open_core, unlink
-from .errors import ArgumentError
+from .errors import ArgumentError, _label
 from .stats import settings
+
+if TYPE_CHECKING:
+    from .message import Message
 
 __all__ = ["Queue", "SimpleQueue", "JoinableQueue", "unlink", "redrive"]
 
-_UNSET = object()
+_Q = TypeVar("_Q", bound="Queue")
 
 
 def _make_core(spec):
@@ -32,9 +39,33 @@ def _make_core(spec):
     return core, created
 
 
-def _refuse(q, what, *args, **kwargs):
-    raise ArgumentError(f"{what}() needs a queue created with ack=True; queue {q.name or 'anonymous'!r} "
+def _refuse(q: Queue, what: str) -> NoReturn:
+    raise ArgumentError(f"{what}() needs a queue created with ack=True; {_label(q.path)} "
                         "is at-most-once (use put/get)")
+
+
+def _new(cls: type[_Q], name_or_maxsize: Union[str, int], *, is_dlq: bool = False, **options: Any) -> _Q:
+    """Queue.__new__, with the one internal option: is_dlq (create the queue as a dead-letter
+    queue, with no dead-letter queue of its own; shmq.reliable and tests use it)."""
+    spec = _options.resolve(name_or_maxsize, joinable=cls._joinable, is_dlq=is_dlq, **options)
+    core, _created = _make_core(spec)
+    if core._flags_value & _core.F_ACK:
+        if cls is Queue:
+            cls = ReliableQueue  # type: ignore[assignment]  # a subclass of Queue
+        elif not issubclass(cls, ReliableQueue):
+            core._close()
+            raise ArgumentError(f"{cls.__name__} cannot be an at-least-once queue: use "
+                                "shmq.Queue(name, ack=True)")
+    self = _core.HandleBase.__new__(cls)
+    self._just_created = _created and spec.name is not None
+    self._adopt(core, spec.name, owner=spec.name is None)
+    return self
+
+
+def _create_dlq(name: str, **options: Any) -> Queue:
+    """Create (or open, with exist_ok=True) the dead-letter queue `name`: an at-least-once queue
+    with no dead-letter queue of its own."""
+    return _new(Queue, name, is_dlq=True, **options)
 
 
 class Queue(Handle, _core.QueueOps):
@@ -45,6 +76,24 @@ class Queue(Handle, _core.QueueOps):
     creates a named queue; ``Queue("name")`` opens one. With ``ack=True`` (or when the named
     queue was created so) the handle is an at-least-once queue (shmq.reliable), still a Queue.
 
+    Arguments (all but the first keyword-only; None means "not given" unless said otherwise):
+
+    - ``name_or_maxsize=0``: a queue name (str), or the maxsize of an anonymous queue (int).
+    - ``maxsize=None``: at most this many items (0 or less: unbounded, as multiprocessing).
+    - ``create=False``, ``exist_ok=False``: create the named queue; with exist_ok, open it if it exists.
+    - ``capacity="default"``: bytes of shared memory (an int or a string such as "64MiB", at least
+      64 KiB), or None for a queue that grows as needed. "default" is 64 MiB for a named queue and
+      None (grows) for an anonymous one.
+    - ``max_message=None``: the largest message in bytes (default: a quarter of a fixed capacity,
+      any size for a queue that grows).
+    - ``mode=0o600``: the file mode of a created queue (exactly this, whatever the umask).
+    - ``raw=False``: bytes-like bodies only, never pickled.
+    - ``max_participants=None``: the size of the participant table (handles attached at once).
+    - ``ctx=None``: accepted for multiprocessing's signature (no context is needed).
+    - ``ack=None`` and the at-least-once options ``visibility_timeout`` (30 s), ``max_deliveries``
+      (20), ``dead_letter`` ("NAME.dlq"), ``delay`` (0), ``ttl`` (none), ``dedup_window`` (300 s),
+      ``dedup_capacity`` (16384): see docs/guide/at-least-once.md.
+
     Raises QueueNotFound, QueueExistsError, ValueError/TypeError (ShmqError too) for bad
     arguments or options that contradict the existing queue's, QueuePermissionError,
     NoSpaceError, CorruptQueueError, IncompatibleQueueError.
@@ -52,53 +101,47 @@ class Queue(Handle, _core.QueueOps):
 
     _joinable = False
 
-    def __new__(cls, name_or_maxsize=0, *, maxsize=None, create=False, exist_ok=False, capacity=_UNSET,
-                max_message=None, mode=0o600, raw=False, max_participants=None, ctx=None, ack=None,
-                visibility_timeout=None, max_deliveries=None, dead_letter=None, delay=None, ttl=None,
-                dedup_window=None, dedup_capacity=None, _is_dlq=False):
+    def __new__(cls: type[_Q], name_or_maxsize: Union[str, int] = 0, *, maxsize: Optional[int] = None,
+                create: bool = False, exist_ok: bool = False, capacity: Union[int, str, None] = "default",
+                max_message: Union[int, str, None] = None, mode: int = 0o600, raw: bool = False,
+                max_participants: Optional[int] = None, ctx: Any = None, ack: Optional[bool] = None,
+                visibility_timeout: Optional[float] = None, max_deliveries: Optional[int] = None,
+                dead_letter: Optional[str] = None, delay: Optional[float] = None, ttl: Optional[float] = None,
+                dedup_window: Optional[float] = None, dedup_capacity: Optional[int] = None) -> _Q:
         # ctx: accepted for multiprocessing's signature; a shared-memory queue needs no context.
-        spec = _options.resolve(name_or_maxsize, maxsize=maxsize, create=create, exist_ok=exist_ok,
-                                capacity=None if capacity is _UNSET else capacity,
-                                capacity_given=capacity is not _UNSET, max_message=max_message, mode=mode,
-                                raw=raw, max_participants=max_participants, joinable=cls._joinable,
-                                is_dlq=_is_dlq, ack=ack, visibility_timeout=visibility_timeout,
-                                max_deliveries=max_deliveries, dead_letter=dead_letter, delay=delay, ttl=ttl,
-                                dedup_window=dedup_window, dedup_capacity=dedup_capacity)
-        core, _created = _make_core(spec)
-        if core._flags_value & _core.F_ACK:
-            if cls is Queue:
-                cls = ReliableQueue
-            elif not issubclass(cls, ReliableQueue):
-                core._close()
-                raise ArgumentError(f"{cls.__name__} cannot be an at-least-once queue: use "
-                                    "shmq.Queue(name, ack=True)")
-        self = _core.HandleBase.__new__(cls)
-        self._just_created = _created and spec.name is not None
-        self._adopt(core, spec.name, owner=spec.name is None)
-        return self
+        return _new(cls, name_or_maxsize, maxsize=maxsize, create=create, exist_ok=exist_ok, capacity=capacity,
+                    max_message=max_message, mode=mode, raw=raw, max_participants=max_participants, ack=ack,
+                    visibility_timeout=visibility_timeout, max_deliveries=max_deliveries, dead_letter=dead_letter,
+                    delay=delay, ttl=ttl, dedup_window=dedup_window, dedup_capacity=dedup_capacity)
 
     # The at-least-once calls live on shmq.reliable.ReliableQueue; on an at-most-once queue they
     # raise ValueError. (Methods, not a __getattr__: a class with __getattr__ gets no specialised
     # attribute and method lookups from CPython, which cost every put and get ~30 ns.)
-    dead_letter_queue = None
+    @property
+    def dead_letter_queue(self) -> Optional[str]:
+        """The name of this queue's dead-letter queue (None: at-most-once, or a dead-letter queue itself)."""
+        return None
 
-    def send(self, body, *args, **kwargs):
+    def send(self, body: Any, headers: Optional[Mapping[str, Union[str, bytes]]] = None, priority: Optional[int] = None,
+             delay: Optional[float] = None, ttl: Optional[float] = None, dedup_id: Union[str, bytes, None] = None, *,
+             block: bool = True, timeout: Optional[float] = None) -> int:
         """At-least-once queues only (ack=True): see shmq.reliable.ReliableQueue.send."""
         _refuse(self, "send")
 
-    def receive(self, *args, **kwargs):
+    def receive(self, timeout: Optional[float] = None, *, block: bool = True) -> Message:
         """At-least-once queues only (ack=True): see shmq.reliable.ReliableQueue.receive."""
         _refuse(self, "receive")
 
-    def receive_many(self, *args, **kwargs):
+    def receive_many(self, max_items: int = 64, timeout: Optional[float] = None, *,
+                     block: bool = True) -> list[Message]:
         """At-least-once queues only (ack=True): see shmq.reliable.ReliableQueue.receive_many."""
         _refuse(self, "receive_many")
 
-    def ack_many(self, messages):
+    def ack_many(self, messages: Iterable[Message]) -> int:
         """At-least-once queues only (ack=True): see shmq.reliable.ReliableQueue.ack_many."""
         _refuse(self, "ack_many")
 
-    def get_many(self, max_items=64, timeout=None, block=True):
+    def get_many(self, max_items: int = 64, timeout: Optional[float] = None, block: bool = True) -> list[Any]:
         """1..max_items items, as soon as at least one is there (it does not wait to fill the
         batch). Raises Empty, QueueClosedError, ValueError/TypeError for max_items. An error met
         after items were taken (an object that fails to unpickle) is raised by the next get."""
@@ -108,37 +151,47 @@ class Queue(Handle, _core.QueueOps):
             self._core._defer(err)
         return items
 
-    def join_thread(self):
+    def join_thread(self) -> None:
         """No feeder thread exists (puts land in shared memory at once); kept for the drop-in."""
         assert self.closed, f"Queue {self!r} not closed"
 
-    def cancel_join_thread(self):
+    def cancel_join_thread(self) -> None:
         """No feeder thread exists; kept for the drop-in."""
 
 
 class SimpleQueue(Queue):
     """Drop-in for multiprocessing.SimpleQueue: put(obj), get(), empty(), close()."""
 
-    def __new__(cls, *, ctx=None, **kwargs):
-        return super().__new__(cls, 0, ctx=ctx, **kwargs)
+    def __new__(cls, *, ctx: Any = None, capacity: Union[int, str, None] = "default",
+                max_message: Union[int, str, None] = None, mode: int = 0o600, raw: bool = False,
+                max_participants: Optional[int] = None) -> SimpleQueue:
+        """An anonymous queue (the options as for Queue: capacity "default" grows as needed, mode=0o600)."""
+        return _new(cls, 0, capacity=capacity, max_message=max_message, mode=mode, raw=raw,
+                    max_participants=max_participants)
 
-    def put(self, obj):
+    def put(self, obj: Any) -> None:  # type: ignore[override]  # multiprocessing's SimpleQueue.put takes obj only)
+        """Put obj (never blocks: the queue grows). Raises QueueClosedError."""
         self._core.put(obj)
 
-    def get(self):
+    def get(self) -> Any:  # type: ignore[override]  # no block/timeout, as multiprocessing's
+        """Remove and return the next item, waiting for one. Raises QueueClosedError."""
         return self._core.get()
 
 
 class JoinableQueue(Queue):
-    """Drop-in for multiprocessing.JoinableQueue: adds task_done() and join()."""
+    """Drop-in for multiprocessing.JoinableQueue: adds task_done() and join().
+
+    Takes the arguments of Queue (``JoinableQueue()`` / ``JoinableQueue(maxsize)`` anonymous,
+    ``JoinableQueue("name", create=True)`` named; ``capacity="default"``, ``mode=0o600``, ...)
+    except ack=True and the at-least-once options."""
 
     _joinable = True
 
-    def task_done(self):
+    def task_done(self) -> None:
         """Mark one item as processed. Raises ValueError if called more often than put."""
         self._core._task_done()
 
-    def join(self, timeout=None):
+    def join(self, timeout: Optional[float] = None) -> Optional[bool]:
         """Block until every item put has been task_done()'d. With a timeout, return False if
         it passed first (multiprocessing's join has no timeout and returns None)."""
         ok = self._core._join(timeout)

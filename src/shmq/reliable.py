@@ -1,11 +1,14 @@
 """At-least-once queues: send/receive under a lease, ack/nack/extend, the dead-letter queue, redrive."""
+from __future__ import annotations
+
 import os
+from typing import Any, Iterable, Mapping, Optional, Union
 
 from . import _codec, _core, _options
 from ._handle import _live, _live_lock
 from .errors import ArgumentError, ArgumentTypeError, Empty, QueueNotFound, QueuePermissionError
 from .message import Message, _lease_expired_many, dedup_key
-from .queue import Queue
+from .queue import Queue, _create_dlq
 
 __all__ = ["ReliableQueue", "redrive"]
 
@@ -27,7 +30,7 @@ class ReliableQueue(Queue):
             self._core._set_dlq(None, self._name)
             return
         kw = dict(create=True, exist_ok=True, ack=True, visibility_timeout=st["visibility_timeout"],
-                  max_deliveries=st["max_deliveries"], mode=st["mode"], _is_dlq=True)
+                  max_deliveries=st["max_deliveries"], mode=st["mode"])
         if st["flags"] & _core.F_GROWABLE:
             kw["capacity"] = None
         else:
@@ -37,7 +40,7 @@ class ReliableQueue(Queue):
             try:
                 q = Queue(dlq)              # an existing one is used as it is
             except QueueNotFound:
-                q = Queue(dlq, **kw)        # same options as ours, ack=True, no DLQ of its own
+                q = _create_dlq(dlq, **kw)  # same options as ours, ack=True, no DLQ of its own
         except ValueError as e:
             self._abandon()
             raise ArgumentError(f"queue {self._name!r}: its dead-letter queue {dlq!r} cannot be used: {e}") from None
@@ -87,12 +90,13 @@ class ReliableQueue(Queue):
             self._dlq = None
 
     @property
-    def dead_letter_queue(self):
+    def dead_letter_queue(self) -> Optional[str]:
         """The name of this queue's dead-letter queue (None when it is one itself)."""
         return self._dlq_name
 
-    def send(self, body, headers=None, priority=None, delay=None, ttl=None, dedup_id=None, *, block=True,
-             timeout=None):
+    def send(self, body: Any, headers: Optional[Mapping[str, Union[str, bytes]]] = None, priority: Optional[int] = None,
+             delay: Optional[float] = None, ttl: Optional[float] = None, dedup_id: Union[str, bytes, None] = None, *,
+             block: bool = True, timeout: Optional[float] = None) -> int:
         """Send a message; returns its id (for a duplicate dedup_id within the window, the
         original's id, and nothing is enqueued). delay/ttl: seconds (None: the queue's
         default). Raises Full (no room in time, dedup table full), MessageTooLargeError,
@@ -105,17 +109,18 @@ class ReliableQueue(Queue):
         mid, _dup = self._core._send(body, hdr, prio, d, t, key, block, timeout)
         return mid
 
-    def receive(self, timeout=None, *, block=True):
+    def receive(self, timeout: Optional[float] = None, *, block: bool = True) -> Message:
         """Take the next message under a lease (the queue's visibility_timeout). Returns a
         Message; raises Empty when none arrives in time, QueueClosedError."""
         return Message(self, self._core._receive(block, timeout))
 
-    def receive_many(self, max_items=64, timeout=None, *, block=True):
+    def receive_many(self, max_items: int = 64, timeout: Optional[float] = None, *,
+                     block: bool = True) -> list[Message]:
         """1..max_items Messages, as soon as at least one is there. Raises Empty."""
         n = _options.check_int(max_items, "max_items", 1, _options.MAX_COUNT)
         return [Message(self, r) for r in self._core._receive_many(n, timeout, block)]
 
-    def ack_many(self, messages):
+    def ack_many(self, messages: Iterable[Message]) -> int:
         """Ack every message of the list; returns how many were acked now (ones acked before
         are skipped). Raises LeaseExpiredError (its .ids) after acking the others when some
         had been delivered again."""
@@ -147,7 +152,8 @@ def _priority(p):
     return p
 
 
-def redrive(dlq, to=None, *, max_messages=None, timeout=0.0):
+def redrive(dlq: Union[str, Queue], to: Optional[str] = None, *, max_messages: Optional[int] = None,
+            timeout: float = 0.0) -> int:
     """Move messages from a dead-letter queue back: each to `to` (a queue name), else to the
     queue named by its x-dead-letter-source header. Headers, body and priority are kept, the
     x-dead-letter-* headers are dropped. Each copy is sent with a dedup id derived from the

@@ -1,8 +1,10 @@
 """Queue inventory: QueueInfo records and list_queues(), read without attaching."""
+from __future__ import annotations
+
 import os
 import stat as _stat
 import time
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Union
 
 from . import _core, _names
 from ._options import ACK_COUNTERS, SETTINGS_KEYS
@@ -25,13 +27,13 @@ class QueueInfo(NamedTuple):
     consumers: Optional[int] = None
 
 
-def kind_name(st):
+def kind_name(st: dict[str, Any]) -> str:
     if st["flags"] & _core.F_JOINABLE:
         return "joinable"
     return {_core.KIND_QUEUE: "queue", _core.KIND_PRIORITY: "priority", _core.KIND_TOPIC: "topic"}.get(st["kind"], "?")
 
 
-def settings(raw):
+def settings(raw: dict[str, Any]) -> dict[str, Any]:
     """The core's raw counters (Core._raw_stats) under their public names, in seconds/ms."""
     st = {}
     for k, v in raw.items():
@@ -40,7 +42,7 @@ def settings(raw):
     return st
 
 
-def complete_stats(core, raw):
+def complete_stats(core: _core.Core, raw: dict[str, Any]) -> dict[str, Any]:
     """Every key every kind reports (DESIGN §5.1, shmq._options.STATS_KEYS) from the core's raw
     counters."""
     st = settings(raw)
@@ -58,7 +60,7 @@ def complete_stats(core, raw):
     return st
 
 
-def inspect_path(path):
+def inspect_path(path: str) -> dict[str, Any]:
     """Counters of the segment at path, read without attaching (participants are not disturbed).
     Raises FileNotFoundError, PermissionError or another OSError (a symlink, which is never
     followed, or a directory), CorruptQueueError, IncompatibleQueueError."""
@@ -73,11 +75,11 @@ def inspect_path(path):
 NOT_A_QUEUE = "not-a-queue"     # a directory, symlink, FIFO, socket or device named shmq.*: never opened
 
 
-def _bare(name, kind):
+def _bare(name: str, kind: str) -> QueueInfo:
     return QueueInfo(name, kind, None, None, None, None, None, None)
 
 
-def entry_kind(path):
+def entry_kind(path: str) -> Union[str, bool, None]:
     """None for a regular file (a candidate segment), NOT_A_QUEUE for any other kind of entry,
     False when nothing is there any more. Judged with lstat: a symlink is never followed."""
     try:
@@ -87,11 +89,11 @@ def entry_kind(path):
     return None if _stat.S_ISREG(mode) else NOT_A_QUEUE
 
 
-def scan(include_anonymous=True):
+def scan(include_anonymous: bool = True) -> list[tuple[QueueInfo, Optional[dict[str, Any]]]]:
     """[(QueueInfo, counters or None)] for every shmq.* entry of /dev/shm, sorted by name. Each
     entry is judged on its own: one that is no queue, or that cannot be read, is listed with a
     kind saying so and no counters, and never stops the listing."""
-    out = []
+    out: list[tuple[QueueInfo, Optional[dict[str, Any]]]] = []
     try:
         files = sorted(os.listdir(_names.SHM_DIR))
     except FileNotFoundError:
@@ -106,7 +108,7 @@ def scan(include_anonymous=True):
         kind = entry_kind(path)
         if kind is False:
             continue  # removed while we listed
-        if kind is not None:
+        if isinstance(kind, str):
             out.append((_bare(name, kind), None))
             continue
         try:
@@ -136,7 +138,7 @@ def scan(include_anonymous=True):
     return out
 
 
-def list_queues(include_anonymous=True):
+def list_queues(include_anonymous: bool = True) -> list[QueueInfo]:
     """Every shmq.* entry in /dev/shm as QueueInfo, sorted by name. Entries that are not queues
     or fail validation are listed with kind 'not-a-queue' (a directory, symlink, FIFO...),
     'corrupt', 'incompatible', 'no-permission' or 'unreadable', and no counters; none of them

@@ -13,7 +13,8 @@ SQUATTER_UID = 65534
 
 SQUAT = """
 import shmq, sys
-q = shmq.Queue({name!r}, create=True, ack={ack}, mode=0o666, _is_dlq={ack})
+from shmq.queue import _create_dlq
+q = (_create_dlq if {ack} else shmq.Queue)({name!r}, create=True, ack={ack}, mode=0o666)
 q.close()
 print("squatted")
 """
@@ -89,7 +90,7 @@ def test_exist_ok_refuses_our_own_file_with_a_wider_mode_than_asked(qname):
 
 @pytest.mark.timeout(60)
 def test_an_existing_dead_letter_queue_with_a_wider_mode_than_its_queue_is_refused(qname):
-    dlq = shmq.Queue(qname + ".dlq", create=True, ack=True, mode=0o666, _is_dlq=True)
+    dlq = shmq.queue._create_dlq(qname + ".dlq", create=True, ack=True, mode=0o666)
     try:
         with pytest.raises(shmq.QueuePermissionError):
             shmq.Queue(qname, create=True, ack=True, mode=0o600)
