@@ -23,7 +23,7 @@ import threading
 import time
 from collections import OrderedDict
 
-from . import _core, _names, _options
+from . import _codec, _core, _names, _options
 from ._handle import _rebuild
 from .errors import (ArgumentError, ArgumentTypeError, Empty, NoRespondersError, QueueClosedError,
                      QueueNotFound, RemoteError, RequestTimeout, ResponderDiedError, ShmqError)
@@ -342,7 +342,7 @@ class _Pending:
     def __init__(self, corr, deadline, future=None):
         self.corr, self.deadline, self.future = corr, deadline, future
         self.mid = self.token = self.result = None
-        self.event = threading.Event()
+        self.event = None        # made only for a thread that waits without reading the inbox
         self.look_at = time.monotonic() + SLICE
         self.waiter = future is None       # a thread in request(), not a Future
 
@@ -371,6 +371,9 @@ class Requester:
         self.reliable = q._settings()["max_deliveries"] > 1
         self._inbox = Queue()
         self._path = self._inbox.path
+        # every request's header block: its correlation id, then this constant tail (encoded once)
+        self._hdr_tail = _codec.encode_headers({H_REPLY_TO: self._path})
+        self._corr_key = H_CORR.encode()
         self._ids = itertools.count(1)
         self._pending = {}
         self._mu = threading.Lock()        # _pending and the counters
@@ -388,20 +391,20 @@ class Requester:
     def _send(self, obj, timeout, headers, future=None):
         if self._closed:
             raise QueueClosedError(f"requester of {self.name!r} is closed")
-        hdr = dict(_check_headers(headers))
+        user = _codec.encode_headers(_check_headers(headers)) if headers else b""
         dl = _deadline(timeout)
         if self._q._core._consumers(False) == 0:     # no system call: ~0.1 us for a few slots
             self._count("no_responders")
             raise NoRespondersError(f"no responder is attached to request queue {self.name!r}")
         p = _Pending(str(next(self._ids)), dl, future)
-        hdr[H_CORR] = p.corr
-        hdr[H_REPLY_TO] = self._path
+        cb = p.corr.encode()
+        block = _codec._ENT.pack(len(self._corr_key), _codec._STR, len(cb)) + self._corr_key + cb + self._hdr_tail + user
         with self._mu:
             self._pending[p.corr] = p        # before the send: a reply can come back at once
             self._counts["sent"] += 1
         try:
             left = None if dl is None else max(0.0, dl - time.monotonic())
-            p.mid = self._q.send(obj, headers=hdr, timeout=left)
+            p.mid = self._q._core._send(obj, block, 0, _core.USE_DEFAULT, _core.USE_DEFAULT, None, True, left)[0]
         except BaseException:
             with self._mu:
                 self._pending.pop(p.corr, None)
@@ -426,13 +429,21 @@ class Requester:
             wait = max(0.0, slice_end - now)
             if self._reader.acquire(blocking=False):
                 try:
-                    self._read(wait)
+                    if p.result is None:      # (the last reader may have dispatched it)
+                        self._read(wait)
                 finally:
                     self._reader.release()
                     self._kick()
             else:
-                p.event.wait(wait)
-                p.event.clear()
+                ev = p.event
+                if ev is None:
+                    # first wait: make the event, then try the reader lock once more (a reader
+                    # leaving meanwhile could not wake us: _kick skips waiters without one)
+                    p.event = threading.Event()
+                    continue
+                if p.result is None:          # (_finish sets result before it looks at event)
+                    ev.wait(wait)
+                ev.clear()
             if p.result is None and time.monotonic() >= p.look_at:
                 self._look_after(p)
 
@@ -488,7 +499,9 @@ class Requester:
                     p.future.set_result(self._outcome(p))
                 except BaseException as e:
                     p.future.set_exception(e)
-        p.event.set()
+        ev = p.event
+        if ev is not None:
+            ev.set()
 
     @staticmethod
     def _outcome(p):
@@ -501,9 +514,11 @@ class Requester:
 
     def _kick(self):
         """After a reader leaves: wake one thread still waiting in request(), to read next."""
+        if not self._pending:
+            return
         with self._mu:
             for q in self._pending.values():
-                if q.waiter and q.result is None:
+                if q.waiter and q.result is None and q.event is not None:
                     q.event.set()
                     return
 
