@@ -1,5 +1,5 @@
 """Queue, SimpleQueue and JoinableQueue: multiprocessing drop-ins and named queues."""
-from . import _core, _names, _options, _sweep
+from . import _aio, _core, _names, _options, _sweep
 from ._handle import Handle, open_core, unlink
 from .errors import ArgumentError
 from .stats import settings
@@ -37,7 +37,7 @@ def _refuse(q, what, *args, **kwargs):
                         "is at-most-once (use put/get)")
 
 
-class Queue(Handle, _core.QueueOps):
+class Queue(Handle, _aio.AsyncQueueOps, _core.QueueOps):
     """A process-shared FIFO queue in POSIX shared memory.
 
     ``Queue()`` / ``Queue(maxsize)``: the multiprocessing drop-in (anonymous, unbounded bytes,

@@ -1,7 +1,7 @@
 """At-least-once queues: send/receive under a lease, ack/nack/extend, the dead-letter queue, redrive."""
 import os
 
-from . import _codec, _core, _options
+from . import _aio, _codec, _core, _options
 from ._handle import _live, _live_lock
 from .errors import ArgumentError, ArgumentTypeError, Empty, QueueNotFound, QueuePermissionError
 from .message import Message, _lease_expired_many, dedup_key
@@ -10,7 +10,7 @@ from .queue import Queue
 __all__ = ["ReliableQueue", "redrive"]
 
 
-class ReliableQueue(Queue):
+class ReliableQueue(_aio.AsyncReliableOps, Queue):
     """An at-least-once queue: what ``shmq.Queue(name, create=True, ack=True, ...)`` returns, and
     ``shmq.Queue(name)`` for a queue created so. put/get work too (at most once, no lease)."""
 
