@@ -42,7 +42,22 @@ class _Watcher:
         self.thread = None
 
     # -- the loop's side ----------------------------------------------------------------
-    def add(self, fut, front):
+    def begin(self):
+        """Nobody waits yet: register and read the token; the caller looks once more, then
+        waits (add(fut, sleep=True)) or leaves (idle())."""
+        self.core._watch_begin(self.dir)
+        self.registered = True
+        try:
+            self.token = self.core._watch_token(self.dir)
+        except BaseException:
+            self._end()
+            raise
+
+    def idle(self):
+        if not self.waiting and not self.in_flight and self.registered:
+            self._end()
+
+    def add(self, fut, front, sleep=False):
         if front:
             self.waiting.appendleft(fut)
         else:
@@ -55,6 +70,8 @@ class _Watcher:
                 raise
             self.registered = True
             self._schedule_round()
+        elif sleep and not self.in_flight and not self.round_pending:
+            self._sleep()                     # begin's token, read before the caller's last look
 
     def back(self, progress):
         """A woken coroutine has tried (progress: it took/put, failed hard, or was cancelled)."""
@@ -179,12 +196,27 @@ async def _wait(handle, direction, attempt, timeout, nothing):
     loop = asyncio.get_running_loop()
     deadline = None if ns is None else loop.time() + ns / 1e9
     w = _watcher(handle, loop, direction)
+    first = False
+    if not w.registered:
+        # the lost-wake-up rule (csrc/wait.h): register, read the token, look again, then sleep
+        w.begin()
+        try:
+            result = attempt()
+        except nothing:
+            first = True
+        except BaseException:
+            w.idle()
+            raise
+        else:
+            w.idle()
+            return result
     front = False
     report = None          # a failed woken try reports back once its new future is queued
     while True:
         fut = loop.create_future()
         try:
-            w.add(fut, front)
+            w.add(fut, front, first)
+            first = False
         finally:
             if report is not None:
                 w.back(False)
