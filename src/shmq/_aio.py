@@ -27,8 +27,7 @@ class _Watcher:
     """The waiting coroutines of one event loop on one handle in one direction."""
 
     def __init__(self, handle, loop, direction):
-        self.handle = handle
-        self.core = handle._core
+        self.core = handle._core             # not the handle: a dropped handle is still collected (and closed)
         self.loop = loop
         self.dir = direction
         self.waiting = collections.deque()   # futures of waiting coroutines, not yet woken
