@@ -457,3 +457,48 @@ def test_watchers_unregister_when_nobody_waits(run, make_queue):
         await asyncio.sleep(0.2)          # the waiter thread's slice ends, its round finds nobody
         return [w.registered for w in q.__dict__["_aio_watchers"].values()]
     assert run(main()) == [False]
+
+
+def test_two_loops_in_two_threads_share_a_handle(make_queue):
+    """Each loop has its own waiter; a message goes to exactly one of them."""
+    q = make_queue()
+    results, errors = [], []
+
+    def in_thread():
+        async def main():
+            return await asyncio.gather(*[q.get_async(timeout=20) for _ in range(10)])
+        try:
+            results.extend(asyncio.run(main()))
+        except BaseException as e:   # reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=in_thread) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.1)
+    for i in range(20):
+        q.put(i)
+    for t in threads:
+        t.join(30)
+    assert not errors and sorted(results) == list(range(20))
+
+
+def test_simple_and_joinable_queues(run):
+    s = shmq.SimpleQueue()
+    j = shmq.JoinableQueue()
+    try:
+        async def main():
+            async def later():
+                await asyncio.sleep(0.05)
+                s.put("s")
+                j.put("j")
+            asyncio.ensure_future(later())
+            a = await s.get_async(timeout=10)
+            b = await j.get_async(timeout=10)
+            j.task_done()
+            return a, b
+        assert run(main()) == ("s", "j")
+        assert j.join(timeout=5) is True   # every item was task_done
+    finally:
+        s.close()
+        j.close()
