@@ -162,6 +162,8 @@ class _Watcher:
             except RuntimeError:         # the loop is closed: nobody waits any more
                 with self.cv:
                     self.thread = None
+                self.waiting.clear()
+                self._end()              # nothing of that loop runs now: safe from this thread
                 return
 
 

@@ -502,3 +502,21 @@ def test_simple_and_joinable_queues(run):
     finally:
         s.close()
         j.close()
+
+
+def test_a_loop_closed_with_waiters_unregisters(make_queue):
+    """asyncio.run cancels what still waits at its end and closes the loop; the waiter thread
+    then unregisters its watcher (a leftover registration would cost every put a wake-up)."""
+    q = make_queue()
+
+    async def main():
+        asyncio.ensure_future(q.get_async())
+        await asyncio.sleep(0.05)            # the waiter thread is asleep in the core
+    asyncio.run(main())
+    ws = list(q.__dict__["_aio_watchers"].values())
+    deadline = time.monotonic() + 5
+    while any(w.registered for w in ws) and time.monotonic() < deadline:
+        time.sleep(0.01)                     # the thread's next liveness slice (50 ms)
+    assert not any(w.registered for w in ws)
+    q.put(1)
+    assert q.get_nowait() == 1
