@@ -245,12 +245,13 @@ def test_hundred_waiters_keep_the_loop_running(run, make_queue, qname):
     base, lags, got, waiting_threads = run(main(), timeout=60)
     assert sorted(got) == list(range(100))        # each message to exactly one waiter
     assert waiting_threads <= 1                    # one waiter thread for the loop and queue, not 100
-    assert len(lags) >= 10
+    # the ticker keeps ticking while 100 coroutines wait (a loop blocked in a get would tick
+    # once or twice in all that time), and its 95th-percentile lag stays within a generous
+    # multiple of its idle median (or a sanity bound on a busy shared machine)
+    assert len(lags) >= 10, lags
     worst = sorted(lags)[int(len(lags) * 0.95)]
     typical = sorted(base)[len(base) // 2]
-    # the ticker keeps ticking while 100 coroutines wait: its 95th-percentile lag stays within a
-    # generous multiple of its idle median (or a sanity bound on a busy shared machine)
-    assert worst < max(50 * typical, 0.1), (worst, typical)
+    assert worst < max(50 * typical, 0.25), (worst, typical)
 
 
 # -- cancellation --------------------------------------------------------------------------
