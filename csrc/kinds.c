@@ -60,6 +60,7 @@ int shmq_validate(shmq_seg_t *seg)
 
 void shmq_close(shmq_seg_t *seg)
 {
+    shmq_watch_end_all(seg); /* a watcher left registered would make every put pay a wake-up forever */
     if (seg->ops && seg->ops->detach && seg->slot != UINT32_MAX)
         seg->ops->detach(seg);
     if (seg->ops && seg->ops->close)

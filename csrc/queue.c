@@ -774,6 +774,90 @@ done:
     return rc;
 }
 
+/* ---------------------------------------------------------------- watchers (queue.h) */
+
+static shmq_waitq_t *watch_wq(shmq_seg_t *q, int dir)
+{
+    return dir == SHMQ_WATCH_GET ? &q->hdr->not_empty : &q->hdr->not_full;
+}
+
+/* what a watcher adds to its slot's waiting entry: the units sleep_until uses per direction */
+static uint32_t watch_unit(int dir) { return dir == SHMQ_WATCH_GET ? 1u : 1u << 16; }
+
+int shmq_watch_begin(shmq_seg_t *q, int dir)
+{
+    if (dir != SHMQ_WATCH_GET && dir != SHMQ_WATCH_PUT)
+        return SHMQ_EINVAL;
+    shmq_waitq_t *wq = watch_wq(q, dir);
+    shmq_waitq_clear_pending(wq); /* wait.h: clear, register, then look (the first token clears again) */
+    if (q->slot != UINT32_MAX)
+        shmq_fetch_add_seq(&q->slots[q->slot].waiting, watch_unit(dir)); /* repair undoes it if we die */
+    shmq_fetch_add_seq(&wq->waiters, 1); /* seq_cst: from here on every waker bumps seq (lost-wake-up rule) */
+    q->watching[dir]++;
+    return SHMQ_OK;
+}
+
+uint32_t shmq_watch_token(shmq_seg_t *q, int dir)
+{
+    /* Registered since begin: a change after this read bumps seq or finds the pending bit set,
+     * which only a clear after this one removes: the sleep on this token sees the change. */
+    shmq_waitq_t *wq = watch_wq(q, dir);
+    uint32_t v;
+    for (;;) {
+        v = shmq_load_seq(&wq->seq); /* seq_cst: our callers' looks come after this read */
+        if (!(v & 1u))
+            return v;
+        if (shmq_cas_seq(&wq->seq, &v, v + 1)) /* seq_cst: clear the pending wake-up, which was for us */
+            return v + 1;
+    }
+}
+
+int shmq_watch_sleep(shmq_seg_t *q, int dir, uint32_t token, uint64_t deadline_ns)
+{
+    if (dir != SHMQ_WATCH_GET && dir != SHMQ_WATCH_PUT)
+        return SHMQ_EINVAL;
+    if (__atomic_load_n(&q->closing, __ATOMIC_SEQ_CST))
+        return SHMQ_ECLOSED;
+    uint64_t until = deadline_ns;
+    if (dir == SHMQ_WATCH_GET && shmq_q_hooks(q)->wake_at) {
+        uint64_t t = shmq_q_hooks(q)->wake_at(q); /* a delayed message comes due, a lease ends */
+        if (t < until)
+            until = t;
+    }
+    int rc = shmq_futex_wait(&watch_wq(q, dir)->seq, token, until);
+    if (rc == SHMQ_TIMEOUT && until != deadline_ns)
+        rc = SHMQ_OK; /* a timer of the kind, not our deadline: look again */
+    if (rc == SHMQ_EAGAIN)
+        liveness_slice(q); /* a whole slice asleep: dead participants may hold what we wait for */
+    if (__atomic_load_n(&q->closing, __ATOMIC_SEQ_CST))
+        rc = SHMQ_ECLOSED; /* woken by close */
+    return rc;
+}
+
+void shmq_watch_end(shmq_seg_t *q, int dir)
+{
+    if ((dir != SHMQ_WATCH_GET && dir != SHMQ_WATCH_PUT) || q->watching[dir] == 0)
+        return;
+    shmq_waitq_t *wq = watch_wq(q, dir);
+    q->watching[dir]--;
+    __atomic_fetch_sub(&wq->waiters, 1, __ATOMIC_SEQ_CST);
+    if (q->slot != UINT32_MAX)
+        __atomic_fetch_sub(&q->slots[q->slot].waiting, watch_unit(dir), __ATOMIC_SEQ_CST);
+    /* Our tokens cleared wake-ups that may have stood for other sleepers too (wait.h): pass
+     * one on while messages remain. Putters are all woken by every waker: nothing to pass. */
+    if (dir == SHMQ_WATCH_GET && shmq_depth(q) > 0)
+        wake_getters(q);
+}
+
+void shmq_watch_end_all(shmq_seg_t *q)
+{
+    if (!q->hdr)
+        return;
+    for (int dir = 0; dir < 2; dir++)
+        while (q->watching[dir])
+            shmq_watch_end(q, dir);
+}
+
 /* Return the chunks of RETURNING descriptors of area a (its arena lock held); how many. A
  * descriptor is first taken over by CAS (RETURNING(x) -> WRITING(us)), so two returners never
  * free the same chunk. */

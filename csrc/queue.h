@@ -77,6 +77,26 @@ int shmq_join(shmq_seg_t *q, uint64_t deadline_ns);
 /* Mark this handle closing and wake every sleeper of the queue: this handle's blocked calls
  * return SHMQ_ECLOSED (other processes' sleepers wake, find nothing and sleep again). */
 void shmq_wake_all(shmq_seg_t *q);
+/* Watchers: a binding's waiter thread sleeps for many waiting callers (an event loop's
+ * coroutines) that take or put themselves, in their own thread, without blocking (asyncio).
+ * dir SHMQ_WATCH_GET waits on not_empty, SHMQ_WATCH_PUT on not_full. The protocol is the
+ * lost-wake-up rule of wait.h split over calls: begin (count as a sleeper), then per round:
+ * token (clear the pending wake-up, read the word), the callers' non-blocking tries, and if
+ * they all failed sleep(token) - which returns at once if anything changed since the token.
+ * end when nobody waits (a getter's end passes a wake-up on while messages remain). Counted
+ * in the slot (repair undoes a dead watcher) and in the handle (shmq_close undoes the rest).
+ * One thread of the handle's process may call these at a time per direction (the binding
+ * serialises them under its lock). */
+#define SHMQ_WATCH_GET 0
+#define SHMQ_WATCH_PUT 1
+int shmq_watch_begin(shmq_seg_t *q, int dir);   /* SHMQ_OK, SHMQ_EINVAL (bad dir) */
+uint32_t shmq_watch_token(shmq_seg_t *q, int dir);
+/* SHMQ_OK (the word changed: look again), SHMQ_EAGAIN (a liveness slice elapsed: dead
+ * participants were swept; look again), SHMQ_TIMEOUT (deadline), SHMQ_ECLOSED (the handle is
+ * closing), SHMQ_EINTR (a signal), SHMQ_EINVAL. The kind's timers (wake_at) end the sleep too. */
+int shmq_watch_sleep(shmq_seg_t *q, int dir, uint32_t token, uint64_t deadline_ns);
+void shmq_watch_end(shmq_seg_t *q, int dir);
+void shmq_watch_end_all(shmq_seg_t *q);
 /* Repair every dead participant this process can elect itself for; returns how many. Blocking
  * calls run it every liveness slice while asleep; `shmq_check` callers run it first. */
 int shmq_repair_dead(shmq_seg_t *q);

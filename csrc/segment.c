@@ -646,6 +646,8 @@ int shmq_seg_after_fork(shmq_seg_t *seg)
     for (uint32_t i = 0; i < SHMQ_MAX_AREAS; i++)
         seg->areas[i].arena_busy = 0;
     seg->map_busy = 0;
+    /* the parent's watchers are counted in the parent's slot: the parent undoes them */
+    seg->watching[0] = seg->watching[1] = 0;
     /* No slot yet: the child takes one when it first uses the handle (shmq_part_attach), so a
      * pool of forked workers that never touch an inherited queue takes none of its slots. */
     return SHMQ_OK;

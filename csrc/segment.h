@@ -286,6 +286,7 @@ typedef struct shmq_seg {
     int poll_signals;         /* set by a binding: blocking calls return SHMQ_EINTR after each slice asleep */
     uint64_t last_liveness_ns; /* process-local: last dead-participant sweep of this handle */
     uint64_t last_stale_ns;   /* process-local: last sweep for owners whose slot is FREE or reused */
+    uint32_t watching[2];     /* process-local: watchers registered (shmq_watch_begin) per direction, undone at close */
 } shmq_seg_t;
 
 /* Create (exist_ok: open an existing one instead of failing with EEXIST in seg->err), with the

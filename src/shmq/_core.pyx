@@ -919,6 +919,42 @@ cdef class Core:
     def full(self):
         return self._full_c()
 
+    # -- watchers (queue.h): shmq._aio's waiter threads sleep for coroutines that take ------
+    def _watch_begin(self, int direction):
+        """Count as a sleeper of not_empty (0) or not_full (1) until _watch_end or close."""
+        self._check()
+        cdef int rc = c.shmq_watch_begin(&self.seg, direction)
+        if rc != c.SHMQ_OK:
+            raise self._error(rc, "watch")
+
+    def _watch_token(self, int direction):
+        """Clear the pending wake-up and read the word: look after this, then _watch_sleep(token)."""
+        self._check()
+        return c.shmq_watch_token(&self.seg, direction)
+
+    def _watch_sleep(self, int direction, uint32_t token, uint64_t timeout_ns):
+        """Sleep (GIL released) until the word moves from token, a liveness slice or timeout_ns
+        (relative; 0: no deadline). True: look again; False: the timeout passed. Raises
+        QueueClosedError once the handle is closed."""
+        cdef int rc
+        cdef uint64_t dl = c.SHMQ_NO_DEADLINE
+        self._check()
+        if timeout_ns:
+            dl = c.shmq_now_mono_ns() + timeout_ns
+        self._enter()
+        with nogil:
+            rc = c.shmq_watch_sleep(&self.seg, direction, token, dl)
+        self._leave()
+        if self._closed or rc == c.SHMQ_ECLOSED:
+            self._check()
+            raise _errors.QueueClosedError(f"queue {self.path!r} is closed")
+        return rc != c.SHMQ_TIMEOUT
+
+    def _watch_end(self, int direction):
+        """Stop counting as a sleeper (a no-op once closed: close undid it)."""
+        if self.opened and not self._closed:
+            c.shmq_watch_end(&self.seg, direction)
+
     cdef int _check_open(self) except -1:
         # inspection calls work on an inspector handle too (opened, not attached)
         if not self.opened:

@@ -177,6 +177,10 @@ cdef extern from "queue.h" nogil:
     int shmq_task_done(shmq_seg_t *q)
     int shmq_join(shmq_seg_t *q, uint64_t deadline_ns)
     void shmq_wake_all(shmq_seg_t *q)
+    int shmq_watch_begin(shmq_seg_t *q, int dir)
+    uint32_t shmq_watch_token(shmq_seg_t *q, int dir)
+    int shmq_watch_sleep(shmq_seg_t *q, int dir, uint32_t token, uint64_t deadline_ns)
+    void shmq_watch_end(shmq_seg_t *q, int dir)
     void shmq_set_spin_ns(uint64_t ns)
     uint64_t shmq_get_spin_ns()
 

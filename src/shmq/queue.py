@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, NoReturn, Optional, TypeVar, Union
 
-from . import _core, _names, _options, _sweep
+from . import _aio, _core, _names, _options, _sweep
 from ._handle import Handle, open_core, unlink
 from .errors import ArgumentError, _label
 from .stats import settings
@@ -68,7 +68,7 @@ def _create_dlq(name: str, **options: Any) -> Queue:
     return _new(Queue, name, is_dlq=True, **options)
 
 
-class Queue(Handle, _core.QueueOps):
+class Queue(Handle, _aio.AsyncQueueOps, _core.QueueOps):
     """A process-shared FIFO queue in POSIX shared memory.
 
     ``Queue()`` / ``Queue(maxsize)``: the multiprocessing drop-in (anonymous, unbounded bytes,

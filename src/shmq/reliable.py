@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from typing import Any, Iterable, Mapping, Optional, Union
 
-from . import _codec, _core, _options
+from . import _aio, _codec, _core, _options
 from ._handle import _live, _live_lock
 from .errors import ArgumentError, ArgumentTypeError, Empty, QueueNotFound, QueuePermissionError
 from .message import Message, _lease_expired_many, dedup_key
@@ -13,7 +13,7 @@ from .queue import Queue, _create_dlq
 __all__ = ["ReliableQueue", "redrive"]
 
 
-class ReliableQueue(Queue):
+class ReliableQueue(_aio.AsyncReliableOps, Queue):
     """An at-least-once queue: what ``shmq.Queue(name, create=True, ack=True, ...)`` returns, and
     ``shmq.Queue(name)`` for a queue created so. put/get work too (at most once, no lease)."""
 

@@ -120,3 +120,65 @@ def test_python_workload_under_asan_ubsan(sanitized_build, tmp_path):
     assert r.returncode == 0, f"{r.stdout}\n{r.stderr[-5000:]}"
     assert "sanitized workload ok" in r.stdout
     assert "runtime error" not in r.stderr  # UBSan reports
+
+
+ASYNC_WORKLOAD = textwrap.dedent(r"""
+    import asyncio, multiprocessing as mp, os, time
+    import shmq
+
+    def producer(name):
+        q = shmq.Queue(name)
+        for i in range(200):
+            q.put(i)
+            time.sleep(0.0005)
+        q.close()
+
+    async def main(q, r):
+        assert "build" in shmq._core.__file__, shmq._core.__file__
+        p = mp.get_context("fork").Process(target=producer, args=(q.name,))
+        p.start()
+        got = await asyncio.gather(*[q.get_async(timeout=30) for _ in range(200)])
+        p.join(30)
+        assert sorted(got) == list(range(200)) and p.exitcode == 0
+        t = asyncio.ensure_future(r.receive_async())
+        await asyncio.sleep(0.05)
+        t.cancel()
+        await r.send_async(b"x")
+        (await r.receive_async(timeout=5)).ack()
+        # close while coroutines wait: the waiter thread is asleep in the core when the handle
+        # closes, and the unmap waits for it
+        waits = [asyncio.ensure_future(q.get_async()) for _ in range(20)]
+        waits += [asyncio.ensure_future(r.receive_async()) for _ in range(5)]
+        await asyncio.sleep(0.1)
+        q.close()
+        r.close()
+        res = await asyncio.gather(*waits, return_exceptions=True)
+        assert all(isinstance(x, shmq.QueueClosedError) for x in res), res
+
+    if __name__ == "__main__":
+        pid = os.getpid()
+        q = shmq.Queue("asan-aio-" + str(pid), create=True, capacity="1MiB")
+        r = shmq.Queue("asan-aio-r-" + str(pid), create=True, capacity="1MiB", ack=True)
+        try:
+            asyncio.run(main(q, r))
+        finally:
+            for n in (q.name, r.name, r.name + ".dlq"):
+                try:
+                    shmq.unlink(n)
+                except shmq.QueueNotFound:
+                    pass
+        print("sanitized asyncio workload ok")
+""")
+
+
+def test_asyncio_workload_under_asan_ubsan(sanitized_build, tmp_path):
+    """The watcher path (issue 18 item 1): waiter threads asleep in the core, close under them."""
+    work, libasan = sanitized_build
+    script = tmp_path / "aio_workload.py"
+    script.write_text(ASYNC_WORKLOAD)
+    env = dict(os.environ, PYTHONPATH=str(work / "build"), LD_PRELOAD=libasan,
+               ASAN_OPTIONS="detect_leaks=0:abort_on_error=1", UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")
+    r = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"{r.stdout}\n{r.stderr[-5000:]}"
+    assert "sanitized asyncio workload ok" in r.stdout
+    assert "runtime error" not in r.stderr
