@@ -322,3 +322,41 @@ def test_bad_arguments(rpc):
     cli.close()
     with pytest.raises(shmq.QueueClosedError):
         cli.request(b"x", timeout=5)
+
+
+def test_async_for_over_a_responder(qname):
+    srv = shmq.Responder(qname, create=True)
+    try:
+        async def serve():
+            n = 0
+            async for req in srv:
+                req.reply(("async", req.body))
+                n += 1
+                if n == 3:
+                    return n
+
+        async def main():
+            loop = asyncio.get_running_loop()
+            with shmq.Requester(qname) as cli:
+                server = asyncio.ensure_future(serve())
+                replies = await asyncio.gather(*(cli.request_async(i, timeout=20) for i in range(3)))
+                assert sorted(replies) == [("async", 0), ("async", 1), ("async", 2)]
+                assert await asyncio.wait_for(server, 20) == 3
+                # a cancelled receive_async takes no request: the next receive gets it
+                t = asyncio.ensure_future(srv.receive_async())
+                await asyncio.sleep(0.02)
+                t.cancel()
+                f = cli.submit("after cancel", timeout=20)
+                req = await srv.receive_async(timeout=10)
+                req.reply(req.body)
+                assert await asyncio.wrap_future(f) == "after cancel"
+                assert loop.is_running()
+
+        asyncio.run(main())
+    finally:
+        srv.close()
+        for n in (qname, qname + ".dlq"):
+            try:
+                shmq.unlink(n)
+            except shmq.QueueNotFound:
+                pass
