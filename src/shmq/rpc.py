@@ -380,6 +380,7 @@ class Requester:
         self._reader = threading.Lock()    # one reader of the inbox at a time
         self._dispatcher = None
         self._closed = False
+        self._pid = os.getpid()
         self.name = name
         self._counts = dict(sent=0, replied=0, remote_errors=0, timeouts=0, responder_died=0,
                             no_responders=0, late_replies=0, cancelled=0)
@@ -391,6 +392,10 @@ class Requester:
     def _send(self, obj, timeout, headers, future=None):
         if self._closed:
             raise QueueClosedError(f"requester of {self.name!r} is closed")
+        if os.getpid() != self._pid:
+            # its inbox, pending table and reader thread are its creator's
+            raise ArgumentError(f"a Requester belongs to the process that made it (pid {self._pid}): "
+                                f"create shmq.Requester({self.name!r}) in this process")
         user = _codec.encode_headers(_check_headers(headers)) if headers else b""
         dl = _deadline(timeout)
         if self._q._core._consumers(False) == 0:     # no system call: ~0.1 us for a few slots

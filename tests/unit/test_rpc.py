@@ -360,3 +360,25 @@ def test_async_for_over_a_responder(qname):
                 shmq.unlink(n)
             except shmq.QueueNotFound:
                 pass
+
+
+def test_a_requester_is_per_process(rpc):
+    name, start, handles = rpc
+    start()
+    cli = _requester(name, handles)
+    assert cli.request(b"parent", timeout=10)[1] == b"parent"
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            try:
+                cli.request(b"child", timeout=5)
+            except ValueError as e:
+                code = 0 if "belongs to the process" in str(e) else 2
+            with shmq.Requester(name) as own:
+                code = code or (0 if own.request(b"own", timeout=10)[1] == b"own" else 3)
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert cli.request(b"parent again", timeout=10)[1] == b"parent again"
