@@ -223,9 +223,25 @@ def _headers(block):
         return "?"                                  # a header block we cannot read: say so, go on
 
 
+def _printable(prefix):
+    """The printable ASCII characters of a payload prefix, '.' for the others (and for spaces,
+    so the line stays one token per field): a pickled "hello" shows ...hello.. Never unpickles."""
+    return "".join(chr(b) if 0x21 <= b <= 0x7e else "." for b in prefix)
+
+
+def _peek_json(info, ack, unpickle):
+    out = {"id": info["id"], "time": _iso(info["timestamp"]), "type": info["kind"], "size": info["size"],
+           "hex": info["prefix"].hex(), "text": _printable(info["prefix"])}
+    if ack:
+        out.update(state=info["state"], deliveries=info["delivery_count"], headers=_headers(info["headers"]))
+    if unpickle:
+        out["value"] = repr(info["value"]) if info["decoded"] else None
+    return out
+
+
 def _peek_line(info, ack, unpickle):
     line = (f"id={info['id']} time={_iso(info['timestamp'])} type={info['kind']} size={info['size']} "
-            f"hex={info['prefix'].hex()}")
+            f"hex={info['prefix'].hex()} text={_printable(info['prefix'])}")
     if ack:
         line = (f"state={info['state']} deliveries={info['delivery_count']} headers={_headers(info['headers'])} "
                 + line)
@@ -239,6 +255,8 @@ def cmd_peek(args):
     try:
         st = complete_stats(c, c._raw_stats())
         ack = _ack(st)
+        if getattr(args, "json", False):
+            return _peek_all_json(c, args, ack)
         if ack:
             print(f"{_show(args.name)}: {st['depth']} ready, {st['in_flight']} in flight, {st['delayed']} delayed")
         else:
@@ -267,6 +285,27 @@ def cmd_peek(args):
             print("(empty)")
     finally:
         c._close()
+    return 0
+
+
+def _peek_all_json(c, args, ack):
+    msgs = []
+    for i in range(args.n):
+        info = c._inspect(False, i, args.bytes, args.unpickle)
+        if info is None:
+            break
+        msgs.append(_peek_json(info, ack, args.unpickle))
+    if ack and args.n:
+        pos, counts = 0, {"in-flight": 0, "delayed": 0}
+        while min(counts.values()) < args.n:
+            info = c._inspect(True, pos, args.bytes, args.unpickle)
+            if info is None:
+                break
+            pos = info["next"]
+            if counts.get(info["state"], args.n) < args.n:
+                counts[info["state"]] += 1
+                msgs.append(_peek_json(info, ack, args.unpickle))
+    print(json.dumps(msgs, indent=1))
     return 0
 
 
@@ -364,6 +403,13 @@ def cmd_top(args):
                 prev[qi.name] = (now, st["enqueued"], st["dequeued"])
                 rows.append((_show(qi.name), _kind(qi, st), str(st["depth"]), *_held(st), _fmt_bytes(st["bytes_used"]),
                              f"{rin:.0f}", f"{rout:.0f}", str(st["consumers"]), str(st["producers"])))
+            if getattr(args, "json", False):      # one JSON object per refresh, one per line
+                print(json.dumps({"time": time.time(), "queues": [dict(zip(_TOP_HEAD, r)) for r in rows]}))
+                sys.stdout.flush()
+                it += 1
+                if args.iterations is None or it < args.iterations:
+                    time.sleep(args.interval)
+                continue
             if sys.stdout.isatty():
                 print("\x1b[2J\x1b[H", end="")
             print(time.strftime("%H:%M:%S"), f"{len(rows)} queue(s)")
@@ -433,6 +479,7 @@ def build_parser():
     s.add_argument("--bytes", type=_count(PEEK_MAX_BYTES), default=32,
                    help=f"hex prefix length (default 32, at most {PEEK_MAX_BYTES})")
     s.add_argument("--unpickle", action="store_true", help="also show the decoded value (runs pickle: trust the writers)")
+    s.add_argument("--json", action="store_true", help="print JSON (a list of messages)")
     s = sub.add_parser("purge", help="discard every queued message",
                        description="Take and discard every queued message. With --all, an at-least-once queue's "
                                    "in-flight and delayed messages too: their consumers' leases end (a later ack "
@@ -442,6 +489,7 @@ def build_parser():
     s = sub.add_parser("top", help="live view of queues with rates", description="Refresh `ls` with in/out rates until Ctrl-C.")
     s.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
     s.add_argument("--iterations", type=_count(), default=None, help="stop after N refreshes")
+    s.add_argument("--json", action="store_true", help="print one JSON object per refresh, one per line")
     s = sub.add_parser("redrive", help="move dead letters back",
                        description="Move messages of a dead-letter queue back to the queue each came from "
                                    "(x-dead-letter-source), or to --to. Acked in the dead-letter queue only after "

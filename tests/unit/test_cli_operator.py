@@ -330,3 +330,28 @@ def test_redrive_into_a_target_that_refuses_the_message_exits_1_and_keeps_it(ack
     assert "max_message" in r.stderr and f"stays in '{q.dead_letter_queue}'" in r.stderr, r.stderr
     d, in_flight, _ = _dlq_state(q)
     assert (d, in_flight) == (1, 0)           # back in the dead-letter queue at once, not held for its lease
+
+
+def test_peek_shows_printable_text_and_every_table_has_json(qname):
+    q = shmq.Queue(qname, create=True, capacity="1MiB")
+    try:
+        q.put("hello")
+        q.put(b"raw\x00bytes and spaces")
+        r = subprocess.run([SHMQ, "peek", qname], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        assert "text=" in lines[1] and "hello" in lines[1].split("text=")[1]      # pickled, not unpickled
+        assert lines[2].split("text=")[1] == "raw.bytes.and.spaces"
+        r = subprocess.run([SHMQ, "peek", qname, "--json"], capture_output=True, text=True, timeout=60)
+        msgs = json.loads(r.stdout)
+        assert len(msgs) == 2 and "hello" in msgs[0]["text"] and msgs[1]["hex"].startswith(b"raw".hex())
+        r = subprocess.run([SHMQ, "top", "--json", "--iterations", "2", "--interval", "0.01"],
+                           capture_output=True, text=True, timeout=60)
+        frames = [json.loads(line) for line in r.stdout.splitlines()]
+        assert len(frames) == 2 and any(row["NAME"] == qname and row["DEPTH"] == "2" for row in frames[0]["queues"])
+        for cmd in (["ls", "--json"], ["stat", qname, "--json"]):
+            r = subprocess.run([SHMQ, *cmd], capture_output=True, text=True, timeout=60)
+            assert r.returncode == 0 and json.loads(r.stdout)
+    finally:
+        q.close()
+        shmq.unlink(qname)
