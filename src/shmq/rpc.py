@@ -81,6 +81,34 @@ def _deadline(timeout):
     return None if ns is None else time.monotonic() + ns / 1e9
 
 
+_KEY_CORR, _KEY_REPLY = H_CORR.encode(), H_REPLY_TO.encode()
+
+
+def _envelope(block):
+    """(correlation id, inbox path, the requester's headers) of a request's header block, or
+    (None, None, None). untrusted: any sender may have written it; every length is checked."""
+    try:
+        ent, n = _codec._ENT, len(block)
+        kl, t, vl = ent.unpack_from(block, 0)
+        off = ent.size
+        if t == _codec._STR and block[off:off + kl] == _KEY_CORR and off + kl + vl <= n:
+            corr = block[off + kl:off + kl + vl].decode()
+            off += kl + vl
+            kl, t, vl = ent.unpack_from(block, off)
+            off += ent.size
+            if t == _codec._STR and block[off:off + kl] == _KEY_REPLY and off + kl + vl <= n:
+                inbox = block[off + kl:off + kl + vl].decode()
+                rest = block[off + kl + vl:]
+                return corr, inbox, (_codec.decode_headers(rest) if rest else {})
+        h = _codec.decode_headers(block)     # not in a Requester's order: the general way
+    except Exception:
+        return None, None, None
+    corr, inbox = h.get(H_CORR), h.get(H_REPLY_TO)
+    if not isinstance(corr, str) or not isinstance(inbox, str):
+        return None, None, None
+    return corr, inbox, {k: v for k, v in h.items() if k not in _RESERVED}
+
+
 def _check_headers(headers):
     if headers is None:
         return {}
@@ -102,12 +130,12 @@ class Request:
     message's id), ``correlation_id``, ``delivery_count`` (> 1 only for reliable=True, after a
     responder died holding it)."""
 
-    __slots__ = ("_srv", "_m", "_inbox", "body", "headers", "id", "correlation_id", "delivery_count", "_done")
+    __slots__ = ("_srv", "_token", "_inbox", "body", "headers", "id", "correlation_id", "delivery_count", "_done")
 
-    def __init__(self, srv, m, corr, inbox, headers):
-        self._srv, self._m, self._inbox = srv, m, inbox
-        self.body, self.headers, self.id = m.body, headers, m.id
-        self.correlation_id, self.delivery_count = corr, m.delivery_count
+    def __init__(self, srv, body, mid, count, token, corr, inbox, headers):
+        self._srv, self._token, self._inbox = srv, token, inbox
+        self.body, self.headers, self.id = body, headers, mid
+        self.correlation_id, self.delivery_count = corr, count
         self._done = False
 
     def __repr__(self):
@@ -191,18 +219,25 @@ class Responder:
             if self._inboxes and (left is None or left > _PID_CHECK_S):
                 # wake once a second while inboxes are open, to let go of dead requesters' ones
                 try:
-                    m = self._q.receive(timeout=_PID_CHECK_S)
+                    rec = self._q._core._receive(True, _PID_CHECK_S)
                 except Empty:
                     continue
             else:
-                m = self._q.receive(timeout=left)
-            h = m.headers
-            corr, inbox = h.get(H_CORR), h.get(H_REPLY_TO)
-            if not isinstance(corr, str) or not isinstance(inbox, str):
-                m.nack(requeue=False)    # not a request: to the dead-letter queue, reason "rejected"
-                continue
-            _crash("rpc_after_take")
-            return Request(self, m, corr, inbox, {k: v for k, v in h.items() if k not in _RESERVED})
+                rec = self._q._core._receive(True, left)
+            body, block, mid, _ts, count, _prio, token = rec
+            req = self._request(body, block, mid, count, token)
+            if req is not None:
+                return req
+
+    def _request(self, body, block, mid, count, token):
+        """The Request of a received message, or None (and the message dead-lettered, reason
+        "rejected") when it is not one."""
+        corr, inbox, user = _envelope(block)
+        if corr is None:
+            self._q._core._nack(token, mid, False, 0)
+            return None
+        _crash("rpc_after_take")
+        return Request(self, body, mid, count, token, corr, inbox, user)
 
     def __iter__(self):
         """Requests until this responder is closed."""
@@ -234,7 +269,8 @@ class Responder:
                 m.nack(requeue=False)
                 continue
             _crash("rpc_after_take")
-            return Request(self, m, corr, inbox, {k: v for k, v in h.items() if k not in _RESERVED})
+            return Request(self, m.body, m.id, m.delivery_count, m._token, corr, inbox,
+                           {k: v for k, v in h.items() if k not in _RESERVED})
 
     def _inbox(self, path):
         """An open handle on a requester's inbox, or None when it is gone or its requester died."""
@@ -299,7 +335,7 @@ class Responder:
             except (QueueClosedError, QueueNotFound):
                 self._forget(req._inbox)
             _crash("rpc_after_reply")
-        req._m.ack()
+        self._q._core._ack(req._token, req.id)
 
     def stats(self):
         """The request queue's stats() (depth: requests waiting, in_flight: being answered)."""

@@ -382,3 +382,22 @@ def test_a_requester_is_per_process(rpc):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert cli.request(b"parent again", timeout=10)[1] == b"parent again"
+
+
+def test_a_message_that_is_not_a_request_is_dead_lettered_and_serving_goes_on(rpc):
+    name, start, handles = rpc
+    start()
+    with shmq.Queue(name) as raw:
+        raw.send(b"no envelope")                                   # no correlation id, no inbox
+        raw.send(b"forged", headers={"x-correlation-id": "1"})      # no inbox
+        raw.send(b"garbage inbox", headers={"x-correlation-id": "2", "x-reply-to": "/etc/passwd"})
+    cli = _requester(name, handles)
+    assert cli.request(b"real", timeout=10)[:2] == ("echo", b"real")
+    with shmq.Queue(name + ".dlq") as dlq:
+        dead = [dlq.receive(timeout=10) for _ in range(2)]
+        assert sorted(m.body for m in dead) == [b"forged", b"no envelope"]
+        assert [m.headers["x-dead-letter-reason"] for m in dead] == ["rejected", "rejected"]
+        for m in dead:
+            m.ack()
+    # a well-formed request whose inbox is not an anonymous queue is answered into nothing
+    assert cli.stats()["depth"] == 0
