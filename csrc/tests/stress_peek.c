@@ -18,6 +18,7 @@
 #include "../kinds.h"
 #include "../participants.h"
 #include "tharness.h"
+#include <sched.h>
 
 /* shmq_peek re-checks the descriptor generation after its copy: a peeker racing the getters
  * may get SHMQ_EAGAIN or SHMQ_EMPTY, but an SHMQ_OK copy is never torn. Payloads describe
@@ -78,6 +79,11 @@ static void *p_worker(void *arg)
             } /* FULL: the getter stopped (an error elsewhere) or is slow: look again */
         }
     } else if (role == 1) {
+        /* First let a peeker see a message (on a loaded machine the getter could otherwise drain
+         * everything before any peeker runs, and the race would not be tested at all). */
+        for (uint64_t wait_until = shmq_now_mono_ns() + 10ull * 1000 * 1000 * 1000;
+             !__atomic_load_n(&p_ok, __ATOMIC_RELAXED) && shmq_now_mono_ns() < wait_until;)
+            sched_yield();
         uint64_t give_up = shmq_now_mono_ns() + 120ull * 1000 * 1000 * 1000;
         for (uint32_t got = 0; got < P_MSGS && !__atomic_load_n(&p_errors, __ATOMIC_SEQ_CST);) {
             shmq_msg_t m;
