@@ -127,7 +127,29 @@ def decode(kind, view, raw, msg_id):
     raise CorruptQueueError(f"message {msg_id} has an unknown payload kind {kind}")
 
 
-def _decode_oob(view):
+def decode_view(kind, view, raw, msg_id):
+    """decode() for get(copy=False): view is a read-only memoryview of the pinned message; what
+    is returned may keep slices of it (the message stays taken until the last one is released).
+    bytes and bytearray bodies: the view itself; out-of-band buffers: read-only slices; a plain
+    pickle has nothing to view and is decoded from the view (released at once)."""
+    if kind == KIND_BYTES or kind == KIND_BYTEARRAY:
+        return view
+    if kind in (KIND_PICKLE, KIND_PICKLE_OOB) and raw:
+        view.release()
+        raise CorruptQueueError(f"message {msg_id} on a raw queue is pickled: refusing to unpickle "
+                                "(raw queues carry bytes only)")
+    if kind == KIND_PICKLE:
+        try:
+            return pickle.loads(view)
+        finally:
+            view.release()
+    if kind == KIND_PICKLE_OOB:
+        return _decode_oob(view, copy=False)
+    view.release()
+    raise CorruptQueueError(f"message {msg_id} has an unknown payload kind {kind}")
+
+
+def _decode_oob(view, copy=True):
     size = len(view)
     if size < 16:
         raise CorruptQueueError("out-of-band message shorter than its header")
@@ -142,9 +164,12 @@ def _decode_oob(view):
         if n > size or off > size - n:
             raise CorruptQueueError("out-of-band message with a buffer outside the payload")
         piece = view[off:off + n]
-        # the stream is read once by pickle; buffers become the objects' memory: copies
-        pieces.append(bytes(piece) if i == 0 else _core.copy_bytearray(piece))
-        piece.release()
+        if copy:
+            # the stream is read once by pickle; buffers become the objects' memory: copies
+            pieces.append(bytes(piece) if i == 0 else _core.copy_bytearray(piece))
+            piece.release()
+        else:
+            pieces.append(piece)      # zero-copy: the objects' memory is the pinned message
         off += n
     return pickle.loads(pieces[0], buffers=pieces[1:])
 

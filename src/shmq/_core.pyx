@@ -14,12 +14,13 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndS
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.float cimport PyFloat_CheckExact
 from cpython.long cimport PyLong_CheckExact
-from cpython.memoryview cimport PyMemoryView_FromMemory
-from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from cpython.memoryview cimport PyMemoryView_FromMemory, PyMemoryView_FromObject
 from libc.stdlib cimport free, malloc
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
 from shmq cimport _shmq_c as c
+from posix.unistd cimport getpid
 
 import os
 
@@ -27,6 +28,9 @@ from shmq import errors as _errors
 
 cdef extern from "Python.h":
     int PyErr_CheckSignals() except -1
+    int PyBuffer_FillInfo(Py_buffer *view, object obj, void *buf, Py_ssize_t len, int readonly, int flags) except -1
+    enum:
+        PyBUF_WRITABLE
     enum:
         PyBUF_READ
     ctypedef struct PyThreadState
@@ -73,6 +77,7 @@ RC = {name: value for name, value in (
 # Registered by the Python layer (_set_policy).
 cdef object _encode = None       # (obj, raw) -> (kind, [buffers written back to back])
 cdef object _decode = None       # (kind, memoryview, raw, id) -> obj; the view dies after the call
+cdef object _decode_view = None  # the same for get(copy=False): the view may live in what it returns
 cdef object _kind_names = {}
 # descriptor states (desc.h) as the CLI's peek names them; SETTLING is a moment of an in-flight one
 cdef dict _STATE_NAMES = {2: "ready", 4: "in-flight", 7: "in-flight", 5: "delayed"}
@@ -94,6 +99,12 @@ def _set_policy(encode, decode, kind_names, uint32_t kind_bytes, uint32_t kind_b
     _KIND_BYTEARRAY = kind_bytearray
     _timeout_ns = timeout_ns
     _from_code = from_code
+
+
+def _set_view_decoder(decode_view):
+    """The codec's decoder for zero-copy gets (shmq._codec.decode_view)."""
+    global _decode_view
+    _decode_view = decode_view
 
 
 def crash_points():
@@ -625,7 +636,7 @@ cdef class Core:
                 rc = c.shmq_receive_begin(&self.seg, m, dl)
             else:
                 rc = c.shmq_get_begin(&self.seg, m, dl)
-                if rc == c.SHMQ_OK and m.kind == _KIND_BYTES and m.size <= SMALL_COPY:
+                if rc == c.SHMQ_OK and small != NULL and m.kind == _KIND_BYTES and m.size <= SMALL_COPY:
                     memcpy(small, m.data, m.size)
                     small_n[0] = m.size
                     c.shmq_get_end(&self.seg, m)
@@ -670,6 +681,26 @@ cdef class Core:
         if not got:
             raise _errors.Empty()
         return obj
+
+    cdef object _get_view_c(self, block, timeout):
+        """get(copy=False): bytes bodies as read-only memoryviews and out-of-band buffers as
+        read-only views into shared memory; the message stays taken (pinned: its chunk is not
+        reused, and close() leaves the segment mapped) until the last view is gone."""
+        cdef uint64_t dl
+        cdef c.shmq_msg_t m
+        cdef uint64_t unused
+        cdef _Pin pin
+        self._check()
+        _deadline(block, timeout, &dl)
+        self._raise_pending()
+        if not self._take(&m, dl, False, NULL, &unused):
+            raise _errors.Empty()
+        pin = _Pin.__new__(_Pin)      # from here the pin owns the taken message and busy count
+        pin.core = self
+        pin.m = m
+        pin.pid = getpid()
+        view = PyMemoryView_FromObject(pin)
+        return _decode_view(m.kind, view, self._flags & c.SHMQ_F_RAW, m.id)
 
     cdef object _get_nowait_c(self):
         cdef bint got
@@ -1161,6 +1192,39 @@ cdef class Core:
         return rc == c.SHMQ_OK
 
 
+@cython.final
+@cython.auto_pickle(False)
+cdef class _Pin:
+    """A message taken by get(copy=False), exported read-only to the views made from it. When
+    the last view is released the pin dies and the message is released (and the handle's busy
+    count, which keeps close() from unmapping, drops). In a forked child the pin is the
+    parent's: it releases nothing there."""
+
+    cdef Core core
+    cdef c.shmq_msg_t m
+    cdef int pid
+    cdef Py_ssize_t shape
+
+    def __getbuffer__(self, Py_buffer *buf, int flags):
+        if flags & PyBUF_WRITABLE:
+            raise BufferError("a zero-copy view of a queued message is read-only")
+        PyBuffer_FillInfo(buf, self, <void *>self.m.data, <Py_ssize_t>self.m.size, 1, flags)
+
+    def __releasebuffer__(self, Py_buffer *buf):
+        pass
+
+    def __dealloc__(self):
+        cdef Core core = self.core
+        if core is None or getpid() != self.pid:
+            return
+        self.core = None
+        c.shmq_get_end(&core.seg, &self.m)
+        try:
+            core._leave()             # a close() deferred for this pin unmaps now
+        except Exception:
+            pass
+
+
 @cython.auto_pickle(False)
 cdef class HandleBase:
     """The base of every handle (shmq._handle.Handle): the slot of its binding object. A C-level
@@ -1203,11 +1267,16 @@ cdef class QueueOps(HandleBase):
         for the whole batch; an error carries .items_put."""
         return self._c()._put_many_c(items, block, timeout)
 
-    def get(self, block=True, timeout=None):
-        """Remove and return an item. Raises Empty (timeout/non-blocking), QueueClosedError."""
+    def get(self, block=True, timeout=None, copy=True):
+        """Remove and return an item. Raises Empty (timeout/non-blocking), QueueClosedError.
+        copy=False: bytes come as a read-only memoryview and out-of-band buffers (numpy
+        arrays, PickleBuffer) as read-only views into shared memory, valid until released
+        (docs/guide/zero-copy.md)."""
         cdef uint64_t dl
         cdef bint got
         cdef Core core = self._c()
+        if copy is not True and not copy:
+            return core._get_view_c(block, timeout)
         core._check()               # Core._get_c, written out: one C call less per message
         _deadline(block, timeout, &dl)
         core._raise_pending()

@@ -19,6 +19,7 @@ _H = TypeVar("_H", bound="Handle")
 
 # The binding converts arguments and handles the GIL; what it must ask the Python layer (the
 # codec, the time rule, the words of errors) is registered once, here.
+_core._set_view_decoder(_codec.decode_view)
 _core._set_policy(_codec.encode, _codec.decode, _codec.KIND_NAMES, _codec.KIND_BYTES, _codec.KIND_BYTEARRAY,
                   _options.timeout_ns, from_code)
 
