@@ -147,7 +147,7 @@ def _escape_help(text: str) -> str:
 
 def _num(v: Any) -> str:
     if isinstance(v, int):
-        return str(v)
+        return str(int(v))                # int(): a bool as 0/1
     v = float(v)
     if math.isnan(v):
         return "NaN"
@@ -166,12 +166,12 @@ def _value(st: dict[str, Any], key: str, div: Optional[float]) -> Optional[float
 
 def _samples(found, errors, seconds) -> Iterator[tuple[str, str, str, list[tuple[tuple[tuple[str, str], ...], Any]]]]:
     """(name, type, help, [(labels, value)]) of every family, in the order they are rendered."""
+    based = [((("queue", q), ("kind", kind)), st) for q, kind, st in found]   # one label tuple per queue
     for name, typ, key, div, text in _QUEUE_FAMILIES:
-        rows = []
-        for q, kind, st in found:
-            v = _value(st, key, div)
-            if v is not None:
-                rows.append(((("queue", q), ("kind", kind)), v))
+        if div is None and key != "capacity":
+            rows = [(lab, st[key]) for lab, st in based if st.get(key) is not None]
+        else:
+            rows = [(lab, v) for lab, v in ((lab, _value(st, key, div)) for lab, st in based) if v is not None]
         yield name, typ, text, rows
     for name, base, text in _LATENCY_FAMILIES:
         rows = []
@@ -195,15 +195,16 @@ def render() -> str:
     unpickled. An entry that cannot be read is skipped and counted in shmq_scrape_errors;
     render() itself never raises for what it finds in /dev/shm."""
     found, errors, seconds = _read_all()
-    labels = {}                           # queue name -> its label set, escaped once
-    out = []
-    for name, typ, text, rows in _samples(found, errors, seconds):
+    labels: dict[int, str] = {}           # id of a label tuple -> its text, escaped once (the tuples live
+    out = []                              # as long as `found`: one per queue, shared by its families)
+    families = list(_samples(found, errors, seconds))     # holds every label tuple until the end
+    for name, typ, text, rows in families:
         out.append(f"# HELP {name} {_escape_help(text)}\n# TYPE {name} {typ}\n")
         for lab, v in rows:
-            s = labels.get(lab)
+            s = labels.get(id(lab))
             if s is None:
-                s = labels[lab] = ("{" + ",".join(f'{k}="{_escape_label(x)}"' for k, x in lab) + "}") if lab else ""
-            out.append(f"{name}{s} {_num(v)}\n")
+                s = labels[id(lab)] = ("{" + ",".join(f'{k}="{_escape_label(x)}"' for k, x in lab) + "} ") if lab else " "
+            out.append(f"{name}{s}{v if type(v) is int else _num(v)}\n")
     return "".join(out)
 
 
