@@ -3,9 +3,10 @@
     python -m benchmarks.bench_metrics [--queues 1000] [--repeats 5] [--profile] [--json FILE]
 
 Creates --queues named queues of 64 KiB in /dev/shm (one message in every tenth, every third
-at-least-once, all of those sharing one dead-letter queue, which is one more segment), closes the handles (a scrape finds queues nobody holds too), then times
-render() and its parts: reading every queue (open, map, validate, read the counters, unmap:
-shmq.stats.inspect_path), the bare open/close of the core, and the formatting of the text.
+at-least-once, all of those sharing one dead-letter queue, which is one more segment), closes
+the handles (a scrape finds queues nobody holds too), then times render() and its parts:
+reading every queue (open, map, validate, read the counters, unmap: shmq.stats.inspect_path),
+the bare open/close of the core, and the formatting of the text.
 Reports medians; asserts nothing. Every queue is removed at the end, also on failure."""
 import argparse
 import cProfile

@@ -8,7 +8,10 @@ import re
 import socket
 import stat as _stat
 import time
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
+
+if TYPE_CHECKING:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from . import _core, _names
 from .errors import CorruptQueueError, IncompatibleQueueError, ShmqError
@@ -47,7 +50,8 @@ _QUEUE_FAMILIES = (
      "Messages moved to the dead-letter queue (at-least-once queues)."),
     ("shmq_dead_letter_failed_total", "counter", "dead_letter_failed", None,
      "Moves the dead-letter queue refused (full): the message waits, delayed, and is tried again."),
-    ("shmq_expired_total", "counter", "expired", None, "Messages whose TTL passed; those moved to the dead-letter queue count in dead_lettered too."),
+    ("shmq_expired_total", "counter", "expired", None,
+     "Messages whose TTL passed; those moved to the dead-letter queue count in dead_lettered too."),
     ("shmq_dedup_hits_total", "counter", "dedup_hits", None,
      "Sends answered with an earlier message id: duplicates not queued again (at-least-once queues)."),
     ("shmq_repairs_total", "counter", "repairs", None, "Dead participants repaired."),
@@ -87,12 +91,17 @@ def _kind(st: dict[str, Any]) -> str:
     return kind_name(st)
 
 
-def _read_all() -> tuple[list[tuple[str, str, dict[str, Any]]], dict[str, int], float]:
+_Found = list[tuple[str, str, dict[str, Any]]]
+_Labels = tuple[tuple[str, str], ...]
+_Family = tuple[str, str, str, list[tuple[_Labels, Any]]]
+
+
+def _read_all() -> tuple[_Found, dict[str, int], float]:
     """([(name, kind, stats)] sorted by name, {reason: count} of entries not read, seconds taken).
     Only entries owned by this user are considered; each is judged on its own and none raises."""
     t0 = time.perf_counter()
     errors = dict.fromkeys(SCRAPE_ERROR_REASONS, 0)
-    found = []
+    found: _Found = []
     uid = os.geteuid()
     try:
         with os.scandir(_names.SHM_DIR) as it:
@@ -156,7 +165,7 @@ def _num(v: Any) -> str:
     return repr(v)
 
 
-def _value(st: dict[str, Any], key: str, div: Optional[float]) -> Optional[float]:
+def _value(st: dict[str, Any], key: str, div: Optional[float]) -> Any:
     """The sample of one family for one queue, or None for no sample."""
     v = st.get(key)
     if v is None or (key == "capacity" and not v):
@@ -164,9 +173,11 @@ def _value(st: dict[str, Any], key: str, div: Optional[float]) -> Optional[float
     return v / div if div else v
 
 
-def _samples(found, errors, seconds) -> Iterator[tuple[str, str, str, list[tuple[tuple[tuple[str, str], ...], Any]]]]:
+def _samples(found: _Found, errors: dict[str, int], seconds: float) -> Iterator[_Family]:
     """(name, type, help, [(labels, value)]) of every family, in the order they are rendered."""
-    based = [((("queue", q), ("kind", kind)), st) for q, kind, st in found]   # one label tuple per queue
+    rows: list[tuple[_Labels, Any]]
+    # one label tuple per queue, shared by all its samples (render() escapes it once)
+    based: list[tuple[_Labels, dict[str, Any]]] = [((("queue", q), ("kind", kind)), st) for q, kind, st in found]
     for name, typ, key, div, text in _QUEUE_FAMILIES:
         if div is None and key != "capacity":
             rows = [(lab, st[key]) for lab, st in based if st.get(key) is not None]
@@ -196,14 +207,15 @@ def render() -> str:
     render() itself never raises for what it finds in /dev/shm."""
     found, errors, seconds = _read_all()
     labels: dict[int, str] = {}           # id of a label tuple -> its text, escaped once (the tuples live
-    out = []                              # as long as `found`: one per queue, shared by its families)
+    out: list[str] = []                   # as long as `found`: one per queue, shared by its families)
     families = list(_samples(found, errors, seconds))     # holds every label tuple until the end
     for name, typ, text, rows in families:
         out.append(f"# HELP {name} {_escape_help(text)}\n# TYPE {name} {typ}\n")
         for lab, v in rows:
             s = labels.get(id(lab))
             if s is None:
-                s = labels[id(lab)] = ("{" + ",".join(f'{k}="{_escape_label(x)}"' for k, x in lab) + "} ") if lab else " "
+                s = ("{" + ",".join(f'{k}="{_escape_label(x)}"' for k, x in lab) + "} ") if lab else " "
+                labels[id(lab)] = s
             out.append(f"{name}{s}{v if type(v) is int else _num(v)}\n")
     return "".join(out)
 
@@ -220,12 +232,13 @@ class Collector:
             raise ImportError("shmq.metrics.Collector needs prometheus_client: pip install 'shmq[metrics]'") from e
 
     @staticmethod
-    def _family(name: str, typ: str, text: str, label_names: list[str]):
+    def _family(name: str, typ: str, text: str,
+                label_names: list[str]) -> Union[CounterMetricFamily, GaugeMetricFamily]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
         cls = CounterMetricFamily if typ == "counter" else GaugeMetricFamily
         return cls(name, text, labels=label_names)
 
-    def describe(self):
+    def describe(self) -> Iterator[Union[CounterMetricFamily, GaugeMetricFamily]]:
         """The families without samples (so registering reads no queue)."""
         for name, typ, _key, _div, text in _QUEUE_FAMILIES:
             yield self._family(name, typ, text, ["queue", "kind"])
@@ -233,7 +246,7 @@ class Collector:
             if name.startswith("shmq_scrape"):
                 yield self._family(name, typ, text, [k for k, _ in rows[0][0]])
 
-    def collect(self):
+    def collect(self) -> Iterator[Union[CounterMetricFamily, GaugeMetricFamily]]:
         """Read every queue now and yield one metric family per metric of render()."""
         found, errors, seconds = _read_all()
         for name, typ, text, rows in _samples(found, errors, seconds):
@@ -274,11 +287,12 @@ class _Server(http.server.ThreadingHTTPServer):
     allow_reuse_address = True
 
 
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
 def make_server(host: str = "127.0.0.1", port: int = 9108) -> http.server.ThreadingHTTPServer:
     """An HTTP server of render() at /metrics (other paths: 404), bound and not yet serving:
     call serve_forever(), and server_close() when done. port 0 picks a free port
     (server.server_address[1]). Raises OSError when the address cannot be bound."""
-    cls = _Server
-    if ":" in host:
-        cls = type("_Server6", (_Server,), {"address_family": socket.AF_INET6})
-    return cls((host, port), _Handler)
+    return (_Server6 if ":" in host else _Server)((host, port), _Handler)
