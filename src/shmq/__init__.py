@@ -8,6 +8,7 @@ from .message import Message
 from .queue import JoinableQueue, Queue, SimpleQueue, redrive, unlink
 from .rpc import Request, Requester, Responder
 from .stats import QueueInfo, list_queues
+from . import metrics  # noqa: F401,E402 - shmq.metrics.render() (DESIGN §5.5); prometheus_client is not imported
 
 __version__ = "0.1.0"
 

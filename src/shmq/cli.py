@@ -448,6 +448,31 @@ def cmd_gc(args):
     return 1 if failed else 0
 
 
+def cmd_metrics(args):
+    """Print render() once (--once), or serve it over HTTP at /metrics until Ctrl-C or SIGTERM."""
+    import signal
+    from . import metrics
+    if args.once:
+        sys.stdout.write(metrics.render())
+        return 0
+    server = metrics.make_server(args.host, args.port)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt          # serve_forever() returns; the socket is closed below
+    old = signal.signal(signal.SIGTERM, stop)
+    try:
+        host, port = server.server_address[:2]
+        shown = f"[{host}]" if ":" in host else host
+        print(f"serving http://{shown}:{port}/metrics (Ctrl-C to stop)", flush=True)
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass                             # the way to stop a server: not a failure
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        server.server_close()
+    return 0
+
+
 def cmd_bench(args, rest):
     from . import _bench
     return _bench.main(rest)
@@ -500,6 +525,13 @@ def build_parser():
     s.add_argument("--max", type=_count(), default=None, help="move at most this many")
     sub.add_parser("gc", help="remove anonymous queues of dead processes",
                    description="Remove anonymous segments whose creator is dead and that no live process holds.")
+    s = sub.add_parser("metrics", help="serve Prometheus metrics of every queue",
+                       description="Serve every queue of this user in the Prometheus text format at "
+                                   "http://HOST:PORT/metrics (read without attaching), until Ctrl-C or SIGTERM; "
+                                   "with --once, print it and exit.")
+    s.add_argument("--port", type=_count(65535), default=9108, help="TCP port (default 9108; 0 picks a free one)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    s.add_argument("--once", action="store_true", help="print the metrics to stdout and exit")
     sub.add_parser("bench", help="benchmark against multiprocessing.Queue and installed peers", add_help=False,
                    description="Run the benchmark harness (see `shmq bench --help`).")
     return p
@@ -539,7 +571,7 @@ def _main(argv):
         return 2
     try:
         return {"ls": cmd_ls, "stat": cmd_stat, "rm": cmd_rm, "gc": cmd_gc, "peek": cmd_peek, "purge": cmd_purge,
-                "top": cmd_top, "redrive": cmd_redrive}[args.cmd](args)
+                "top": cmd_top, "redrive": cmd_redrive, "metrics": cmd_metrics}[args.cmd](args)
     except BrokenPipeError:
         raise                       # main() ends quietly
     except (_RedriveError, MessageTooLargeError, QueueClosedError) as e:

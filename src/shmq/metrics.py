@@ -1,0 +1,298 @@
+"""Prometheus metrics of every shmq queue of this user, read from shared memory without attaching."""
+from __future__ import annotations
+
+import http.server
+import math
+import os
+import re
+import socket
+import stat as _stat
+import time
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
+
+if TYPE_CHECKING:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from . import _core, _names
+from .errors import CorruptQueueError, IncompatibleQueueError, ShmqError
+from .stats import inspect_path, kind_name
+
+__all__ = ["render", "Collector", "make_server", "CONTENT_TYPE"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Every metric of one queue: (metric name, type, stats() key, divisor, help). Counters end in
+# _total; units are the base units Prometheus names use (seconds, bytes). The values are those of
+# q.stats() (docs/guide/monitoring.md), so a dashboard and a script agree.
+_QUEUE_FAMILIES = (
+    ("shmq_depth", "gauge", "depth", None,
+     "Messages ready to be taken (an at-least-once queue: ready only, not in flight or delayed)."),
+    ("shmq_in_flight", "gauge", "in_flight", None, "Messages received and not yet acked (at-least-once queues)."),
+    ("shmq_delayed", "gauge", "delayed", None, "Messages waiting for their delay or a retry (at-least-once queues)."),
+    ("shmq_unfinished", "gauge", "unfinished", None, "JoinableQueue items put and not yet task_done()."),
+    ("shmq_used_bytes", "gauge", "bytes_used", None,
+     "Arena bytes in use plus 128 bytes per queued message (stats() bytes_used)."),
+    ("shmq_capacity_bytes", "gauge", "capacity", None, "Fixed capacity in bytes; no sample for a growable queue."),
+    ("shmq_file_bytes", "gauge", "file_size", None, "Size of the queue's file in /dev/shm."),
+    ("shmq_oldest_age_seconds", "gauge", "oldest_age_s", None,
+     "Seconds since the oldest ready message was put (0 when empty)."),
+    ("shmq_attached", "gauge", "attached", None, "Handles attached whose process is alive."),
+    ("shmq_producers", "gauge", "producers", None, "Attached handles that have put at least one message."),
+    ("shmq_consumers", "gauge", "consumers", None, "Attached handles that have taken at least one message."),
+    ("shmq_last_repair_seconds", "gauge", "last_repair_ms", 1000.0, "Duration of the most recent repair (0 if none)."),
+    ("shmq_creation_time_seconds", "gauge", "created_at", None, "When the queue was created, seconds since the epoch."),
+    ("shmq_enqueued_total", "counter", "enqueued", None, "Messages put since the queue was created."),
+    ("shmq_dequeued_total", "counter", "dequeued", None, "Messages taken since the queue was created."),
+    ("shmq_acked_total", "counter", "acked", None, "Messages acked (at-least-once queues)."),
+    ("shmq_redelivered_total", "counter", "redelivered", None,
+     "Messages delivered again after a delivery ended without an ack (at-least-once queues)."),
+    ("shmq_dead_lettered_total", "counter", "dead_lettered", None,
+     "Messages moved to the dead-letter queue (at-least-once queues)."),
+    ("shmq_dead_letter_failed_total", "counter", "dead_letter_failed", None,
+     "Moves the dead-letter queue refused (full): the message waits, delayed, and is tried again."),
+    ("shmq_expired_total", "counter", "expired", None,
+     "Messages whose TTL passed; those moved to the dead-letter queue count in dead_lettered too."),
+    ("shmq_dedup_hits_total", "counter", "dedup_hits", None,
+     "Sends answered with an earlier message id: duplicates not queued again (at-least-once queues)."),
+    ("shmq_repairs_total", "counter", "repairs", None, "Dead participants repaired."),
+    ("shmq_corrupt_skipped_total", "counter", "corrupt_skipped", None,
+     "Messages skipped because their shared-memory records failed validation."),
+)
+
+# Latency quantiles (issue 18 item 3: per-participant histograms that stats() summarises as
+# wait_p50_s, wait_p99_s, process_p50_s, process_p99_s). Rendered as quantile-labelled gauges,
+# only for queues whose stats() carries the key with a value: nothing is made up where the
+# figures are absent. A family with no sample at all is left out.
+_QUANTILES = (("0.5", "p50"), ("0.99", "p99"))
+_LATENCY_FAMILIES = (
+    ("shmq_wait_quantile_seconds", "wait", "Time in queue, enqueue to delivery, at the labelled quantile."),
+    ("shmq_process_quantile_seconds", "process",
+     "Processing time, receive to ack, at the labelled quantile (at-least-once queues)."),
+)
+# HISTOGRAMS: when stats() also carries the bucket counts behind those quantiles, render them
+# here as histogram families (shmq_wait_seconds_bucket{le=...}, _sum, _count). Not done yet:
+# stats() has no bucket data to render.
+
+# Why an entry named shmq.* of this user was not rendered (shmq_scrape_errors{reason=...}).
+SCRAPE_ERROR_REASONS = ("corrupt", "incompatible", "no-permission", "unreadable", "not-a-queue", "bad-name")
+
+_ANON_RE = re.compile(re.escape(_names.ANON_MARK) + r"[0-9]+-[0-9A-Za-z]{1,64}\Z")
+
+
+def _valid_name(name: str) -> bool:
+    return bool(_names._NAME_RE.match(name) or _ANON_RE.match(name))
+
+
+def _kind(st: dict[str, Any]) -> str:
+    """The kind as `shmq ls` shows it: an at-least-once queue is `ack`, its dead-letter queue
+    (an ack queue that names none of its own: only dead-letter queues do) `dead-letter`."""
+    if st["flags"] & _core.F_ACK:
+        return "ack" if st["dead_letter"] else "dead-letter"
+    return kind_name(st)
+
+
+_Found = list[tuple[str, str, dict[str, Any]]]
+_Labels = tuple[tuple[str, str], ...]
+_Family = tuple[str, str, str, list[tuple[_Labels, Any]]]
+
+
+def _read_all() -> tuple[_Found, dict[str, int], float]:
+    """([(name, kind, stats)] sorted by name, {reason: count} of entries not read, seconds taken).
+    Only entries owned by this user are considered; each is judged on its own and none raises."""
+    t0 = time.perf_counter()
+    errors = dict.fromkeys(SCRAPE_ERROR_REASONS, 0)
+    found: _Found = []
+    uid = os.geteuid()
+    try:
+        with os.scandir(_names.SHM_DIR) as it:
+            entries = [(e.name, e) for e in it if e.name.startswith(_names.PREFIX) and "~" not in e.name]
+    except OSError:
+        entries = []                      # no /dev/shm (or not readable): nothing to report
+    for f, e in sorted(entries, key=lambda x: x[0]):
+        name = f[len(_names.PREFIX):]
+        try:
+            s = e.stat(follow_symlinks=False)
+        except OSError:
+            continue                      # removed while we listed
+        if s.st_uid != uid:
+            continue                      # another user's: not ours to report (and 0600 anyway)
+        if not _stat.S_ISREG(s.st_mode):
+            errors["not-a-queue"] += 1    # a directory, symlink, FIFO...: never opened
+            continue
+        if not _valid_name(name):
+            errors["bad-name"] += 1       # planted: no queue can be made under such a name
+            continue
+        try:
+            st = inspect_path(e.path)
+        except FileNotFoundError:
+            continue                      # removed while we listed
+        except CorruptQueueError:
+            errors["corrupt"] += 1
+            continue
+        except IncompatibleQueueError:
+            errors["incompatible"] += 1
+            continue
+        except PermissionError:
+            errors["no-permission"] += 1
+            continue
+        except ShmqError:
+            errors["corrupt"] += 1
+            continue
+        except Exception:                 # noqa: BLE001 - a scrape must go on whatever one file holds
+            errors["unreadable"] += 1
+            continue
+        found.append((name, _kind(st), st))
+    return found, errors, time.perf_counter() - t0
+
+
+def _escape_label(value: str) -> str:
+    """A label value of the text format: backslash, double quote and line feed escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _num(v: Any) -> str:
+    if isinstance(v, int):
+        return str(int(v))                # int(): a bool as 0/1
+    v = float(v)
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    return repr(v)
+
+
+def _value(st: dict[str, Any], key: str, div: Optional[float]) -> Any:
+    """The sample of one family for one queue, or None for no sample."""
+    v = st.get(key)
+    if v is None or (key == "capacity" and not v):
+        return None                       # growable: capacity 0 means unbounded, not zero bytes
+    return v / div if div else v
+
+
+def _samples(found: _Found, errors: dict[str, int], seconds: float) -> Iterator[_Family]:
+    """(name, type, help, [(labels, value)]) of every family, in the order they are rendered."""
+    rows: list[tuple[_Labels, Any]]
+    # one label tuple per queue, shared by all its samples (render() escapes it once)
+    based: list[tuple[_Labels, dict[str, Any]]] = [((("queue", q), ("kind", kind)), st) for q, kind, st in found]
+    for name, typ, key, div, text in _QUEUE_FAMILIES:
+        if div is None and key != "capacity":
+            rows = [(lab, st[key]) for lab, st in based if st.get(key) is not None]
+        else:
+            rows = [(lab, v) for lab, v in ((lab, _value(st, key, div)) for lab, st in based) if v is not None]
+        yield name, typ, text, rows
+    for name, base, text in _LATENCY_FAMILIES:
+        rows = []
+        for q, kind, st in found:
+            for quantile, suffix in _QUANTILES:
+                v = st.get(f"{base}_{suffix}_s")
+                if v is not None:
+                    rows.append(((("queue", q), ("kind", kind), ("quantile", quantile)), v))
+        if rows:
+            yield name, "gauge", text, rows
+    yield "shmq_scrape_queues", "gauge", "Queues read by this scrape.", [((), len(found))]
+    yield ("shmq_scrape_errors", "gauge", "Entries named shmq.* of this user in /dev/shm that this scrape could not "
+           "read as a queue, by reason.", [((("reason", r),), n) for r, n in errors.items()])
+    yield "shmq_scrape_duration_seconds", "gauge", "Seconds this scrape took to read the queues.", [((), seconds)]
+
+
+def render() -> str:
+    """Every queue of this user in /dev/shm in the Prometheus text format 0.0.4: counters and
+    gauges of stats() with the labels `queue` (anonymous queues: @pid-hex) and `kind` (as
+    `shmq ls` shows it). Read without attaching: no participant slot is taken and nothing is
+    unpickled. An entry that cannot be read is skipped and counted in shmq_scrape_errors;
+    render() itself never raises for what it finds in /dev/shm."""
+    found, errors, seconds = _read_all()
+    labels: dict[int, str] = {}           # id of a label tuple -> its text, escaped once (the tuples live
+    out: list[str] = []                   # as long as `found`: one per queue, shared by its families)
+    families = list(_samples(found, errors, seconds))     # holds every label tuple until the end
+    for name, typ, text, rows in families:
+        out.append(f"# HELP {name} {_escape_help(text)}\n# TYPE {name} {typ}\n")
+        for lab, v in rows:
+            s = labels.get(id(lab))
+            if s is None:
+                s = ("{" + ",".join(f'{k}="{_escape_label(x)}"' for k, x in lab) + "} ") if lab else " "
+                labels[id(lab)] = s
+            out.append(f"{name}{s}{v if type(v) is int else _num(v)}\n")
+    return "".join(out)
+
+
+class Collector:
+    """A prometheus_client collector of the same figures as render(): register it with
+    `prometheus_client.REGISTRY.register(shmq.metrics.Collector())`. Raises ImportError when
+    prometheus_client is not installed (pip install 'shmq[metrics]')."""
+
+    def __init__(self) -> None:
+        try:
+            import prometheus_client.core  # noqa: F401 - optional dependency, loaded only here
+        except ImportError as e:
+            raise ImportError("shmq.metrics.Collector needs prometheus_client: pip install 'shmq[metrics]'") from e
+
+    @staticmethod
+    def _family(name: str, typ: str, text: str,
+                label_names: list[str]) -> Union[CounterMetricFamily, GaugeMetricFamily]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        cls = CounterMetricFamily if typ == "counter" else GaugeMetricFamily
+        return cls(name, text, labels=label_names)
+
+    def describe(self) -> Iterator[Union[CounterMetricFamily, GaugeMetricFamily]]:
+        """The families without samples (so registering reads no queue)."""
+        for name, typ, _key, _div, text in _QUEUE_FAMILIES:
+            yield self._family(name, typ, text, ["queue", "kind"])
+        for name, typ, text, rows in _samples([], dict.fromkeys(SCRAPE_ERROR_REASONS, 0), 0.0):
+            if name.startswith("shmq_scrape"):
+                yield self._family(name, typ, text, [k for k, _ in rows[0][0]])
+
+    def collect(self) -> Iterator[Union[CounterMetricFamily, GaugeMetricFamily]]:
+        """Read every queue now and yield one metric family per metric of render()."""
+        found, errors, seconds = _read_all()
+        for name, typ, text, rows in _samples(found, errors, seconds):
+            fam = self._family(name, typ, text, [k for k, _ in rows[0][0]] if rows else ["queue", "kind"])
+            for lab, v in rows:
+                fam.add_metric([x for _, x in lab], v)
+            yield fam
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server_version = "shmq-metrics"
+
+    def _reply(self, head_only: bool) -> None:
+        path = self.path.split("?", 1)[0]
+        if path != "/metrics":
+            body, code, ctype = b"not found: metrics are at /metrics\n", 404, "text/plain; charset=utf-8"
+        else:
+            body, code, ctype = render().encode("utf-8"), 200, CONTENT_TYPE
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if not head_only:
+            self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+        self._reply(False)
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._reply(True)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass                              # one line per scrape would flood the terminal
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+def make_server(host: str = "127.0.0.1", port: int = 9108) -> http.server.ThreadingHTTPServer:
+    """An HTTP server of render() at /metrics (other paths: 404), bound and not yet serving:
+    call serve_forever(), and server_close() when done. port 0 picks a free port
+    (server.server_address[1]). Raises OSError when the address cannot be bound."""
+    return (_Server6 if ":" in host else _Server)((host, port), _Handler)
