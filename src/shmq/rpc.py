@@ -33,6 +33,7 @@ from .reliable import ReliableQueue
 __all__ = ["Responder", "Requester", "Request", "CRASH_POINTS"]
 
 SLICE = 0.05                 # a waiting requester looks after its request this often (seconds)
+LAZY = 0.002                 # a future no thread waits on is read for by the dispatcher after this
 H_CORR = "x-correlation-id"
 H_REPLY_TO = "x-reply-to"
 _RESERVED = (H_CORR, H_REPLY_TO)
@@ -372,14 +373,43 @@ def _pid_alive(pid):
 # --------------------------------------------------------------------------- requester
 
 
+class _Future(concurrent.futures.Future):
+    """A Future whose result() reads the replies in the waiting thread itself (no hop through
+    the dispatcher thread, which completes the futures nobody waits on: callbacks, asyncio)."""
+
+    def __init__(self, requester):
+        super().__init__()
+        self._req = requester
+        self._p = None
+        self._eager = False      # someone is called back when it is done: read for it at once
+
+    def add_done_callback(self, fn):
+        self._eager = True
+        super().add_done_callback(fn)
+        self._req._dispatch_ev.set()
+
+    def result(self, timeout=None):
+        req, p = self._req, self._p
+        until = None if timeout is None else time.monotonic() + timeout
+        if p is not None and not self.done() and not req._closed and os.getpid() == req._pid:
+            p.waiter = True
+            try:
+                req._drive(p, until)
+            finally:
+                p.waiter = False
+        left = None if until is None else max(0.0, until - time.monotonic())
+        return super().result(timeout=left)
+
+
 class _Pending:
-    __slots__ = ("corr", "mid", "token", "deadline", "event", "future", "result", "look_at", "waiter")
+    __slots__ = ("corr", "mid", "token", "deadline", "event", "future", "result", "look_at", "waiter", "sent")
 
     def __init__(self, corr, deadline, future=None):
         self.corr, self.deadline, self.future = corr, deadline, future
         self.mid = self.token = self.result = None
         self.event = None        # made only for a thread that waits without reading the inbox
-        self.look_at = time.monotonic() + SLICE
+        self.sent = time.monotonic()
+        self.look_at = self.sent + SLICE
         self.waiter = future is None       # a thread in request(), not a Future
 
 
@@ -415,6 +445,8 @@ class Requester:
         self._mu = threading.Lock()        # _pending and the counters
         self._reader = threading.Lock()    # one reader of the inbox at a time
         self._dispatcher = None
+        self._dispatch_ev = threading.Event()
+        self._dispatch_wake = 0.0          # when the sleeping dispatcher wakes by itself (0: awake)
         self._closed = False
         self._pid = os.getpid()
         self.name = name
@@ -459,14 +491,24 @@ class Requester:
         (or when the last responder leaves meanwhile), ResponderDiedError, RequestTimeout,
         RemoteError, ValueError/TypeError for bad arguments, QueueClosedError."""
         p = self._send(obj, timeout, headers)
-        while True:
-            if p.result is not None:
-                return self._outcome(p)
+        self._drive(p, None)
+        return self._outcome(p)
+
+    def _drive(self, p, until):
+        """Wait in this thread for p's outcome, reading the inbox whenever no other thread does,
+        and looking after the request; returns when p has its result (or at `until`, monotonic)."""
+        while p.result is None:
             now = time.monotonic()
+            if until is not None and now >= until:
+                return
             if p.deadline is not None and now >= p.deadline:
                 self._give_up(p, "timeout")
                 continue
-            slice_end = min(p.look_at, p.deadline) if p.deadline is not None else p.look_at
+            slice_end = p.look_at
+            if p.deadline is not None and p.deadline < slice_end:
+                slice_end = p.deadline
+            if until is not None and until < slice_end:
+                slice_end = until
             wait = max(0.0, slice_end - now)
             if self._reader.acquire(blocking=False):
                 try:
@@ -491,10 +533,14 @@ class Requester:
     def submit(self, obj, timeout=None, headers=None):
         """Send obj; returns a concurrent.futures.Future of the reply's body (its exception: as
         request() raises). Cancelling the future removes the request if no responder took it."""
-        f = concurrent.futures.Future()
+        f = _Future(self)
         p = self._send(obj, timeout, headers, future=f)
-        f.add_done_callback(lambda fut, p=p: fut.cancelled() and self._give_up(p, "cancelled"))
+        f._p = p
+        # (ours: not a reason to read eagerly)
+        concurrent.futures.Future.add_done_callback(f, lambda fut, p=p: fut.cancelled() and self._give_up(p, "cancelled"))
         self._ensure_dispatcher()
+        if self._dispatch_wake > p.sent + LAZY:
+            self._dispatch_ev.set()         # it sleeps past this one's LAZY: let it recompute
         return f
 
     async def request_async(self, obj, timeout=None, headers=None):
@@ -643,28 +689,39 @@ class Requester:
         t.start()
 
     def _dispatch_loop(self):
+        """The reader for futures nobody waits on in result(): at once for those with callbacks
+        (asyncio's request_async, add_done_callback), after LAZY for the others (wait(),
+        as_completed, timeouts), so that a thread waiting in result() reads its own replies
+        without a hop through this thread."""
         while not self._closed:
             with self._mu:
                 futures = [p for p in self._pending.values() if p.future is not None]
-            if not futures:
-                with self._mu:
-                    if not any(p.future is not None for p in self._pending.values()):
-                        self._dispatcher = None
-                        return
-                continue
+                if not futures:
+                    self._dispatcher = None
+                    return
             now = time.monotonic()
-            nxt = min(min(p.look_at for p in futures),
-                      min((p.deadline for p in futures if p.deadline is not None), default=now + SLICE))
-            if self._reader.acquire(timeout=SLICE):
-                try:
-                    self._read(max(0.0, min(nxt - now, SLICE)))
-                finally:
-                    self._reader.release()
-                    self._kick()
+            idle = [p for p in futures if not p.waiter and p.result is None]
+            urgent = [p for p in idle if p.future._eager or now - p.sent >= LAZY]
+            if urgent:
+                nxt = min(min(p.look_at for p in urgent),
+                          min((p.deadline for p in urgent if p.deadline is not None), default=now + SLICE))
+                if self._reader.acquire(timeout=SLICE):
+                    try:
+                        self._read(max(0.0, min(nxt - now, SLICE)))
+                    finally:
+                        self._reader.release()
+                        self._kick()
+            else:
+                due = min([p.sent + LAZY for p in idle] + [p.look_at for p in idle]
+                          + [p.deadline for p in idle if p.deadline is not None] + [now + SLICE])
+                self._dispatch_wake = due
+                self._dispatch_ev.wait(max(0.0, due - now))
+                self._dispatch_ev.clear()
+                self._dispatch_wake = 0.0
             now = time.monotonic()
             for p in futures:
-                if p.result is not None:
-                    continue
+                if p.result is not None or p.waiter:
+                    continue                  # a thread in result() looks after its own
                 if p.deadline is not None and now >= p.deadline:
                     self._give_up(p, "timeout")
                 elif now >= p.look_at:
@@ -703,6 +760,7 @@ class Requester:
             self._pending.clear()
         for p in pending:
             self._finish(p, (None, QueueClosedError(f"requester of {self.name!r} was closed")))
+        self._dispatch_ev.set()
         t = self._dispatcher
         if t is not None and t is not threading.current_thread():
             t.join(2 * SLICE + 1)
