@@ -702,6 +702,18 @@ cdef class Core:
         view = PyMemoryView_FromObject(pin)
         return _decode_view(m.kind, view, self._flags & c.SHMQ_F_RAW, m.id)
 
+    def _get_many_views(self, Py_ssize_t max_items, timeout=None, block=True):
+        """(views, error) as _get_many, with get(copy=False)'s views."""
+        out = [self._get_view_c(block, timeout)]
+        while len(out) < max_items:
+            try:
+                out.append(self._get_view_c(False, None))
+            except _errors.Empty:
+                break
+            except Exception as e:
+                return out, e
+        return out, None
+
     cdef object _get_nowait_c(self):
         cdef bint got
         self._check()

@@ -141,12 +141,17 @@ class Queue(Handle, _aio.AsyncQueueOps, _core.QueueOps):
         """At-least-once queues only (ack=True): see shmq.reliable.ReliableQueue.ack_many."""
         _refuse(self, "ack_many")
 
-    def get_many(self, max_items: int = 64, timeout: Optional[float] = None, block: bool = True) -> list[Any]:
+    def get_many(self, max_items: int = 64, timeout: Optional[float] = None, block: bool = True,
+                 copy: bool = True) -> list[Any]:
         """1..max_items items, as soon as at least one is there (it does not wait to fill the
         batch). Raises Empty, QueueClosedError, ValueError/TypeError for max_items. An error met
-        after items were taken (an object that fails to unpickle) is raised by the next get."""
+        after items were taken (an object that fails to unpickle) is raised by the next get.
+        copy=False: views as get(copy=False) gives, each message pinned until its views go."""
         n = _options.check_int(max_items, "max_items", 1, _options.MAX_COUNT)
-        items, err = self._core._get_many(n, timeout, block)
+        if not copy:
+            items, err = self._core._get_many_views(n, timeout, block)
+        else:
+            items, err = self._core._get_many(n, timeout, block)
         if err is not None:
             self._core._defer(err)
         return items

@@ -132,3 +132,21 @@ def test_raw_queues_give_views_of_bytes(make_queue):
     q.put(b"raw body")
     v = q.get(copy=False)
     assert bytes(v) == b"raw body" and v.readonly
+
+
+def test_get_many_copy_false_pins_each_message(make_queue):
+    q = make_queue(capacity="16MiB")
+    for i in range(5):
+        q.put(np.full(50000, i, dtype=np.int64))
+    views = q.get_many(10, timeout=5, copy=False)
+    assert [int(v[0]) for v in views] == [0, 1, 2, 3, 4] and not any(v.flags.writeable for v in views)
+    assert q.stats()["bytes_used"] > 0
+    del views[:4]
+    gc.collect()
+    used_one = q.stats()["bytes_used"]
+    assert 0 < used_one
+    del views
+    gc.collect()
+    assert q.stats()["bytes_used"] == 0
+    with pytest.raises(shmq.Empty):
+        q.get_many(3, timeout=0.01, copy=False)
