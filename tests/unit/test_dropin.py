@@ -758,7 +758,13 @@ def test_task_done_before_get_is_allowed(impl):
 
 def _join_in_thread(q, timeout=T):
     """Run join() (no timeout in multiprocessing's API) in a thread; return whether it finished."""
-    t = threading.Thread(target=q.join, daemon=True)
+    def join():
+        try:
+            q.join()
+        except (ValueError, OSError):     # a join left waiting is woken by the cleanup's close()
+            pass
+
+    t = threading.Thread(target=join, daemon=True)
     t.start()
     t.join(timeout)
     return not t.is_alive()
