@@ -250,53 +250,17 @@ def _peek_line(info, ack, unpickle):
     return line
 
 
-def cmd_peek(args):
-    c = _open(args.name, attach=False)
-    try:
-        st = complete_stats(c, c._raw_stats())
-        ack = _ack(st)
-        if getattr(args, "json", False):
-            return _peek_all_json(c, args, ack)
-        if ack:
-            print(f"{_show(args.name)}: {st['depth']} ready, {st['in_flight']} in flight, {st['delayed']} delayed")
-        else:
-            print(f"{_show(args.name)}: {st['depth']} queued")
-        shown = 0
-        for i in range(args.n):   # ready messages, in the order they will be delivered
-            info = c._inspect(False, i, args.bytes, args.unpickle)
-            if info is None:
-                break
-            print(_peek_line(info, ack, args.unpickle))
-            shown += 1
-        if ack and args.n:        # then those no consumer can take now: in flight, delayed
-            held, pos, counts = [], 0, {"in-flight": 0, "delayed": 0}
-            while min(counts.values()) < args.n:
-                info = c._inspect(True, pos, args.bytes, args.unpickle)
-                if info is None:
-                    break
-                pos = info["next"]
-                if counts.get(info["state"], args.n) < args.n:
-                    counts[info["state"]] += 1
-                    held.append(info)
-            for info in sorted(held, key=lambda m: (m["state"] != "in-flight", m["id"])):
-                print(_peek_line(info, ack, args.unpickle))
-                shown += 1
-        if not shown and args.n:
-            print("(empty)")
-    finally:
-        c._close()
-    return 0
-
-
-def _peek_all_json(c, args, ack):
-    msgs = []
+def _peek_messages(c, args, ack):
+    """The messages peek shows: the next args.n ready ones in delivery order, then (an
+    at-least-once queue) up to args.n in flight and args.n delayed, in-flight first, by id."""
+    out = []
     for i in range(args.n):
         info = c._inspect(False, i, args.bytes, args.unpickle)
         if info is None:
             break
-        msgs.append(_peek_json(info, ack, args.unpickle))
-    if ack and args.n:
-        pos, counts = 0, {"in-flight": 0, "delayed": 0}
+        out.append(info)
+    if ack and args.n:        # those no consumer can take now: no ring holds them, so a walk
+        held, pos, counts = [], 0, {"in-flight": 0, "delayed": 0}
         while min(counts.values()) < args.n:
             info = c._inspect(True, pos, args.bytes, args.unpickle)
             if info is None:
@@ -304,8 +268,30 @@ def _peek_all_json(c, args, ack):
             pos = info["next"]
             if counts.get(info["state"], args.n) < args.n:
                 counts[info["state"]] += 1
-                msgs.append(_peek_json(info, ack, args.unpickle))
-    print(json.dumps(msgs, indent=1))
+                held.append(info)
+        out += sorted(held, key=lambda m: (m["state"] != "in-flight", m["id"]))
+    return out
+
+
+def cmd_peek(args):
+    c = _open(args.name, attach=False)
+    try:
+        st = complete_stats(c, c._raw_stats())
+        ack = _ack(st)
+        msgs = _peek_messages(c, args, ack)
+    finally:
+        c._close()
+    if args.json:
+        print(json.dumps([_peek_json(m, ack, args.unpickle) for m in msgs], indent=1))
+        return 0
+    if ack:
+        print(f"{_show(args.name)}: {st['depth']} ready, {st['in_flight']} in flight, {st['delayed']} delayed")
+    else:
+        print(f"{_show(args.name)}: {st['depth']} queued")
+    for m in msgs:
+        print(_peek_line(m, ack, args.unpickle))
+    if not msgs and args.n:
+        print("(empty)")
     return 0
 
 
@@ -403,7 +389,7 @@ def cmd_top(args):
                 prev[qi.name] = (now, st["enqueued"], st["dequeued"])
                 rows.append((_show(qi.name), _kind(qi, st), str(st["depth"]), *_held(st), _fmt_bytes(st["bytes_used"]),
                              f"{rin:.0f}", f"{rout:.0f}", str(st["consumers"]), str(st["producers"])))
-            if getattr(args, "json", False):      # one JSON object per refresh, one per line
+            if args.json:                          # one JSON object per refresh, one per line
                 print(json.dumps({"time": time.time(), "queues": [dict(zip(_TOP_HEAD, r)) for r in rows]}))
                 sys.stdout.flush()
                 it += 1

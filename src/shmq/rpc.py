@@ -17,13 +17,12 @@ import asyncio
 import concurrent.futures
 import itertools
 import os
-import re
 import signal
 import threading
 import time
 from collections import OrderedDict
 
-from . import _codec, _core, _names, _options
+from . import _codec, _core, _names, _options, _sweep
 from ._handle import _rebuild
 from .errors import (ArgumentError, ArgumentTypeError, Empty, NoRespondersError, QueueClosedError,
                      QueueNotFound, RemoteError, RequestTimeout, ResponderDiedError, ShmqError)
@@ -38,7 +37,6 @@ H_CORR = "x-correlation-id"
 H_REPLY_TO = "x-reply-to"
 _RESERVED = (H_CORR, H_REPLY_TO)
 _OK, _FAIL = 0, 1
-_INBOX_RE = re.compile(r"/dev/shm/shmq\.@(\d+)-[0-9a-f]+\Z")
 _INBOX_CACHE = 64            # inbox handles a responder keeps open (least recently used closed)
 _PID_CHECK_S = 1.0           # a responder re-checks that an inbox's requester lives this often
 NON_RELIABLE_VISIBILITY = 7 * 24 * 3600.0   # a live responder's request never expires
@@ -104,10 +102,22 @@ def _envelope(block):
         h = _codec.decode_headers(block)     # not in a Requester's order: the general way
     except Exception:
         return None, None, None
+    return _split(h)
+
+
+def _split(h):
+    """(correlation id, inbox, the requester's headers) of decoded headers, or (None, None, None)."""
     corr, inbox = h.get(H_CORR), h.get(H_REPLY_TO)
     if not isinstance(corr, str) or not isinstance(inbox, str):
         return None, None, None
     return corr, inbox, {k: v for k, v in h.items() if k not in _RESERVED}
+
+
+def _inbox_pid(path):
+    """The creator pid an inbox path names, or None unless it is an anonymous queue's file."""
+    d, f = os.path.split(path)
+    m = _sweep.ANON_RE.match(f[len(_names.PREFIX):]) if d == _names.SHM_DIR and f.startswith(_names.PREFIX) else None
+    return int(m.group(1)) if m else None
 
 
 def _check_headers(headers):
@@ -233,7 +243,9 @@ class Responder:
     def _request(self, body, block, mid, count, token):
         """The Request of a received message, or None (and the message dead-lettered, reason
         "rejected") when it is not one."""
-        corr, inbox, user = _envelope(block)
+        return self._request_of(body, mid, count, token, *_envelope(block))
+
+    def _request_of(self, body, mid, count, token, corr, inbox, user):
         if corr is None:
             self._q._core._nack(token, mid, False, 0)
             return None
@@ -264,14 +276,9 @@ class Responder:
             left = None if dl is None else max(0.0, dl - time.monotonic())
             self._prune()
             m = await self._q.receive_async(timeout=left)
-            h = m.headers
-            corr, inbox = h.get(H_CORR), h.get(H_REPLY_TO)
-            if not isinstance(corr, str) or not isinstance(inbox, str):
-                m.nack(requeue=False)
-                continue
-            _crash("rpc_after_take")
-            return Request(self, m.body, m.id, m.delivery_count, m._token, corr, inbox,
-                           {k: v for k, v in h.items() if k not in _RESERVED})
+            req = self._request_of(m.body, m.id, m.delivery_count, m._token, *_split(m.headers))
+            if req is not None:
+                return req
 
     def _inbox(self, path):
         """An open handle on a requester's inbox, or None when it is gone or its requester died."""
@@ -282,10 +289,10 @@ class Responder:
                 self._inboxes.move_to_end(path)
                 if now - ent[1] < _PID_CHECK_S:
                     return ent[0]
-        m = _INBOX_RE.match(path)      # untrusted: a header anyone who can send may have written
-        if not m:
+        pid = _inbox_pid(path)         # untrusted: a header anyone who can send may have written
+        if pid is None:
             return None
-        if not _pid_alive(int(m.group(1))):
+        if not _sweep.pid_alive(pid):
             self._forget(path)
             return None
         if ent is not None:
@@ -318,7 +325,7 @@ class Responder:
             return
         self._pruned = now
         with self._lock:
-            dead = [p for p in self._inboxes if not _pid_alive(int(_INBOX_RE.match(p).group(1)))]
+            dead = [p for p in self._inboxes if not _sweep.pid_alive(_inbox_pid(p))]
         for p in dead:
             self._forget(p)
 
@@ -358,16 +365,6 @@ class Responder:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):
-        return True
-    return True
 
 
 # --------------------------------------------------------------------------- requester
@@ -472,6 +469,9 @@ class Requester:
         p = _Pending(str(next(self._ids)), dl, future)
         cb = p.corr.encode()
         block = _codec._ENT.pack(len(self._corr_key), _codec._STR, len(cb)) + self._corr_key + cb + self._hdr_tail + user
+        if len(block) > _core.HDR_MAX:
+            raise ArgumentError(f"headers take {len(user)} bytes encoded and a request adds {len(block) - len(user)} "
+                                f"of its own (correlation id, reply inbox); at most {_core.HDR_MAX} fit")
         with self._mu:
             self._pending[p.corr] = p        # before the send: a reply can come back at once
             self._counts["sent"] += 1
@@ -550,8 +550,9 @@ class Requester:
         return await asyncio.wrap_future(self.submit(obj, timeout, headers))
 
     # -- replies ----------------------------------------------------------------------
-    def _read(self, wait):
-        """As the inbox's reader: dispatch the replies that arrive within wait seconds."""
+    def _read(self, wait, most=256):
+        """As the inbox's reader: dispatch the replies that arrive within wait seconds (the
+        first, then up to `most` more that are there; most=None: until the inbox is empty)."""
         try:
             item = self._inbox.get(timeout=wait)
         except Empty:
@@ -559,12 +560,14 @@ class Requester:
         except QueueClosedError:
             return
         self._dispatch(item)
-        for _ in range(256):
+        n = 0
+        while most is None or n < most:
             try:
                 item = self._inbox.get_nowait()
             except (Empty, QueueClosedError):
                 return
             self._dispatch(item)
+            n += 1
 
     def _dispatch(self, item):
         if not (isinstance(item, tuple) and len(item) == 4 and isinstance(item[0], str)):
@@ -666,9 +669,10 @@ class Requester:
                 state, alive, _count = core._probe(p.token, p.mid)
         if state == _core.PROBE_GONE:
             # Settled without our reply? A responder puts the reply before it acks, so under the
-            # reader lock everything it put is dispatched or still in the inbox.
+            # reader lock everything it put is dispatched or still in the inbox: all of it is read
+            # (with thousands in flight ours may be behind hundreds of others).
             with self._reader:
-                self._read(0)
+                self._read(0, most=None)
             if p.result is None:
                 self._fail(p, ResponderDiedError(
                     f"the responder of {self.name!r} that took request {p.corr} died before replying"),

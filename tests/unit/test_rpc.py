@@ -42,34 +42,52 @@ def _serve(name, reliable=False, ready=None):
     os._exit(0)
 
 
-@pytest.fixture
-def rpc(qname):
-    """(name, start_responder(reliable=False) -> Process); everything cleaned up after."""
+def _rpc_env(qname, reliable):
+    """((name, start(n=1, target=_serve, extra=()) -> [Process], handles), cleanup)."""
     procs, handles = [], []
 
-    def start(reliable=False, n=1):
+    def start(n=1, target=_serve, extra=()):
         for _ in range(n):
             ready = CTX.Event()
-            p = CTX.Process(target=_serve, args=(qname, reliable, ready))
+            args = (qname, reliable, ready) if target is _serve else (qname, *extra, ready)
+            p = CTX.Process(target=target, args=args)
             p.start()
             assert ready.wait(20)
             procs.append(p)
         return procs[-n:]
 
-    created = shmq.Responder(qname, create=True)      # the request queue, non-reliable by default
-    handles.append(created)
-    yield qname, start, handles
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-        p.join(10)
-    for h in handles:
-        h.close()
-    for n in (qname, qname + ".dlq"):
-        try:
-            shmq.unlink(n)
-        except shmq.QueueNotFound:
-            pass
+    def cleanup():
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+            p.join(10)
+        for h in handles:
+            h.close()
+        for n in (qname, qname + ".dlq"):
+            try:
+                shmq.unlink(n)
+            except shmq.QueueNotFound:
+                pass
+
+    opts = {"visibility_timeout": 60} if reliable else {}
+    handles.append(shmq.Responder(qname, create=True, reliable=reliable, **opts))  # the request queue
+    return (qname, start, handles), cleanup
+
+
+@pytest.fixture
+def rpc(qname):
+    """(name, start_responder(reliable=False) -> Process); everything cleaned up after."""
+    env, cleanup = _rpc_env(qname, False)
+    yield env
+    cleanup()
+
+
+@pytest.fixture
+def rpc_reliable(qname):
+    """rpc with a reliable=True request queue (visibility_timeout 60 s)."""
+    env, cleanup = _rpc_env(qname, True)
+    yield env
+    cleanup()
 
 
 def _requester(name, handles):
@@ -149,44 +167,22 @@ def test_a_responder_that_dies_holding_the_request(rpc):
     assert cli.stats()["responder_died"] == 1
 
 
-def test_a_reliable_request_whose_responders_all_died_waits_until_its_timeout(qname):
-    procs = []
-    srv = shmq.Responder(qname, create=True, reliable=True, visibility_timeout=60)
-    try:
-        for _ in range(2):
-            ready = CTX.Event()
-            p = CTX.Process(target=_serve, args=(qname, True, ready))
-            p.start()
-            assert ready.wait(20)
-            procs.append(p)
-        srv.close()
-        with shmq.Requester(qname) as cli:
-            assert cli.reliable
-            # each responder that takes it dies; redelivered to the other, which dies too: then
-            # it waits, queued, for a responder that comes back, until its timeout removes it
-            r1 = cli.submit(b"die", timeout=3)
-            with pytest.raises(shmq.RequestTimeout):
-                r1.result(timeout=40)
-            st = cli.stats()
-            assert st["depth"] == 0 and st["in_flight"] == 0, st
-            ready = CTX.Event()
-            p = CTX.Process(target=_serve, args=(qname, True, ready))
-            p.start()
-            assert ready.wait(20)
-            procs.append(p)
-            tag, body, pid, _h, count = cli.request(b"fine", timeout=10)
-            assert (tag, body, pid, count) == ("echo", b"fine", p.pid, 1)
-    finally:
-        srv.close()
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-            p.join(10)
-        for n in (qname, qname + ".dlq"):
-            try:
-                shmq.unlink(n)
-            except shmq.QueueNotFound:
-                pass
+def test_a_reliable_request_whose_responders_all_died_waits_until_its_timeout(rpc_reliable):
+    qname, start, handles = rpc_reliable
+    start(n=2)
+    handles.pop().close()                 # the creating responder: attached, never receiving
+    with shmq.Requester(qname) as cli:
+        assert cli.reliable
+        # each responder that takes it dies; redelivered to the other, which dies too: then
+        # it waits, queued, for a responder that comes back, until its timeout removes it
+        r1 = cli.submit(b"die", timeout=3)
+        with pytest.raises(shmq.RequestTimeout):
+            r1.result(timeout=40)
+        st = cli.stats()
+        assert st["depth"] == 0 and st["in_flight"] == 0, st
+        (p,) = start()
+        tag, body, pid, _h, count = cli.request(b"fine", timeout=10)
+        assert (tag, body, pid, count) == ("echo", b"fine", p.pid, 1)
 
 
 def _die_once_then_serve(name, flag_path, ready):
@@ -199,32 +195,14 @@ def _die_once_then_serve(name, flag_path, ready):
         req.reply(("served", req.delivery_count, os.getpid()))
 
 
-def test_a_reliable_request_is_redelivered_after_a_death(qname, tmp_path):
-    srv = shmq.Responder(qname, create=True, reliable=True, visibility_timeout=60)
-    procs = []
-    try:
-        for _ in range(2):
-            ready = CTX.Event()
-            p = CTX.Process(target=_die_once_then_serve, args=(qname, str(tmp_path / "died"), ready))
-            p.start()
-            assert ready.wait(20)
-            procs.append(p)
-        srv.close()
-        with shmq.Requester(qname) as cli:
-            tag, count, pid = cli.request(b"job", timeout=30)
-            assert tag == "served" and count == 2
-            assert [q.pid for q in procs if q.is_alive()] == [pid]
-    finally:
-        srv.close()
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-            p.join(10)
-        for n in (qname, qname + ".dlq"):
-            try:
-                shmq.unlink(n)
-            except shmq.QueueNotFound:
-                pass
+def test_a_reliable_request_is_redelivered_after_a_death(rpc_reliable, tmp_path):
+    qname, start, handles = rpc_reliable
+    procs = start(n=2, target=_die_once_then_serve, extra=(str(tmp_path / "died"),))
+    handles.pop().close()
+    with shmq.Requester(qname) as cli:
+        tag, count, pid = cli.request(b"job", timeout=30)
+        assert tag == "served" and count == 2
+        assert [q.pid for q in procs if q.is_alive()] == [pid]
 
 
 def test_thousands_in_flight_from_many_threads(rpc):
@@ -308,6 +286,8 @@ def test_bad_arguments(rpc):
         cli.request(b"x", timeout=5, headers={"x-correlation-id": "forged"})
     with pytest.raises(TypeError):
         cli.request(b"x", timeout=5, headers=["not", "a", "dict"])
+    with pytest.raises(ValueError, match="a request adds"):      # fits alone, not with the envelope
+        cli.request(b"x", timeout=5, headers={"k": "v" * 65520})
     with pytest.raises(ValueError):
         cli.request(b"x", timeout=-1)
     with pytest.raises(ValueError, match="reliable=True"):
@@ -401,3 +381,23 @@ def test_a_message_that_is_not_a_request_is_dead_lettered_and_serving_goes_on(rp
             m.ack()
     # a well-formed request whose inbox is not an anonymous queue is answered into nothing
     assert cli.stats()["depth"] == 0
+
+
+def test_a_request_settled_behind_many_unread_replies_is_not_called_dead(rpc):
+    # the look-after finds the request gone (answered and acked) while its reply sits behind
+    # more than one read's worth of others in the inbox: it must read them all, not call the
+    # responder dead. Sent without futures, so no thread reads the inbox meanwhile.
+    name, start, handles = rpc
+    start()
+    cli = _requester(name, handles)
+    pend = [cli._send(i, 30, None) for i in range(600)]
+    for _ in range(3000):
+        st = cli.stats()
+        if not st["depth"] and not st["in_flight"]:
+            break
+        time.sleep(0.01)
+    cli._look_after(pend[-1])                 # its request is gone; 600 replies wait unread
+    status, body = pend[-1].result
+    assert status == 0 and body[:2] == ("echo", 599), pend[-1].result   # its reply, not a death
+    assert all(p.result is not None for p in pend)
+    assert cli.stats()["responder_died"] == 0 and cli.stats()["pending"] == 0

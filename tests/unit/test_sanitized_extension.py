@@ -110,16 +110,22 @@ def sanitized_build(tmp_path_factory):
     return work, libasan
 
 
-def test_python_workload_under_asan_ubsan(sanitized_build, tmp_path):
+def _run_sanitized(sanitized_build, tmp_path, stem, code, done):
+    """Run a workload script on the sanitized extension; it must print `done` and no sanitizer
+    report (UBSan's "runtime error" lines; ASan aborts)."""
     work, libasan = sanitized_build
-    script = tmp_path / "workload.py"
-    script.write_text(WORKLOAD)
+    script = tmp_path / f"{stem}.py"
+    script.write_text(code)
     env = dict(os.environ, PYTHONPATH=str(work / "build"), LD_PRELOAD=libasan,
                ASAN_OPTIONS="detect_leaks=0:abort_on_error=1", UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")
     r = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, f"{r.stdout}\n{r.stderr[-5000:]}"
-    assert "sanitized workload ok" in r.stdout
+    assert done in r.stdout
     assert "runtime error" not in r.stderr  # UBSan reports
+
+
+def test_python_workload_under_asan_ubsan(sanitized_build, tmp_path):
+    _run_sanitized(sanitized_build, tmp_path, "workload", WORKLOAD, "sanitized workload ok")
 
 
 ASYNC_WORKLOAD = textwrap.dedent(r"""
@@ -173,12 +179,70 @@ ASYNC_WORKLOAD = textwrap.dedent(r"""
 
 def test_asyncio_workload_under_asan_ubsan(sanitized_build, tmp_path):
     """The watcher path (issue 18 item 1): waiter threads asleep in the core, close under them."""
-    work, libasan = sanitized_build
-    script = tmp_path / "aio_workload.py"
-    script.write_text(ASYNC_WORKLOAD)
-    env = dict(os.environ, PYTHONPATH=str(work / "build"), LD_PRELOAD=libasan,
-               ASAN_OPTIONS="detect_leaks=0:abort_on_error=1", UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")
-    r = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, f"{r.stdout}\n{r.stderr[-5000:]}"
-    assert "sanitized asyncio workload ok" in r.stdout
-    assert "runtime error" not in r.stderr
+    _run_sanitized(sanitized_build, tmp_path, "aio_workload", ASYNC_WORKLOAD, "sanitized asyncio workload ok")
+
+
+ZC_RPC_WORKLOAD = textwrap.dedent(r"""
+    import gc, multiprocessing as mp, os, signal
+    import numpy as np
+    import shmq
+
+    assert "build" in shmq._core.__file__, shmq._core.__file__
+    # zero-copy views: pinned, released, kept mapped past close, a forked child's copy inert
+    q = shmq.Queue(f"zc-{os.getpid()}", create=True, capacity="64MiB")   # 20 x 1 MiB buddy blocks
+    for i in range(20):
+        q.put(np.full(100000, i), timeout=30)
+    views = q.get_many(10, timeout=5, copy=False) + [q.get(copy=False, timeout=5) for _ in range(10)]
+    assert [int(v[0]) for v in views] == list(range(20))
+    pid = os.fork()
+    if pid == 0:
+        ok = int(views[5][99999]) == 5
+        del views
+        gc.collect()
+        os._exit(0 if ok else 1)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    q.close()
+    assert sum(float(v.sum()) for v in views) == sum(100000.0 * i for i in range(20))
+    del views
+    gc.collect()
+    shmq.unlink(q.name)
+
+    # request-reply: replies, a remote error, a responder killed holding a request
+    name = f"rpc-{os.getpid()}"
+    shmq.Responder(name, create=True).close()
+    def serve(ready):
+        srv = shmq.Responder(name)
+        ready.set()
+        for req in srv:
+            if req.body == b"die":
+                os.kill(os.getpid(), signal.SIGKILL)
+            if req.body == b"bad":
+                req.fail("no")
+            else:
+                req.reply(req.body)
+    ready = mp.get_context("fork").Event()
+    p = mp.get_context("fork").Process(target=serve, args=(ready,))
+    p.start()
+    assert ready.wait(30)
+    with shmq.Requester(name) as cli:
+        fs = [cli.submit(i, timeout=30) for i in range(200)]
+        assert [f.result() for f in fs] == list(range(200))
+        try:
+            cli.request(b"bad", timeout=30)
+            raise AssertionError("no RemoteError")
+        except shmq.RemoteError:
+            pass
+        try:
+            cli.request(b"die", timeout=30)
+            raise AssertionError("no ResponderDiedError")
+        except shmq.ResponderDiedError:
+            pass
+    p.join(30)
+    shmq.unlink(name)
+    shmq.unlink(name + ".dlq")
+    print("sanitized zero-copy and rpc ok")
+""")
+
+
+def test_zero_copy_and_request_reply_under_asan_ubsan(sanitized_build, tmp_path):
+    _run_sanitized(sanitized_build, tmp_path, "zc_rpc", ZC_RPC_WORKLOAD, "sanitized zero-copy and rpc ok")
