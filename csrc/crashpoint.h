@@ -33,7 +33,12 @@
     X(mid_move, "dead-letter: copy in the dead-letter queue, source descriptor not yet freed") \
     X(mid_dedup, "send: dedup entry PENDING with its id, message not yet put")              \
     X(before_dedup_finish, "send: message put (the send would return its id), dedup entry still PENDING") \
-    X(mid_close_return, "close: an unacked delivery of the closing handle claimed (SETTLING), not yet requeued")
+    X(mid_close_return, "close: an unacked delivery of the closing handle claimed (SETTLING), not yet requeued") \
+    X(group_after_put, "group send: message put PARKED, not yet linked into its group") \
+    X(group_mid_link, "group send: linked as its idle group's head, not yet published") \
+    X(group_mid_settle, "group settle: the next member made the head, not yet published") \
+    X(forward_after_hold, "forward: received message held (SETTLING), new message not yet sent") \
+    X(forward_after_send, "forward: new message sent to the destination, received message not yet acked")
 
 extern int shmq_crash_armed;
 void shmq_crash_hit(const char *name);

@@ -46,6 +46,9 @@
 /* flags bit: the payload carries the 16-byte dedup key of its send after the meta block
  * (lease.c: whoever removes the message first settles the key's entry, dedup.h) */
 #define SHMQ_DF_DEDUP 0x10u
+/* flags bit: a member of a message group; its payload carries a group block after the dedup key
+ * (group.h) */
+#define SHMQ_DF_GROUP 0x20u
 
 #define SHMQ_NO_CHUNK UINT32_MAX
 #define SHMQ_DGEN_MASK ((1u << 28) - 1)

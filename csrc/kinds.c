@@ -1,5 +1,6 @@
 #include "kinds.h"
 
+#include "group.h"
 #include "lease.h"
 #include "participants.h"
 #include "queue.h"
@@ -30,12 +31,17 @@ int shmq_create(shmq_seg_t *seg, const shmq_create_opts_t *o, int exist_ok, int 
     shmq_region_req_t req[SHMQ_MAX_REGIONS];
     uint32_t n = 0;
     *created = 0;
+    shmq_create_opts_t oo = *o;
     if (o->flags & SHMQ_F_ACK) {
         int rc = shmq_ack_region(o, &req[n++]);
         if (rc != SHMQ_OK)
             return rc;
+        /* every at-least-once queue can carry message groups (group.h) */
+        oo.flags |= SHMQ_F_GROUPS;
+        if ((rc = shmq_group_region(o, &req[n++])) != SHMQ_OK)
+            return rc;
     }
-    return bound(seg, shmq_seg_create(seg, o, req, n, exist_ok, created));
+    return bound(seg, shmq_seg_create(seg, &oo, req, n, exist_ok, created));
 }
 
 int shmq_open(shmq_seg_t *seg, const char *path, int fd) { return bound(seg, shmq_seg_open(seg, path, fd)); }
@@ -55,6 +61,8 @@ int shmq_validate(shmq_seg_t *seg)
     int rc = shmq_seg_validate(seg);
     if (rc == SHMQ_OK && (seg->hdr->flags & SHMQ_F_ACK))
         rc = shmq_ack_valid(seg);
+    if (rc == SHMQ_OK && (seg->hdr->flags & SHMQ_F_ACK))
+        rc = shmq_group_valid(seg);
     return rc;
 }
 

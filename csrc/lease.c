@@ -10,6 +10,7 @@
 #include "participants.h"
 #include "crashpoint.h"
 #include "dedup.h"
+#include "group.h"
 #include "segment.h"
 #include "queue_int.h"
 #include "wait.h"
@@ -28,14 +29,16 @@ static const shmq_queue_hooks_t ack_hooks;
  * hooks): before_take runs first in the same thread, within the same try of the take. */
 static __thread uint64_t take_now;
 static void shmq_lease_timers_maybe(shmq_seg_t *q, uint64_t now);
+static int group_link(shmq_seg_t *q, uint64_t h, uint64_t deadline_ns);
 
 shmq_ack_t *shmq_ack_of(shmq_seg_t *q) { return q->ops == &ack_hooks.ops ? q->kstate : NULL; }
 static inline shmq_ack_t *K(shmq_seg_t *q) { return q->kstate; } /* an at-least-once handle's (checked at the entry points) */
 static inline int has_dlq(shmq_seg_t *q) { return K(q)->blk->dead_letter[0] != 0; }
 
-/* Payload of an at-least-once message: meta block, [dedup key], header block, body. */
+/* Payload of an at-least-once message: meta block, [dedup key], [group block], header block, body. */
 static inline uint64_t key_bytes(const shmq_desc_t *d) { return (d->flags & SHMQ_DF_DEDUP) ? 16 : 0; }
-static uint64_t body_skip(const shmq_desc_t *d) { return SHMQ_ACK_META + key_bytes(d) + (uint64_t)d->hdr_size; }
+static inline uint64_t group_bytes(const shmq_desc_t *d) { return (d->flags & SHMQ_DF_GROUP) ? SHMQ_GROUP_BLOCK : 0; }
+static uint64_t body_skip(const shmq_desc_t *d) { return SHMQ_ACK_META + key_bytes(d) + group_bytes(d) + (uint64_t)d->hdr_size; }
 
 /* The message is leaving the queue (acked, taken by a plain get, dead-lettered or dropped): if
  * it was sent with a dedup key, settle the key's entry now, before the descriptor is freed, so a
@@ -45,6 +48,14 @@ static void settle_dedup(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d)
 {
     if (d->flags & SHMQ_DF_DEDUP)
         shmq_dedup_settle(q, shmq_q_payload(a, d) + SHMQ_ACK_META, d->id);
+}
+
+/* group hook (group.h): a grouped message is leaving the queue (we hold its descriptor): its
+ * group's next member becomes the head. */
+static inline void settle_group(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d)
+{
+    if (SHMQ_UNLIKELY(d->flags & SHMQ_DF_GROUP) && K(q)->grp)
+        shmq_group_settle(q, K(q)->grp, a, d);
 }
 
 /* Lower the timer hint to t (CAS-min); sleepers choose their wake-up again when it moved earlier. */
@@ -92,13 +103,25 @@ int shmq_send(shmq_seg_t *q, const shmq_iov_t *iov, uint32_t n, uint32_t kind, c
     x.hdr_size = o->hdr_size;
     x.priority = o->priority;
     x.flags = o->dedup_key ? SHMQ_DF_DEDUP : 0;
-    /* payload layout: meta block (never delivered yet), [dedup key], header block, body */
+    /* payload layout: meta block (never delivered yet), [dedup key], [group block], header block, body */
     static const shmq_ack_meta_t fresh = {0, 0};
-    shmq_iov_t v[67];
+    shmq_iov_t v[68];
     uint32_t nv = 0;
     v[nv++] = (shmq_iov_t){&fresh, SHMQ_ACK_META};
     if (o->dedup_key)
         v[nv++] = (shmq_iov_t){o->dedup_key, 16};
+    /* group hook (group.h): a member is put PARKED and linked after the put */
+    shmq_group_blk_t gb;
+    uint64_t gh = 0;
+    if (SHMQ_UNLIKELY(o->group != NULL)) {
+        if (!k->grp || shmq_group_blk_init(&gb, o->group, o->group_len, o->group_type,
+                                           x.delay_ns ? shmq_now_mono_ns() + x.delay_ns : 0) != SHMQ_OK)
+            return SHMQ_EINVAL;
+        v[nv++] = (shmq_iov_t){&gb, SHMQ_GROUP_BLOCK};
+        x.flags |= SHMQ_DF_GROUP;
+        x.delay_ns = SHMQ_GROUP_PARK;
+        x.handle_out = &gh;
+    }
     if (o->hdr_size)
         v[nv++] = (shmq_iov_t){o->hdr, o->hdr_size};
     for (uint32_t i = 0; i < n; i++)
@@ -116,11 +139,32 @@ int shmq_send(shmq_seg_t *q, const shmq_iov_t *iov, uint32_t n, uint32_t kind, c
         }
     }
     int rc = shmq_q_put(q, v, nv, kind, deadline_ns, id, &x);
+    if (SHMQ_UNLIKELY(o->group != NULL) && rc == SHMQ_OK)
+        rc = group_link(q, gh, deadline_ns);
     if (o->dedup_key) {
         if (rc == SHMQ_OK)
             SHMQ_CRASH_POINT(before_dedup_finish);
         shmq_dedup_finish(q, o->dedup_key, rc == SHMQ_OK);
     }
+    return rc;
+}
+
+/* group hook (group.h): link a member put PARKED as handle h; on failure it is taken out again
+ * (nobody else touches a parked, unlinked member of a live sender). */
+static int group_link(shmq_seg_t *q, uint64_t h, uint64_t deadline_ns)
+{
+    SHMQ_CRASH_POINT(group_after_put);
+    int rc = shmq_group_link(q, K(q)->grp, shmq_handle_area(h), shmq_handle_idx(h), deadline_ns);
+    if (rc == SHMQ_OK)
+        return rc;
+    shmq_area_t *a;
+    shmq_desc_t *d = token_desc(q, h, &a);
+    uint64_t w = d ? shmq_load_acquire(&d->word) : 0;
+    if (d && shmq_desc_state(w) == SHMQ_D_DELAYED && shmq_desc_dgen(w) == shmq_handle_dgen(h) &&
+        shmq_cas_acq_rel(&d->word, &w, shmq_desc_word(shmq_desc_dgen(w), SHMQ_D_READING, q->owner)))
+        shmq_q_release_owned(q, a, d);
+    if (rc == SHMQ_FULL)
+        q->full_why = SHMQ_WHY_GROUPS;
     return rc;
 }
 
@@ -222,6 +266,27 @@ static void publish_or_park(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d, uint3
         timer_hint(q, 1);
 }
 
+/* group hook (group.h): a parked member becomes its group's head (the table's lock is held):
+ * published now, or delayed until its send's delay has passed. */
+static void group_release(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d, const shmq_group_blk_t *b)
+{
+    uint64_t w = shmq_load_acquire(&d->word);
+    if (!shmq_group_parked(d, w))
+        return;
+    uint32_t g = shmq_desc_dgen(w);
+    if (!shmq_cas_acq_rel(&d->word, &w, shmq_desc_word(g, SHMQ_D_SETTLING, q->owner)))
+        return; /* purged meanwhile */
+    uint64_t nb = b->not_before_ns, now = shmq_now_mono_ns();
+    if (nb > now && nb < SHMQ_GROUP_PARK) {
+        shmq_store_release(&d->deadline_ns, nb);
+        shmq_store_release(&d->word, shmq_desc_word(g, SHMQ_D_DELAYED, q->owner));
+        timer_hint(q, nb);
+        return;
+    }
+    shmq_store_release(&d->deadline_ns, 0);
+    publish_or_park(q, a, d, g);
+}
+
 /* d is SETTLING(g, us) or MOVING(g, us) with its reason in d->flags: copy it into the
  * dead-letter queue (dedup on source + id), then free it. */
 static void move_finish(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d, uint32_t g)
@@ -231,6 +296,7 @@ static void move_finish(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d, uint32_t 
     uint64_t size = d->size, skip = body_skip(d);
     if (!shmq_q_payload_valid(a, d) || skip > size) { /* untrusted: garbage is not forwarded */
         __atomic_fetch_add(&h->corrupt_skipped, 1, __ATOMIC_RELAXED);
+        settle_group(q, a, d); /* finds no sane block: schedules a rebuild */
         d->chunk = SHMQ_NO_CHUNK;
         shmq_q_release_owned(q, a, d);
         return;
@@ -238,6 +304,7 @@ static void move_finish(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d, uint32_t 
     if (!has_dlq(q)) {
         /* a queue without a dead-letter queue (itself one): dropped, counted */
         settle_dedup(q, a, d);
+        settle_group(q, a, d);
         shmq_q_release_owned(q, a, d);
         count(reason == SHMQ_DL_EXPIRED ? &K(q)->blk->expired : &K(q)->blk->dead_lettered);
         return;
@@ -284,7 +351,7 @@ static void move_finish(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d, uint32_t 
     uint8_t *hdr = malloc(orig + xl);
     if (!hdr)
         goto refused;
-    memcpy(hdr, p + SHMQ_ACK_META + key_bytes(d), orig);
+    memcpy(hdr, p + SHMQ_ACK_META + key_bytes(d) + group_bytes(d), orig);
     memcpy(hdr + orig, extra, xl);
     char keysrc[SHMQ_DLQ_NAME_MAX + 16];
     size_t nl = strnlen(K(q)->name, SHMQ_DLQ_NAME_MAX - 1);
@@ -304,6 +371,7 @@ static void move_finish(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d, uint32_t 
         goto refused;
     SHMQ_CRASH_POINT(mid_move);
     settle_dedup(q, a, d);
+    settle_group(q, a, d);
     shmq_q_release_owned(q, a, d);
     count(&K(q)->blk->dead_lettered);
     if (reason == SHMQ_DL_EXPIRED)
@@ -364,8 +432,39 @@ int shmq_ack(shmq_seg_t *q, uint64_t token, uint64_t id)
     SHMQ_CRASH_POINT(mid_ack);
     if (shmq_q_payload_valid(a, d) && body_skip(d) <= d->size) /* untrusted: the key lies inside */
         settle_dedup(q, a, d);
+    settle_group(q, a, d);
     shmq_q_release_owned(q, a, d);
     return SHMQ_OK;
+}
+
+int shmq_ack_hold(shmq_seg_t *q, uint64_t token, uint64_t id, uint64_t *held)
+{
+    shmq_area_t *a;
+    shmq_desc_t *d;
+    return claim(q, token, id, SHMQ_D_SETTLING, &a, &d, held);
+}
+
+void shmq_ack_unhold(shmq_seg_t *q, uint64_t token, uint64_t held)
+{
+    shmq_area_t *a;
+    shmq_desc_t *d = token_desc(q, token, &a);
+    if (d) /* ours since the hold: as it was */
+        shmq_store_release(&d->word, held);
+}
+
+void shmq_ack_held_finish(shmq_seg_t *q, uint64_t token)
+{
+    shmq_area_t *a;
+    shmq_desc_t *d = token_desc(q, token, &a);
+    if (!d)
+        return;
+    /* SETTLING(us) -> READING(us): from here it is an ack (repair frees a READING(dead) one) */
+    shmq_store_release(&d->word, shmq_desc_word(shmq_handle_dgen(token), SHMQ_D_READING, q->owner));
+    count(&K(q)->blk->acked);
+    if (shmq_q_payload_valid(a, d) && body_skip(d) <= d->size)
+        settle_dedup(q, a, d);
+    settle_group(q, a, d);
+    shmq_q_release_owned(q, a, d);
 }
 
 int shmq_nack(shmq_seg_t *q, uint64_t token, uint64_t id, int requeue, uint64_t delay_ns)
@@ -424,6 +523,7 @@ static int ack_taken(shmq_seg_t *q, shmq_msg_t *m, int mode)
     uint64_t size = m->size, skip = body_skip(d);
     if (skip > size) { /* untrusted: the meta and header blocks lie inside the payload */
         __atomic_fetch_add(&q->hdr->corrupt_skipped, 1, __ATOMIC_RELAXED);
+        settle_group(q, m->area, d); /* finds no sane block: schedules a rebuild */
         shmq_q_release_owned(q, m->area, d);
         return SHMQ_EAGAIN;
     }
@@ -449,8 +549,18 @@ static int ack_taken(shmq_seg_t *q, shmq_msg_t *m, int mode)
         m->delivery_count = d->delivery_count;
     } else {
         settle_dedup(q, m->area, d); /* a plain get: the message leaves the queue now */
+        settle_group(q, m->area, d);
     }
-    m->hdr = p + SHMQ_ACK_META + key_bytes(d);
+    m->group = NULL;
+    m->group_len = m->group_type = 0;
+    if (d->flags & SHMQ_DF_GROUP) {
+        const shmq_group_blk_t *gb = (const shmq_group_blk_t *)(p + SHMQ_ACK_META + key_bytes(d));
+        uint32_t gl = gb->key_len; /* untrusted: clamped (a plain get's copy may be freed later, not now) */
+        m->group = gb->key;
+        m->group_len = gl > SHMQ_GROUP_KEY_MAX ? SHMQ_GROUP_KEY_MAX : gl;
+        m->group_type = gb->key_type ? 1u : 0u;
+    }
+    m->hdr = p + SHMQ_ACK_META + key_bytes(d) + group_bytes(d);
     m->hdr_size = d->hdr_size;
     m->data = p + skip;
     m->size = size - skip;
@@ -507,6 +617,8 @@ static void ack_stats(shmq_seg_t *q, shmq_stats_t *st)
                     oldest = ts;
             } else if (s == SHMQ_D_INFLIGHT || s == SHMQ_D_SETTLING) {
                 st->in_flight++;
+            } else if (s == SHMQ_D_DELAYED && d->deadline_ns >= SHMQ_GROUP_PARK && (d->flags & SHMQ_DF_GROUP)) {
+                ready++; /* a group member waiting for its turn: queued, not delayed */
             } else if (s == SHMQ_D_DELAYED) {
                 st->delayed++;
             }
@@ -532,6 +644,8 @@ static void ack_stats(shmq_seg_t *q, shmq_stats_t *st)
 
 static void ack_close(shmq_seg_t *q)
 {
+    if (q->kstate)
+        free(K(q)->grp);
     free(q->kstate);
     q->kstate = NULL;
 }
@@ -569,8 +683,17 @@ static void ack_detach(shmq_seg_t *q)
         }
 }
 
+/* Repair of a dead participant: the group table first (group.h: it stops counting what the dead
+ * one was settling, links what it had put, releases groups nobody holds), then the queue's. */
+static void ack_repair_owner(shmq_seg_t *q, uint32_t dead)
+{
+    if (K(q) && K(q)->grp)
+        shmq_group_rebuild(q, K(q)->grp);
+    shmq_q_repair_owner(q, dead);
+}
+
 static const shmq_queue_hooks_t ack_hooks = {
-    .ops = {.name = "ack", .repair_owner = shmq_q_repair_owner, .close = ack_close, .after_fork = ack_after_fork,
+    .ops = {.name = "ack", .repair_owner = ack_repair_owner, .close = ack_close, .after_fork = ack_after_fork,
             .detach = ack_detach},
     .body_skip = body_skip,
     .keep_orphans = 1,
@@ -657,6 +780,11 @@ int shmq_ack_bind(shmq_seg_t *q)
     k->dedup_slots = copy.dedup_slots;
     k->max_deliveries = copy.max_deliveries;
     k->visibility_ns = copy.visibility_ns;
+    rc = shmq_group_bind(q, &k->grp, group_release);
+    if (rc != SHMQ_OK) {
+        free(k);
+        return rc;
+    }
     q->kstate = k;
     shmq_q_bind_hooks(q, &ack_hooks);
     return SHMQ_OK;
@@ -714,6 +842,8 @@ static int timers_scan(shmq_seg_t *q, uint64_t now)
             if (st != SHMQ_D_INFLIGHT && st != SHMQ_D_DELAYED && st != SHMQ_D_READY)
                 continue;
             uint64_t dl = shmq_load_acquire(&d->deadline_ns), ex = shmq_load_relaxed(&d->expire_ns);
+            if (st == SHMQ_D_DELAYED && dl >= SHMQ_GROUP_PARK && (d->flags & SHMQ_DF_GROUP))
+                continue; /* group hook: a parked member waits for its group (TTL applied at its turn) */
             uint64_t due;
             if (st == SHMQ_D_INFLIGHT)
                 due = dl ? dl : SHMQ_NO_DEADLINE; /* 0: a receiver is writing it (and lowers the hint) */

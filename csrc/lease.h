@@ -77,6 +77,7 @@ _Static_assert(offsetof(shmq_ack_hdr_t, timer_hint_ns) == 256, "timer block");
 #define SHMQ_ACK_BLOCK ((uint64_t)sizeof(shmq_ack_hdr_t))
 
 struct shmq_dedup_ent;
+struct shmq_group;
 
 /* Per-handle state of an at-least-once queue (the segment handle's kstate). */
 typedef struct {
@@ -89,6 +90,7 @@ typedef struct {
     int timer_busy;               /* process-local guard of timer_lock (lock.h) */
     int dedup_busy;               /* process-local guard of dedup_lock (lock.h) */
     char name[SHMQ_DLQ_NAME_MAX]; /* this queue's name, for dead-letter headers */
+    struct shmq_group *grp;       /* the message-group table (group.h), NULL without one */
 } shmq_ack_t;
 
 /* The state of an at-least-once handle, NULL for any other kind. */
@@ -109,6 +111,9 @@ typedef struct {
     uint32_t hdr_size;
     uint32_t priority;
     const uint8_t *dedup_key;   /* 16 bytes, or NULL */
+    const uint8_t *group;       /* message group key (group.h), or NULL */
+    uint32_t group_len;         /* <= SHMQ_GROUP_KEY_MAX bytes */
+    uint32_t group_type;        /* 0 = str (UTF-8), 1 = bytes */
 } shmq_send_opts_t;
 
 /* SHMQ_OK (*dup = 1: a duplicate, *id = the original's id), put's errors, SHMQ_EINVAL (not an
@@ -128,6 +133,12 @@ int shmq_extend(shmq_seg_t *q, uint64_t token, uint64_t id, uint64_t ns);
 void shmq_ack_set_dlq(shmq_seg_t *q, shmq_seg_t *dlq, const char *name);
 /* Run the timer scan now (whatever the hint says); returns the descriptors it changed. */
 int shmq_timers_run(shmq_seg_t *q);
+
+/* Forward (forward.h) holds a delivery while it sends: claim it (SETTLING, *held = the word it
+ * replaced; SHMQ_ESTALE as ack), give it back as it was, or finish it as an ack. */
+int shmq_ack_hold(shmq_seg_t *q, uint64_t token, uint64_t id, uint64_t *held);
+void shmq_ack_unhold(shmq_seg_t *q, uint64_t token, uint64_t held);
+void shmq_ack_held_finish(shmq_seg_t *q, uint64_t token);
 
 /* Where a sent message is now, for a sender that waits on its outcome (request-reply). */
 #define SHMQ_PROBE_GONE 0u     /* settled (acked, dead-lettered, expired) or never here */

@@ -446,6 +446,8 @@ static int put_commit(shmq_seg_t *q, put_ctx *c, uint64_t deadline_ns, uint64_t 
             shmq_fetch_add_relaxed(&q->slots[q->slot].enqueued, 1);
         if (id_out)
             *id_out = id;
+        if (x->handle_out)
+            *x->handle_out = shmq_handle_make((uint32_t)(a - q->areas), c->idx, c->dgen);
         c->a = NULL;
         c->counted = 0;
         return SHMQ_OK;

@@ -49,6 +49,9 @@ typedef struct {
     uint32_t delivery_count;
     uint32_t hdr_size;
     uint32_t priority;
+    const uint8_t *group; /* at-least-once: the message group key, NULL for an ungrouped message */
+    uint32_t group_len;
+    uint32_t group_type;  /* 0 = str (UTF-8), 1 = bytes */
 } shmq_msg_t;
 
 /* Why a put returned SHMQ_FULL, in seg->full_why: written only on the failing path (the put that
@@ -61,6 +64,7 @@ enum {
     SHMQ_WHY_SLOTS = 2,   /* every message slot (descriptor, ring cell) holds a message */
     SHMQ_WHY_BYTES = 3,   /* no free arena block large enough for this message */
     SHMQ_WHY_BUSY = 4,    /* another process held the arena or grow lock past our wait (stopped?) */
+    SHMQ_WHY_GROUPS = 5,  /* the message-group table has no entry for another group (group.h) */
 };
 
 /* deadline_ns: 0 = do not wait, SHMQ_NO_DEADLINE = wait forever, else absolute monotonic. */

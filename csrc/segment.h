@@ -49,6 +49,7 @@
 #define SHMQ_F_ANONYMOUS 0x4u /* unlinked by its creator at close/exit */
 #define SHMQ_F_JOINABLE 0x8u  /* task_done/join accounting */
 #define SHMQ_F_ACK 0x10u      /* at-least-once: leases, redelivery, dead letters (lease.h) */
+#define SHMQ_F_GROUPS 0x40u   /* at-least-once with a message-group table (group.h) */
 
 #define SHMQ_HEADER_SIZE 4096u
 #define SHMQ_MAX_AREAS 64u
@@ -102,6 +103,7 @@ _Static_assert(sizeof(shmq_area_ent_t) == 32, "area entry layout");
  * the feature validates its region's content with its own valid(). Unused entries are zero. */
 #define SHMQ_MAX_REGIONS 8u
 #define SHMQ_REGION_ACK 1u /* lease.h: at-least-once block + dedup table */
+#define SHMQ_REGION_GROUP 3u /* group.h: message-group table */
 #define SHMQ_REGION_KIND_MAX 16u
 #define SHMQ_REGION_ALIGN 64u
 typedef struct {

@@ -9,6 +9,7 @@ such a call until the message it took is copied out and released, and close() de
 unmap until the handle is idle.
 """
 cimport cython
+import threading as _threading
 from cpython.buffer cimport PyBUF_ANY_CONTIGUOUS, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -52,6 +53,7 @@ F_RAW = c.SHMQ_F_RAW
 F_ANONYMOUS = c.SHMQ_F_ANONYMOUS
 F_JOINABLE = c.SHMQ_F_JOINABLE
 F_ACK = c.SHMQ_F_ACK
+F_GROUPS = c.SHMQ_F_GROUPS
 LAYOUT_VERSION = c.SHMQ_LAYOUT_VERSION
 USE_DEFAULT = c.SHMQ_USE_DEFAULT
 PROBE_GONE = c.SHMQ_PROBE_GONE
@@ -63,7 +65,7 @@ HDR_MAX = c.SHMQ_HDR_MAX
 MIN_CAPACITY = c.SHMQ_MIN_AREA_SIZE   # the smallest fixed capacity (bytes of the first area)
 # Why a put found no room (seg.full_why after SHMQ_FULL): passed to from_code in a put's detail.
 FULL_WHY = {c.SHMQ_WHY_NONE: None, c.SHMQ_WHY_MAXSIZE: "maxsize", c.SHMQ_WHY_SLOTS: "slots",
-            c.SHMQ_WHY_BYTES: "bytes", c.SHMQ_WHY_BUSY: "busy"}
+            c.SHMQ_WHY_BYTES: "bytes", c.SHMQ_WHY_BUSY: "busy", c.SHMQ_WHY_GROUPS: "groups"}
 
 # Result codes, for shmq.errors.from_code (the words of each error live there).
 RC = {name: value for name, value in (
@@ -230,6 +232,10 @@ cdef class Core:
     cdef int _fault_word        # set by the SIGBUS guard (guard.h): our file was truncated under us
     cdef bint _guarded          # registered with the guard
     cdef bint _attach_pending   # a forked child's handle: takes its slot at the first use
+    cdef Core _fwd_src          # forward (_forward): the source of the delivery being forwarded, else None
+    cdef uint64_t _fwd_token
+    cdef uint64_t _fwd_id
+    cdef object _fwd_lock       # one forward into this handle at a time (it rides on the fields above)
 
     def __cinit__(self):
         self.opened = False
@@ -506,14 +512,21 @@ cdef class Core:
         cdef int rc
         cdef int dup = 0
         cdef PyThreadState *ts
+        cdef Core src = self._fwd_src   # forward: the source queue of the held delivery, else None
         while True:
             self._enter()
+            if src is not None:
+                src._enter()
             ts = _release()
             if so == NULL:
                 rc = c.shmq_put(&self.seg, iov, n, kind, dl, idp)
+            elif src is not None:
+                rc = c.shmq_forward(&src.seg, self._fwd_token, self._fwd_id, &self.seg, iov, n, kind, so, dl, idp, &dup)
             else:
                 rc = c.shmq_send(&self.seg, iov, n, kind, so, dl, idp, &dup)
             _reacquire(ts)
+            if src is not None:
+                src._leave()
             self._leave()
             if (rc != c.SHMQ_EINTR and not self._closed) or not self._retry(rc):
                 break
@@ -521,7 +534,9 @@ cdef class Core:
             return dup
         if so != NULL:
             total += so.hdr_size
-        raise self._error(rc, "put" if so == NULL else "send",
+        if src is not None and rc == c.SHMQ_ESTALE:
+            raise src._error(rc, "forward", self._fwd_id)
+        raise self._error(rc, "put" if so == NULL else ("send" if src is None else "forward"),
                           (total, self.seg.hdr.max_message, FULL_WHY.get(self.seg.full_why), self.seg.hdr.maxsize))
 
     cdef int _put_obj(self, object obj, uint64_t dl, c.shmq_send_opts_t *so=NULL, uint64_t *idp=NULL) except -1:
@@ -763,7 +778,7 @@ cdef class Core:
         c.shmq_ack_set_dlq(&self.seg, &dlq.seg if dlq is not None else NULL, self._name_b)
 
     def _send(self, obj, bytes hdr, uint32_t priority, uint64_t delay_ns, uint64_t ttl_ns, bytes dedup_key,
-              block=True, timeout=None, uint32_t raw_kind=0):
+              block=True, timeout=None, uint32_t raw_kind=0, bytes group=None, uint32_t group_type=0):
         """Send obj with a header block; returns (id, duplicate). delay/ttl: USE_DEFAULT for the
         queue's default. raw_kind: obj is a payload of that kind taken by a raw receive, stored as
         it is (redrive: never unpickled). Raises Full, MessageTooLargeError, QueueClosedError."""
@@ -781,6 +796,12 @@ cdef class Core:
         so.dedup_key = NULL
         if dedup_key is not None:
             so.dedup_key = <const uint8_t *>PyBytes_AS_STRING(dedup_key)
+        so.group = NULL
+        so.group_len = 0
+        so.group_type = group_type
+        if group is not None:
+            so.group = <const uint8_t *>PyBytes_AS_STRING(group)
+            so.group_len = <uint32_t>len(group)
         if raw_kind:
             if raw_kind not in _kind_names or not PyBytes_CheckExact(obj):
                 raise _errors.ArgumentError(f"not a payload of a raw receive: kind {raw_kind}")
@@ -794,7 +815,8 @@ cdef class Core:
         return mid, bool(dup)
 
     cdef object _receive_one(self, uint64_t dl, bint raw=False):
-        """(body, hdr, id, timestamp, delivery_count, priority, token) or None when empty.
+        """(body, hdr, id, timestamp, delivery_count, priority, token, group) or None when empty;
+        group: None, or (key bytes, key type 0 = str / 1 = bytes).
         raw: body is (payload kind, payload bytes), never unpickled (redrive)."""
         cdef c.shmq_msg_t m
         cdef int rc
@@ -810,6 +832,9 @@ cdef class Core:
                 else:
                     body = self._body(&m)
                 hdr = PyBytes_FromStringAndSize(<const char *>m.hdr, <Py_ssize_t>m.hdr_size)
+                grp = None
+                if m.group != NULL:
+                    grp = (PyBytes_FromStringAndSize(<const char *>m.group, <Py_ssize_t>m.group_len), m.group_type)
             except Exception as e:
                 err = e
             ts = _release()
@@ -820,7 +845,7 @@ cdef class Core:
                 continue   # the lease ran out while we copied: that copy may be torn; take the next
             if err is not None:
                 raise err
-            return (body, hdr, m.id, m.timestamp_ns / 1e9, m.delivery_count, m.priority, m.handle)
+            return (body, hdr, m.id, m.timestamp_ns / 1e9, m.delivery_count, m.priority, m.handle, grp)
 
     def _receive(self, block=True, timeout=None, bint raw=False):
         cdef uint64_t dl
@@ -889,6 +914,23 @@ cdef class Core:
 
     def _extend(self, uint64_t token, uint64_t mid, uint64_t ns):
         self._settle_or_raise(2, token, mid, 0, ns)
+
+    def _forward(self, Core src, uint64_t token, uint64_t mid, obj, bytes hdr, uint32_t priority, uint64_t delay_ns,
+                 uint64_t ttl_ns, bytes group=None, uint32_t group_type=0, block=True, timeout=None):
+        """Ack src's delivery (token, mid) and send obj here as one step (forward.h); returns
+        (id, duplicate). Raises LeaseExpiredError (nothing sent), Full, QueueClosedError."""
+        src._check()
+        if self._fwd_lock is None:
+            self._fwd_lock = _threading.Lock()
+        self._fwd_lock.acquire()   # the forward's source rides on this object for one call
+        try:
+            self._fwd_src = src
+            self._fwd_token = token
+            self._fwd_id = mid
+            return self._send(obj, hdr, priority, delay_ns, ttl_ns, None, block, timeout, 0, group, group_type)
+        finally:
+            self._fwd_src = None
+            self._fwd_lock.release()
 
     # -- request-reply: a sender looking after its message, responders' presence ---------------
     def _find(self, uint64_t mid):

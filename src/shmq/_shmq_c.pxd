@@ -39,6 +39,7 @@ cdef extern from "segment.h" nogil:
         SHMQ_F_ANONYMOUS
         SHMQ_F_JOINABLE
         SHMQ_F_ACK
+        SHMQ_F_GROUPS
         SHMQ_LAYOUT_VERSION
         SHMQ_ROLE_PRODUCER
         SHMQ_ROLE_CONSUMER
@@ -88,6 +89,7 @@ cdef extern from "queue.h" nogil:
         SHMQ_WHY_SLOTS
         SHMQ_WHY_BYTES
         SHMQ_WHY_BUSY
+        SHMQ_WHY_GROUPS
     ctypedef struct shmq_iov_t:
         const void *ptr
         uint64_t len
@@ -102,6 +104,9 @@ cdef extern from "queue.h" nogil:
         uint64_t timestamp_ns
         uint32_t kind
         uint32_t delivery_count
+        const uint8_t *group
+        uint32_t group_len
+        uint32_t group_type
     ctypedef struct shmq_stats_t:
         uint64_t depth
         uint64_t bytes_used
@@ -195,6 +200,9 @@ cdef extern from "lease.h" nogil:
         uint32_t hdr_size
         uint32_t priority
         const uint8_t *dedup_key
+        const uint8_t *group
+        uint32_t group_len
+        uint32_t group_type
     int shmq_send(shmq_seg_t *q, const shmq_iov_t *iov, uint32_t n, uint32_t kind, const shmq_send_opts_t *o,
                   uint64_t deadline_ns, uint64_t *id, int *dup)
     int shmq_receive_begin(shmq_seg_t *q, shmq_msg_t *m, uint64_t deadline_ns)
@@ -224,3 +232,7 @@ cdef extern from "participants.h" nogil:
 cdef extern from "guard.h" nogil:
     int shmq_guard_register(shmq_seg_t *seg, int *fault_word)
     void shmq_guard_unregister(shmq_seg_t *seg)
+
+cdef extern from "forward.h" nogil:
+    int shmq_forward(shmq_seg_t *q, uint64_t token, uint64_t id, shmq_seg_t *dest, const shmq_iov_t *iov, uint32_t n,
+                     uint32_t kind, const shmq_send_opts_t *o, uint64_t deadline_ns, uint64_t *new_id, int *dup)

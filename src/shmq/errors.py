@@ -139,6 +139,8 @@ _FULL_WORDS: dict[Optional[str], tuple[str, str]] = {
     "busy": ("another process held the queue's allocation lock through the whole wait (stopped, e.g. by "
              "SIGSTOP or a debugger?)",
              "try again, or wait longer (timeout=); the lock is taken over if its holder dies"),
+    "groups": ("its message-group table has no entry left for another group (4096 groups with messages "
+               "queued at once)", "consume some, or use fewer distinct group keys"),
 }
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Any, NoReturn, Optional, Union
+from typing import TYPE_CHECKING, Any, Mapping, NoReturn, Optional, Union
 
 from ._codec import decode_headers
 from ._options import seconds_ns
@@ -30,11 +30,13 @@ class Message:
 
     Attributes: ``id`` (unique per queue, increasing), ``body``, ``headers`` (dict; ``{}`` when
     none were sent), ``timestamp`` (seconds since the epoch at send), ``delivery_count`` (1 on
-    the first delivery), ``priority``. Settle it with exactly one of ack() or nack(); extend()
-    keeps it in flight longer.
+    the first delivery), ``priority``, ``group`` (the message group key as sent, str or bytes, or
+    None). Settle it with exactly one of ack(), nack() or forward(); extend() keeps it in flight
+    longer.
     """
 
-    __slots__ = ("_q", "_token", "_state", "id", "body", "headers", "timestamp", "delivery_count", "priority")
+    __slots__ = ("_q", "_token", "_state", "id", "body", "headers", "timestamp", "delivery_count", "priority",
+                 "group")
 
     id: int
     body: Any                              # the object sent (unpickled), or bytes as sent
@@ -42,9 +44,16 @@ class Message:
     timestamp: float
     delivery_count: int
     priority: int
+    group: Union[str, bytes, None]
 
-    def __init__(self, q: ReliableQueue, rec: tuple[Any, bytes, int, float, int, int, int]) -> None:
-        body, hdr, mid, ts, count, prio, token = rec
+    def __init__(self, q: ReliableQueue, rec: tuple[Any, ...]) -> None:
+        body, hdr, mid, ts, count, prio, token = rec[:7]
+        grp = rec[7] if len(rec) > 7 else None
+        if grp is None:
+            self.group: Union[str, bytes, None] = None
+        else:
+            key, kind = grp
+            self.group = key if kind else key.decode("utf-8", "surrogateescape")
         self._q = q
         self._token = token
         self._state: Optional[str] = None
@@ -89,6 +98,41 @@ class Message:
         if self._state is not None:
             raise ArgumentError(f"message {self.id} was {self._state}: this delivery is over")
         self._q._extend(self._token, self.id, ns)
+
+    def forward(self, dest: ReliableQueue, body: Any, headers: Optional[Mapping[str, Union[str, bytes]]] = None,
+                **send_options: Any) -> int:
+        """Ack this message and send `body` to `dest` (an at-least-once queue handle) as one
+        step: after a crash at any instant either both took effect or neither did, in which
+        case this message is delivered again, and forwarding that delivery again sends nothing
+        new (the new message is de-duplicated in `dest` on this message's queue and id, for
+        dest's dedup window). send_options: priority, delay, ttl, group, block, timeout (as
+        send(); dedup_id is not allowed: forward sets its own). Returns the new message's id
+        (a repeated forward: the first one's). Raises LeaseExpiredError (this delivery is
+        over: nothing sent, nothing acked), Full (nothing sent, the delivery is still yours),
+        TypeError/ValueError for bad arguments, QueueClosedError."""
+        from .reliable import ReliableQueue, _send_args
+        if not isinstance(dest, ReliableQueue):
+            raise ArgumentTypeError(f"forward() needs an at-least-once queue (ack=True) as dest, not "
+                                    f"{type(dest).__name__}")
+        if "dedup_id" in send_options:
+            raise ArgumentError("forward() sets its own dedup key (this message's queue and id); "
+                                "dedup_id is not allowed")
+        if self._state is not None:
+            raise ArgumentError(f"message {self.id} was {self._state}: this delivery is over")
+        block = send_options.pop("block", True)
+        timeout = send_options.pop("timeout", None)
+        unknown = set(send_options) - {"priority", "delay", "ttl", "group"}
+        if unknown:
+            raise ArgumentTypeError(f"forward() got unexpected send options: {sorted(unknown)}")
+        hdr, prio, d, t, gkey, gtype = _send_args(headers, **send_options)
+        try:
+            mid, _dup = dest._core._forward(self._q._core, self._token, self.id, body, hdr, prio, d, t, gkey, gtype,
+                                            block, timeout)
+        except LeaseExpiredError:
+            self._state = "lease expired"
+            raise
+        self._state = "acked"
+        return mid
 
     def __reduce__(self) -> NoReturn:
         raise ArgumentTypeError("a Message is one process's delivery and cannot be pickled; send its body instead")

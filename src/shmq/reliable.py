@@ -96,17 +96,19 @@ class ReliableQueue(_aio.AsyncReliableOps, Queue):
 
     def send(self, body: Any, headers: Optional[Mapping[str, Union[str, bytes]]] = None, priority: Optional[int] = None,
              delay: Optional[float] = None, ttl: Optional[float] = None, dedup_id: Union[str, bytes, None] = None, *,
-             block: bool = True, timeout: Optional[float] = None) -> int:
+             block: bool = True, timeout: Optional[float] = None, group: Union[str, bytes, None] = None) -> int:
         """Send a message; returns its id (for a duplicate dedup_id within the window, the
         original's id, and nothing is enqueued). delay/ttl: seconds (None: the queue's
-        default). Raises Full (no room in time, dedup table full), MessageTooLargeError,
-        ValueError/TypeError for bad arguments, QueueClosedError."""
-        hdr = _codec.encode_headers(headers)
-        prio = 0 if priority is None else _priority(priority)
-        d = _core.USE_DEFAULT if delay is None else _options.seconds_ns(delay, "delay")
-        t = _core.USE_DEFAULT if ttl is None else _options.seconds_ns(ttl, "ttl", allow_zero=False)
+        default). group: a message group key (str or bytes, at most 128 UTF-8 bytes): the
+        group's messages are delivered in send order, one at a time (docs/guide/groups.md).
+        Raises Full (no room in time, dedup or group table full), MessageTooLargeError,
+        ValueError/TypeError for bad arguments (also group= on a queue created before groups
+        existed), QueueClosedError."""
+        hdr, prio, d, t, gkey, gtype = _send_args(headers, priority, delay, ttl, group)
         key = None if dedup_id is None else dedup_key(dedup_id)
-        mid, _dup = self._core._send(body, hdr, prio, d, t, key, block, timeout)
+        if gkey is not None and not self._core._flags_value & _core.F_GROUPS:
+            raise _unsupported_groups(self._name)
+        mid, _dup = self._core._send(body, hdr, prio, d, t, key, block, timeout, 0, gkey, gtype)
         return mid
 
     def receive(self, timeout: Optional[float] = None, *, block: bool = True) -> Message:
@@ -144,6 +146,40 @@ class ReliableQueue(_aio.AsyncReliableOps, Queue):
     # settles of one delivery (Message calls these) and the timer scan (tests, tools)
     def _timers_run(self):
         return self._core._timers_run()
+
+
+def _send_args(headers=None, priority=None, delay=None, ttl=None, group=None):
+    """The checked arguments of a send: (header block, priority, delay ns, ttl ns, group key
+    bytes or None, group key type 0 = str / 1 = bytes)."""
+    hdr = _codec.encode_headers(headers)
+    prio = 0 if priority is None else _priority(priority)
+    d = _core.USE_DEFAULT if delay is None else _options.seconds_ns(delay, "delay")
+    t = _core.USE_DEFAULT if ttl is None else _options.seconds_ns(ttl, "ttl", allow_zero=False)
+    gkey, gtype = _group_key(group)
+    return hdr, prio, d, t, gkey, gtype
+
+
+GROUP_KEY_MAX = 128
+
+
+def _group_key(group):
+    """(key bytes, type) of a group= argument: str (UTF-8, type 0) or bytes (type 1); None: (None, 0)."""
+    if group is None:
+        return None, 0
+    if isinstance(group, str):
+        raw, kind = group.encode("utf-8", "surrogateescape"), 0
+    elif isinstance(group, (bytes, bytearray, memoryview)):
+        raw, kind = bytes(group), 1
+    else:
+        raise ArgumentTypeError(f"group must be str or bytes, not {type(group).__name__}")
+    if len(raw) > GROUP_KEY_MAX:
+        raise ArgumentError(f"group key is {len(raw)} bytes (UTF-8); at most {GROUP_KEY_MAX} are allowed")
+    return raw, kind
+
+
+def _unsupported_groups(name):
+    return ArgumentError(f"queue {name!r} was created by an shmq without message groups: "
+                            "send(group=) needs a queue created by this version")
 
 
 def _priority(p):

@@ -235,7 +235,7 @@ class Responder:
                     continue
             else:
                 rec = self._q._core._receive(True, left)
-            body, block, mid, _ts, count, _prio, token = rec
+            body, block, mid, _ts, count, _prio, token = rec[:7]
             req = self._request(body, block, mid, count, token)
             if req is not None:
                 return req
