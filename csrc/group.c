@@ -225,14 +225,22 @@ static void rebuild_locked(shmq_seg_t *q, shmq_group_t *g)
 }
 
 /* Take the lock; rebuild first when it was taken over from a dead holder or marked dirty. */
-static int lock_table(shmq_seg_t *q, shmq_group_t *g, uint64_t deadline_ns)
+static int lock_table_r(shmq_seg_t *q, shmq_group_t *g, uint64_t deadline_ns, int *rebuilt)
 {
     int rc = shmq_lock_acquire(q, &g->hdr->lock, &g->busy, deadline_ns);
     if (rc == SHMQ_TIMEOUT)
         return rc;
-    if (rc == SHMQ_EAGAIN || shmq_load_relaxed(&g->hdr->dirty))
+    if (rc == SHMQ_EAGAIN || shmq_load_relaxed(&g->hdr->dirty)) {
         rebuild_locked(q, g);
+        *rebuilt = 1;
+    }
     return SHMQ_OK;
+}
+
+static int lock_table(shmq_seg_t *q, shmq_group_t *g, uint64_t deadline_ns)
+{
+    int rebuilt = 0;
+    return lock_table_r(q, g, deadline_ns, &rebuilt);
 }
 
 static void unlock_table(shmq_seg_t *q, shmq_group_t *g) { shmq_lock_release(q, &g->hdr->lock, &g->busy); }
@@ -357,11 +365,12 @@ void shmq_group_settle(shmq_seg_t *q, shmq_group_t *g, shmq_area_t *a, shmq_desc
 
 void shmq_group_rebuild(shmq_seg_t *q, shmq_group_t *g)
 {
-    if (lock_table(q, g, shmq_now_mono_ns() + GROUP_SETTLE_WAIT_NS) != SHMQ_OK) {
+    int rebuilt = 0;
+    if (lock_table_r(q, g, shmq_now_mono_ns() + GROUP_SETTLE_WAIT_NS, &rebuilt) != SHMQ_OK) {
         shmq_store_relaxed(&g->hdr->dirty, 1u);
         return;
     }
-    if (shmq_load_relaxed(&g->hdr->dirty) == 0) /* lock_table may have just rebuilt */
+    if (!rebuilt)
         rebuild_locked(q, g);
     unlock_table(q, g);
 }

@@ -105,7 +105,6 @@ typedef struct shmq_group {
     shmq_group_hdr_t *hdr;
     shmq_group_ent_t *tab;
     uint32_t slots;               /* validated copy */
-    uint32_t blk_off_dedup;       /* payload offset of the block: meta (+16 with a dedup key) */
     int busy;                     /* process-local guard of the lock (lock.h) */
     shmq_group_release_fn release;
 } shmq_group_t;
@@ -131,8 +130,8 @@ static inline int shmq_group_parked(const shmq_desc_t *d, uint64_t w)
 /* Step 2 of a send: link our parked member h (area:8|index:24) into its group; releases it
  * when the group was idle. SHMQ_OK, SHMQ_FULL (no entry for another group), SHMQ_TIMEOUT (lock). */
 int shmq_group_link(shmq_seg_t *q, shmq_group_t *g, uint32_t area, uint32_t idx, uint64_t deadline_ns);
-/* A member leaves the queue (the caller holds its descriptor); blk_ok = 0 when its payload failed
- * validation (a rebuild is scheduled instead). */
+/* A member leaves the queue (the caller holds its descriptor); a payload that fails validation
+ * schedules a rebuild instead. */
 void shmq_group_settle(shmq_seg_t *q, shmq_group_t *g, shmq_area_t *a, shmq_desc_t *d);
 /* Rebuild from the descriptors now (repair of a dead participant runs it first). */
 void shmq_group_rebuild(shmq_seg_t *q, shmq_group_t *g);
