@@ -152,6 +152,13 @@ static void rebuild_locked(shmq_seg_t *q, shmq_group_t *g)
             if (st == SHMQ_D_FREE || st == SHMQ_D_WRITING || st == SHMQ_D_RETURNING || !(d->flags & SHMQ_DF_GROUP))
                 continue;
             shmq_group_blk_t *b = member_blk(a, d);
+            if (!b && shmq_group_parked(d, w)) {
+                /* untrusted: a parked member whose block is garbage has no group to wait for:
+                 * delivered as if ungrouped rather than parked forever */
+                static const shmq_group_blk_t none;
+                g->release(q, a, d, &none);
+                continue;
+            }
             if (!b || b->seq == SHMQ_GROUP_LEFT)
                 continue;
             if (st == SHMQ_D_READING && !shmq_part_owner_alive(q, shmq_desc_owner(w)))

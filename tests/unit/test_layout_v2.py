@@ -57,7 +57,9 @@ def test_version_1_segment_names_both_versions(qname):
 def test_ack_queue_has_one_ack_region_between_slots_and_area0(ackq):
     name, path = ackq
     regs = [r for r in _regions(path) if r[0]]
-    assert len(regs) == 1 and regs[0][0] == ACK_REGION
+    # the ACK region, then the message-group table (kind 3, csrc/group.h) of every ack queue
+    assert len(regs) == 2 and regs[0][0] == ACK_REGION and regs[1][0] == 3
+    assert regs[1][1] >= regs[0][1] + regs[0][2] and regs[1][2] == 128 + 4096 * 64
     kind, off, size = regs[0]
     slots_end = 4096 + 128 * 64
     area0_off = struct.unpack_from("<Q", _read(path, 896, 8))[0]
