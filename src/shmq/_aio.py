@@ -281,10 +281,11 @@ class AsyncQueueOps:
         return await _wait(self, GET, lambda: self.receive_many(max_items, block=False), timeout, Empty)
 
     async def send_async(self, body, headers=None, priority=None, delay=None, ttl=None, dedup_id=None, *,
-                         timeout=None):
+                         timeout=None, group=None):
         """At-least-once queues: send (same options); returns the message id. Raises Full
         after timeout seconds, MessageTooLargeError, ValueError/TypeError, QueueClosedError."""
-        return await _wait(self, PUT, lambda: self.send(body, headers, priority, delay, ttl, dedup_id, block=False),
+        return await _wait(self, PUT, lambda: self.send(body, headers, priority, delay, ttl, dedup_id, block=False,
+                                                        group=group),
                            timeout, Full)
 
 
