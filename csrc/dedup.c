@@ -201,6 +201,19 @@ void shmq_dedup_settle(shmq_seg_t *q, const uint8_t key[16], uint64_t id)
     shmq_lock_release(q, &k->blk->dedup_lock, &k->dedup_busy);
 }
 
+void shmq_dedup_forget(shmq_seg_t *q, const uint8_t key[16], uint64_t id)
+{
+    shmq_ack_t *k = shmq_ack_of(q);
+    uint64_t k0, k1;
+    key_words(key, &k0, &k1);
+    if (!k || !k->dedup || lock_table(q) != SHMQ_OK)
+        return;
+    shmq_dedup_ent_t *slot, *e = find_locked(q, k0, k1, shmq_now_mono_ns(), &slot);
+    if (e && e->id == id && (e->state == SHMQ_DEDUP_COMMITTED || e->state == SHMQ_DEDUP_PENDING))
+        shmq_store_release(&e->state, SHMQ_DEDUP_DELETED); /* compaction drops it */
+    shmq_lock_release(q, &k->blk->dedup_lock, &k->dedup_busy);
+}
+
 void shmq_hash128(const void *data, size_t len, uint8_t out[16])
 {
     const uint8_t *p = data;

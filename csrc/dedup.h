@@ -59,6 +59,9 @@ void shmq_dedup_finish(shmq_seg_t *q, const uint8_t key[16], int committed);
 /* The message sent under key with this id is leaving the queue (ack, get, dead-letter, drop):
  * a PENDING entry for it becomes COMMITTED (its sender may have died before finishing). */
 void shmq_dedup_settle(shmq_seg_t *q, const uint8_t key[16], uint64_t id);
+/* The key's entry for id is no longer needed (forward.h: its source message was acked, so no
+ * second send of it can come): deleted now instead of held for the window. */
+void shmq_dedup_forget(shmq_seg_t *q, const uint8_t key[16], uint64_t id);
 /* A 128-bit non-cryptographic hash (FNV-1a in two lanes, finalised): dead-letter keys. */
 void shmq_hash128(const void *data, size_t len, uint8_t out[16]);
 

@@ -39,5 +39,9 @@ int shmq_forward(shmq_seg_t *q, uint64_t token, uint64_t id, shmq_seg_t *dest, c
     }
     SHMQ_CRASH_POINT(forward_after_send);
     shmq_ack_held_finish(q, token);
+    /* m is acked: no second forward of it can come, so dest need not remember the key for its
+     * whole window (a pipeline would fill dest's dedup table in 16k steps otherwise). A kill
+     * before this leaves the entry to expire with its window: harmless. */
+    shmq_dedup_forget(dest, key, *new_id);
     return SHMQ_OK;
 }

@@ -7,7 +7,9 @@
  *   2. send the new message to dest with the dedup key hash("fwd", source name, message id),
  *      so a second send for the same received message returns the first one's id and
  *      enqueues nothing                                                       [forward_after_send]
- *   3. finish the hold as an ack (SETTLING -> READING -> FREE).
+ *   3. finish the hold as an ack (SETTLING -> READING -> FREE), then drop the key from dest's
+ *      dedup table: once the source message is acked no second forward of it can come, so the
+ *      table holds only the keys of forwards in progress or interrupted by a crash.
  * Who may call: any participant holding the delivery's token; dest may be the source itself.
  * Progress: that of a send with a dedup key (dedup lock, the put's waits up to deadline_ns);
  * while it waits the held delivery is nobody else's (its lease cannot expire under us).
@@ -17,8 +19,8 @@
  * is in dest and the received one comes back; its next forward (the consumer's retry of that
  * delivery) finds the dedup key and sends nothing new, then acks: both, exactly once. Killed
  * in 3: READING(dead) is freed by repair: both. The guarantee lasts as long as dest remembers
- * the key (its dedup window, from the first send): a redelivery later than that would send a
- * second copy.
+ * an interrupted forward's key (its dedup window, from the first send): a redelivery later than
+ * that would send a second copy.
  */
 #ifndef SHMQ_FORWARD_H
 #define SHMQ_FORWARD_H

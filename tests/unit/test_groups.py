@@ -315,3 +315,14 @@ def test_forward_bad_arguments(make_ack, qname):
     m.forward(dst, "ok")                  # none of those touched the delivery
     with pytest.raises(ValueError):
         m.forward(dst, "twice")           # this delivery is over
+
+
+def test_forwards_do_not_fill_the_destination_dedup_table(make_ack):
+    src, dst = make_ack("-src"), make_ack("-dst", dedup_capacity=64)
+    for i in range(500):                 # far more than dst's 64 dedup entries, inside its window
+        src.send(i)
+        src.receive(timeout=1).forward(dst, i)
+        m = dst.receive(timeout=1)
+        assert m.body == i
+        m.ack()
+    assert dst.stats()["dedup_hits"] == 0
