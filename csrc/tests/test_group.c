@@ -1,8 +1,10 @@
 /* test_group.c - group.h through shmq_send with a group key: send order per group, one member
  * out at a time, other groups not held up; nack keeps the head; a wiped table is rebuilt from
  * the descriptors (order kept, the member that is out stays the only one); a dirty flag and a
- * lock stamped by a dead owner are taken over; a full table refuses with SHMQ_FULL. */
+ * lock stamped by a dead owner are taken over; a full table refuses with SHMQ_FULL; a process
+ * killed at each group and forward crash point leaves no wedge, and a forward is both or neither. */
 #define _GNU_SOURCE
+#include "../forward.h"
 #include "../group.h"
 #include "../lease.h"
 #include "tharness.h"
@@ -145,7 +147,125 @@ static void test_bad_keys(void)
     CHECK_EQ(gsend(q, big, 0), SHMQ_OK);
 }
 
-static const th_role_t roles[] = {{NULL, NULL}};
+static int child_open(shmq_seg_t *q, const char *path)
+{
+    if (shmq_open(q, path, -1) != SHMQ_OK || shmq_attach(q) != SHMQ_OK)
+        return 2;
+    shmq_ack_set_dlq(q, NULL, "src"); /* the name forward's dedup key is made of */
+    return 0;
+}
+
+/* child: send value argv[2] with group argv[1] to the queue at argv[0] */
+static int child_gsend(int argc, char **argv)
+{
+    shmq_seg_t q;
+    if (argc < 3 || child_open(&q, argv[0]))
+        return 2;
+    return gsend(&q, argv[1], (uint32_t)atoi(argv[2])) == SHMQ_OK ? 0 : 3;
+}
+
+/* child: receive one message of the queue at argv[0] and ack it */
+static int child_gack(int argc, char **argv)
+{
+    shmq_seg_t q;
+    if (argc < 1 || child_open(&q, argv[0]))
+        return 2;
+    uint32_t v;
+    uint64_t t, id;
+    if (grecv(&q, &v, &t, &id) != SHMQ_OK)
+        return 3;
+    return shmq_ack(&q, t, id) == SHMQ_OK ? 0 : 4;
+}
+
+static int fwd_one(shmq_seg_t *src, shmq_seg_t *dst, uint64_t *nid, int *dup)
+{
+    uint32_t v;
+    uint64_t t, id;
+    int rc = grecv(src, &v, &t, &id);
+    if (rc != SHMQ_OK)
+        return rc;
+    v += 1000;
+    shmq_iov_t iov = {&v, sizeof v};
+    shmq_send_opts_t o = {.delay_ns = 0, .ttl_ns = 0};
+    return shmq_forward(src, t, id, dst, &iov, 1, 1, &o, th_after_ms(3000), nid, dup);
+}
+
+/* child: forward one message of the queue at argv[0] to the queue at argv[1] */
+static int child_fwd(int argc, char **argv)
+{
+    shmq_seg_t src, dst;
+    if (argc < 2 || child_open(&src, argv[0]) || child_open(&dst, argv[1]))
+        return 2;
+    uint64_t nid;
+    int dup;
+    return fwd_one(&src, &dst, &nid, &dup) == SHMQ_OK ? 0 : 3;
+}
+
+static const th_role_t roles[] = {{"gsend", child_gsend}, {"gack", child_gack}, {"fwd", child_fwd}, {NULL, NULL}};
+
+static void test_kill_in_group_send_and_settle(void)
+{
+    char path[128];
+    shmq_seg_t *q = gq("kill", path);
+    CHECK(q != NULL);
+    uint32_t v;
+    uint64_t t, id;
+    /* group_after_put: put PARKED, never linked: the repair appends it to its group */
+    CHECK_EQ(gsend(q, "g", 1), SHMQ_OK);
+    CHECK(th_killed(th_wait(th_spawn("group_after_put", "gsend", path, "g", "2", NULL), 20000)));
+    shmq_repair_dead(q);
+    CHECK_EQ(grecv(q, &v, &t, &id), SHMQ_OK);
+    CHECK_EQ(v, 1);
+    uint32_t v2;
+    uint64_t t2, id2;
+    CHECK_EQ(grecv(q, &v2, &t2, &id2), SHMQ_EMPTY); /* 2 waits for 1 */
+    CHECK_EQ(shmq_ack(q, t, id), SHMQ_OK);
+    CHECK_EQ(grecv(q, &v, &t, &id), SHMQ_OK); /* then the dead sender's 2 */
+    CHECK_EQ(v, 2);
+    CHECK_EQ(shmq_ack(q, t, id), SHMQ_OK);
+    /* group_mid_link: linked as an idle group's head, killed holding the table lock */
+    CHECK(th_killed(th_wait(th_spawn("group_mid_link", "gsend", path, "h", "5", NULL), 20000)));
+    shmq_repair_dead(q);
+    CHECK_EQ(grecv(q, &v, &t, &id), SHMQ_OK);
+    CHECK_EQ(v, 5);
+    CHECK_EQ(shmq_ack(q, t, id), SHMQ_OK);
+    /* group_mid_settle: an ack made the next member head, killed before releasing it */
+    CHECK_EQ(gsend(q, "s", 7), SHMQ_OK);
+    CHECK_EQ(gsend(q, "s", 8), SHMQ_OK);
+    CHECK(th_killed(th_wait(th_spawn("group_mid_settle", "gack", path, NULL, NULL, NULL), 20000)));
+    shmq_repair_dead(q);
+    CHECK_EQ(grecv(q, &v, &t, &id), SHMQ_OK);
+    CHECK_EQ(v, 8);                      /* 7 was acked (its ack had claimed it) */
+    CHECK_EQ(shmq_ack(q, t, id), SHMQ_OK);
+    CHECK_EQ(grecv(q, &v, &t, &id), SHMQ_EMPTY);
+}
+
+static void test_kill_in_forward(void)
+{
+    char sp[128], dp[128];
+    shmq_seg_t *src = gq("fsrc", sp), *dst = gq("fdst", dp);
+    CHECK(src != NULL && dst != NULL);
+    shmq_ack_set_dlq(src, NULL, "src");
+    const char *pts[] = {"forward_after_hold", "forward_after_send"};
+    for (int i = 0; i < 2; i++) {
+        CHECK_EQ(gsend(src, "f", 40 + (uint32_t)i), SHMQ_OK);
+        CHECK(th_killed(th_wait(th_spawn(pts[i], "fwd", sp, dp, NULL, NULL), 20000)));
+        shmq_repair_dead(src);
+        CHECK_EQ(shmq_depth(dst), (uint64_t)i); /* after the hold: nothing sent; after the send: one */
+        uint64_t nid;
+        int dup;
+        CHECK_EQ(fwd_one(src, dst, &nid, &dup), SHMQ_OK); /* the killed one's message, again */
+        CHECK_EQ(dup, i);                  /* the repeated forward sends nothing new */
+        CHECK_EQ(shmq_depth(dst), 1);
+        uint32_t v;
+        uint64_t t, id;
+        CHECK_EQ(grecv(dst, &v, &t, &id), SHMQ_OK);
+        CHECK_EQ(v, 1040 + (uint32_t)i);
+        CHECK_EQ(id, nid);
+        CHECK_EQ(shmq_ack(dst, t, id), SHMQ_OK);
+        CHECK_EQ(grecv(src, &v, &t, &id), SHMQ_EMPTY);
+    }
+}
 
 int main(int argc, char **argv)
 {
@@ -155,5 +275,7 @@ int main(int argc, char **argv)
     RUN(test_dead_lock_and_dirty_taken_over);
     RUN(test_full_table);
     RUN(test_bad_keys);
+    RUN(test_kill_in_group_send_and_settle);
+    RUN(test_kill_in_forward);
     TH_SUMMARY();
 }
