@@ -1,7 +1,8 @@
 """Randomized SIGKILL soak on a grouped at-least-once queue: producers and consumers are killed at
 random moments while a checker records every delivery. Afterwards: per group, never two messages
 out at once, each producer's messages in send order, nothing lost, nothing duplicated except a
-redelivery, and the segment consistent. SHMQ_GROUP_SOAK_KILLS sets the kills (default: a short run)."""
+redelivery, and the segment consistent. SHMQ_GROUP_SOAK_KILLS (else SHMQ_SOAK_KILLS, as for the
+plain soak) sets the kills; the default is a short run."""
 import os
 import random
 import signal
@@ -9,7 +10,7 @@ import time
 
 import shmq
 
-KILLS = int(os.environ.get("SHMQ_GROUP_SOAK_KILLS", "40"))
+KILLS = int(os.environ.get("SHMQ_GROUP_SOAK_KILLS", os.environ.get("SHMQ_SOAK_KILLS", "40")))
 GROUPS = 12
 
 
@@ -72,7 +73,7 @@ def test_group_sigkill_soak(qname, tmp_path):
     kills = ckills = 0
     ptag = ctag = 0
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + max(120, KILLS * 0.5)
         while kills < KILLS and time.monotonic() < deadline:
             if not any(r == "p" for r, _ in live.values()):
                 ptag += 1
