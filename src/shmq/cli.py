@@ -145,7 +145,7 @@ _UNSET_IF_ZERO = ("maxsize", "default_ttl")
 _ACK_ONLY = ("visibility_timeout", "max_deliveries", "default_delay", "default_ttl", "dedup_window",
              "dedup_capacity", "dead_letter")
 _FLAG_NAMES = ((_core.F_ACK, "ack"), (_core.F_GROWABLE, "growable"), (_core.F_JOINABLE, "joinable"),
-               (_core.F_RAW, "raw"), (_core.F_GROUPS, "groups"))
+               (_core.F_RAW, "raw"))
 
 
 _STAT_NAMES = ("name", "dead_letter")     # names anyone could have chosen: shown escaped
