@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING, Any, Mapping, NoReturn, Optional, Union
 
+from . import _core
 from ._codec import decode_headers
 from ._options import seconds_ns
 from .errors import ArgumentError, ArgumentTypeError, LeaseExpiredError
@@ -110,21 +111,30 @@ class Message:
         (a repeated forward: the first one's). Raises LeaseExpiredError (this delivery is
         over: nothing sent, nothing acked), Full (nothing sent, the delivery is still yours),
         TypeError/ValueError for bad arguments, QueueClosedError."""
-        from .reliable import ReliableQueue, _send_args
-        if not isinstance(dest, ReliableQueue):
+        global _reliable
+        if _reliable is None:
+            from . import reliable as _reliable   # noqa: PLW0603 (a cycle: reliable imports us)
+        if not isinstance(dest, _reliable.ReliableQueue):
             raise ArgumentTypeError(f"forward() needs an at-least-once queue (ack=True) as dest, not "
                                     f"{type(dest).__name__}")
-        if "dedup_id" in send_options:
-            raise ArgumentError("forward() sets its own dedup key (this message's queue and id); "
-                                "dedup_id is not allowed")
         if self._state is not None:
             raise ArgumentError(f"message {self.id} was {self._state}: this delivery is over")
-        block = send_options.pop("block", True)
-        timeout = send_options.pop("timeout", None)
-        unknown = set(send_options) - {"priority", "delay", "ttl", "group"}
-        if unknown:
-            raise ArgumentTypeError(f"forward() got unexpected send options: {sorted(unknown)}")
-        hdr, prio, d, t, gkey, gtype = _send_args(headers, **send_options)
+        block = timeout = None
+        if send_options:
+            if "dedup_id" in send_options:
+                raise ArgumentError("forward() sets its own dedup key (this message's queue and id); "
+                                    "dedup_id is not allowed")
+            block = send_options.pop("block", True)
+            timeout = send_options.pop("timeout", None)
+            unknown = set(send_options) - _FORWARD_OPTIONS
+            if unknown:
+                raise ArgumentTypeError(f"forward() got unexpected send options: {sorted(unknown)}")
+        if headers is None and not send_options:
+            hdr, prio, d, t, gkey, gtype = _PLAIN_SEND   # the common case: no options to check
+        else:
+            hdr, prio, d, t, gkey, gtype = _reliable._send_args(headers, **send_options)
+        if block is None:
+            block = True
         try:
             mid, _dup = dest._core._forward(self._q._core, self._token, self.id, body, hdr, prio, d, t, gkey, gtype,
                                             block, timeout)
@@ -136,6 +146,11 @@ class Message:
 
     def __reduce__(self) -> NoReturn:
         raise ArgumentTypeError("a Message is one process's delivery and cannot be pickled; send its body instead")
+
+
+_reliable: Any = None
+_FORWARD_OPTIONS = frozenset(("priority", "delay", "ttl", "group"))
+_PLAIN_SEND: tuple = (b"", 0, _core.USE_DEFAULT, _core.USE_DEFAULT, None, 0)
 
 
 def _lease_expired_many(ids: list[int]) -> LeaseExpiredError:
