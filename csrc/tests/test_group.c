@@ -95,6 +95,37 @@ static void test_wiped_table_is_rebuilt(void)
     CHECK(rebuilds >= 1);
 }
 
+static void test_garbage_block_of_a_parked_member(void)
+{
+    char path[128];
+    shmq_seg_t *q = gq("blk", path);
+    CHECK(q != NULL);
+    CHECK_EQ(gsend(q, "z", 1), SHMQ_OK);
+    CHECK_EQ(gsend(q, "z", 2), SHMQ_OK);
+    int found = 0;
+    shmq_area_t *a;
+    for (uint32_t i = 0; (a = shmq_q_area_next(q, &i)) != NULL; i++)
+        for (uint32_t k = 0; k < a->n_desc; k++) {
+            shmq_desc_t *d = shmq_q_desc(a, k);
+            if (shmq_group_parked(d, d->word)) { /* hostile: its key length beyond the block */
+                shmq_group_blk(a, d, SHMQ_ACK_META)->key_len = 255;
+                found++;
+            }
+        }
+    CHECK_EQ(found, 1);
+    uint32_t v;
+    uint64_t t, id;
+    CHECK_EQ(grecv(q, &v, &t, &id), SHMQ_OK);
+    CHECK_EQ(v, 1);
+    CHECK_EQ(shmq_ack(q, t, id), SHMQ_OK); /* the chain's next is garbage: a rebuild ... */
+    CHECK_EQ(grecv(q, &v, &t, &id), SHMQ_OK); /* ... delivers it ungrouped, not parked forever */
+    CHECK_EQ(v, 2);
+    CHECK_EQ(shmq_ack(q, t, id), SHMQ_OK);
+    CHECK_EQ(gsend(q, "z", 3), SHMQ_OK); /* the group goes on */
+    CHECK_EQ(grecv(q, &v, &t, &id), SHMQ_OK);
+    CHECK_EQ(v, 3);
+}
+
 static void test_dead_lock_and_dirty_taken_over(void)
 {
     char path[128];
@@ -272,6 +303,7 @@ int main(int argc, char **argv)
     th_child_dispatch(argc, argv, roles);
     RUN(test_order_and_one_out);
     RUN(test_wiped_table_is_rebuilt);
+    RUN(test_garbage_block_of_a_parked_member);
     RUN(test_dead_lock_and_dirty_taken_over);
     RUN(test_full_table);
     RUN(test_bad_keys);

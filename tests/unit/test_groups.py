@@ -326,3 +326,17 @@ def test_forwards_do_not_fill_the_destination_dedup_table(make_ack):
         assert m.body == i
         m.ack()
     assert dst.stats()["dedup_hits"] == 0
+
+
+def test_priority_is_carried_and_group_order_wins_on_a_plain_queue(make_ack):
+    q = make_ack()
+    q.send("low first", group="g", priority=1)
+    q.send("high second", group="g", priority=9)
+    m = q.receive(timeout=1)
+    assert (m.body, m.priority) == ("low first", 1)      # send order within the group, not priority
+    m.nack()
+    m = q.receive(timeout=1)
+    assert (m.body, m.priority, m.delivery_count) == ("low first", 1, 2)
+    m.ack()
+    m = q.receive(timeout=1)
+    assert (m.body, m.priority) == ("high second", 9)    # kept through its wait in the group
