@@ -382,6 +382,25 @@ void shmq_group_rebuild(shmq_seg_t *q, shmq_group_t *g)
     unlock_table(q, g);
 }
 
+int shmq_group_hold(shmq_seg_t *q, shmq_group_t *g)
+{
+    return lock_table(q, g, shmq_now_mono_ns() + GROUP_SETTLE_WAIT_NS);
+}
+
+void shmq_group_drop_locked(shmq_group_t *g, shmq_area_t *a, shmq_desc_t *d)
+{
+    (void)g;
+    shmq_group_blk_t *b = member_blk(a, d);
+    if (b)
+        b->seq = SHMQ_GROUP_LEFT;
+}
+
+void shmq_group_unhold(shmq_seg_t *q, shmq_group_t *g)
+{
+    rebuild_locked(q, g);
+    unlock_table(q, g);
+}
+
 void shmq_group_counts(shmq_group_t *g, uint64_t *groups, uint64_t *rebuilds)
 {
     *groups = g ? shmq_load_relaxed(&g->hdr->live) : 0;

@@ -20,7 +20,7 @@
  * numbers, the head is the member that is not parked. So any doubt is settled by a rebuild
  * from the descriptors (O(descriptors), under the lock), run when the lock is taken over from
  * a dead holder, when a participant's death is repaired, when an operation finds the table
- * inconsistent (a member gone without settling: purge, a corrupt payload) and when the table
+ * inconsistent (a member gone without settling: a corrupt payload) and when the table
  * has no free entry left (it drops the tombstones).
  *
  * Send, step by step (crash point names in brackets):
@@ -135,6 +135,13 @@ int shmq_group_link(shmq_seg_t *q, shmq_group_t *g, uint32_t area, uint32_t idx,
 void shmq_group_settle(shmq_seg_t *q, shmq_group_t *g, shmq_area_t *a, shmq_desc_t *d);
 /* Rebuild from the descriptors now (repair of a dead participant runs it first). */
 void shmq_group_rebuild(shmq_seg_t *q, shmq_group_t *g);
+/* A purge of held messages (inspect.c) frees members without settling them one by one: it holds
+ * the table (SHMQ_OK, or SHMQ_TIMEOUT after 1 s: then it must not free members), drops each
+ * member it frees (lock held), and unholds, which rebuilds the groups from what is left. No send
+ * can link to a member while it is being freed. */
+int shmq_group_hold(shmq_seg_t *q, shmq_group_t *g);
+void shmq_group_drop_locked(shmq_group_t *g, shmq_area_t *a, shmq_desc_t *d);
+void shmq_group_unhold(shmq_seg_t *q, shmq_group_t *g);
 /* Figures for stats and tests: groups with members, rebuilds so far. */
 void shmq_group_counts(shmq_group_t *g, uint64_t *groups, uint64_t *rebuilds);
 

@@ -5,6 +5,7 @@
 #include "arena.h"
 #include "atomic.h"
 #include "dedup.h"
+#include "group.h"
 #include "lease.h"
 #include "participants.h"
 #include "queue_int.h"
@@ -167,6 +168,9 @@ uint64_t shmq_purge_held(shmq_seg_t *q)
         return 0;
     uint64_t n = 0;
     shmq_area_t *a;
+    /* group hook (group.h): hold the group table so no send links to a member being freed */
+    shmq_group_t *grp = shmq_ack_of(q)->grp;
+    int held = grp && shmq_group_hold(q, grp) == SHMQ_OK;
     for (uint32_t i = 0; (a = shmq_q_area_next(q, &i)) != NULL; i++) {
         for (uint32_t k = 0; k < a->n_desc; k++) {
             shmq_desc_t *d = shmq_q_desc(a, k);
@@ -174,6 +178,8 @@ uint64_t shmq_purge_held(shmq_seg_t *q)
             uint32_t st = shmq_desc_state(w);
             if (st != SHMQ_D_INFLIGHT && st != SHMQ_D_DELAYED)
                 continue; /* SETTLING/MOVING: someone's moment; the rest are not held messages */
+            if ((d->flags & SHMQ_DF_GROUP) && grp && !held)
+                continue; /* the table is held by a stopped process: grouped ones stay */
             /* acq_rel: claimed like an ack claims it, so no settle of the old lease gets it too */
             if (!shmq_cas_acq_rel(&d->word, &w, shmq_desc_word(shmq_desc_dgen(w), SHMQ_D_READING, q->owner)))
                 continue; /* settled meanwhile */
@@ -181,10 +187,14 @@ uint64_t shmq_purge_held(shmq_seg_t *q)
             if ((d->flags & SHMQ_DF_DEDUP) && shmq_q_payload_valid(a, d)
                 && shmq_q_hooks(q)->body_skip(d) <= d->size)
                 shmq_dedup_settle(q, shmq_q_payload(a, d) + SHMQ_ACK_META, d->id);
+            if ((d->flags & SHMQ_DF_GROUP) && held)
+                shmq_group_drop_locked(grp, a, d);
             shmq_q_release_owned(q, a, d);
             n++;
         }
     }
+    if (held)
+        shmq_group_unhold(q, grp); /* rebuilt from what is left: the groups go on */
     return n;
 }
 

@@ -340,3 +340,16 @@ def test_priority_is_carried_and_group_order_wins_on_a_plain_queue(make_ack):
     m.ack()
     m = q.receive(timeout=1)
     assert (m.body, m.priority) == ("high second", 9)    # kept through its wait in the group
+
+
+def test_purge_of_held_messages_leaves_working_groups(make_ack):
+    q = make_ack()
+    for i in range(4):
+        q.send(i, group="g")
+        q.send(i, group="h")
+    q.receive(timeout=1)                 # one head out, the rest parked
+    assert q._core._purge(True) == 8
+    assert q.stats()["depth"] == 0 and q.stats()["in_flight"] == 0
+    q.send("a", group="g")
+    q.send("b", group="g")
+    assert [m.body for m in _take_all(q)] == ["a"]   # a fresh group, one out at a time
