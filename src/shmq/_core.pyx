@@ -41,6 +41,24 @@ cdef extern from "Python.h":
     PyThreadState *PyEval_SaveThread()
     void PyEval_RestoreThread(PyThreadState *ts)
 
+cdef extern from *:
+    """
+    #if defined(__GLIBC__)
+    #include <malloc.h>
+    static int shmq_mallopt(int param, int value) { return mallopt(param, value); }
+    #define SHMQ_M_TRIM_THRESHOLD M_TRIM_THRESHOLD
+    #define SHMQ_M_MMAP_THRESHOLD M_MMAP_THRESHOLD
+    #else
+    static int shmq_mallopt(int param, int value) { (void)param; (void)value; return 0; }
+    #define SHMQ_M_TRIM_THRESHOLD (-1)
+    #define SHMQ_M_MMAP_THRESHOLD (-3)
+    #endif
+    """
+    int shmq_mallopt(int param, int value)
+    enum:
+        SHMQ_M_TRIM_THRESHOLD
+        SHMQ_M_MMAP_THRESHOLD
+
 DEF GIL_RELEASE_BYTES = 65536   # copies this large run without the GIL
 DEF SMALL_COPY = 256            # bodies up to this size are copied out inside the take's nogil block
 
@@ -87,6 +105,8 @@ cdef object _timeout_ns = None   # timeout -> relative ns, or None for no deadli
 cdef object _from_code = None    # (rc, op, path, errno, detail) -> exception
 cdef object _last_timeout = None # the last timeout object converted, and its relative ns
 cdef uint64_t _last_timeout_ns = 0
+cdef object _heap_hook = None    # (bytes of a get_many batch) -> the next batch size to report (shmq._heap)
+cdef uint64_t _heap_report = <uint64_t>-1 # a batch of at least this many body bytes is reported
 
 
 def _set_policy(encode, decode, kind_names, uint32_t kind_bytes, uint32_t kind_bytearray, timeout_ns, from_code):
@@ -105,6 +125,32 @@ def _set_view_decoder(decode_view):
     """The codec's decoder for zero-copy gets (shmq._codec.decode_view)."""
     global _decode_view
     _decode_view = decode_view
+
+
+def _set_heap_policy(hook, uint64_t report_at):
+    """Register the Python layer's heap policy (shmq._heap): get_many calls hook(batch bytes)
+    once a batch's bodies add up to report_at bytes; hook returns the next report_at."""
+    global _heap_hook, _heap_report
+    _heap_hook = hook
+    _heap_report = report_at
+
+
+def _mallopt_thresholds(int mmap_threshold, int trim_threshold):
+    """glibc's M_MMAP_THRESHOLD and M_TRIM_THRESHOLD, set together (setting either ends glibc's
+    own adjustment of both). False where the C library has no mallopt (not glibc) or refuses."""
+    if shmq_mallopt(SHMQ_M_MMAP_THRESHOLD, mmap_threshold) == 0:
+        return False
+    return shmq_mallopt(SHMQ_M_TRIM_THRESHOLD, trim_threshold) != 0
+
+
+cdef inline void _heap_batch(uint64_t nbytes):
+    """A get_many batch of nbytes of bodies was made: tell the heap policy when it is large."""
+    global _heap_report
+    if nbytes >= _heap_report and _heap_hook is not None:
+        try:
+            _heap_report = <uint64_t>_heap_hook(nbytes)
+        except Exception:
+            _heap_report = <uint64_t>-1     # a policy that fails is not asked again
 
 
 def crash_points():
@@ -652,7 +698,7 @@ cdef class Core:
             return 0
         raise self._error(rc, "receive" if lease else "get")
 
-    cdef object _get_one(self, uint64_t dl, bint *got):
+    cdef object _get_one(self, uint64_t dl, bint *got, uint64_t *nbytes=NULL):
         cdef c.shmq_msg_t m
         cdef char small[SMALL_COPY]
         cdef uint64_t small_n
@@ -663,6 +709,8 @@ cdef class Core:
         if small_n != <uint64_t>-1:
             self._leave()
             return PyBytes_FromStringAndSize(small, <Py_ssize_t>small_n)
+        if nbytes != NULL:
+            nbytes[0] += m.size
         try:
             return self._body(&m)
         finally:
@@ -741,18 +789,21 @@ cdef class Core:
         self._check()
         _deadline(block, timeout, &dl)
         self._raise_pending()
-        first = self._get_one(dl, &got)
+        cdef uint64_t nbytes = 0
+        first = self._get_one(dl, &got, &nbytes)
         if not got:
             raise _errors.Empty()
         out = [first]
         while len(out) < max_items:
             try:
-                obj = self._get_one(0, &got)
+                obj = self._get_one(0, &got, &nbytes)
             except Exception as e:
+                _heap_batch(nbytes)
                 return out, e
             if not got:
                 break
             out.append(obj)
+        _heap_batch(nbytes)
         return out, None
 
     # -- at-least-once ----------------------------------------------------------------
@@ -793,7 +844,7 @@ cdef class Core:
             dup = self._put_obj(obj, dl, &so, &mid)
         return mid, bool(dup)
 
-    cdef object _receive_one(self, uint64_t dl, bint raw=False):
+    cdef object _receive_one(self, uint64_t dl, bint raw=False, uint64_t *nbytes=NULL):
         """(body, hdr, id, timestamp, delivery_count, priority, token) or None when empty.
         raw: body is (payload kind, payload bytes), never unpickled (redrive)."""
         cdef c.shmq_msg_t m
@@ -804,6 +855,8 @@ cdef class Core:
             if not self._take(&m, dl, True, NULL, &unused):
                 return None
             body = hdr = err = None
+            if nbytes != NULL:
+                nbytes[0] += m.size
             try:
                 if raw:
                     body = (m.kind, PyBytes_FromStringAndSize(<const char *>m.data, <Py_ssize_t>m.size))
@@ -835,15 +888,19 @@ cdef class Core:
         cdef uint64_t dl
         self._check()
         _deadline(block, timeout, &dl)
-        first = self._receive_one(dl)
+        cdef uint64_t nbytes = 0
+        first = self._receive_one(dl, False, &nbytes)
         if first is None:
             raise _errors.Empty()
         out = [first]
-        while len(out) < max_items:
-            r = self._receive_one(0)
-            if r is None:
-                break
-            out.append(r)
+        try:
+            while len(out) < max_items:
+                r = self._receive_one(0, False, &nbytes)
+                if r is None:
+                    break
+                out.append(r)
+        finally:
+            _heap_batch(nbytes)
         return out
 
     cdef int _settle(self, int op, uint64_t token, uint64_t mid, int requeue, uint64_t ns) except? -9999:
