@@ -101,6 +101,8 @@ cdef object _kind_names = {}
 cdef dict _STATE_NAMES = {2: "ready", 4: "in-flight", 7: "in-flight", 5: "delayed"}
 cdef uint32_t _KIND_BYTES = 0    # the codec's kinds that are plain copies (no Python call)
 cdef uint32_t _KIND_BYTEARRAY = 0
+cdef uint32_t _KIND_PICKLE = 0xffffffff   # the codec's plain pickle kind, decoded by _loads
+cdef object _loads = None
 cdef object _timeout_ns = None   # timeout -> relative ns, or None for no deadline
 cdef object _from_code = None    # (rc, op, path, errno, detail) -> exception
 cdef object _last_timeout = None # the last timeout object converted, and its relative ns
@@ -119,6 +121,61 @@ def _set_policy(encode, decode, kind_names, uint32_t kind_bytes, uint32_t kind_b
     _KIND_BYTEARRAY = kind_bytearray
     _timeout_ns = timeout_ns
     _from_code = from_code
+
+
+def _set_pickle_decoder(uint32_t kind_pickle, loads):
+    """The codec's kind for one plain pickle stream and the function that decodes it
+    (pickle.loads): the binding calls it directly for that kind on queues that are not raw."""
+    global _KIND_PICKLE, _loads
+    _KIND_PICKLE = kind_pickle
+    _loads = loads
+
+
+def _set_pickle_encoder(new_pickler, read_only, encode_oob):
+    """The codec's reusable picklers (shmq._codec.new_pickler: (pickler, pieces, buffers)),
+    the exception a dump raises when encode() must do the object itself, and the framing of
+    out-of-band buffers: objects on queues that are not raw are pickled here with a pooled
+    pickler, without a Python call per message (issue 12 item 3)."""
+    global _new_pickler, _ReadOnly, _encode_oob
+    _new_pickler = new_pickler
+    _ReadOnly = read_only
+    _encode_oob = encode_oob
+
+
+cdef list _pickler_pool = []     # idle (pickler, pieces, buffers) of the codec; one dump at a time each
+cdef object _new_pickler = None
+cdef object _ReadOnly = None
+cdef object _encode_oob = None
+
+
+cdef object _pickle_fast(object obj):
+    """(kind, parts) of obj through a pooled pickler of the codec, or None when the codec's
+    encode() must do it (an out-of-band buffer that is read-only). A pickler whose dump failed
+    is dropped (its framing state may be left behind)."""
+    if _pickler_pool:
+        r = _pickler_pool.pop()
+    else:
+        r = _new_pickler()
+    pickler, pieces, bufs = <tuple>r
+    try:
+        pickler.dump(obj)
+    except BaseException as e:
+        pickler.clear_memo()
+        if isinstance(e, _ReadOnly):
+            return None
+        raise
+    pickler.clear_memo()            # the memo holds references to what was pickled
+    parts = (<list>pieces)[:]
+    del (<list>pieces)[:]
+    if <list>bufs:
+        oob = (<list>bufs)[:]
+        del (<list>bufs)[:]
+        res = _encode_oob(parts, oob)
+    else:
+        res = (_KIND_PICKLE, parts)
+    if len(_pickler_pool) < 8:
+        _pickler_pool.append(r)
+    return res
 
 
 def _set_view_decoder(decode_view):
@@ -580,8 +637,23 @@ cdef class Core:
             one.ptr = PyBytes_AS_STRING(obj)
             one.len = <uint64_t>PyBytes_GET_SIZE(obj)
             return self._put_iov(&one, 1, _KIND_BYTES, one.len, dl, so, idp)
-        kind, parts = _encode(obj, self._flags & c.SHMQ_F_RAW)
+        cdef Py_buffer view1
+        res = None
+        if _new_pickler is not None and not (self._flags & c.SHMQ_F_RAW) and type(obj) is not bytearray \
+                and type(obj) is not memoryview:
+            res = _pickle_fast(obj)
+        if res is None:
+            res = _encode(obj, self._flags & c.SHMQ_F_RAW)
+        kind, parts = <tuple>res
         n = len(parts)
+        if n == 1:   # one part (a plain pickle stream, a bytes-like): no arrays to allocate
+            PyObject_GetBuffer(parts[0], &view1, PyBUF_ANY_CONTIGUOUS)
+            try:
+                one.ptr = view1.buf
+                one.len = <uint64_t>view1.len
+                return self._put_iov(&one, 1, <uint32_t>kind, one.len, dl, so, idp)
+            finally:
+                PyBuffer_Release(&view1)
         views = <Py_buffer *>malloc(sizeof(Py_buffer) * n)
         iov = <c.shmq_iov_t *>malloc(sizeof(c.shmq_iov_t) * n)
         if views == NULL or iov == NULL:
@@ -663,6 +735,8 @@ cdef class Core:
             return out
         mv = PyMemoryView_FromMemory(<char *>m.data, <Py_ssize_t>n, PyBUF_READ)
         try:
+            if m.kind == _KIND_PICKLE and _loads is not None and not (self._flags & c.SHMQ_F_RAW):
+                return _loads(mv)   # the codec's own answer for a plain pickle (no Python call in between)
             return _decode(m.kind, mv, self._flags & c.SHMQ_F_RAW, m.id)
         finally:
             mv.release()
