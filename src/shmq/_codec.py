@@ -59,8 +59,56 @@ def _out_of_band_into(buffers):
     return out_of_band
 
 
+class _Sink:
+    """The pickler's file: its write is a list's append. The C pickler writes its buffer once per
+    dump as a bytes object (no copy), and a large in-band bytes-like object as that object
+    itself: the pieces go to the binding, which writes them back to back into shared memory."""
+    __slots__ = ("write",)
+
+
+def new_pickler():
+    """(pickler, pieces, buffers): a pickler to reuse for many messages (building a pickler and a
+    BytesIO per message cost ~0.4 us, more than pickling a small dict). Its file is a _Sink
+    appending to pieces; its out-of-band buffers go to buffers. Whoever dumps with it clears its
+    memo afterwards (the memo holds references to what was pickled), empties both lists, and
+    reuses it only after a dump that succeeded: a failed dump may leave its framing state behind.
+    One pickling at a time per pickler: threads, and a __reduce__ that itself puts to a queue,
+    each take their own (the binding keeps a small pool of them)."""
+    pieces = []
+    buffers = []
+    sink = _Sink()
+    sink.write = pieces.append
+    # buffer_callback positionally: Python 3.11's C pickler rejects it as a keyword
+    return _Pickler(sink, 5, True, _out_of_band_into(buffers)), pieces, buffers
+
+
+_POOL = []              # idle new_pickler() triples of encode() (list.pop/append: atomic under the GIL)
+_POOL_MAX = 8
+
+
 def _pickle(obj):
-    """(pickle stream, out-of-band PickleBuffers)."""
+    """(pickle stream as a list of pieces written back to back, out-of-band PickleBuffers)."""
+    r = _POOL.pop() if _POOL else new_pickler()
+    pickler, out, bufs = r
+    try:
+        pickler.dump(obj)
+    except _ReadOnlyBuffer:
+        stream, buffers = _pickle_slow(obj)
+        return [stream], buffers
+    finally:
+        pickler.clear_memo()   # the memo holds references to what was pickled
+    pieces = out[:]
+    out.clear()
+    buffers = bufs[:]
+    bufs.clear()
+    if len(_POOL) < _POOL_MAX:
+        _POOL.append(r)
+    return pieces, buffers
+
+
+def _pickle_slow(obj):
+    """_pickle's first way, step by step (fresh picklers): an object with a read-only
+    out-of-band buffer goes again with protocol 4."""
     f = _BytesIO()
     buffers = []
     try:
@@ -78,6 +126,9 @@ def _pickle(obj):
     return f.getbuffer(), buffers
 
 
+loads = pickle.loads  # a plain pickle body (KIND_PICKLE) decodes with this, also straight from the binding
+
+
 def _pad(off):
     return (OOB_ALIGN - off % OOB_ALIGN) % OOB_ALIGN
 
@@ -92,9 +143,18 @@ def encode(obj, raw):
         return (KIND_BYTEARRAY if isinstance(obj, bytearray) else KIND_BYTES), [obj]
     if raw:
         raise ArgumentTypeError(f"raw queues carry bytes-like bodies only, not {type(obj).__name__}")
-    stream, buffers = _pickle(obj)
+    pieces, buffers = _pickle(obj)
     if not buffers:
-        return KIND_PICKLE, [stream]
+        return KIND_PICKLE, pieces
+    return encode_oob(pieces, buffers)
+
+
+ReadOnlyBuffer = _ReadOnlyBuffer   # what a new_pickler() dump raises when encode() must do the object itself
+
+
+def encode_oob(pieces, buffers):
+    """(KIND_PICKLE_OOB, parts) of a pickle stream (pieces) and its out-of-band PickleBuffers."""
+    stream = pieces[0] if len(pieces) == 1 else b"".join(pieces)
     raws = [b.raw() for b in buffers]   # contiguous views (checked by the buffer callback)
     lens = [len(stream)] + [r.nbytes for r in raws]
     header = _U64.pack(len(buffers)) + b"".join(_U64.pack(n) for n in lens)

@@ -42,6 +42,24 @@ cdef extern from "Python.h":
     PyThreadState *PyEval_SaveThread()
     void PyEval_RestoreThread(PyThreadState *ts)
 
+cdef extern from *:
+    """
+    #if defined(__GLIBC__)
+    #include <malloc.h>
+    static int shmq_mallopt(int param, int value) { return mallopt(param, value); }
+    #define SHMQ_M_TRIM_THRESHOLD M_TRIM_THRESHOLD
+    #define SHMQ_M_MMAP_THRESHOLD M_MMAP_THRESHOLD
+    #else
+    static int shmq_mallopt(int param, int value) { (void)param; (void)value; return 0; }
+    #define SHMQ_M_TRIM_THRESHOLD (-1)
+    #define SHMQ_M_MMAP_THRESHOLD (-3)
+    #endif
+    """
+    int shmq_mallopt(int param, int value)
+    enum:
+        SHMQ_M_TRIM_THRESHOLD
+        SHMQ_M_MMAP_THRESHOLD
+
 DEF GIL_RELEASE_BYTES = 65536   # copies this large run without the GIL
 DEF SMALL_COPY = 256            # bodies up to this size are copied out inside the take's nogil block
 
@@ -85,10 +103,14 @@ cdef object _kind_names = {}
 cdef dict _STATE_NAMES = {2: "ready", 4: "in-flight", 7: "in-flight", 5: "delayed"}
 cdef uint32_t _KIND_BYTES = 0    # the codec's kinds that are plain copies (no Python call)
 cdef uint32_t _KIND_BYTEARRAY = 0
+cdef uint32_t _KIND_PICKLE = 0xffffffff   # the codec's plain pickle kind, decoded by _loads
+cdef object _loads = None
 cdef object _timeout_ns = None   # timeout -> relative ns, or None for no deadline
 cdef object _from_code = None    # (rc, op, path, errno, detail) -> exception
 cdef object _last_timeout = None # the last timeout object converted, and its relative ns
 cdef uint64_t _last_timeout_ns = 0
+cdef object _heap_hook = None    # (bytes of a get_many batch) -> the next batch size to report (shmq._heap)
+cdef uint64_t _heap_report = <uint64_t>-1 # a batch of at least this many body bytes is reported
 
 
 def _set_policy(encode, decode, kind_names, uint32_t kind_bytes, uint32_t kind_bytearray, timeout_ns, from_code):
@@ -103,10 +125,91 @@ def _set_policy(encode, decode, kind_names, uint32_t kind_bytes, uint32_t kind_b
     _from_code = from_code
 
 
+def _set_pickle_decoder(uint32_t kind_pickle, loads):
+    """The codec's kind for one plain pickle stream and the function that decodes it
+    (pickle.loads): the binding calls it directly for that kind on queues that are not raw."""
+    global _KIND_PICKLE, _loads
+    _KIND_PICKLE = kind_pickle
+    _loads = loads
+
+
+def _set_pickle_encoder(new_pickler, read_only, encode_oob):
+    """The codec's reusable picklers (shmq._codec.new_pickler: (pickler, pieces, buffers)),
+    the exception a dump raises when encode() must do the object itself, and the framing of
+    out-of-band buffers: objects on queues that are not raw are pickled here with a pooled
+    pickler, without a Python call per message (issue 12 item 3)."""
+    global _new_pickler, _ReadOnly, _encode_oob
+    _new_pickler = new_pickler
+    _ReadOnly = read_only
+    _encode_oob = encode_oob
+
+
+cdef list _pickler_pool = []     # idle (pickler, pieces, buffers) of the codec; one dump at a time each
+cdef object _new_pickler = None
+cdef object _ReadOnly = None
+cdef object _encode_oob = None
+
+
+cdef object _pickle_fast(object obj):
+    """(kind, parts) of obj through a pooled pickler of the codec, or None when the codec's
+    encode() must do it (an out-of-band buffer that is read-only). A pickler whose dump failed
+    is dropped (its framing state may be left behind)."""
+    if _pickler_pool:
+        r = _pickler_pool.pop()
+    else:
+        r = _new_pickler()
+    pickler, pieces, bufs = <tuple>r
+    try:
+        pickler.dump(obj)
+    except BaseException as e:
+        pickler.clear_memo()
+        if isinstance(e, _ReadOnly):
+            return None
+        raise
+    pickler.clear_memo()            # the memo holds references to what was pickled
+    parts = (<list>pieces)[:]
+    del (<list>pieces)[:]
+    if <list>bufs:
+        oob = (<list>bufs)[:]
+        del (<list>bufs)[:]
+        res = _encode_oob(parts, oob)
+    else:
+        res = (_KIND_PICKLE, parts)
+    if len(_pickler_pool) < 8:
+        _pickler_pool.append(r)
+    return res
+
+
 def _set_view_decoder(decode_view):
     """The codec's decoder for zero-copy gets (shmq._codec.decode_view)."""
     global _decode_view
     _decode_view = decode_view
+
+
+def _set_heap_policy(hook, uint64_t report_at):
+    """Register the Python layer's heap policy (shmq._heap): get_many calls hook(batch bytes)
+    once a batch's bodies add up to report_at bytes; hook returns the next report_at."""
+    global _heap_hook, _heap_report
+    _heap_hook = hook
+    _heap_report = report_at
+
+
+def _mallopt_thresholds(int mmap_threshold, int trim_threshold):
+    """glibc's M_MMAP_THRESHOLD and M_TRIM_THRESHOLD, set together (setting either ends glibc's
+    own adjustment of both). False where the C library has no mallopt (not glibc) or refuses."""
+    if shmq_mallopt(SHMQ_M_MMAP_THRESHOLD, mmap_threshold) == 0:
+        return False
+    return shmq_mallopt(SHMQ_M_TRIM_THRESHOLD, trim_threshold) != 0
+
+
+cdef inline void _heap_batch(uint64_t nbytes):
+    """A get_many batch of nbytes of bodies was made: tell the heap policy when it is large."""
+    global _heap_report
+    if nbytes >= _heap_report and _heap_hook is not None:
+        try:
+            _heap_report = <uint64_t>_heap_hook(nbytes)
+        except Exception:
+            _heap_report = <uint64_t>-1     # a policy that fails is not asked again
 
 
 def crash_points():
@@ -549,8 +652,23 @@ cdef class Core:
             one.ptr = PyBytes_AS_STRING(obj)
             one.len = <uint64_t>PyBytes_GET_SIZE(obj)
             return self._put_iov(&one, 1, _KIND_BYTES, one.len, dl, so, idp)
-        kind, parts = _encode(obj, self._flags & c.SHMQ_F_RAW)
+        cdef Py_buffer view1
+        res = None
+        if _new_pickler is not None and not (self._flags & c.SHMQ_F_RAW) and type(obj) is not bytearray \
+                and type(obj) is not memoryview:
+            res = _pickle_fast(obj)
+        if res is None:
+            res = _encode(obj, self._flags & c.SHMQ_F_RAW)
+        kind, parts = <tuple>res
         n = len(parts)
+        if n == 1:   # one part (a plain pickle stream, a bytes-like): no arrays to allocate
+            PyObject_GetBuffer(parts[0], &view1, PyBUF_ANY_CONTIGUOUS)
+            try:
+                one.ptr = view1.buf
+                one.len = <uint64_t>view1.len
+                return self._put_iov(&one, 1, <uint32_t>kind, one.len, dl, so, idp)
+            finally:
+                PyBuffer_Release(&view1)
         views = <Py_buffer *>malloc(sizeof(Py_buffer) * n)
         iov = <c.shmq_iov_t *>malloc(sizeof(c.shmq_iov_t) * n)
         if views == NULL or iov == NULL:
@@ -632,6 +750,8 @@ cdef class Core:
             return out
         mv = PyMemoryView_FromMemory(<char *>m.data, <Py_ssize_t>n, PyBUF_READ)
         try:
+            if m.kind == _KIND_PICKLE and _loads is not None and not (self._flags & c.SHMQ_F_RAW):
+                return _loads(mv)   # the codec's own answer for a plain pickle (no Python call in between)
             return _decode(m.kind, mv, self._flags & c.SHMQ_F_RAW, m.id)
         finally:
             mv.release()
@@ -667,7 +787,7 @@ cdef class Core:
             return 0
         raise self._error(rc, "receive" if lease else "get")
 
-    cdef object _get_one(self, uint64_t dl, bint *got):
+    cdef object _get_one(self, uint64_t dl, bint *got, uint64_t *nbytes=NULL):
         cdef c.shmq_msg_t m
         cdef char small[SMALL_COPY]
         cdef uint64_t small_n
@@ -678,6 +798,8 @@ cdef class Core:
         if small_n != <uint64_t>-1:
             self._leave()
             return PyBytes_FromStringAndSize(small, <Py_ssize_t>small_n)
+        if nbytes != NULL:
+            nbytes[0] += m.size
         try:
             return self._body(&m)
         finally:
@@ -756,18 +878,21 @@ cdef class Core:
         self._check()
         _deadline(block, timeout, &dl)
         self._raise_pending()
-        first = self._get_one(dl, &got)
+        cdef uint64_t nbytes = 0
+        first = self._get_one(dl, &got, &nbytes)
         if not got:
             raise _errors.Empty()
         out = [first]
         while len(out) < max_items:
             try:
-                obj = self._get_one(0, &got)
+                obj = self._get_one(0, &got, &nbytes)
             except Exception as e:
+                _heap_batch(nbytes)
                 return out, e
             if not got:
                 break
             out.append(obj)
+        _heap_batch(nbytes)
         return out, None
 
     # -- at-least-once ----------------------------------------------------------------
@@ -814,7 +939,7 @@ cdef class Core:
             dup = self._put_obj(obj, dl, &so, &mid)
         return mid, bool(dup)
 
-    cdef object _receive_one(self, uint64_t dl, bint raw=False):
+    cdef object _receive_one(self, uint64_t dl, bint raw=False, uint64_t *nbytes=NULL):
         """(body, hdr, id, timestamp, delivery_count, priority, token, group) or None when empty;
         group: None, or (key bytes, key type 0 = str / 1 = bytes).
         raw: body is (payload kind, payload bytes), never unpickled (redrive)."""
@@ -826,6 +951,8 @@ cdef class Core:
             if not self._take(&m, dl, True, NULL, &unused):
                 return None
             body = hdr = err = None
+            if nbytes != NULL:
+                nbytes[0] += m.size
             try:
                 if raw:
                     body = (m.kind, PyBytes_FromStringAndSize(<const char *>m.data, <Py_ssize_t>m.size))
@@ -860,15 +987,19 @@ cdef class Core:
         cdef uint64_t dl
         self._check()
         _deadline(block, timeout, &dl)
-        first = self._receive_one(dl)
+        cdef uint64_t nbytes = 0
+        first = self._receive_one(dl, False, &nbytes)
         if first is None:
             raise _errors.Empty()
         out = [first]
-        while len(out) < max_items:
-            r = self._receive_one(0)
-            if r is None:
-                break
-            out.append(r)
+        try:
+            while len(out) < max_items:
+                r = self._receive_one(0, False, &nbytes)
+                if r is None:
+                    break
+                out.append(r)
+        finally:
+            _heap_batch(nbytes)
         return out
 
     cdef int _settle(self, int op, uint64_t token, uint64_t mid, int requeue, uint64_t ns) except? -9999:

@@ -22,6 +22,9 @@ _H = TypeVar("_H", bound="Handle")
 _core._set_view_decoder(_codec.decode_view)
 _core._set_policy(_codec.encode, _codec.decode, _codec.KIND_NAMES, _codec.KIND_BYTES, _codec.KIND_BYTEARRAY,
                   _options.timeout_ns, from_code)
+_core._set_pickle_decoder(_codec.KIND_PICKLE, _codec.loads)
+_core._set_pickle_encoder(_codec.new_pickler, _codec.ReadOnlyBuffer, _codec.encode_oob)
+from . import _heap  # noqa: E402,F401  (registers the heap policy of large batches with the binding)
 
 _live: "weakref.WeakSet[Handle]" = weakref.WeakSet()   # open handles of this process (fork, exit)
 _live_lock = threading.Lock()

@@ -31,7 +31,7 @@ def _no_failures(res):
 # group -> (peers, messages per producer, full run of the group?, result key, workloads expected)
 KINDS = {
     "throughput": (["multiprocessing.Queue"] + SHMQ_AT_MOST_ONCE, 40, True, "throughput",
-                   {"64 B", "1 KiB", "64 KiB", "1 MiB", "small dict (pickled)"}),
+                   {"64 B", "1 KiB", "4 KiB", "16 KiB", "64 KiB", "1 MiB", "small dict (pickled)"}),
     "numpy": (["multiprocessing.Queue", "shmq"], 10, True, "throughput", {"1 MiB numpy float64"}),
     "mpmc": (["multiprocessing.Queue"] + SHMQ_AT_MOST_ONCE, 200, False, "throughput", {"64 B"}),
     "ack": (["multiprocessing.Queue", "shmq ack (send/receive/ack)", "shmq ack (receive_many/ack_many)"], 200, True,
@@ -270,3 +270,13 @@ def test_plot_without_matplotlib_says_so(monkeypatch, tmp_path):
     out = tmp_path / "bench.png"
     assert _bench.plot(_small_result(), str(out)) is False
     assert not out.exists()
+
+
+def test_every_size_has_a_batched_shmq_row():
+    # issue 12 item 6: one call per message and put_many/get_many side by side at every size
+    res = _suite("throughput", ["multiprocessing.Queue", "shmq", "shmq (put_many/get_many)"], 20, quick=False)
+    _no_failures(res)
+    from shmq._bench.workloads import SIZES
+    for label, _spec in SIZES:
+        peers = {r["peer"] for r in res["throughput"] if r["workload"] == label}
+        assert {"shmq", "shmq (put_many/get_many)"} <= peers, (label, peers)

@@ -1,6 +1,6 @@
 """The workloads of `shmq bench`: what the children do, how a row is measured, and the suite.
 
-Kinds: throughput by message size (64 B .. 1 MiB bytes), batched calls (the put_many/get_many
+Kinds: throughput by message size (64 B, 1, 4, 16, 64 KiB, 1 MiB bytes), batched calls (the put_many/get_many
 variants of a peer), large (1 MiB bytes, 1 MiB numpy), a pickled small dict, 2->2 processes,
 ping-pong round trips, an idle blocked consumer, and at-least-once send+receive+ack (64 B with a
 sequence number, every message checked to arrive exactly once) against Redis Streams. Every one
@@ -260,8 +260,8 @@ def idle_cpu(peer, seconds):
 
 GROUPS = ("throughput", "numpy", "mpmc", "latency", "idle", "ack")
 
-SIZES = [("64 B", ("bytes", 64)), ("1 KiB", ("bytes", KiB)), ("64 KiB", ("bytes", 64 * KiB)),
-         ("1 MiB", ("bytes", MiB))]
+SIZES = [("64 B", ("bytes", 64)), ("1 KiB", ("bytes", KiB)), ("4 KiB", ("bytes", 4 * KiB)),
+         ("16 KiB", ("bytes", 16 * KiB)), ("64 KiB", ("bytes", 64 * KiB)), ("1 MiB", ("bytes", MiB))]
 DICT = ("small dict (pickled)", ("dict", 0))
 NUMPY = ("1 MiB numpy float64", ("numpy", MiB))
 ACK = ("64 B at-least-once", ("seq", 64))
@@ -350,7 +350,8 @@ class Suite:
     def _tp(self, label, spec, producers=1, consumers=1, quick_set=None, ack=False):
         mpmc = producers > 1 or consumers > 1
         what = f"{label} {producers}->{consumers}"
-        base_trial = {64: 20000, KiB: 20000, 64 * KiB: 2000, MiB: 200}.get(spec[1], 20000)
+        base_trial = {64: 20000, KiB: 20000, 4 * KiB: 20000, 16 * KiB: 5000, 64 * KiB: 2000,
+                      MiB: 200}.get(spec[1], 20000)
         if self.quick:
             base_trial //= 4
         rows = []
