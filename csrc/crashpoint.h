@@ -33,7 +33,12 @@
     X(mid_move, "dead-letter: copy in the dead-letter queue, source descriptor not yet freed") \
     X(mid_dedup, "send: dedup entry PENDING with its id, message not yet put")              \
     X(before_dedup_finish, "send: message put (the send would return its id), dedup entry still PENDING") \
-    X(mid_close_return, "close: an unacked delivery of the closing handle claimed (SETTLING), not yet requeued")
+    X(mid_close_return, "close: an unacked delivery of the closing handle claimed (SETTLING), not yet requeued") \
+    X(topic_mid_publish, "topic publish: lock held, tail moved, part of a payload written, head not yet advanced") \
+    X(topic_before_commit, "topic publish: entries and payloads written, head_seq (the commit) not yet stored") \
+    X(topic_after_commit, "topic publish: committed, lock held, sleeping readers not yet woken") \
+    X(topic_before_advance, "topic read: a named subscription's messages copied, its cursor not yet advanced") \
+    X(topic_mid_subscribe, "topic subscribe: both locks held, the new entry filled, its state not yet LIVE")
 
 extern int shmq_crash_armed;
 void shmq_crash_hit(const char *name);
