@@ -40,6 +40,7 @@ static void geometry(uint32_t n_entries, uint32_t max_subs, uint32_t max_slots, 
 
 static void region_init(void *ctx, uint8_t *base, uint64_t size)
 {
+    (void)size; /* sized by shmq_topic_region */
     memcpy(base, ctx, sizeof(shmq_topic_hdr_t)); /* the rest is zero (posix_fallocate'd) */
 }
 
@@ -155,6 +156,9 @@ int shmq_topic_bind(shmq_seg_t *t)
     shmq_topic_hdr_t *th = (shmq_topic_hdr_t *)shmq_seg_region(t, SHMQ_REGION_TOPIC, &size);
     if (th == NULL || check_region(t, th, size) != SHMQ_OK)
         return SHMQ_ECORRUPT;
+    uint64_t head = shmq_load_acquire(&th->head_seq), tail = shmq_load_acquire(&th->tail_seq);
+    if (head == 0 || tail == 0 || tail > head || head >= (1ull << 62))
+        return SHMQ_ECORRUPT; /* untrusted: cursors a publisher never writes */
     shmq_topic_t *k = calloc(1, sizeof *k);
     if (k == NULL) {
         t->err = 12; /* ENOMEM */
