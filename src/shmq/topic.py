@@ -31,6 +31,37 @@ def incompatible(name: Optional[str], path: Optional[str], have: int, want: int)
         f"open it with {_CLASS_OF.get(have, 'shmq.open')} (or shmq.open(name))")
 
 
+def topic_stats(core: Any, st: dict[str, Any]) -> dict[str, Any]:
+    """A topic's figures over the common stats keys (shmq.stats.complete_stats calls this for
+    every topic, attached or inspected)."""
+    ts = _core._topic_stats(core)
+    if ts is None:
+        return st
+    for k in ("in_flight", "delayed", "acked", "redelivered", "dead_lettered", "expired", "dead_letter_failed",
+              "dedup_hits"):
+        st[k] = 0
+    st["depth"] = ts["head_seq"] - ts["tail_seq"]
+    st["capacity"] = ts["data_size"]
+    st["bytes_used"] = ts["data_used"]
+    st["max_message"] = ts["max_message"]
+    st["published"] = st["enqueued"] = ts["published"]
+    st["dropped"] = ts["dropped"]
+    st["next_seq"] = ts["head_seq"]
+    st["oldest_seq"] = ts["tail_seq"]
+    st["retention"] = ts["retention_ns"] / 1e9 if ts["retention_ns"] else None
+    st["log_entries"] = ts["n_entries"]
+    subs = {}
+    for rec in _core._topic_subscriptions(core):
+        subs[rec[2]] = {"lag": rec[7], "missed": rec[5], "consumers": rec[8], "durable": True,
+                        "on_slow": "block" if rec[3] & _core.TSUB_BLOCK else "drop_oldest", "delivered": rec[6]}
+    st["subscriptions"] = subs
+    st["oldest_age_s"] = 0.0
+    if ts["head_seq"] > ts["tail_seq"]:
+        m = _core._topic_peek(core, ts["tail_seq"])
+        st["oldest_age_s"] = max(0.0, time.time() - m[1] / 1e9) if m else 0.0
+    return st
+
+
 class SubscriptionInfo(NamedTuple):
     """One line of `Topic.subscriptions()`."""
     name: Optional[str]     # None for a private subscription of this handle
@@ -321,33 +352,10 @@ class Topic(Handle, _core.TopicOps):
 
     # -- monitoring ------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        """Every key of Queue.stats() plus the topic's: ``published``, ``dropped`` (left the log
-        unread by someone or not), ``next_seq``, ``oldest_seq``, ``subscriptions`` (name ->
-        {lag, missed, consumers, durable}). ``depth`` counts the messages in the log."""
-        s = super().stats()
-        ts = _core._topic_stats(self._core)
-        s["kind"] = "topic"
-        s["depth"] = ts["head_seq"] - ts["tail_seq"]
-        s["capacity"] = ts["data_size"]
-        s["bytes_used"] = ts["data_used"]
-        s["max_message"] = ts["max_message"]
-        s["published"] = ts["published"]
-        s["enqueued"] = ts["published"]
-        s["dropped"] = ts["dropped"]
-        s["next_seq"] = ts["head_seq"]
-        s["oldest_seq"] = ts["tail_seq"]
-        s["retention"] = ts["retention_ns"] / 1e9 if ts["retention_ns"] else None
-        s["log_entries"] = ts["n_entries"]
-        subs = {}
-        for info in self.subscriptions():
-            if info.name is not None:
-                subs[info.name] = {"lag": info.lag, "missed": info.missed, "consumers": info.consumers,
-                                   "durable": True, "on_slow": info.on_slow}
-        s["subscriptions"] = subs
-        if ts["head_seq"] > ts["tail_seq"]:
-            m = _core._topic_peek(self._core, ts["tail_seq"])
-            s["oldest_age_s"] = max(0.0, time.time() - m[1] / 1e9) if m else 0.0
-        return s
+        """Every key of Queue.stats() plus the topic's: ``published``, ``dropped`` (left the log,
+        read or not), ``next_seq``, ``oldest_seq``, ``retention``, ``subscriptions`` (name ->
+        {lag, missed, consumers, durable, on_slow}). ``depth`` counts the messages in the log."""
+        return super().stats()
 
     def peek(self, seq: int) -> Optional[TopicMessage]:
         """Message seq if it is still in the log (no cursor moves), else None."""

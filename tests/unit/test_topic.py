@@ -300,9 +300,9 @@ def test_stats_and_peek(topic):
               "dequeued", "acked", "redelivered", "dead_lettered", "expired", "oldest_age_s", "repairs",
               "skipped_cells", "last_repair_ms"):
         assert k in st
-    assert st["kind"] == "topic" and st["depth"] == 2 and st["published"] == 2 and st["next_seq"] == 3
+    assert shmq.stats.kind_name(st) == "topic" and st["depth"] == 2 and st["published"] == 2 and st["next_seq"] == 3
     assert st["subscriptions"] == {"s1": {"lag": 2, "missed": 0, "consumers": 1, "durable": True,
-                                          "on_slow": "block"}}
+                                          "on_slow": "block", "delivered": 0}}
     assert t.peek(2).body == {"b": 2} and t.peek(1).seq == 1
     assert t.peek(3) is None
     assert t.stats()["depth"] == 2   # peek moved nothing
@@ -376,3 +376,32 @@ def test_mode_and_list_queues(topic, qname):
     assert os.stat(t.path).st_mode & 0o777 == 0o640
     info = [q for q in shmq.list_queues() if q.name == qname]
     assert info and info[0].kind == "topic"
+
+
+def test_cli_shows_topics_subscriptions_and_peeks_by_seq(topic, qname):
+    import json
+    import subprocess
+    import sys
+    t = topic()
+    t.subscribe("alpha", start="earliest")
+    t.subscribe("beta", on_slow="drop_oldest").close()
+    t.publish_many([b"hello", {"x": 1}], headers={"h": "v"})
+
+    def shmq_cli(*args):
+        r = subprocess.run([sys.executable, "-m", "shmq", *args], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    ls = json.loads(shmq_cli("ls", "--json"))
+    row = [r for r in ls if r["name"] == qname][0]
+    assert row["kind"] == "topic" and row["depth"] == 2
+    assert row["subscriptions"]["alpha"]["lag"] == 2 and row["subscriptions"]["beta"]["consumers"] == 0
+    text = shmq_cli("ls")
+    assert "sub:block" in text and "sub:drop_oldest" in text
+    st = json.loads(shmq_cli("stat", qname, "--json"))
+    assert st["kind"] == "topic" and st["next_seq"] == 3 and set(st["subscriptions"]) == {"alpha", "beta"}
+    peek = json.loads(shmq_cli("peek", qname, "--json", "--seq", "2"))
+    assert [p["seq"] for p in peek] == [2] and peek[0]["type"] == "pickle"
+    assert "seq=1" in shmq_cli("peek", qname) and "text=hello" in shmq_cli("peek", qname)
+    top = shmq_cli("top", "--iterations", "1", "--json")
+    assert any(q["NAME"].strip() == "alpha" for q in json.loads(top.splitlines()[0])["queues"])
