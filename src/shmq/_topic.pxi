@@ -245,7 +245,6 @@ cdef class TopicReader:
     cdef uint64_t bufsize
     cdef shmq_topic_msg_t out[READ_BATCH]
     cdef readonly bint closed
-    cdef readonly bint bodies_only
 
     def __cinit__(self, Core core, uint32_t sub, uint32_t gen, uint64_t cursor, uint64_t max_message):
         self.core = core
@@ -430,6 +429,57 @@ cdef int _publish_parts(Core core, list msgs, uint64_t dl, uint32_t *done, uint6
             free(iov)
             free(views)
 
+cdef int _publish_bytes(Core core, list objs, uint64_t dl, uint32_t *done, uint64_t *first) except -1:
+    """publish_many of exact bytes objects without headers: one iov each, straight from the
+    objects (the list holds them alive; bytes are immutable)."""
+    cdef Py_ssize_t nm = len(objs), i
+    cdef shmq_topic_pub_t *pubs = <shmq_topic_pub_t *>malloc(sizeof(shmq_topic_pub_t) * nm)
+    cdef c.shmq_iov_t *iov = <c.shmq_iov_t *>malloc(sizeof(c.shmq_iov_t) * nm)
+    cdef int rc
+    cdef uint32_t j32 = 0
+    cdef uint64_t f64 = 0
+    cdef PyThreadState *ts
+    if pubs == NULL or iov == NULL:
+        free(pubs)
+        free(iov)
+        raise MemoryError()
+    try:
+        for i in range(nm):
+            o = objs[i]
+            iov[i].ptr = PyBytes_AS_STRING(o)
+            iov[i].len = <uint64_t>PyBytes_GET_SIZE(o)
+            pubs[i].iov = &iov[i]
+            pubs[i].n_iov = 1
+            pubs[i].kind = _KIND_BYTES
+            pubs[i].hdr_size = 0
+        core._check()
+        while True:
+            core._enter()
+            ts = _release()
+            rc = shmq_topic_publish(&core.seg, pubs + done[0], <uint32_t>(nm - done[0]), dl, &j32, &f64)
+            _reacquire(ts)
+            core._leave()
+            if done[0] == 0:
+                first[0] = f64
+            done[0] += j32
+            if (rc != c.SHMQ_EINTR and not core._closed) or not core._retry(rc):
+                break
+        if rc == c.SHMQ_OK:
+            return 0
+        if rc == c.SHMQ_FULL or rc == c.SHMQ_TIMEOUT:
+            e = _errors.Full(f"{_errors._label(core.path)} is full: a subscription with on_slow='block' has not "
+                             "consumed the oldest messages; consume them, unsubscribe it, or wait longer (timeout=)")
+        elif rc == c.SHMQ_ETOOBIG:
+            e = core._error(rc, "publish", (iov[done[0]].len, _topic_stats(core)["max_message"]))
+        else:
+            e = core._error(rc, "publish")
+        e.items_put = done[0]
+        raise e
+    finally:
+        free(pubs)
+        free(iov)
+
+
 @cython.auto_pickle(False)
 cdef class TopicOps(HandleBase):
     """The per-message calls of shmq.Topic (module-level cdef helpers: a handle class that
@@ -453,6 +503,11 @@ cdef class TopicOps(HandleBase):
         cdef uint32_t done = 0
         cdef uint64_t first = 0
         _deadline(block, timeout, &dl)
+        if not hdr and type(objs) is list and all(PyBytes_CheckExact(o) for o in <list>objs):
+            if not objs:
+                return []
+            _publish_bytes(self._c(), <list>objs, dl, &done, &first)   # no per-message Python objects
+            return list(range(first, first + done))
         msgs = []
         for obj in objs:
             if PyBytes_CheckExact(obj):
