@@ -38,7 +38,8 @@
     X(topic_before_commit, "topic publish: entries and payloads written, head_seq (the commit) not yet stored") \
     X(topic_after_commit, "topic publish: committed, lock held, sleeping readers not yet woken") \
     X(topic_before_advance, "topic read: a named subscription's messages copied, its cursor not yet advanced") \
-    X(topic_mid_subscribe, "topic subscribe: both locks held, the new entry filled, its state not yet LIVE")
+    X(topic_mid_subscribe, "topic subscribe: both locks held, the new entry filled, its state not yet LIVE") \
+    X(topic_ack_claimed, "topic receive (ack=True): lease reserved with its seq, message copied, group cursor not yet advanced")
 
 extern int shmq_crash_armed;
 void shmq_crash_hit(const char *name);

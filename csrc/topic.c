@@ -21,11 +21,12 @@ shmq_topic_t *shmq_topic_of(shmq_seg_t *t) { return t && t->ops == &topic_hooks.
 
 typedef struct {
     uint32_t n_entries, max_subs, max_slots;
-    uint64_t ents_off, subs_off, members_off, data_off, data_size, total;
+    uint64_t ents_off, subs_off, members_off, leases_off, data_off, data_size, total;
 } geo_t;
 
 /* The one layout rule, used by the creator and checked by every opener. */
-static void geometry(uint32_t n_entries, uint32_t max_subs, uint32_t max_slots, uint64_t data_size, geo_t *g)
+static void geometry(uint32_t n_entries, uint32_t max_subs, uint32_t max_slots, uint32_t n_leases, uint64_t data_size,
+                     geo_t *g)
 {
     g->n_entries = n_entries;
     g->max_subs = max_subs;
@@ -33,7 +34,8 @@ static void geometry(uint32_t n_entries, uint32_t max_subs, uint32_t max_slots, 
     g->ents_off = sizeof(shmq_topic_hdr_t);
     g->subs_off = g->ents_off + (uint64_t)n_entries * sizeof(shmq_topic_ent_t);
     g->members_off = g->subs_off + (uint64_t)max_subs * sizeof(shmq_topic_sub_t);
-    g->data_off = SHMQ_ALIGN_UP(g->members_off + 8ull * max_slots, 64);
+    g->leases_off = SHMQ_ALIGN_UP(g->members_off + 8ull * max_slots, 64);
+    g->data_off = g->leases_off + (uint64_t)n_leases * sizeof(shmq_topic_lease_t);
     g->data_size = data_size;
     g->total = g->data_off + data_size;
 }
@@ -41,7 +43,11 @@ static void geometry(uint32_t n_entries, uint32_t max_subs, uint32_t max_slots, 
 static void region_init(void *ctx, uint8_t *base, uint64_t size)
 {
     (void)size; /* sized by shmq_topic_region */
-    memcpy(base, ctx, sizeof(shmq_topic_hdr_t)); /* the rest is zero (posix_fallocate'd) */
+    const shmq_topic_hdr_t *p = ctx;
+    memcpy(base, p, sizeof(shmq_topic_hdr_t)); /* the rest is zero (posix_fallocate'd) */
+    shmq_topic_lease_t *l = (shmq_topic_lease_t *)(base + p->leases_off);
+    for (uint32_t i = 0; i < p->n_leases; i++)
+        l[i].seq = SHMQ_TL_NO_SEQ;
 }
 
 int shmq_topic_region(uint64_t capacity, uint64_t max_message, uint64_t retention_ns, uint32_t max_slots,
@@ -57,8 +63,11 @@ int shmq_topic_region(uint64_t capacity, uint64_t max_message, uint64_t retentio
     uint32_t n = 64;
     while ((uint64_t)n * 2 * 256 <= capacity && n < (1u << 26))
         n *= 2;
+    /* leases: one per KiB of capacity, from 64 to SHMQ_TOPIC_LEASES (messages in flight at once) */
+    uint64_t nl = capacity / 1024;
+    uint32_t n_leases = nl < 64 ? 64 : nl > SHMQ_TOPIC_LEASES ? SHMQ_TOPIC_LEASES : (uint32_t)nl;
     geo_t g;
-    geometry(n, SHMQ_TOPIC_MAX_SUBS, max_slots, 0, &g);
+    geometry(n, SHMQ_TOPIC_MAX_SUBS, max_slots, n_leases, 0, &g);
     if (g.data_off + 4096 > capacity)
         return SHMQ_EINVAL;
     uint64_t data = (capacity - g.data_off) & ~63ull;
@@ -66,7 +75,7 @@ int shmq_topic_region(uint64_t capacity, uint64_t max_message, uint64_t retentio
         max_message = data / 4;
     if (max_message > data / 2 || max_message > UINT32_MAX)
         return SHMQ_ETOOBIG;
-    geometry(n, SHMQ_TOPIC_MAX_SUBS, max_slots, data, &g);
+    geometry(n, SHMQ_TOPIC_MAX_SUBS, max_slots, n_leases, data, &g);
     memset(&proto, 0, sizeof proto);
     proto.magic = SHMQ_TOPIC_MAGIC;
     proto.version = SHMQ_TOPIC_VERSION;
@@ -80,6 +89,8 @@ int shmq_topic_region(uint64_t capacity, uint64_t max_message, uint64_t retentio
     proto.subs_off = g.subs_off;
     proto.members_off = g.members_off;
     proto.data_off = g.data_off;
+    proto.leases_off = g.leases_off;
+    proto.n_leases = n_leases;
     proto.head_seq = 1;
     proto.tail_seq = 1;
     proto.gate_seq = UINT64_MAX;
@@ -102,9 +113,12 @@ static int check_region(shmq_seg_t *t, shmq_topic_hdr_t *th, uint64_t size)
     if (th->data_size < 4096 || th->data_size % 64 || th->data_size > (1ull << 40) || th->max_message > th->data_size / 2)
         return SHMQ_ECORRUPT;
     geo_t g;
-    geometry(n, th->max_subs, th->max_slots, th->data_size, &g);
+    if (th->n_leases < 64 || th->n_leases > SHMQ_TOPIC_LEASES)
+        return SHMQ_ECORRUPT;
+    geometry(n, th->max_subs, th->max_slots, th->n_leases, th->data_size, &g);
     if (th->ents_off != g.ents_off || th->subs_off != g.subs_off || th->members_off != g.members_off ||
-        th->data_off != g.data_off || g.total > size)
+        th->data_off != g.data_off || th->leases_off != g.leases_off ||
+        g.total > size)
         return SHMQ_ECORRUPT;
     return SHMQ_OK;
 }
@@ -139,8 +153,11 @@ static void clear_members(shmq_seg_t *t, uint32_t slot)
 
 static void topic_detach(shmq_seg_t *t) { clear_members(t, t->slot); }
 
+static void leases_repair(shmq_seg_t *t, uint32_t dead);
+
 static void topic_repair_owner(shmq_seg_t *t, uint32_t dead)
 {
+    leases_repair(t, dead); /* ack=True: its deliveries go back to its group */
     /* A dead reader held no message and no cursor (read, then claim): only its membership. A
      * dead publisher's lock is stolen by the next publisher (nothing to rebuild, topic.h). */
     clear_members(t, shmq_owner_slot(dead));
@@ -177,6 +194,8 @@ int shmq_topic_bind(shmq_seg_t *t)
     k->subs = (shmq_topic_sub_t *)(base + th->subs_off);
     k->members = (uint64_t *)(base + th->members_off);
     k->data = base + th->data_off;
+    k->leases = (shmq_topic_lease_t *)(base + th->leases_off);
+    k->n_leases = th->n_leases;
     t->kstate = k;
     t->ops = &topic_hooks.ops;
     return SHMQ_OK;
@@ -224,6 +243,24 @@ static int sleep_on(shmq_seg_t *t, shmq_waitq_t *wq, uint32_t unit, tcheck_fn ch
 static inline void wake_readers(shmq_seg_t *t) { shmq_waitq_wake(&t->hdr->not_empty, INT32_MAX, 1); }
 static inline void wake_publishers(shmq_seg_t *t) { shmq_waitq_wake(&t->hdr->not_full, INT32_MAX, 1); }
 
+/* lease words (topic.h: lease pool) */
+static inline uint64_t lw(uint32_t lgen, uint32_t sub, uint32_t state, uint32_t owner)
+{
+    return ((uint64_t)(lgen & 0x3fffffu) << 42) | ((uint64_t)(sub & 63u) << 36) | ((uint64_t)(state & 15u) << 32) | owner;
+}
+static inline uint32_t lw_gen(uint64_t w) { return (uint32_t)(w >> 42) & 0x3fffffu; }
+static inline uint32_t lw_sub(uint64_t w) { return (uint32_t)(w >> 36) & 63u; }
+static inline uint32_t lw_state(uint64_t w) { return (uint32_t)(w >> 32) & 15u; }
+static inline uint32_t lw_owner(uint64_t w) { return (uint32_t)w; }
+static inline uint64_t token_make(uint32_t i, uint32_t lgen) { return ((uint64_t)lgen << 32) | i; }
+
+/* Give entry l (held by us: CLAIM or SETTLING) back to the pool. */
+static void lease_free(shmq_topic_lease_t *l, uint64_t held)
+{
+    shmq_store_relaxed(&l->seq, SHMQ_TL_NO_SEQ);
+    shmq_store_seq(&l->word, lw(lw_gen(held) + 1, 0, SHMQ_TL_FREE, 0)); /* seq_cst: after the seq it voids */
+}
+
 /* ---------------------------------------------------------------- publish */
 
 /* Lowest cursor of the live block subscriptions, never below tail (a cursor behind the tail
@@ -240,6 +277,21 @@ static uint64_t scan_gate(shmq_topic_t *k, uint64_t tail)
             c = tail;
         if (c < g)
             g = c;
+    }
+    /* a message held under a lease of a block subscription is not consumed yet */
+    for (uint32_t i = 0; i < k->n_leases; i++) {
+        uint64_t w = shmq_load_acquire(&k->leases[i].word);
+        if (lw_state(w) == SHMQ_TL_FREE)
+            continue;
+        shmq_topic_sub_t *s = &k->subs[lw_sub(w) % k->max_subs];
+        uint64_t seq = shmq_load_relaxed(&k->leases[i].seq);
+        if (seq == SHMQ_TL_NO_SEQ || !(shmq_load_relaxed(&s->flags) & SHMQ_TSUB_BLOCK) ||
+            shmq_load_relaxed(&k->leases[i].sub_gen) != shmq_load_relaxed(&s->gen))
+            continue;
+        if (seq < tail)
+            seq = tail;
+        if (seq < g)
+            g = seq;
     }
     return g;
 }
@@ -635,7 +687,8 @@ int shmq_topic_subscribe(shmq_seg_t *t, const char *name, uint32_t name_len, uin
 {
     shmq_topic_t *k = T(t);
     *created = 0;
-    if (k == NULL || t->slot == UINT32_MAX || !name_ok(name, name_len) || (flags & ~SHMQ_TSUB_BLOCK))
+    if (k == NULL || t->slot == UINT32_MAX || !name_ok(name, name_len) || (flags & ~(SHMQ_TSUB_BLOCK | SHMQ_TSUB_ACK)) ||
+        ((flags & SHMQ_TSUB_ACK) && (k->pend_vis == 0 || k->pend_maxd == 0)))
         return SHMQ_EINVAL;
     if (lock_both(t, 1) != SHMQ_OK)
         return SHMQ_TIMEOUT;
@@ -663,6 +716,11 @@ int shmq_topic_subscribe(shmq_seg_t *t, const char *name, uint32_t name_len, uin
             shmq_store_relaxed(&s->cursor, c);
             shmq_store_relaxed(&s->missed, 0);
             shmq_store_relaxed(&s->delivered, 0);
+            s->visibility_ns = (flags & SHMQ_TSUB_ACK) ? k->pend_vis : 0;
+            s->max_deliveries = (flags & SHMQ_TSUB_ACK) ? k->pend_maxd : 0;
+            shmq_store_relaxed(&s->acked, 0);
+            shmq_store_relaxed(&s->redelivered, 0);
+            shmq_store_relaxed(&s->dead_lettered, 0);
             uint32_t g = shmq_load_relaxed(&s->gen) + 1;
             shmq_store_relaxed(&s->gen, g);
             if (flags & SHMQ_TSUB_BLOCK) {
@@ -709,6 +767,16 @@ int shmq_topic_unsubscribe(shmq_seg_t *t, const char *name, uint32_t name_len)
         for (uint32_t j = 0; j < k->max_slots; j++)
             if (shmq_load_relaxed(&k->members[j]) & (1ull << i))
                 __atomic_fetch_and(&k->members[j], ~(1ull << i), __ATOMIC_SEQ_CST);
+        for (uint32_t j = 0; j < k->n_leases; j++) { /* its deliveries end (their acks: stale) */
+            uint64_t w = shmq_load_acquire(&k->leases[j].word);
+            while (lw_state(w) != SHMQ_TL_FREE && lw_sub(w) == (uint32_t)i) {
+                uint64_t h = lw(lw_gen(w), lw_sub(w), SHMQ_TL_SETTLING, t->owner);
+                if (shmq_cas_seq(&k->leases[j].word, &w, h)) {
+                    lease_free(&k->leases[j], h);
+                    break;
+                }
+            }
+        }
     }
     shmq_lock_release(t, &k->th->sub_lock, &k->sub_busy);
     if (i < 0)
@@ -739,6 +807,13 @@ int shmq_topic_subinfo(shmq_seg_t *t, uint32_t i, shmq_topic_subinfo_t *out)
     out->missed = shmq_load_relaxed(&s->missed);
     out->delivered = shmq_load_relaxed(&s->delivered);
     out->created_ns = s->created_ns;
+    out->acked = shmq_load_relaxed(&s->acked);
+    out->redelivered = shmq_load_relaxed(&s->redelivered);
+    out->dead_lettered = shmq_load_relaxed(&s->dead_lettered);
+    out->visibility_ns = s->visibility_ns;
+    out->max_deliveries = s->max_deliveries;
+    if (out->flags & SHMQ_TSUB_ACK)
+        out->in_flight = shmq_topic_in_flight(t, i);
     uint64_t head = shmq_load_acquire(&k->th->head_seq), tail = shmq_load_acquire(&k->th->tail_seq);
     uint64_t from = out->cursor > tail ? out->cursor : tail;
     out->lag = head > from ? head - from : 0;
@@ -774,4 +849,299 @@ void shmq_topic_stats(shmq_seg_t *t, shmq_topic_stats_t *st)
     for (uint32_t i = 0; i < k->max_subs; i++)
         if (shmq_load_acquire(&k->subs[i].state) == SHMQ_TSUB_LIVE)
             st->subs++;
+}
+
+/* ---------------------------------------------------------------- ack=True subscriptions */
+
+int shmq_topic_subscribe_ack(shmq_seg_t *t, const char *name, uint32_t name_len, uint32_t flags, uint32_t start,
+                             uint64_t arg, uint64_t visibility_ns, uint32_t max_deliveries, uint32_t *idx,
+                             uint32_t *gen, int *created)
+{
+    shmq_topic_t *k = T(t);
+    if (k == NULL || (flags & ~(SHMQ_TSUB_BLOCK | SHMQ_TSUB_ACK)) || !(flags & SHMQ_TSUB_ACK) || visibility_ns == 0 ||
+        max_deliveries == 0)
+        return SHMQ_EINVAL;
+    /* the ack options go in before the entry turns LIVE: shmq_topic_subscribe reads them from here */
+    k->pend_vis = visibility_ns;
+    k->pend_maxd = max_deliveries;
+    int rc = shmq_topic_subscribe(t, name, name_len, flags, start, arg, idx, gen, created);
+    k->pend_vis = 0;
+    k->pend_maxd = 0;
+    return rc;
+}
+
+/* The delivery of lease i we now hold (word held = SETTLING or CLAIM by us): copy its message. */
+static int lease_copy(shmq_topic_t *k, shmq_topic_lease_t *l, uint8_t *buf, uint64_t bufsize, shmq_topic_msg_t *out)
+{
+    uint32_t got = 0;
+    uint64_t skip = 0;
+    return copy_from(k, shmq_load_relaxed(&l->seq), buf, bufsize, out, 1, &got, &skip);
+}
+
+typedef struct {
+    shmq_topic_reader_t *r;
+    uint64_t now;
+} ack_wait_t;
+
+/* A lease of sub (gen) that may be delivered again now; *next = the earliest lease end ahead. */
+static int lease_due(shmq_topic_t *k, uint32_t sub, uint32_t gen, uint64_t now, uint64_t *next)
+{
+    for (uint32_t i = 0; i < k->n_leases; i++) {
+        uint64_t w = shmq_load_acquire(&k->leases[i].word);
+        uint32_t st = lw_state(w);
+        if (st == SHMQ_TL_FREE || lw_sub(w) != sub || shmq_load_relaxed(&k->leases[i].sub_gen) != gen)
+            continue;
+        if (st == SHMQ_TL_READY)
+            return (int)i;
+        if (st == SHMQ_TL_INFLIGHT) {
+            uint64_t d = shmq_load_relaxed(&k->leases[i].deadline_ns);
+            if (d <= now)
+                return (int)i;
+            if (next && d < *next)
+                *next = d;
+        }
+    }
+    return -1;
+}
+
+static int ack_check(shmq_seg_t *t, void *ctx)
+{
+    ack_wait_t *w = ctx;
+    shmq_topic_t *k = T(t);
+    if (!sub_current(k, w->r))
+        return SHMQ_ECLOSED;
+    if (shmq_load_acquire(&k->subs[w->r->sub].cursor) < shmq_load_acquire(&k->th->head_seq))
+        return SHMQ_OK;
+    return lease_due(k, w->r->sub, w->r->gen, shmq_now_mono_ns(), NULL) >= 0 ? SHMQ_OK : SHMQ_EAGAIN;
+}
+
+int shmq_topic_receive(shmq_seg_t *t, shmq_topic_reader_t *r, uint8_t *buf, uint64_t bufsize, shmq_topic_msg_t *out,
+                       uint64_t *token, uint32_t *deliveries, int *dead, uint64_t deadline_ns)
+{
+    shmq_topic_t *k = T(t);
+    *dead = 0;
+    if (k == NULL || t->slot == UINT32_MAX || r->sub >= k->max_subs)
+        return SHMQ_EINVAL;
+    shmq_topic_sub_t *s = &k->subs[r->sub];
+    if (!(shmq_load_relaxed(&s->flags) & SHMQ_TSUB_ACK))
+        return SHMQ_EINVAL;
+    uint64_t vis = shmq_load_relaxed(&s->visibility_ns);
+    uint32_t maxd = shmq_load_relaxed(&s->max_deliveries);
+    const uint32_t me = t->owner;
+    for (;;) {
+        if (t->closing)
+            return SHMQ_ECLOSED;
+        if (!sub_current(k, r))
+            return SHMQ_ECLOSED;
+        uint64_t now = shmq_now_mono_ns(), next = SHMQ_NO_DEADLINE;
+        /* 1. a delivery due again (nacked, expired, or its member died) */
+        int i = lease_due(k, r->sub, r->gen, now, &next);
+        if (i >= 0) {
+            shmq_topic_lease_t *l = &k->leases[i];
+            uint64_t w = shmq_load_acquire(&l->word);
+            uint32_t st = lw_state(w);
+            if (lw_sub(w) != r->sub || (st != SHMQ_TL_READY && !(st == SHMQ_TL_INFLIGHT && l->deadline_ns <= now)))
+                continue;
+            uint64_t held = lw(lw_gen(w), r->sub, SHMQ_TL_SETTLING, me);
+            if (!shmq_cas_seq(&l->word, &w, held))
+                continue; /* someone else took it */
+            uint32_t n = l->deliveries + 1;
+            l->deliveries = n;
+            if (n <= maxd)
+                shmq_fetch_add_relaxed(&s->redelivered, 1); /* past it: counted as dead-lettered at its ack */
+            int rc = lease_copy(k, l, buf, bufsize, out);
+            if (rc != SHMQ_OK) { /* the log no longer holds it (drop_oldest, retention): missed */
+                shmq_fetch_add_seq(&s->missed, 1);
+                lease_free(l, held);
+                if (rc == SHMQ_ECORRUPT)
+                    return rc;
+                continue;
+            }
+            uint32_t g = lw_gen(w) + 1;
+            l->deadline_ns = now + vis;
+            shmq_store_seq(&l->word, lw(g, r->sub, n > maxd ? SHMQ_TL_DEAD : SHMQ_TL_INFLIGHT, me));
+            *dead = n > maxd;
+            *token = token_make((uint32_t)i, g & 0x3fffffu);
+            *deliveries = n;
+            return SHMQ_OK;
+        }
+        /* 2. the group's next message, claimed with a lease reserved first */
+        uint64_t c = shmq_load_acquire(&s->cursor);
+        uint64_t head = shmq_load_acquire(&k->th->head_seq);
+        if (c < head) {
+            int f = -1;
+            uint64_t w = 0;
+            for (uint32_t j = 0; j < k->n_leases; j++) {
+                w = shmq_load_relaxed(&k->leases[j].word);
+                if (lw_state(w) == SHMQ_TL_FREE &&
+                    shmq_cas_seq(&k->leases[j].word, &w, lw(lw_gen(w) + 1, r->sub, SHMQ_TL_CLAIM, me))) {
+                    f = (int)j;
+                    break;
+                }
+            }
+            if (f < 0) {
+                if (deadline_ns == 0)
+                    return SHMQ_EMPTY; /* every lease in use: settle some */
+                if (deadline_ns != SHMQ_NO_DEADLINE && shmq_now_mono_ns() >= deadline_ns)
+                    return SHMQ_TIMEOUT;
+                struct timespec ts = {0, 1000000};
+                nanosleep(&ts, NULL);
+                continue;
+            }
+            shmq_topic_lease_t *l = &k->leases[f];
+            uint64_t held = lw(lw_gen(w) + 1, r->sub, SHMQ_TL_CLAIM, me);
+            l->sub_gen = r->gen;
+            l->deliveries = 0;
+            shmq_store_seq(&l->seq, c); /* before the cursor CAS: repair reads it to decide */
+            uint32_t got = 0;
+            uint64_t skip = 0;
+            int rc = copy_from(k, c, buf, bufsize, out, 1, &got, &skip);
+            if (rc == SHMQ_EAGAIN) {
+                lease_free(l, held);
+                if (skip > c && shmq_cas_seq(&s->cursor, &c, skip))
+                    shmq_fetch_add_seq(&s->missed, skip - c);
+                continue;
+            }
+            if (rc != SHMQ_OK) {
+                lease_free(l, held);
+                if (rc == SHMQ_EMPTY)
+                    continue;
+                return rc;
+            }
+            SHMQ_CRASH_POINT(topic_ack_claimed);
+            if (!shmq_cas_seq(&s->cursor, &c, c + 1)) {
+                lease_free(l, held);
+                continue;
+            }
+            shmq_fetch_add_relaxed(&s->delivered, 1);
+            l->deliveries = 1;
+            l->deadline_ns = shmq_now_mono_ns() + vis;
+            uint32_t g = lw_gen(held);
+            shmq_store_seq(&l->word, lw(g, r->sub, maxd < 1 ? SHMQ_TL_DEAD : SHMQ_TL_INFLIGHT, me));
+            *dead = maxd < 1;
+            *token = token_make((uint32_t)f, g);
+            *deliveries = 1;
+            if (t->slot < t->max_slots)
+                t->slots[t->slot].dequeued += 1;
+            return SHMQ_OK;
+        }
+        if (deadline_ns == 0)
+            return SHMQ_EMPTY;
+        if (deadline_ns != SHMQ_NO_DEADLINE && shmq_now_mono_ns() >= deadline_ns)
+            return SHMQ_TIMEOUT;
+        ack_wait_t aw = {r, now};
+        uint64_t until = next < deadline_ns ? next : deadline_ns; /* a lease end wakes us to redeliver */
+        int rc = sleep_on(t, &t->hdr->not_empty, 1, ack_check, &aw, until);
+        if (rc == SHMQ_TIMEOUT && until < deadline_ns)
+            continue;
+        if (rc == SHMQ_TIMEOUT || rc == SHMQ_EINTR || rc == SHMQ_ECLOSED)
+            return rc;
+    }
+}
+
+/* Hold the delivery token names (INFLIGHT or DEAD, this lgen) as SETTLING: 0, or SHMQ_ESTALE. */
+static int settle_begin(shmq_seg_t *t, uint64_t token, shmq_topic_lease_t **lp, uint64_t *held)
+{
+    shmq_topic_t *k = T(t);
+    uint32_t i = (uint32_t)token, g = (uint32_t)(token >> 32);
+    if (k == NULL || i >= k->n_leases)
+        return SHMQ_ESTALE;
+    shmq_topic_lease_t *l = &k->leases[i];
+    uint64_t w = shmq_load_acquire(&l->word);
+    for (;;) {
+        uint32_t st = lw_state(w);
+        if (lw_gen(w) != g || (st != SHMQ_TL_INFLIGHT && st != SHMQ_TL_DEAD))
+            return SHMQ_ESTALE;
+        uint64_t h = lw(g, lw_sub(w), SHMQ_TL_SETTLING, t->owner);
+        if (shmq_cas_seq(&l->word, &w, h)) {
+            *lp = l;
+            *held = h;
+            return SHMQ_OK;
+        }
+    }
+}
+
+int shmq_topic_ack(shmq_seg_t *t, uint64_t token)
+{
+    shmq_topic_lease_t *l;
+    uint64_t held;
+    int rc = settle_begin(t, token, &l, &held);
+    if (rc != SHMQ_OK)
+        return rc;
+    shmq_topic_sub_t *s = &T(t)->subs[lw_sub(held) % T(t)->max_subs];
+    int was_dead = l->deliveries > shmq_load_relaxed(&s->max_deliveries);
+    lease_free(l, held);
+    shmq_fetch_add_relaxed(was_dead ? &s->dead_lettered : &s->acked, 1);
+    if (shmq_load_relaxed(&s->flags) & SHMQ_TSUB_BLOCK)
+        wake_publishers(t);
+    return SHMQ_OK;
+}
+
+int shmq_topic_nack(shmq_seg_t *t, uint64_t token)
+{
+    shmq_topic_lease_t *l;
+    uint64_t held;
+    int rc = settle_begin(t, token, &l, &held);
+    if (rc != SHMQ_OK)
+        return rc;
+    shmq_store_seq(&l->word, lw(lw_gen(held) + 1, lw_sub(held), SHMQ_TL_READY, 0));
+    shmq_waitq_wake_all(&t->hdr->not_empty); /* a member may take it now */
+    return SHMQ_OK;
+}
+
+int shmq_topic_extend(shmq_seg_t *t, uint64_t *token, uint64_t ns)
+{
+    shmq_topic_lease_t *l;
+    uint64_t held;
+    int rc = settle_begin(t, *token, &l, &held);
+    if (rc != SHMQ_OK)
+        return rc;
+    l->deadline_ns = shmq_now_mono_ns() + ns;
+    uint32_t g = lw_gen(held) + 1; /* a new stamp: a receiver that read the old deadline cannot take it */
+    shmq_store_seq(&l->word, lw(g, lw_sub(held), SHMQ_TL_INFLIGHT, t->owner));
+    *token = token_make((uint32_t)*token, g & 0x3fffffu);
+    return SHMQ_OK;
+}
+
+uint32_t shmq_topic_in_flight(shmq_seg_t *t, uint32_t idx)
+{
+    shmq_topic_t *k = T(t);
+    uint32_t n = 0;
+    if (k == NULL)
+        return 0;
+    for (uint32_t i = 0; i < k->n_leases; i++) {
+        uint64_t w = shmq_load_relaxed(&k->leases[i].word);
+        if (lw_state(w) != SHMQ_TL_FREE && lw_sub(w) == idx)
+            n++;
+    }
+    return n;
+}
+
+/* Repair: what a dead member held goes back to its group. */
+static void leases_repair(shmq_seg_t *t, uint32_t dead)
+{
+    shmq_topic_t *k = T(t);
+    int woke = 0;
+    for (uint32_t i = 0; i < k->n_leases; i++) {
+        shmq_topic_lease_t *l = &k->leases[i];
+        uint64_t w = shmq_load_acquire(&l->word);
+        uint32_t st = lw_state(w);
+        if (st == SHMQ_TL_FREE || st == SHMQ_TL_READY || lw_owner(w) != dead)
+            continue;
+        uint64_t seq = shmq_load_acquire(&l->seq);
+        uint32_t sub = lw_sub(w) % k->max_subs;
+        if (st == SHMQ_TL_CLAIM && (seq == SHMQ_TL_NO_SEQ || shmq_load_acquire(&k->subs[sub].cursor) <= seq)) {
+            uint64_t h = w;
+            if (shmq_cas_seq(&l->word, &w, lw(lw_gen(h), lw_sub(h), SHMQ_TL_SETTLING, t->owner)))
+                lease_free(l, lw(lw_gen(h), lw_sub(h), SHMQ_TL_SETTLING, t->owner)); /* its cursor CAS never happened */
+            continue;
+        }
+        /* CLAIM past the cursor (its CAS may have won), INFLIGHT, SETTLING, DEAD: redeliver */
+        if (st == SHMQ_TL_CLAIM && l->deliveries == 0)
+            l->deliveries = 1; /* a member's death counts a failed delivery (the dead one writes nothing more) */
+        if (shmq_cas_seq(&l->word, &w, lw(lw_gen(w) + 1, lw_sub(w), SHMQ_TL_READY, 0)))
+            woke = 1;
+    }
+    if (woke)
+        shmq_waitq_wake_all(&t->hdr->not_empty);
 }

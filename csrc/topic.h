@@ -63,6 +63,34 @@
 #define SHMQ_TSUB_LIVE 1u
 /* subscription flags */
 #define SHMQ_TSUB_BLOCK 0x1u /* on_slow="block": gates publishers */
+#define SHMQ_TSUB_ACK 0x2u   /* ack=True: deliveries under leases (the lease pool) */
+
+/* Lease pool (ack=True subscriptions): one entry per message in flight, any subscription.
+ * word = lgen:22 | sub:6 | state:4 | owner:32; every change is a CAS on it, and lgen is bumped
+ * by every new delivery and extend, so a token (entry index, lgen) names one delivery.
+ *   FREE -> CLAIM(me)        a receiver reserves it, then writes seq, then claims the group's cursor
+ *   CLAIM -> INFLIGHT(me)    the cursor CAS won: delivered under a lease until deadline_ns
+ *   READY | expired INFLIGHT -> SETTLING(me) -> INFLIGHT(me)   redelivery (deliveries + 1)
+ *   INFLIGHT -> SETTLING(me) -> FREE | READY | INFLIGHT      ack | nack | extend
+ *   SETTLING(me) -> DEAD(me)  past max_deliveries: the Python layer copies it to the dead-letter
+ *                             queue (deduplicated on topic, subscription, seq), then acks it
+ * Repair of a dead owner: CLAIM without a seq -> FREE; anything else it held -> READY. */
+#define SHMQ_TL_FREE 0u
+#define SHMQ_TL_CLAIM 1u
+#define SHMQ_TL_INFLIGHT 2u
+#define SHMQ_TL_READY 3u
+#define SHMQ_TL_SETTLING 4u
+#define SHMQ_TL_DEAD 5u
+#define SHMQ_TOPIC_LEASES 4096u /* at most; one per KiB of capacity, at least 64 */
+#define SHMQ_TL_NO_SEQ UINT64_MAX
+typedef struct {
+    uint64_t word;
+    uint64_t seq;           /* SHMQ_TL_NO_SEQ while free or being claimed */
+    uint64_t deadline_ns;   /* monotonic lease end (INFLIGHT) */
+    uint32_t deliveries;
+    uint32_t sub_gen;       /* the subscription generation it belongs to */
+} shmq_topic_lease_t;
+_Static_assert(sizeof(shmq_topic_lease_t) == 32, "lease entry layout");
 
 /* subscribe start kinds */
 #define SHMQ_TSTART_LATEST 0u
@@ -84,7 +112,10 @@ typedef struct {
     uint64_t subs_off;
     uint64_t members_off;
     uint64_t data_off;
-    uint8_t _pad0[128 - 80];
+    uint64_t leases_off;    /* ack=True subscriptions: the lease pool (n_leases entries) */
+    uint32_t n_leases;
+    uint32_t _pad_l;
+    uint8_t _pad0[128 - 96];
     /* --- publishers (written under pub_lock; head_seq read by every reader) --- */
     uint32_t pub_lock;      /* owner-stamped lock (lock.h): one publisher at a time */
     uint32_t sub_lock;      /* owner-stamped lock: subscription table changes */
@@ -126,7 +157,14 @@ typedef struct {
     uint64_t cursor;        /* next seq to deliver to the group */
     uint64_t missed;        /* messages overrun (drop_oldest) or expired before delivery */
     uint64_t delivered;
-    uint8_t _pad1[128 - 24];
+    /* --- ack=True (SHMQ_TSUB_ACK): options written at create, counters by settlers --- */
+    uint64_t visibility_ns;
+    uint32_t max_deliveries;
+    uint32_t _pad2;
+    uint64_t acked;
+    uint64_t redelivered;   /* failed deliveries put back (lease expiry, nack, a member's death) */
+    uint64_t dead_lettered;
+    uint8_t _pad1[128 - 64];
 } shmq_topic_sub_t;
 _Static_assert(sizeof(shmq_topic_sub_t) == 256, "subscription entry layout");
 _Static_assert(offsetof(shmq_topic_sub_t, cursor) == 128, "cursor alone");
@@ -138,9 +176,13 @@ typedef struct {
     shmq_topic_sub_t *subs;
     uint64_t *members;
     uint8_t *data;
+    shmq_topic_lease_t *leases;
+    uint32_t n_leases;
     uint32_t n_entries, max_subs, max_slots;
     uint64_t data_size, max_message, retention_ns;
     int pub_busy, sub_busy; /* process-local lock guards (lock.h) */
+    uint64_t pend_vis;      /* shmq_topic_subscribe_ack's options for the entry it may create */
+    uint32_t pend_maxd;
 } shmq_topic_t;
 
 /* One message as a reader got it: data points into the caller's buffer. */
@@ -196,6 +238,23 @@ int shmq_topic_read(shmq_seg_t *t, shmq_topic_reader_t *r, uint8_t *buf, uint64_
  * exists with other flags: SHMQ_EINCOMPAT, *idx set. */
 int shmq_topic_subscribe(shmq_seg_t *t, const char *name, uint32_t name_len, uint32_t flags, uint32_t start,
                          uint64_t arg, uint32_t *idx, uint32_t *gen, int *created);
+/* ack=True subscriptions. subscribe_ack: as shmq_topic_subscribe with SHMQ_TSUB_ACK and the
+ * lease options (used only on creation). receive: like shmq_topic_read for one message, under a
+ * lease: *token names the delivery, *deliveries counts it, *dead = 1 when it is past
+ * max_deliveries (the caller dead-letters it, then acks the token). SHMQ_FULL: every lease
+ * entry is in use (too many in flight): treated as nothing to deliver until one is settled. */
+int shmq_topic_subscribe_ack(shmq_seg_t *t, const char *name, uint32_t name_len, uint32_t flags, uint32_t start,
+                             uint64_t arg, uint64_t visibility_ns, uint32_t max_deliveries, uint32_t *idx,
+                             uint32_t *gen, int *created);
+int shmq_topic_receive(shmq_seg_t *t, shmq_topic_reader_t *r, uint8_t *buf, uint64_t bufsize, shmq_topic_msg_t *out,
+                       uint64_t *token, uint32_t *deliveries, int *dead, uint64_t deadline_ns);
+/* SHMQ_OK, SHMQ_ESTALE (the lease expired and the message was delivered again, or settled). */
+int shmq_topic_ack(shmq_seg_t *t, uint64_t token);
+int shmq_topic_nack(shmq_seg_t *t, uint64_t token); /* put back for redelivery now */
+int shmq_topic_extend(shmq_seg_t *t, uint64_t *token, uint64_t ns); /* a new token on success */
+/* Messages of subscription idx held under leases now. */
+uint32_t shmq_topic_in_flight(shmq_seg_t *t, uint32_t idx);
+
 /* This slot stops being a member of idx (the handle's last Subscription of it closed). */
 void shmq_topic_leave(shmq_seg_t *t, uint32_t idx);
 /* Delete a named subscription: SHMQ_OK, SHMQ_EMPTY (no such name). */
@@ -208,6 +267,8 @@ typedef struct {
     uint32_t idx, gen, flags, consumers;
     char name[SHMQ_TOPIC_NAME_MAX + 1];
     uint64_t cursor, missed, delivered, lag, created_ns;
+    uint64_t acked, redelivered, dead_lettered, visibility_ns;
+    uint32_t in_flight, max_deliveries;
 } shmq_topic_subinfo_t;
 /* Snapshot of subscription entry i (no lock): SHMQ_OK, SHMQ_EMPTY (free), SHMQ_EINVAL (i out of range). */
 int shmq_topic_subinfo(shmq_seg_t *t, uint32_t i, shmq_topic_subinfo_t *out);

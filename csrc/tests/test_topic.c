@@ -218,8 +218,95 @@ static int child_subscribe(int argc, char **argv)
     return shmq_topic_subscribe(&t, "half", 4, 0, SHMQ_TSTART_LATEST, 0, &idx, &gen, &created) == SHMQ_OK ? 0 : 3;
 }
 
+/* child: receive (ack=True subscription "a") and ack argv[1] messages */
+static int child_receive(int argc, char **argv)
+{
+    if (argc < 2)
+        return 9;
+    shmq_seg_t t;
+    if (shmq_open(&t, argv[0], -1) != SHMQ_OK || shmq_attach(&t) != SHMQ_OK)
+        return 2;
+    uint32_t idx, gen;
+    int created, dead;
+    if (shmq_topic_subscribe_ack(&t, "a", 1, SHMQ_TSUB_BLOCK | SHMQ_TSUB_ACK, SHMQ_TSTART_EARLIEST, 0, 60 * TH_MS * 1000,
+                                 5, &idx, &gen, &created) != SHMQ_OK)
+        return 4;
+    shmq_topic_reader_t r = {.sub = idx, .gen = gen};
+    for (int i = 0; i < atoi(argv[1]); i++) {
+        uint64_t token;
+        uint32_t n;
+        if (shmq_topic_receive(&t, &r, rbuf, sizeof rbuf, rout, &token, &n, &dead, th_after_ms(5000)) != SHMQ_OK ||
+            shmq_topic_ack(&t, token) != SHMQ_OK)
+            return 3;
+    }
+    shmq_close(&t);
+    return 0;
+}
+
 static const th_role_t roles[] = {{"publish", child_publish}, {"read", child_read}, {"subscribe", child_subscribe},
-                                  {NULL, NULL}};
+                                  {"receive", child_receive}, {NULL, NULL}};
+
+static void test_ack_leases(void)
+{
+    char path[128];
+    shmq_seg_t *t = make_topic(path, sizeof path, "tack", 1 << 20);
+    CHECK(t != NULL);
+    uint32_t idx, gen;
+    int created, dead;
+    CHECK_EQ(shmq_topic_subscribe_ack(t, "a", 1, SHMQ_TSUB_BLOCK | SHMQ_TSUB_ACK, SHMQ_TSTART_EARLIEST, 0, 50 * TH_MS, 2,
+                                      &idx, &gen, &created), SHMQ_OK);
+    for (uint32_t i = 0; i < 3; i++)
+        CHECK_EQ(pub1(t, i, 0, NULL), SHMQ_OK);
+    shmq_topic_reader_t r = {.sub = idx, .gen = gen};
+    uint64_t tok, tok2;
+    uint32_t n;
+    CHECK_EQ(shmq_topic_receive(t, &r, rbuf, sizeof rbuf, rout, &tok, &n, &dead, 0), SHMQ_OK);
+    CHECK(rout[0].seq == 1 && n == 1 && !dead && intact(&rout[0]));
+    CHECK_EQ(shmq_topic_ack(t, tok), SHMQ_OK);
+    CHECK_EQ(shmq_topic_ack(t, tok), SHMQ_ESTALE);
+    CHECK_EQ(shmq_topic_receive(t, &r, rbuf, sizeof rbuf, rout, &tok, &n, &dead, 0), SHMQ_OK);
+    CHECK_EQ(rout[0].seq, 2);
+    tok2 = tok;
+    CHECK_EQ(shmq_topic_extend(t, &tok2, 10 * TH_MS), SHMQ_OK);
+    CHECK_EQ(shmq_topic_ack(t, tok), SHMQ_ESTALE); /* extend gave a new stamp */
+    CHECK_EQ(shmq_topic_nack(t, tok2), SHMQ_OK);
+    CHECK_EQ(shmq_topic_receive(t, &r, rbuf, sizeof rbuf, rout, &tok, &n, &dead, 0), SHMQ_OK);
+    CHECK(rout[0].seq == 2 && n == 2 && !dead);
+    th_sleep_ms(80); /* its lease runs out: delivered again, past max_deliveries = 2 */
+    CHECK_EQ(shmq_topic_receive(t, &r, rbuf, sizeof rbuf, rout, &tok2, &n, &dead, th_after_ms(1000)), SHMQ_OK);
+    CHECK(rout[0].seq == 2 && n == 3 && dead);
+    CHECK_EQ(shmq_topic_ack(t, tok), SHMQ_ESTALE);
+    CHECK_EQ(shmq_topic_ack(t, tok2), SHMQ_OK); /* the caller dead-lettered it */
+    shmq_topic_subinfo_t si;
+    CHECK_EQ(shmq_topic_subinfo(t, idx, &si), SHMQ_OK);
+    CHECK(si.acked == 1 && si.dead_lettered == 1 && si.in_flight == 0);
+}
+
+static void test_killed_ack_member(void)
+{
+    char path[128];
+    shmq_seg_t *t = make_topic(path, sizeof path, "tkack", 1 << 20);
+    CHECK(t != NULL);
+    for (uint32_t i = 0; i < 10; i++)
+        CHECK_EQ(pub1(t, i, 0, NULL), SHMQ_OK);
+    CHECK(th_killed(th_wait(th_spawn("topic_ack_claimed:3", "receive", path, "10", NULL, NULL), 20000)));
+    uint32_t idx, gen;
+    int created, dead;
+    CHECK_EQ(shmq_topic_subscribe_ack(t, "a", 1, SHMQ_TSUB_BLOCK | SHMQ_TSUB_ACK, SHMQ_TSTART_EARLIEST, 0, 60 * TH_MS, 5,
+                                      &idx, &gen, &created), SHMQ_OK);
+    CHECK(!created);
+    shmq_topic_subinfo_t si;
+    CHECK_EQ(shmq_topic_subinfo(t, idx, &si), SHMQ_OK);
+    CHECK(si.cursor == 3 && si.acked == 2 && si.in_flight == 1); /* the dead one's reservation */
+    shmq_repair_dead(t);
+    CHECK_EQ(shmq_topic_subinfo(t, idx, &si), SHMQ_OK);
+    CHECK_EQ(si.in_flight, 0); /* its cursor CAS never happened: the reservation is freed */
+    shmq_topic_reader_t r = {.sub = idx, .gen = gen};
+    uint64_t tok;
+    uint32_t n;
+    CHECK_EQ(shmq_topic_receive(t, &r, rbuf, sizeof rbuf, rout, &tok, &n, &dead, 0), SHMQ_OK);
+    CHECK(rout[0].seq == 3 && n == 1);
+}
 
 static void test_killed_publisher_at_every_point(void)
 {
@@ -277,5 +364,7 @@ int main(int argc, char **argv)
     RUN(test_hostile_entry);
     RUN(test_killed_publisher_at_every_point);
     RUN(test_killed_reader_and_subscriber);
+    RUN(test_ack_leases);
+    RUN(test_killed_ack_member);
     TH_SUMMARY();
 }

@@ -5,6 +5,7 @@
 cdef extern from "topic.h" nogil:
     enum:
         SHMQ_TSUB_BLOCK
+        SHMQ_TSUB_ACK
         SHMQ_TSTART_LATEST
         SHMQ_TSTART_EARLIEST
         SHMQ_TSTART_SEQ
@@ -31,6 +32,8 @@ cdef extern from "topic.h" nogil:
         uint32_t idx, gen, flags, consumers
         char name[101]
         uint64_t cursor, missed, delivered, lag, created_ns
+        uint64_t acked, redelivered, dead_lettered, visibility_ns
+        uint32_t in_flight, max_deliveries
     ctypedef struct shmq_topic_stats_t:
         uint64_t head_seq, tail_seq, published, dropped, data_size, data_used, n_entries, max_message, retention_ns
         uint32_t max_subs, subs
@@ -48,12 +51,21 @@ cdef extern from "topic.h" nogil:
     void shmq_topic_stats(c.shmq_seg_t *t, shmq_topic_stats_t *st)
     int shmq_topic_peek(c.shmq_seg_t *t, uint64_t seq, uint8_t *buf, uint64_t bufsize, shmq_topic_msg_t *out)
     void *shmq_topic_of(c.shmq_seg_t *t)
+    int shmq_topic_subscribe_ack(c.shmq_seg_t *t, const char *name, uint32_t name_len, uint32_t flags, uint32_t start,
+                                 uint64_t arg, uint64_t visibility_ns, uint32_t max_deliveries, uint32_t *idx,
+                                 uint32_t *gen, int *created)
+    int shmq_topic_receive(c.shmq_seg_t *t, shmq_topic_reader_t *r, uint8_t *buf, uint64_t bufsize,
+                           shmq_topic_msg_t *out, uint64_t *token, uint32_t *deliveries, int *dead, uint64_t deadline_ns)
+    int shmq_topic_ack(c.shmq_seg_t *t, uint64_t token)
+    int shmq_topic_nack(c.shmq_seg_t *t, uint64_t token)
+    int shmq_topic_extend(c.shmq_seg_t *t, uint64_t *token, uint64_t ns)
 
 TSTART_LATEST = SHMQ_TSTART_LATEST
 TSTART_EARLIEST = SHMQ_TSTART_EARLIEST
 TSTART_SEQ = SHMQ_TSTART_SEQ
 TSTART_TIME = SHMQ_TSTART_TIME
 TSUB_BLOCK = SHMQ_TSUB_BLOCK
+TSUB_ACK = SHMQ_TSUB_ACK
 TOPIC_NAME_MAX = SHMQ_TOPIC_NAME_MAX
 
 DEF READ_BATCH = 256          # messages one read copies at most
@@ -128,7 +140,8 @@ def _topic_subscriptions(Core core):
         if shmq_topic_subinfo(&core.seg, i, &si) != c.SHMQ_OK:
             continue
         out.append((si.idx, si.gen, si.name.decode(errors="replace"), si.flags, si.cursor, si.missed,
-                    si.delivered, si.lag, si.consumers, si.created_ns))
+                    si.delivered, si.lag, si.consumers, si.created_ns, si.acked, si.redelivered, si.dead_lettered,
+                    si.in_flight, si.visibility_ns, si.max_deliveries))
     return out
 
 
@@ -137,7 +150,8 @@ def _topic_head(Core core):
     return shmq_topic_head(&core.seg), shmq_topic_tail(&core.seg)
 
 
-def _topic_subscribe(Core core, bytes name, uint32_t flags, uint32_t start, uint64_t arg):
+def _topic_subscribe(Core core, bytes name, uint32_t flags, uint32_t start, uint64_t arg,
+                     uint64_t visibility_ns=0, uint32_t max_deliveries=0):
     """(idx, gen, created) of named subscription name; raises on a full table or other flags."""
     cdef uint32_t idx = 0, gen = 0
     cdef int created = 0, rc
@@ -146,13 +160,17 @@ def _topic_subscribe(Core core, bytes name, uint32_t flags, uint32_t start, uint
     core._check()
     core._enter()
     with nogil:
-        rc = shmq_topic_subscribe(&core.seg, p, n, flags, start, arg, &idx, &gen, &created)
+        if flags & SHMQ_TSUB_ACK:
+            rc = shmq_topic_subscribe_ack(&core.seg, p, n, flags, start, arg, visibility_ns, max_deliveries,
+                                          &idx, &gen, &created)
+        else:
+            rc = shmq_topic_subscribe(&core.seg, p, n, flags, start, arg, &idx, &gen, &created)
     core._leave()
     if rc == c.SHMQ_OK:
         return idx, gen, bool(created)
     if rc == c.SHMQ_EINCOMPAT:
         raise _errors.ArgumentError(f"subscription {name.decode()!r} exists with other options "
-                                    "(on_slow); unsubscribe it first, or subscribe with the same options")
+                                    "(on_slow or ack); unsubscribe it first, or subscribe with the same options")
     if rc == c.SHMQ_FULL:
         raise _errors.ShmqError(f"{_errors._label(core.path)}: its subscription table is full (64 named "
                                 "subscriptions); unsubscribe unused ones")
@@ -178,6 +196,28 @@ def _topic_unsubscribe(Core core, bytes name):
                                 "(stopped?); try again")
     if rc != c.SHMQ_OK:
         raise core._error(rc, "unsubscribe")
+
+
+def _topic_settle(Core core, uint64_t token, int op, uint64_t ns=0, uint64_t seq=0):
+    """op 0 ack, 1 nack (redeliver now), 2 extend (returns the new token). Raises
+    LeaseExpiredError when the delivery is no longer current."""
+    cdef int rc
+    cdef uint64_t tok = token
+    core._check()
+    if op == 0:
+        rc = shmq_topic_ack(&core.seg, tok)
+    elif op == 1:
+        rc = shmq_topic_nack(&core.seg, tok)
+    else:
+        rc = shmq_topic_extend(&core.seg, &tok, ns)
+    if rc == c.SHMQ_ESTALE:
+        e = _errors.LeaseExpiredError(f"topic message {seq}: this delivery's lease expired and the message was "
+                                      "delivered again (or it was settled already); nothing changed")
+        e.ids = [seq]
+        raise e
+    if rc != c.SHMQ_OK:
+        raise core._error(rc, "ack")
+    return tok
 
 
 def _topic_leave(Core core, uint32_t idx):
@@ -304,6 +344,36 @@ cdef class TopicReader:
         tm._hdr = PyBytes_FromStringAndSize(<const char *>m.data, m.hdr_size) if m.hdr_size else None
         tm.body = _topic_body(m, m.seq)
         return tm
+
+    def receive(self, block=True, timeout=None):
+        """(TopicMessage, token, deliveries, dead) of the next delivery under a lease (ack=True).
+        Raises Empty."""
+        cdef uint64_t dl, token = 0
+        cdef uint32_t deliveries = 0
+        cdef int dead = 0, rc
+        cdef PyThreadState *ts
+        cdef Core core = self.core
+        if self.closed:
+            raise _errors.QueueClosedError("this subscription is closed")
+        core._check()
+        _deadline(block, timeout, &dl)
+        while True:
+            core._enter()
+            ts = _release()
+            rc = shmq_topic_receive(&core.seg, &self.r, self.buf, self.bufsize, self.out, &token, &deliveries,
+                                    &dead, dl)
+            _reacquire(ts)
+            core._leave()
+            if (rc != c.SHMQ_EINTR and not core._closed) or not core._retry(rc):
+                break
+        if rc == c.SHMQ_OK:
+            return self._msg(0), token, deliveries, bool(dead)
+        if rc == c.SHMQ_EMPTY or rc == c.SHMQ_TIMEOUT:
+            raise _errors.Empty()
+        if rc == c.SHMQ_ECLOSED and not core._closed:
+            raise _errors.SubscriptionNotFound("this subscription was unsubscribed (t.unsubscribe) by another "
+                                               "handle; subscribe again to start a new one")
+        raise core._error(rc, "receive")
 
     def get(self, block=True, timeout=None):
         """The next message (a TopicMessage). Raises Empty (timeout / non-blocking)."""

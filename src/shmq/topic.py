@@ -9,9 +9,10 @@ from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Optional, Union
 
 from . import _codec, _core, _names, _options
 from ._handle import Handle, open_core
-from .errors import ArgumentError, ArgumentTypeError, IncompatibleQueueError, QueueClosedError, _label
+from . import errors as shmq_errors
+from .errors import ArgumentError, ArgumentTypeError, Empty, IncompatibleQueueError, QueueClosedError, _label
 
-__all__ = ["Topic", "Subscription", "SubscriptionInfo", "TopicMessage", "KIND_NAMES"]
+__all__ = ["Topic", "Subscription", "SubscriptionInfo", "TopicMessage", "TopicDelivery", "KIND_NAMES"]
 
 TopicMessage = _core.TopicMessage
 _core._set_topic_policy(_codec.decode_headers)
@@ -54,6 +55,9 @@ def topic_stats(core: Any, st: dict[str, Any]) -> dict[str, Any]:
     for rec in _core._topic_subscriptions(core):
         subs[rec[2]] = {"lag": rec[7], "missed": rec[5], "consumers": rec[8], "durable": True,
                         "on_slow": "block" if rec[3] & _core.TSUB_BLOCK else "drop_oldest", "delivered": rec[6]}
+        if rec[3] & _core.TSUB_ACK:
+            subs[rec[2]].update(ack=True, in_flight=rec[13], acked=rec[10], redelivered=rec[11],
+                                dead_lettered=rec[12])
     st["subscriptions"] = subs
     st["oldest_age_s"] = 0.0
     if ts["head_seq"] > ts["tail_seq"]:
@@ -93,6 +97,57 @@ def _start(start: Any) -> tuple[int, int]:
     raise ArgumentTypeError(f"start must be 'latest', 'earliest', an int or a float, not {type(start).__name__}")
 
 
+class TopicDelivery:
+    """One delivery of an ack=True subscription: ``seq``/``id``, ``body``, ``headers``,
+    ``timestamp``, ``delivery_count`` (1 on the first delivery). Settle it with ack() or
+    nack(); extend() keeps the lease longer."""
+
+    __slots__ = ("_sub", "_token", "_state", "_msg", "seq", "id", "body", "timestamp", "delivery_count")
+
+    def __init__(self, sub: Subscription, msg: Any, token: int, deliveries: int):
+        self._sub, self._msg, self._token, self._state = sub, msg, token, None
+        self.seq = self.id = msg.seq
+        self.body = msg.body
+        self.timestamp = msg.timestamp
+        self.delivery_count = deliveries
+
+    @property
+    def headers(self) -> dict:
+        return self._msg.headers
+
+    def ack(self) -> bool:
+        """Done: never delivered again. Returns False if this delivery was acked already.
+        Raises LeaseExpiredError when the lease ran out and the message was delivered again."""
+        if self._state == "acked":
+            return False
+        if self._state is not None:
+            raise ArgumentError(f"topic message {self.seq} was {self._state}: this delivery is over")
+        _core._topic_settle(self._sub._topic._core, self._token, 0, 0, self.seq)
+        self._state = "acked"
+        return True
+
+    def nack(self, requeue: bool = True) -> None:
+        """Give it back: redelivered to the group (requeue=True; counts a failed delivery, past
+        max_deliveries it is dead-lettered) or dead-lettered now (requeue=False, reason "rejected")."""
+        if self._state is not None:
+            raise ArgumentError(f"topic message {self.seq} was {self._state}: this delivery is over")
+        if requeue:
+            _core._topic_settle(self._sub._topic._core, self._token, 1, 0, self.seq)
+        else:
+            self._sub._dead_letter(self._msg, self._token, self.delivery_count, "rejected")
+        self._state = "nacked"
+
+    def extend(self, seconds: float) -> None:
+        """Keep it in flight until now + seconds. Raises LeaseExpiredError as ack() does."""
+        ns = _options.seconds_ns(seconds, "extend(seconds)")
+        if self._state is not None:
+            raise ArgumentError(f"topic message {self.seq} was {self._state}: this delivery is over")
+        self._token = _core._topic_settle(self._sub._topic._core, self._token, 2, ns, self.seq)
+
+    def __repr__(self) -> str:
+        return f"<shmq.TopicDelivery seq={self.seq} delivery={self.delivery_count} {self._state or 'in flight'}>"
+
+
 class Subscription:
     """A reader of a topic: a private one (lossy, ends with its handle) or a member of a named,
     durable subscription (each message goes to one member of the group).
@@ -100,7 +155,10 @@ class Subscription:
     get/get_many/iteration deliver TopicMessage objects (``seq``, ``id``, ``body``, ``headers``,
     ``timestamp``) in publish order."""
 
-    def __init__(self, topic: Topic, reader: Any, name: Optional[str], idx: int, gen: int, on_slow: str):
+    def __init__(self, topic: Topic, reader: Any, name: Optional[str], idx: int, gen: int, on_slow: str,
+                 ack: bool = False, dead_letter: Optional[str] = None):
+        self._ack = ack
+        self._dead_letter_name = dead_letter
         self._topic = topic
         self._reader = reader
         self._name = name
@@ -127,16 +185,60 @@ class Subscription:
         return self._reader
 
     def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
-        """The next message. Raises Empty (timeout or block=False with nothing there),
-        QueueClosedError after close(), SubscriptionNotFound if it was unsubscribed meanwhile."""
+        """The next message (ack=True: a TopicDelivery to ack). Raises Empty (timeout or
+        block=False with nothing there), QueueClosedError after close(), SubscriptionNotFound
+        if it was unsubscribed meanwhile."""
+        if self._ack:
+            return self._receive(block, timeout)
         return self._live().get(block, timeout)
 
     def get_nowait(self) -> Any:
-        return self._live().get(False)
+        return self.get(False)
 
     def get_many(self, max_items: int = 64, timeout: Optional[float] = None, block: bool = True) -> list:
         """Up to max_items messages, returned as soon as at least one is there. Raises Empty."""
+        if self._ack:
+            if isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1:
+                raise ArgumentError(f"max_items must be an int of at least 1, got {max_items!r}")
+            out = [self._receive(block, timeout)]
+            while len(out) < max_items:
+                try:
+                    out.append(self._receive(False, None))
+                except Empty:
+                    break
+            return out
         return self._live().get_many(max_items, timeout, block)
+
+    def _receive(self, block, timeout):
+        reader = self._live()
+        end = None if (timeout is None or not block) else time.monotonic() + _options.seconds_ns(timeout, "timeout") / 1e9
+        while True:
+            left = None if end is None else max(0.0, end - time.monotonic())
+            msg, token, n, dead = reader.receive(block, left)
+            if not dead:
+                return TopicDelivery(self, msg, token, n)
+            self._dead_letter(msg, token, n - 1, "max-deliveries")   # the deliveries it had
+
+    def _dead_letter(self, msg, token, deliveries, reason):
+        """Copy msg to the dead-letter queue (deduplicated on topic, subscription and seq, so a
+        repeat after a crash sends nothing new), then settle its lease."""
+        from .queue import Queue, _create_dlq
+        name = self._dead_letter_name
+        try:
+            dlq = Queue(name)
+        except shmq_errors.QueueNotFound:
+            dlq = _create_dlq(name, create=True, exist_ok=True, capacity="4MiB", ack=True)
+        try:
+            dlq.send(msg.body, headers={"x-dead-letter-source": f"topic:{self._topic.name}/{self._name}",
+                                        "x-dead-letter-reason": reason, "x-delivery-count": str(deliveries),
+                                        "x-original-seq": str(msg.seq)},
+                     dedup_id=f"topic:{self._topic.name}:{self._name}:{msg.seq}")
+        finally:
+            dlq.close()
+        try:
+            _core._topic_settle(self._topic._core, token, 0, 0, msg.seq)
+        except shmq_errors.LeaseExpiredError:
+            pass   # settled meanwhile by a repair; the copy is deduplicated
 
     def get_bodies(self, max_items: int = 64, timeout: Optional[float] = None, block: bool = True) -> list:
         """get_many, but only the bodies (no TopicMessage objects: the fastest batch)."""
@@ -263,16 +365,16 @@ class Topic(Handle, _core.TopicOps):
 
     # -- subscribe -------------------------------------------------------------------
     def subscribe(self, name: Optional[str] = None, *, start: Any = "latest", on_slow: Optional[str] = None,
-                  ack: bool = False) -> Subscription:
+                  ack: bool = False, visibility_timeout: float = 30.0, max_deliveries: int = 20,
+                  dead_letter: Optional[str] = None) -> Subscription:
         """A private subscription (name=None: lossy, never slows a publisher, ends with this
         handle) or a member of the named, durable subscription `name` (created on first use
         with `start` and `on_slow`: "block", the default, or "drop_oldest").
         Raises ValueError for bad arguments or when name exists with another on_slow."""
         if self.closed:
             raise QueueClosedError(f"{self!r} is closed")
-        if ack:
-            raise ArgumentError("ack=True topic subscriptions are not available in this version: use a named "
-                                "subscription (at-most-once per group member) or an ack=True Queue fed from it")
+        if ack and name is None:
+            raise ArgumentError("ack=True needs a named subscription (a private one is lossy by definition)")
         kind, arg = _start(start)
         if name is None:
             if on_slow not in (None, "drop_oldest"):
@@ -303,9 +405,17 @@ class Topic(Handle, _core.TopicOps):
             if slow not in ("block", "drop_oldest"):
                 raise ArgumentError(f"on_slow must be 'block' or 'drop_oldest', got {on_slow!r}")
             flags = _core.TSUB_BLOCK if slow == "block" else 0
-            idx, gen, _created = _core._topic_subscribe(self._core, bname, flags, kind, arg)
+            vis = maxd = 0
+            dlq = None
+            if ack:
+                flags |= _core.TSUB_ACK
+                vis = _options.seconds_ns(visibility_timeout, "visibility_timeout", allow_zero=False)
+                maxd = _options.check_int(max_deliveries, "max_deliveries", 1, 65535)
+                dlq = f"{self.name}.{name}.dlq" if dead_letter is None else _options.name(dead_letter, "dead_letter")
+                _names.check_name(dlq)
+            idx, gen, _created = _core._topic_subscribe(self._core, bname, flags, kind, arg, vis, maxd)
             reader = _core.TopicReader(self._core, idx, gen, 0, self._max_message)
-            sub = Subscription(self, reader, name, idx, gen, slow)
+            sub = Subscription(self, reader, name, idx, gen, slow, bool(ack), dlq)
             with self._lock:
                 self._members[idx] = self._members.get(idx, 0) + 1
         self._subs.add(sub)

@@ -65,6 +65,26 @@ def main():
             if delay:
                 time.sleep(delay)
         f.write(f"M {sub.missed}\n")
+    elif mode == "receive":
+        # ack=True member: receive, record, ack (hold > 0: keep that many unacked, then sleep)
+        sub_name, idle, hold = args[0], float(args[1]), int(args[2])
+        sub = t.subscribe(sub_name, ack=True, visibility_timeout=60)
+        f.write("READY\n")
+        held = []
+        while True:
+            try:
+                m = sub.get(timeout=idle)
+            except shmq.Empty:
+                break
+            f.write(f"R {m.seq} {m.delivery_count}\n")
+            if len(held) < hold:
+                held.append(m)
+                if len(held) == hold:
+                    f.write("HOLDING\n")
+                    time.sleep(600)
+            else:
+                m.ack()
+                f.write(f"A {m.seq}\n")
     elif mode == "subscribe":
         t.subscribe(args[0], start="earliest")
         f.write("SUBSCRIBED\n")

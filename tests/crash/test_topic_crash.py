@@ -23,6 +23,7 @@ TOPIC_SCENARIOS = {
     "topic_after_commit": ("publish", 5),
     "topic_before_advance": ("read", 3),
     "topic_mid_subscribe": ("subscribe", 1),
+    "topic_ack_claimed": ("receive", 3),
 }
 
 _started = []
@@ -208,3 +209,50 @@ def test_sigstopped_block_subscriber_stalls_only_as_documented(qname, tmp_path):
     finally:
         t.close()
         shmq.unlink(qname)
+
+
+def test_ack_member_killed_while_claiming(topic, tmp_path):
+    _, hit = TOPIC_SCENARIOS["topic_ack_claimed"]
+    topic.subscribe("acks", start="earliest", ack=True).close()
+    topic.publish_many([payload(0, i) for i in range(10)])
+    rec = str(tmp_path / "rec")
+    p = spawn("receive", topic.name, rec, "acks", 2, 0, crash_at=f"topic_ack_claimed:{hit}")
+    p.communicate(timeout=60)
+    assert p.returncode == -signal.SIGKILL
+    assert [int(r[1]) for r in records(rec) if r[0] == "A"] == list(range(1, hit))
+    topic._repair()                                   # what a sleeper's liveness slice does
+    s = topic.subscribe("acks", ack=True)
+    got = []
+    while True:
+        try:
+            m = s.get(timeout=0.3)
+        except shmq.Empty:
+            break
+        got.append((m.seq, m.delivery_count))
+        m.ack()
+    # the claim had not advanced the group's cursor: its message comes once, as a first delivery
+    assert got == [(seq, 1) for seq in range(hit, 11)]
+    info = topic.stats()["subscriptions"]["acks"]
+    assert info["in_flight"] == 0 and info["lag"] == 0
+
+
+def test_ack_member_sigkilled_its_leases_go_back_to_the_group(topic, tmp_path):
+    topic.subscribe("acks", start="earliest", ack=True).close()
+    topic.publish_many([payload(0, i) for i in range(6)])
+    rec = str(tmp_path / "rec")
+    p = spawn("receive", topic.name, rec, "acks", 2, 3)
+    wait_for(rec, "HOLDING")
+    p.kill()
+    p.communicate(timeout=30)
+    s = topic.subscribe("acks", ack=True)               # visibility_timeout is 60 s: only repair returns them
+    t0 = time.monotonic()
+    got = {}
+    while len(got) < 6 and time.monotonic() - t0 < 20:
+        try:
+            m = s.get(timeout=1)
+        except shmq.Empty:
+            continue
+        got[m.seq] = m.delivery_count
+        m.ack()
+    assert time.monotonic() - t0 < 10                    # the repair bound, with a loaded machine's margin
+    assert got == {1: 2, 2: 2, 3: 2, 4: 1, 5: 1, 6: 1}

@@ -353,7 +353,7 @@ def test_open_missing_and_bad_arguments(qname, topic):
         with pytest.raises((ValueError, TypeError)):
             t.subscribe(name)
     with pytest.raises(ValueError):
-        t.subscribe("a", ack=True)
+        t.subscribe(ack=True)           # ack=True needs a name
     s = t.subscribe()
     with pytest.raises(ValueError):
         s.get_many(0)
