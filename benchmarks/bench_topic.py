@@ -140,6 +140,8 @@ class ZmqPubSub:
                         n += 1
                     except zmq.Again:
                         break
+                    if not n & 4095 and stop.is_set():
+                        break          # a backlog of up to the high-water mark is not drained
         out.put((n, None))
         s.close(0)
         ctx.term()
