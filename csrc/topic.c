@@ -305,7 +305,8 @@ static inline uint64_t iov_bytes(const shmq_topic_pub_t *m)
 }
 
 /* Under pub_lock: publish as many of msgs as the gate allows. *gated = 1 if it stopped there. */
-static int publish_locked(shmq_seg_t *t, const shmq_topic_pub_t *msgs, uint32_t n, uint32_t *done, int *gated)
+static int publish_locked(shmq_seg_t *t, const shmq_topic_pub_t *msgs, uint32_t n, uint32_t *done, int *gated,
+                          uint64_t *seqs)
 {
     shmq_topic_t *k = T(t);
     shmq_topic_hdr_t *th = k->th;
@@ -377,6 +378,8 @@ static int publish_locked(shmq_seg_t *t, const shmq_topic_pub_t *msgs, uint32_t 
         e->flags = 0;
         e->timestamp_ns = ts;
         shmq_store_relaxed(&e->seq, h);
+        if (seqs)
+            seqs[i] = h;
         dh = end;
         h++;
     }
@@ -407,6 +410,12 @@ static int gate_check(shmq_seg_t *t, void *ctx)
 int shmq_topic_publish(shmq_seg_t *t, const shmq_topic_pub_t *msgs, uint32_t n, uint64_t deadline_ns,
                        uint32_t *done, uint64_t *first)
 {
+    return shmq_topic_publish_seqs(t, msgs, n, deadline_ns, done, first, NULL);
+}
+
+int shmq_topic_publish_seqs(shmq_seg_t *t, const shmq_topic_pub_t *msgs, uint32_t n, uint64_t deadline_ns,
+                            uint32_t *done, uint64_t *first, uint64_t *seqs)
+{
     shmq_topic_t *k = T(t);
     *done = 0;
     *first = 0;
@@ -429,7 +438,7 @@ int shmq_topic_publish(shmq_seg_t *t, const shmq_topic_pub_t *msgs, uint32_t n, 
             *first = shmq_load_relaxed(&k->th->head_seq);
         uint32_t got = 0;
         int gated = 0;
-        rc = publish_locked(t, msgs + *done, n - *done, &got, &gated);
+        rc = publish_locked(t, msgs + *done, n - *done, &got, &gated, seqs ? seqs + *done : NULL);
         uint64_t gate = shmq_load_relaxed(&k->th->gate_seq);
         shmq_lock_release(t, &k->th->pub_lock, &k->pub_busy);
         *done += got;

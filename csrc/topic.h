@@ -216,6 +216,10 @@ shmq_topic_t *shmq_topic_of(shmq_seg_t *t); /* NULL for any other kind */
  * subscription gates the rest), SHMQ_ETOOBIG (msgs[*done] can never fit), SHMQ_EINTR. */
 int shmq_topic_publish(shmq_seg_t *t, const shmq_topic_pub_t *msgs, uint32_t n, uint64_t deadline_ns,
                        uint32_t *done, uint64_t *first);
+/* The same, with each published message's seq in seqs[0 .. *done): a batch that a block
+ * subscription split across lock holds is not contiguous (other publishers ran meanwhile). */
+int shmq_topic_publish_seqs(shmq_seg_t *t, const shmq_topic_pub_t *msgs, uint32_t n, uint64_t deadline_ns,
+                            uint32_t *done, uint64_t *first, uint64_t *seqs);
 
 /* A reader's position: a private one (sub == UINT32_MAX, *cursor process-local) or named
  * subscription index sub of generation gen. */

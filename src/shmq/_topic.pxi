@@ -39,6 +39,8 @@ cdef extern from "topic.h" nogil:
         uint32_t max_subs, subs
     int shmq_topic_publish(c.shmq_seg_t *t, const shmq_topic_pub_t *msgs, uint32_t n, uint64_t deadline_ns,
                            uint32_t *done, uint64_t *first)
+    int shmq_topic_publish_seqs(c.shmq_seg_t *t, const shmq_topic_pub_t *msgs, uint32_t n, uint64_t deadline_ns,
+                                uint32_t *done, uint64_t *first, uint64_t *seqs)
     int shmq_topic_read(c.shmq_seg_t *t, shmq_topic_reader_t *r, uint8_t *buf, uint64_t bufsize,
                         shmq_topic_msg_t *out, uint32_t max, uint32_t *n, uint64_t deadline_ns)
     int shmq_topic_subscribe(c.shmq_seg_t *t, const char *name, uint32_t name_len, uint32_t flags, uint32_t start,
@@ -423,7 +425,8 @@ def _topic_peek(Core core, uint64_t seq):
         free(buf)
 
 
-cdef int _publish_parts(Core core, list msgs, uint64_t dl, uint32_t *done, uint64_t *first) except -1:
+cdef int _publish_parts(Core core, list msgs, uint64_t dl, uint32_t *done, uint64_t *first,
+                        uint64_t *seqs=NULL) except -1:
         # msgs: [(kind, hdr bytes or None, [buffers])]
         cdef Py_ssize_t nm = len(msgs), total_parts = 0, i, j, k = 0, nviews = 0
         cdef shmq_topic_pub_t *pubs
@@ -470,7 +473,8 @@ cdef int _publish_parts(Core core, list msgs, uint64_t dl, uint32_t *done, uint6
             while True:
                 core._enter()
                 ts = _release()
-                rc = shmq_topic_publish(&core.seg, pubs + done[0], <uint32_t>(nm - done[0]), dl, &j32, &f64)
+                rc = shmq_topic_publish_seqs(&core.seg, pubs + done[0], <uint32_t>(nm - done[0]), dl, &j32, &f64,
+                                             seqs + done[0] if seqs != NULL else NULL)
                 _reacquire(ts)
                 core._leave()
                 if done[0] == 0:
@@ -499,7 +503,8 @@ cdef int _publish_parts(Core core, list msgs, uint64_t dl, uint32_t *done, uint6
             free(iov)
             free(views)
 
-cdef int _publish_bytes(Core core, list objs, uint64_t dl, uint32_t *done, uint64_t *first) except -1:
+cdef int _publish_bytes(Core core, list objs, uint64_t dl, uint32_t *done, uint64_t *first,
+                        uint64_t *seqs) except -1:
     """publish_many of exact bytes objects without headers: one iov each, straight from the
     objects (the list holds them alive; bytes are immutable)."""
     cdef Py_ssize_t nm = len(objs), i
@@ -526,7 +531,8 @@ cdef int _publish_bytes(Core core, list objs, uint64_t dl, uint32_t *done, uint6
         while True:
             core._enter()
             ts = _release()
-            rc = shmq_topic_publish(&core.seg, pubs + done[0], <uint32_t>(nm - done[0]), dl, &j32, &f64)
+            rc = shmq_topic_publish_seqs(&core.seg, pubs + done[0], <uint32_t>(nm - done[0]), dl, &j32, &f64,
+                                             seqs + done[0] if seqs != NULL else NULL)
             _reacquire(ts)
             core._leave()
             if done[0] == 0:
@@ -570,22 +576,36 @@ cdef class TopicOps(HandleBase):
 
     def _publish_many(self, objs, hdr, block=True, timeout=None):
         cdef uint64_t dl
-        cdef uint32_t done = 0
+        cdef uint32_t done = 0, i
         cdef uint64_t first = 0
+        cdef uint64_t *seqs
         _deadline(block, timeout, &dl)
-        if not hdr and type(objs) is list and all(PyBytes_CheckExact(o) for o in <list>objs):
-            if not objs:
-                return []
-            _publish_bytes(self._c(), <list>objs, dl, &done, &first)   # no per-message Python objects
-            return list(range(first, first + done))
-        msgs = []
-        for obj in objs:
-            if PyBytes_CheckExact(obj):
-                msgs.append((_KIND_BYTES, hdr, (obj,)))
-            else:
-                kind, parts = _encode(obj, 0)
-                msgs.append((kind, hdr, parts))
+        fast = not hdr and type(objs) is list and all(PyBytes_CheckExact(o) for o in <list>objs)
+        if fast:
+            msgs = <list>objs
+        else:
+            msgs = []
+            for obj in objs:
+                if PyBytes_CheckExact(obj):
+                    msgs.append((_KIND_BYTES, hdr, (obj,)))
+                else:
+                    kind, parts = _encode(obj, 0)
+                    msgs.append((kind, hdr, parts))
         if not msgs:
             return []
-        _publish_parts(self._c(), msgs, dl, &done, &first)
-        return list(range(first, first + done))
+        seqs = <uint64_t *>malloc(sizeof(uint64_t) * len(msgs))
+        if seqs == NULL:
+            raise MemoryError()
+        try:
+            try:
+                if fast:
+                    _publish_bytes(self._c(), msgs, dl, &done, &first, seqs)   # no per-message Python objects
+                else:
+                    _publish_parts(self._c(), msgs, dl, &done, &first, seqs)
+            except BaseException as e:
+                if hasattr(e, "items_put"):
+                    e.seqs = [seqs[i] for i in range(done)]
+                raise
+            return [seqs[i] for i in range(done)]
+        finally:
+            free(seqs)

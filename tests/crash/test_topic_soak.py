@@ -1,8 +1,9 @@
 """Randomized SIGKILL soak on a topic with three kinds of subscription (a block group, a
-drop_oldest group, private readers) and two publishers: afterwards nothing torn was ever
+drop_oldest group, private readers, and an ack=True group) and two publishers: afterwards nothing torn was ever
 delivered, sequence numbers were never reused, the block group delivered every published
 message once (except at most one per member killed between its claim and its record), and
-the log still works. SHMQ_TOPIC_SOAK_KILLS sets the number of kills (CI budget by default)."""
+the ack=True group acked every published message (a message acked twice only after a
+redelivery: at most one first delivery per message), and the log still works. SHMQ_TOPIC_SOAK_KILLS sets the number of kills (CI budget by default)."""
 import os
 import random
 import signal
@@ -56,6 +57,23 @@ def _reader(name, sub, on_slow, path, idle):
     return run
 
 
+def _acker(name, path):
+    def run():
+        t = shmq.Topic(name)
+        s = t.subscribe("acked", ack=True)
+        with open(path, "a", buffering=1) as f:
+            while True:
+                try:
+                    m = s.get(timeout=30)
+                except shmq.Empty:
+                    return
+                pi = check(m.body)
+                # recorded before the ack: a member killed in between gets it redelivered
+                f.write(f"A {m.seq} {m.delivery_count}\n" if pi else f"BAD {m.seq}\n")
+                m.ack()
+    return run
+
+
 def _lines(path):
     if not os.path.exists(path):
         return []
@@ -70,7 +88,8 @@ def test_random_sigkill_soak_on_a_topic(qname, tmp_path):
     try:
         t.subscribe("block", start="earliest").close()
         t.subscribe("lossy", start="earliest", on_slow="drop_oldest").close()
-        runs = {"pub0": 0, "pub1": 0, "blk0": 0, "blk1": 0, "lossy": 0, "priv": 0}
+        t.subscribe("acked", start="earliest", ack=True).close()
+        runs = {"pub0": 0, "pub1": 0, "blk0": 0, "blk1": 0, "lossy": 0, "priv": 0, "ack0": 0, "ack1": 0}
         next_i = {"pub0": 0, "pub1": 0}
         killed_block = 0
 
@@ -84,6 +103,8 @@ def test_random_sigkill_soak_on_a_topic(qname, tmp_path):
                 fn = _publisher(qname, pub, next_i[role], path)
             elif role.startswith("blk"):
                 fn = _reader(qname, "block", "block", path, 30)
+            elif role.startswith("ack"):
+                fn = _acker(qname, path)
             elif role == "lossy":
                 fn = _reader(qname, "lossy", "drop_oldest", path, 30)
             else:
@@ -101,7 +122,7 @@ def test_random_sigkill_soak_on_a_topic(qname, tmp_path):
             start(role)
         for role in ("pub0", "pub1"):               # publishers stop; readers drain and stop
             os.kill(kids.pop(role), signal.SIGKILL)
-        for role in ("blk0", "blk1", "lossy", "priv"):
+        for role in ("blk0", "blk1", "lossy", "priv", "ack0", "ack1"):
             os.kill(kids.pop(role), signal.SIGKILL)
         while True:
             try:
@@ -118,8 +139,19 @@ def test_random_sigkill_soak_on_a_topic(qname, tmp_path):
                 break
         tail.close()
         killed_block += 2
+        t._repair()                        # what the killed ack members held goes back to the group
+        acks = t.subscribe("acked", ack=True)
+        acked_rest = []
+        while True:
+            try:
+                m = acks.get(timeout=0.3)
+            except shmq.Empty:
+                break
+            acked_rest.append((m.seq, m.delivery_count))
+            m.ack()
+        acks.close()
 
-        published, delivered, bad = [], [], []
+        published, delivered, bad, acked = [], [], [], list(acked_rest)
         for f in sorted(os.listdir(tmp_path)):
             recs = _lines(str(tmp_path / f))
             bad += [r for r in recs if r[0] == "BAD"]
@@ -130,6 +162,8 @@ def test_random_sigkill_soak_on_a_topic(qname, tmp_path):
                 assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), f"{f}: order broken"
                 if f.startswith("blk"):
                     delivered += seqs
+            if f.startswith("ack"):
+                acked += [(int(r[1]), int(r[2])) for r in recs if r[0] == "A"]
         assert not bad, "a torn message was delivered"
         assert len(set(published)) == len(published), "a sequence number was given out twice"
         assert published, "no publish returned"
@@ -140,6 +174,11 @@ def test_random_sigkill_soak_on_a_topic(qname, tmp_path):
         assert len(missing) <= 8 * killed_block, (len(missing), killed_block)
         info = {i.name: i for i in t.subscriptions()}
         assert info["block"].lag == 0 and info["block"].missed == 0
+        # at-least-once: every published message was acked; a second ack only after a redelivery
+        assert set(published) <= {seq for seq, _ in acked}, "an ack=True member lost a message"
+        firsts = [seq for seq, count in acked if count == 1]   # every other delivery is a redelivery
+        assert len(firsts) == len(set(firsts)), "a message was delivered twice as a first delivery"
+        assert t.stats()["subscriptions"]["acked"]["in_flight"] == 0
         # the log still works after all the kills
         probe = t.subscribe()
         seq = t.publish(b"alive", timeout=5)

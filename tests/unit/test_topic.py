@@ -405,3 +405,37 @@ def test_cli_shows_topics_subscriptions_and_peeks_by_seq(topic, qname):
     assert "seq=1" in shmq_cli("peek", qname) and "text=hello" in shmq_cli("peek", qname)
     top = shmq_cli("top", "--iterations", "1", "--json")
     assert any(q["NAME"].strip() == "alpha" for q in json.loads(top.splitlines()[0])["queues"])
+
+
+def test_publish_many_split_by_the_gate_returns_its_own_seqs(topic, qname):
+    # A batch a block subscription splits across lock holds is not contiguous when another
+    # publisher runs meanwhile: each publisher gets exactly the seqs of its own messages.
+    import threading
+    t = topic(capacity=SMALL)
+    other = shmq.Topic(qname)
+    try:
+        s = t.subscribe("gate")
+        got = {}
+
+        def batch():
+            got["a"] = t.publish_many([b"A%d" % i for i in range(400)], timeout=30)
+
+        th = threading.Thread(target=batch)
+        th.start()
+        mine, seen = [], {}
+        deadline = time.monotonic() + 30
+        while (th.is_alive() or len(seen) < 400 + len(mine)) and time.monotonic() < deadline:
+            try:
+                mine.append(other.publish(b"B", block=False))
+            except shmq.Full:
+                pass
+            try:
+                for m in s.get_many(64, timeout=0.01):
+                    seen[m.seq] = m.body
+            except shmq.Empty:
+                pass
+        th.join(30)
+        assert len(got["a"]) == 400 and not set(got["a"]) & set(mine)
+        assert all(seen[q].startswith(b"A") for q in got["a"]) and all(seen[q] == b"B" for q in mine)
+    finally:
+        other.close()
