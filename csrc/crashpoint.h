@@ -38,7 +38,13 @@
     X(group_mid_link, "group send: linked as its idle group's head, not yet published") \
     X(group_mid_settle, "group settle: the next member made the head, not yet published") \
     X(forward_after_hold, "forward: received message held (SETTLING), new message not yet sent") \
-    X(forward_after_send, "forward: new message sent to the destination, received message not yet acked")
+    X(forward_after_send, "forward: new message sent to the destination, received message not yet acked") \
+    X(topic_mid_publish, "topic publish: lock held, tail moved, part of a payload written, head not yet advanced") \
+    X(topic_before_commit, "topic publish: entries and payloads written, head_seq (the commit) not yet stored") \
+    X(topic_after_commit, "topic publish: committed, lock held, sleeping readers not yet woken") \
+    X(topic_before_advance, "topic read: a named subscription's messages copied, its cursor not yet advanced") \
+    X(topic_mid_subscribe, "topic subscribe: both locks held, the new entry filled, its state not yet LIVE") \
+    X(topic_ack_claimed, "topic receive (ack=True): lease reserved with its seq, message copied, group cursor not yet advanced")
 
 extern int shmq_crash_armed;
 void shmq_crash_hit(const char *name);

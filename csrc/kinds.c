@@ -4,10 +4,13 @@
 #include "lease.h"
 #include "participants.h"
 #include "queue.h"
+#include "topic.h"
 
 /* The kind's hooks and state, from the validated header (before the handle attaches). */
 static int bind_kind(shmq_seg_t *seg)
 {
+    if (seg->hdr->kind == SHMQ_KIND_TOPIC)
+        return shmq_topic_bind(seg);
     if (seg->hdr->flags & SHMQ_F_ACK)
         return shmq_ack_bind(seg);
     shmq_queue_bind(seg);
@@ -31,6 +34,16 @@ int shmq_create(shmq_seg_t *seg, const shmq_create_opts_t *o, int exist_ok, int 
     shmq_region_req_t req[SHMQ_MAX_REGIONS];
     uint32_t n = 0;
     *created = 0;
+    if (o->kind == SHMQ_KIND_TOPIC) {
+        /* the log lives in its region; area 0 (unused by a topic) is the smallest one */
+        shmq_create_opts_t to = *o;
+        int rc = shmq_topic_region(o->capacity, o->max_message, o->retention_ns, o->max_slots, &req[n++]);
+        if (rc != SHMQ_OK || (o->flags & (SHMQ_F_ACK | SHMQ_F_GROWABLE)))
+            return rc != SHMQ_OK ? rc : SHMQ_EINVAL;
+        to.capacity = SHMQ_MIN_AREA_SIZE;
+        to.max_message = 0;
+        return bound(seg, shmq_seg_create(seg, &to, req, n, exist_ok, created));
+    }
     shmq_create_opts_t oo = *o;
     if (o->flags & SHMQ_F_ACK) {
         int rc = shmq_ack_region(o, &req[n++]);
@@ -63,6 +76,8 @@ int shmq_validate(shmq_seg_t *seg)
         rc = shmq_ack_valid(seg);
     if (rc == SHMQ_OK && (seg->hdr->flags & SHMQ_F_ACK))
         rc = shmq_group_valid(seg);
+    if (rc == SHMQ_OK && seg->hdr->kind == SHMQ_KIND_TOPIC)
+        rc = shmq_topic_valid(seg);
     return rc;
 }
 

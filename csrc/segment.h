@@ -104,6 +104,7 @@ _Static_assert(sizeof(shmq_area_ent_t) == 32, "area entry layout");
 #define SHMQ_MAX_REGIONS 8u
 #define SHMQ_REGION_ACK 1u /* lease.h: at-least-once block + dedup table */
 #define SHMQ_REGION_GROUP 3u /* group.h: message-group table */
+#define SHMQ_REGION_TOPIC 4u /* topic.h: log entries, subscriptions, membership, data ring */
 #define SHMQ_REGION_KIND_MAX 16u
 #define SHMQ_REGION_ALIGN 64u
 typedef struct {
@@ -252,6 +253,8 @@ typedef struct {
     uint32_t max_deliveries;
     uint32_t dedup_slots;    /* 0 = default */
     const char *dead_letter; /* NULL or "" = none */
+    /* SHMQ_KIND_TOPIC only (topic.h): capacity is the log region's bytes */
+    uint64_t retention_ns;   /* 0 = keep what fits */
 } shmq_create_opts_t;
 
 struct shmq_seg;

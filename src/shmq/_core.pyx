@@ -1499,3 +1499,6 @@ cdef class QueueOps(HandleBase):
 def strerror(int rc):
     """The core's description of a result code."""
     return c.shmq_strerror(rc).decode()
+
+
+include "_topic.pxi"

@@ -50,6 +50,7 @@ cdef extern from "segment.h" nogil:
         uint64_t maxsize
         uint64_t max_message
         int64_t creator_pid
+        uint32_t kind
     ctypedef struct shmq_seg_t:
         int fd
         shmq_header_t *hdr
@@ -73,6 +74,7 @@ cdef extern from "segment.h" nogil:
         uint32_t max_deliveries
         uint32_t dedup_slots
         const char *dead_letter
+        uint64_t retention_ns
 
 cdef extern from "kinds.h" nogil:
     int shmq_create(shmq_seg_t *seg, const shmq_create_opts_t *o, int exist_ok, int *created)

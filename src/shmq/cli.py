@@ -98,6 +98,19 @@ def _held(st):
     return str(st["in_flight"]), str(st["delayed"]), age
 
 
+def _sub_rows(st, head):
+    """A topic's named subscriptions under its row: DEPTH is the subscription's lag, AGE
+    says what it missed."""
+    rows = []
+    for name, s in sorted(((st or {}).get("subscriptions") or {}).items()):
+        row = ["-"] * len(head)
+        row[0], row[1], row[2] = f"  {_show(name)}", f"sub:{s['on_slow']}", str(s["lag"])
+        row[head.index("AGE")] = f"missed={s['missed']}"
+        row[head.index("CONSUMERS")] = str(s["consumers"])
+        rows.append(tuple(row))
+    return rows
+
+
 def _ls_rows(entries):
     rows = []
     for qi, st in entries:
@@ -105,6 +118,7 @@ def _ls_rows(entries):
         rows.append((_show(qi.name), _kind(qi, st), str(dash(qi.depth)), *_held(st),
                      "-" if qi.bytes_used is None else _fmt_bytes(qi.bytes_used),
                      str(dash(qi.consumers)), str(dash(qi.producers)), str(dash(qi.attached))))
+        rows += _sub_rows(st, _LS_HEAD)
     return rows
 
 
@@ -114,6 +128,8 @@ _LS_HEAD = ("NAME", "KIND", "DEPTH", "IN_FLIGHT", "DELAYED", "AGE", "BYTES", "CO
 def _ls_json(qi, st):
     row = qi._asdict()
     ack = _ack(st)
+    if st is not None and "subscriptions" in st:
+        row.update(subscriptions=st["subscriptions"], next_seq=st["next_seq"])
     row.update(at_least_once=ack, dead_letter_queue=ack and not st["dead_letter"],
                in_flight=st["in_flight"] if ack else None, delayed=st["delayed"] if ack else None,
                oldest_age_s=None if st is None else st["oldest_age_s"])
@@ -273,10 +289,49 @@ def _peek_messages(c, args, ack):
     return out
 
 
+def _peek_topic(c, args, st):
+    """A topic's messages by sequence number, from --seq (default: the oldest in the log)."""
+    first = args.seq if args.seq is not None else st["oldest_seq"]
+    msgs = []
+    for seq in range(first, min(first + args.n, st["next_seq"])):
+        m = _core._topic_peek(c, seq)
+        if m is None:
+            continue
+        seq, ts, kind, hdr, payload = m
+        info = {"id": seq, "timestamp": ts / 1e9, "kind": _codec.KIND_NAMES.get(kind, "?"), "size": len(payload),
+                "prefix": payload[:args.bytes], "decoded": False, "value": None}
+        if args.unpickle:
+            try:
+                info["value"] = _codec.decode(kind, memoryview(payload), False, seq)
+                info["decoded"] = True
+            except Exception:
+                pass
+        info["headers"] = hdr
+        msgs.append(info)
+    if args.json:
+        out = []
+        for m in msgs:
+            j = _peek_json(m, False, args.unpickle)
+            j["seq"] = j.pop("id")
+            j["headers"] = _headers(m["headers"])
+            out.append(j)
+        print(json.dumps(out, indent=1))
+        return 0
+    print(f"{_show(args.name)}: topic, seq {st['oldest_seq']}..{st['next_seq'] - 1} in the log, "
+          f"{len(st['subscriptions'])} named subscription(s)")
+    for m in msgs:
+        print("seq" + _peek_line(m, False, args.unpickle)[2:] + f" headers={_headers(m['headers'])}")
+    if not msgs and args.n:
+        print("(empty)")
+    return 0
+
+
 def cmd_peek(args):
     c = _open(args.name, attach=False)
     try:
         st = complete_stats(c, c._raw_stats())
+        if st["kind"] == _core.KIND_TOPIC:
+            return _peek_topic(c, args, st)
         ack = _ack(st)
         msgs = _peek_messages(c, args, ack)
     finally:
@@ -389,6 +444,7 @@ def cmd_top(args):
                 prev[qi.name] = (now, st["enqueued"], st["dequeued"])
                 rows.append((_show(qi.name), _kind(qi, st), str(st["depth"]), *_held(st), _fmt_bytes(st["bytes_used"]),
                              f"{rin:.0f}", f"{rout:.0f}", str(st["consumers"]), str(st["producers"])))
+                rows += _sub_rows(st, _TOP_HEAD)
             if args.json:                          # one JSON object per refresh, one per line
                 print(json.dumps({"time": time.time(), "queues": [dict(zip(_TOP_HEAD, r)) for r in rows]}))
                 sys.stdout.flush()
@@ -490,6 +546,8 @@ def build_parser():
     s.add_argument("--bytes", type=_count(PEEK_MAX_BYTES), default=32,
                    help=f"hex prefix length (default 32, at most {PEEK_MAX_BYTES})")
     s.add_argument("--unpickle", action="store_true", help="also show the decoded value (runs pickle: trust the writers)")
+    s.add_argument("--seq", type=_count(), default=None,
+                   help="a topic: the first sequence number to show (default: the oldest in the log)")
     s.add_argument("--json", action="store_true", help="print JSON (a list of messages)")
     s = sub.add_parser("purge", help="discard every queued message",
                        description="Take and discard every queued message. With --all, an at-least-once queue's "

@@ -11,6 +11,7 @@ __all__ = [
     "IncompatibleQueueError", "MessageTooLargeError", "QueueMemoryError", "LeaseExpiredError",
     "QueueExistsError", "QueuePermissionError", "NoSpaceError",
     "NoRespondersError", "ResponderDiedError", "RequestTimeout", "RemoteError",
+    "SubscriptionNotFound",
 ]
 
 
@@ -248,3 +249,8 @@ def from_code(rc: int, op: str, path: Optional[str], err: int, detail: Any = Non
             return ArgumentError("task_done() called too many times")
         return ArgumentError(f"{op} refused by {label}: {_core.strerror(rc)}")
     return ShmqError(f"{op} failed on {label}: {_core.strerror(rc)}")
+
+
+class SubscriptionNotFound(ShmqError, LookupError):
+    """A topic has no named subscription of that name (unsubscribe, or a subscription another
+    handle removed)."""

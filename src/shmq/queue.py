@@ -31,6 +31,10 @@ def _make_core(spec):
                                spec.mode, spec.slots, spec.exist_ok, spec.ack)
     else:
         core, created = open_core(path, spec.name), False
+    if _core._kind_of(core) == _core.KIND_TOPIC:
+        core._close()
+        from .topic import incompatible
+        raise incompatible(spec.name, path, _core.KIND_TOPIC, _core.KIND_QUEUE)
     if not created:
         problems = _options.problems(spec.explicit, settings(core._raw_stats()))
         if problems:

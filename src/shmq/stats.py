@@ -48,6 +48,9 @@ def complete_stats(core: _core.Core, raw: dict[str, Any]) -> dict[str, Any]:
     st = settings(raw)
     st["skipped_cells"] = 0  # the ring has no holes to skip (docs/internals/ring.md)
     oldest_ns = st.pop("oldest_ready_ns")
+    if st["kind"] == _core.KIND_TOPIC:   # a log, not a ring: shmq.topic fills the figures
+        from .topic import topic_stats
+        return topic_stats(core, st)
     if st["flags"] & _core.F_ACK:
         # counted by the core: descriptors by state (depth = ready only) and settle counters
         st["oldest_age_s"] = max(0.0, time.time() - oldest_ns / 1e9) if oldest_ns else 0.0
