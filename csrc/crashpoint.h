@@ -33,7 +33,9 @@
     X(mid_move, "dead-letter: copy in the dead-letter queue, source descriptor not yet freed") \
     X(mid_dedup, "send: dedup entry PENDING with its id, message not yet put")              \
     X(before_dedup_finish, "send: message put (the send would return its id), dedup entry still PENDING") \
-    X(mid_close_return, "close: an unacked delivery of the closing handle claimed (SETTLING), not yet requeued")
+    X(mid_close_return, "close: an unacked delivery of the closing handle claimed (SETTLING), not yet requeued") \
+    X(prio_before_bit, "priority put: published in its level's ring, the level's bitmap bit not yet set") \
+    X(prio_mid_clear, "priority get: a level found empty, its bitmap bit not yet cleared")
 
 extern int shmq_crash_armed;
 void shmq_crash_hit(const char *name);

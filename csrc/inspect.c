@@ -108,7 +108,14 @@ int shmq_peek_ex(shmq_seg_t *q, uint64_t n, shmq_peek_t *out, void *buf, uint64_
         if (!a)
             return rc;
         uint64_t handle;
-        rc = shmq_ring_nth(&a->ring, &n, &handle);
+        if (q->ready != NULL) { /* the kind's ready structure holds every queued handle */
+            if (ai != head)
+                return SHMQ_EMPTY;
+            rc = q->ready->nth(q, &n, &handle);
+            if (rc == SHMQ_EMPTY)
+                return rc;
+        } else
+            rc = shmq_ring_nth(&a->ring, &n, &handle);
         if (rc == SHMQ_EMPTY)
             continue; /* n now counts on from this ring's end: the next area */
         if (rc != SHMQ_OK)
@@ -230,7 +237,9 @@ void shmq_check(shmq_seg_t *q, shmq_check_t *out)
         uint64_t fu = shmq_arena_free_units(a);
         if (used + fu != a->arena_units)
             out->arena_mismatch++;
-        out->queued += shmq_ring_count(&a->ring);
+        out->queued += q->ready != NULL ? 0 : shmq_ring_count(&a->ring);
     }
+    if (q->ready != NULL)
+        out->queued = q->ready->count(q);
     shmq_q_free_maps(maps);
 }

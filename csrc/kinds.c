@@ -2,15 +2,20 @@
 
 #include "lease.h"
 #include "participants.h"
+#include "prio.h"
 #include "queue.h"
 
 /* The kind's hooks and state, from the validated header (before the handle attaches). */
 static int bind_kind(shmq_seg_t *seg)
 {
+    int rc = SHMQ_OK;
     if (seg->hdr->flags & SHMQ_F_ACK)
-        return shmq_ack_bind(seg);
-    shmq_queue_bind(seg);
-    return SHMQ_OK;
+        rc = shmq_ack_bind(seg);
+    else
+        shmq_queue_bind(seg);
+    if (rc == SHMQ_OK && seg->hdr->kind == SHMQ_KIND_PRIORITY)
+        rc = shmq_prio_bind(seg); /* the queue (or lease.c) over a ring per level (prio.h) */
+    return rc;
 }
 
 static int bound(shmq_seg_t *seg, int rc)
@@ -35,6 +40,11 @@ int shmq_create(shmq_seg_t *seg, const shmq_create_opts_t *o, int exist_ok, int 
         if (rc != SHMQ_OK)
             return rc;
     }
+    if (o->kind == SHMQ_KIND_PRIORITY) {
+        int rc = shmq_prio_region(o, &req[n++]);
+        if (rc != SHMQ_OK)
+            return rc;
+    }
     return bound(seg, shmq_seg_create(seg, o, req, n, exist_ok, created));
 }
 
@@ -55,6 +65,8 @@ int shmq_validate(shmq_seg_t *seg)
     int rc = shmq_seg_validate(seg);
     if (rc == SHMQ_OK && (seg->hdr->flags & SHMQ_F_ACK))
         rc = shmq_ack_valid(seg);
+    if (rc == SHMQ_OK && seg->hdr->kind == SHMQ_KIND_PRIORITY)
+        rc = shmq_prio_valid(seg);
     return rc;
 }
 
@@ -65,6 +77,7 @@ void shmq_close(shmq_seg_t *seg)
         seg->ops->detach(seg);
     if (seg->ops && seg->ops->close)
         seg->ops->close(seg);
+    shmq_prio_unbind(seg);
     seg->ops = NULL;
     shmq_seg_close(seg);
 }

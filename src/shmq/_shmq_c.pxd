@@ -72,6 +72,8 @@ cdef extern from "segment.h" nogil:
         uint32_t max_deliveries
         uint32_t dedup_slots
         const char *dead_letter
+        uint32_t levels
+        uint64_t max_wait_ns
 
 cdef extern from "kinds.h" nogil:
     int shmq_create(shmq_seg_t *seg, const shmq_create_opts_t *o, int exist_ok, int *created)
@@ -224,3 +226,12 @@ cdef extern from "participants.h" nogil:
 cdef extern from "guard.h" nogil:
     int shmq_guard_register(shmq_seg_t *seg, int *fault_word)
     void shmq_guard_unregister(shmq_seg_t *seg)
+
+cdef extern from "prio.h" nogil:
+    enum:
+        SHMQ_PRIO_MAX_LEVELS
+    int shmq_put_prio(shmq_seg_t *q, const shmq_iov_t *iov, uint32_t n, uint32_t kind, uint32_t priority,
+                      uint64_t deadline_ns, uint64_t *id_out)
+    uint32_t shmq_prio_levels(shmq_seg_t *q)
+    uint32_t shmq_prio_counts(shmq_seg_t *q, uint64_t *counts, uint32_t cap)
+    uint64_t shmq_prio_max_wait_ns(shmq_seg_t *q)

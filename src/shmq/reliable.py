@@ -38,9 +38,9 @@ class ReliableQueue(_aio.AsyncReliableOps, Queue):
             kw["max_message"] = st["max_message"]
         try:
             try:
-                q = Queue(dlq)              # an existing one is used as it is
+                q = self._dlq_open(dlq)            # an existing one is used as it is
             except QueueNotFound:
-                q = _create_dlq(dlq, **kw)  # same options as ours, ack=True, no DLQ of its own
+                q = self._dlq_create(dlq, **kw)    # same options as ours, ack=True, no DLQ of its own
         except ValueError as e:
             self._abandon()
             raise ArgumentError(f"queue {self._name!r}: its dead-letter queue {dlq!r} cannot be used: {e}") from None
@@ -102,7 +102,7 @@ class ReliableQueue(_aio.AsyncReliableOps, Queue):
         default). Raises Full (no room in time, dedup table full), MessageTooLargeError,
         ValueError/TypeError for bad arguments, QueueClosedError."""
         hdr = _codec.encode_headers(headers)
-        prio = 0 if priority is None else _priority(priority)
+        prio = self._priority_of(priority)
         d = _core.USE_DEFAULT if delay is None else _options.seconds_ns(delay, "delay")
         t = _core.USE_DEFAULT if ttl is None else _options.seconds_ns(ttl, "ttl", allow_zero=False)
         key = None if dedup_id is None else dedup_key(dedup_id)
@@ -140,6 +140,19 @@ class ReliableQueue(_aio.AsyncReliableOps, Queue):
         if stale:
             raise _lease_expired_many(sorted(stale))
         return len(todo)
+
+    def _priority_of(self, priority):
+        """The priority a send carries (a plain queue: 0..9, carried in Message.priority, no
+        reordering; shmq.priority overrides it with the queue's levels)."""
+        return 0 if priority is None else _priority(priority)
+
+    def _dlq_open(self, name):
+        """Open the existing dead-letter queue `name` (shmq.priority opens a PriorityQueue)."""
+        return Queue(name)
+
+    def _dlq_create(self, name, **kw):
+        """Create (or open) the dead-letter queue `name` with our options (shmq.priority: its levels too)."""
+        return _create_dlq(name, **kw)
 
     # settles of one delivery (Message calls these) and the timer scan (tests, tools)
     def _timers_run(self):
