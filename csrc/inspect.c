@@ -75,6 +75,7 @@ static int peek_copy(shmq_seg_t *q, shmq_area_t *da, shmq_desc_t *d, uint64_t dw
     out->kind = d->kind;
     out->delivery_count = d->delivery_count;
     out->state = shmq_desc_state(dw);
+    out->priority = d->priority;
     out->hdr_size = hs;
     out->size = size;
     if (flags & SHMQ_PEEK_HEADERS) { /* the header block sits right before the body */

@@ -1150,7 +1150,7 @@ cdef class Core:
         body = buf[hs:pk.copied]
         decoded = bool(decode) and pk.copied == <uint64_t>hs + pk.size
         return {"id": pk.id, "timestamp": pk.timestamp_ns / 1e9, "kind": _kind_names.get(pk.kind, str(pk.kind)),
-                "size": pk.size, "delivery_count": pk.delivery_count,
+                "size": pk.size, "delivery_count": pk.delivery_count, "priority": pk.priority,
                 "state": _STATE_NAMES.get(pk.state, str(pk.state)), "headers": buf[:hs], "prefix": body[:cap],
                 "decoded": decoded,
                 "value": _decode(pk.kind, memoryview(body), self._flags & c.SHMQ_F_RAW, pk.id) if decoded else None,

@@ -162,6 +162,7 @@ cdef extern from "queue.h" nogil:
         uint32_t delivery_count
         uint32_t state
         uint32_t hdr_size
+        uint32_t priority
     enum:
         SHMQ_PEEK_HEADERS
     int shmq_peek(shmq_seg_t *q, uint64_t n, shmq_peek_t *out, void *buf, uint64_t cap)
