@@ -209,6 +209,43 @@ static void test_killed_before_bit(void)
     CHECK_EQ(get_u64(q, &v, NULL, 0), SHMQ_EMPTY);
 }
 
+static int child_consume_crash(int argc, char **argv)
+{
+    (void)argc;
+    shmq_seg_t q;
+    memset(&q, 0, sizeof q);
+    if (shmq_open(&q, argv[0], -1) != SHMQ_OK || shmq_attach(&q) != SHMQ_OK)
+        return 2;
+    for (int i = 0; i < 10; i++) {
+        uint64_t v;
+        get_u64(&q, &v, NULL, 0);
+    }
+    return 0;
+}
+
+static void test_killed_before_clear(void)
+{
+    char path[128];
+    th_path(path, sizeof path, "clear");
+    shmq_create_opts_t o = prio_opts(path, 1 << 20, 4);
+    shmq_seg_t *q = th_create(&o);
+    CHECK(q != NULL);
+    for (uint64_t i = 0; i < 6; i++)
+        CHECK_EQ(put_u64(q, i, i < 3 ? 2 : 0, 0), SHMQ_OK);
+    /* the child takes the three of level 2, finds it empty and dies before clearing its bit */
+    pid_t pid = th_spawn("prio_mid_clear:1", "consume", path, NULL, NULL, NULL);
+    CHECK(th_killed(th_wait(pid, 20000)));
+    shmq_repair_dead(q);
+    CHECK_EQ(shmq_depth(q), 3); /* it held nothing: nothing lost */
+    CHECK_EQ(put_u64(q, 9, 2, 0), SHMQ_OK);
+    uint64_t want[] = {9, 3, 4, 5}, v;
+    for (unsigned i = 0; i < 4; i++) {
+        CHECK_EQ(get_u64(q, &v, NULL, 0), SHMQ_OK);
+        CHECK_EQ(v, want[i]);
+    }
+    CHECK_EQ(get_u64(q, &v, NULL, 0), SHMQ_EMPTY);
+}
+
 static void test_aging(void)
 {
     char path[128];
@@ -228,7 +265,8 @@ static void test_aging(void)
     CHECK_EQ(v, 2);
 }
 
-static const th_role_t roles[] = {{"produce", child_produce}, {"crash", child_produce_crash}, {NULL, NULL}};
+static const th_role_t roles[] = {
+    {"produce", child_produce}, {"crash", child_produce_crash}, {"consume", child_consume_crash}, {NULL, NULL}};
 
 int main(int argc, char **argv)
 {
@@ -238,6 +276,7 @@ int main(int argc, char **argv)
     RUN(test_corrupt_region_refused);
     RUN(test_many_processes);
     RUN(test_killed_before_bit);
+    RUN(test_killed_before_clear);
     RUN(test_aging);
     TH_SUMMARY();
 }
