@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Optional, TypeVar, Union
 
-from . import _core, _options
-from .errors import ArgumentError
+from . import _aio, _core, _options
+from .errors import ArgumentError, Full
 from .queue import Queue, _make_core
 from .reliable import ReliableQueue
 
@@ -98,6 +98,11 @@ class PriorityQueue(_core.PriorityOps, Queue):
         """Seconds after which a ready message is served before younger ones (None: strict)."""
         ns = self._core._prio_info()[1]
         return ns / 1e9 if ns else None
+
+    async def put_async(self, obj: Any, priority: int = 0, timeout: Optional[float] = None) -> None:  # type: ignore[override]
+        """put(obj, priority) waiting for room without blocking the event loop (as Queue.put_async)."""
+        self._core._check_priority(priority)
+        return await _aio._wait(self, _aio.PUT, lambda: self.put_nowait(obj, priority), timeout, Full)
 
     def stats(self) -> dict[str, Any]:
         """Queue.stats() plus "levels": ready messages per priority (index = priority)."""

@@ -234,6 +234,23 @@ def test_existing_options_must_agree(make_pq, qname):
         shmq.PriorityQueue(qname, create=True)
 
 
+def test_asyncio_get_and_put_async():
+    import asyncio
+
+    async def main(q):
+        await q.put_async("low", 0)
+        await q.put_async("high", priority=2, timeout=1)
+        with pytest.raises(ValueError):
+            await q.put_async("bad", priority=3)
+        return [await q.get_async(timeout=1), await q.get_async(timeout=1)]
+
+    q = shmq.PriorityQueue(levels=3)
+    try:
+        assert asyncio.run(main(q)) == ["high", "low"]
+    finally:
+        q.close()
+
+
 def _child_order(q, out):
     out.put(q.get(timeout=10))
     q.put("from-child", priority=0)
