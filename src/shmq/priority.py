@@ -1,6 +1,7 @@
 """PriorityQueue: a queue whose higher-priority messages are served first (a ring per level in shared memory)."""
 from __future__ import annotations
 
+import time
 from typing import Any, Iterable, Mapping, Optional, TypeVar, Union
 
 from . import _aio, _core, _options
@@ -139,10 +140,13 @@ class ReliablePriorityQueue(PriorityQueue, ReliableQueue):
     def put_many(self, items: Iterable[Any], priority: int = 0, block: bool = True,
                  timeout: Optional[float] = None) -> int:
         self._core._check_priority(priority)
+        ns = (None if timeout is None else _options.timeout_ns(timeout)) if block else 0   # for the whole batch
+        end = None if ns is None else time.monotonic() + ns / 1e9
         n = 0
         try:
             for obj in items:
-                self.send(obj, priority=priority, block=block, timeout=timeout)
+                left = None if end is None else max(0.0, end - time.monotonic())
+                self.send(obj, priority=priority, block=block and left != 0.0, timeout=left)
                 n += 1
         except BaseException as e:
             e.items_put = n  # type: ignore[attr-defined]

@@ -198,3 +198,13 @@ def test_put_get_at_most_once_on_an_ack_priority_queue(ackpq):
     q.put_nowait(b"b", 4)
     assert q.put_many([b"c", b"d"], priority=2) == 2
     assert [q.get(timeout=1) for _ in range(4)] == [b"b", b"c", b"d", b"a"]
+
+
+def test_put_many_timeout_is_for_the_batch(ackpq):
+    q = ackpq(maxsize=2)
+    with pytest.raises(shmq.Full) as ei:
+        q.put_many([b"a", b"b", b"c"], priority=1, timeout=0.05)
+    assert ei.value.items_put == 2
+    with pytest.raises(shmq.Full):
+        q.put_many([b"d"], priority=1, block=False)
+    assert [q.get(timeout=1) for _ in range(2)] == [b"a", b"b"]
