@@ -44,7 +44,9 @@
     X(topic_after_commit, "topic publish: committed, lock held, sleeping readers not yet woken") \
     X(topic_before_advance, "topic read: a named subscription's messages copied, its cursor not yet advanced") \
     X(topic_mid_subscribe, "topic subscribe: both locks held, the new entry filled, its state not yet LIVE") \
-    X(topic_ack_claimed, "topic receive (ack=True): lease reserved with its seq, message copied, group cursor not yet advanced")
+    X(topic_ack_claimed, "topic receive (ack=True): lease reserved with its seq, message copied, group cursor not yet advanced") \
+    X(prio_before_bit, "priority put: published in its level's ring, the level's bitmap bit not yet set") \
+    X(prio_mid_clear, "priority get: a level found empty, its bitmap bit not yet cleared")
 
 extern int shmq_crash_armed;
 void shmq_crash_hit(const char *name);

@@ -76,6 +76,7 @@ static int peek_copy(shmq_seg_t *q, shmq_area_t *da, shmq_desc_t *d, uint64_t dw
     out->kind = d->kind;
     out->delivery_count = d->delivery_count;
     out->state = shmq_desc_state(dw);
+    out->priority = d->priority;
     out->hdr_size = hs;
     out->size = size;
     if (flags & SHMQ_PEEK_HEADERS) { /* the header block sits right before the body */
@@ -109,7 +110,14 @@ int shmq_peek_ex(shmq_seg_t *q, uint64_t n, shmq_peek_t *out, void *buf, uint64_
         if (!a)
             return rc;
         uint64_t handle;
-        rc = shmq_ring_nth(&a->ring, &n, &handle);
+        if (q->ready != NULL) { /* the kind's ready structure holds every queued handle */
+            if (ai != head)
+                return SHMQ_EMPTY;
+            rc = q->ready->nth(q, &n, &handle);
+            if (rc == SHMQ_EMPTY)
+                return rc;
+        } else
+            rc = shmq_ring_nth(&a->ring, &n, &handle);
         if (rc == SHMQ_EMPTY)
             continue; /* n now counts on from this ring's end: the next area */
         if (rc != SHMQ_OK)
@@ -240,7 +248,9 @@ void shmq_check(shmq_seg_t *q, shmq_check_t *out)
         uint64_t fu = shmq_arena_free_units(a);
         if (used + fu != a->arena_units)
             out->arena_mismatch++;
-        out->queued += shmq_ring_count(&a->ring);
+        out->queued += q->ready != NULL ? 0 : shmq_ring_count(&a->ring);
     }
+    if (q->ready != NULL)
+        out->queued = q->ready->count(q);
     shmq_q_free_maps(maps);
 }

@@ -81,6 +81,7 @@ typedef struct {
     uint32_t delivery_count;
     uint32_t state;     /* SHMQ_D_READY, SHMQ_D_INFLIGHT, SHMQ_D_DELAYED... (desc.h) */
     uint32_t hdr_size;  /* header block bytes (at-least-once); copied first with SHMQ_PEEK_HEADERS */
+    uint32_t priority;  /* the message's priority (a priority queue's level) */
 } shmq_peek_t;
 
 /* shmq_peek_ex flag: copy the header block (out->hdr_size bytes), then the body, into buf. */

@@ -3,18 +3,23 @@
 #include "group.h"
 #include "lease.h"
 #include "participants.h"
+#include "prio.h"
 #include "queue.h"
 #include "topic.h"
 
 /* The kind's hooks and state, from the validated header (before the handle attaches). */
 static int bind_kind(shmq_seg_t *seg)
 {
+    int rc = SHMQ_OK;
     if (seg->hdr->kind == SHMQ_KIND_TOPIC)
         return shmq_topic_bind(seg);
     if (seg->hdr->flags & SHMQ_F_ACK)
-        return shmq_ack_bind(seg);
-    shmq_queue_bind(seg);
-    return SHMQ_OK;
+        rc = shmq_ack_bind(seg);
+    else
+        shmq_queue_bind(seg);
+    if (rc == SHMQ_OK && seg->hdr->kind == SHMQ_KIND_PRIORITY)
+        rc = shmq_prio_bind(seg); /* the queue (or lease.c) over a ring per level (prio.h) */
+    return rc;
 }
 
 static int bound(shmq_seg_t *seg, int rc)
@@ -54,6 +59,11 @@ int shmq_create(shmq_seg_t *seg, const shmq_create_opts_t *o, int exist_ok, int 
         if ((rc = shmq_group_region(o, &req[n++])) != SHMQ_OK)
             return rc;
     }
+    if (o->kind == SHMQ_KIND_PRIORITY) {
+        int rc = shmq_prio_region(o, &req[n++]);
+        if (rc != SHMQ_OK)
+            return rc;
+    }
     return bound(seg, shmq_seg_create(seg, &oo, req, n, exist_ok, created));
 }
 
@@ -78,6 +88,8 @@ int shmq_validate(shmq_seg_t *seg)
         rc = shmq_group_valid(seg);
     if (rc == SHMQ_OK && seg->hdr->kind == SHMQ_KIND_TOPIC)
         rc = shmq_topic_valid(seg);
+    if (rc == SHMQ_OK && seg->hdr->kind == SHMQ_KIND_PRIORITY)
+        rc = shmq_prio_valid(seg);
     return rc;
 }
 
@@ -88,6 +100,7 @@ void shmq_close(shmq_seg_t *seg)
         seg->ops->detach(seg);
     if (seg->ops && seg->ops->close)
         seg->ops->close(seg);
+    shmq_prio_unbind(seg);
     seg->ops = NULL;
     shmq_seg_close(seg);
 }

@@ -406,6 +406,36 @@ static int grow_wait_again(shmq_seg_t *q, uint64_t deadline_ns, int *rc)
     return deadline_ns != 0 && shmq_now_mono_ns() < deadline_ns;
 }
 
+typedef struct {
+    uint64_t handle;
+    uint32_t priority;
+} ready_ctx;
+
+static int ready_room_check(shmq_seg_t *q, void *ctx)
+{
+    ready_ctx *r = ctx;
+    return q->ready->room(q, r->priority) ? SHMQ_OK : SHMQ_EAGAIN;
+}
+
+/* Publish into the kind's ready structure (seg->ready): as a bounded ring, wait for room. */
+static int ready_publish_wait(shmq_seg_t *q, uint64_t handle, uint32_t priority, uint64_t deadline_ns)
+{
+    ready_ctx r = {handle, priority};
+    for (;;) {
+        int rc = q->ready->publish(q, handle, priority);
+        if (rc != SHMQ_FULL)
+            return rc;
+        rc = deadline_ns == 0 ? SHMQ_TIMEOUT
+                              : sleep_until(q, &q->hdr->not_full, 1, 1u << 16, ready_room_check, &r, deadline_ns);
+        if (rc == SHMQ_TIMEOUT) {
+            q->full_why = SHMQ_WHY_SLOTS;
+            return SHMQ_FULL;
+        }
+        if (rc != SHMQ_OK && rc != SHMQ_EAGAIN)
+            return rc;
+    }
+}
+
 static int put_commit(shmq_seg_t *q, put_ctx *c, uint64_t deadline_ns, uint64_t *id_out)
 {
     shmq_header_t *h = q->hdr;
@@ -461,6 +491,11 @@ static int put_commit(shmq_seg_t *q, put_ctx *c, uint64_t deadline_ns, uint64_t 
         shmq_fetch_add_seq(&h->unfinished, 1);
     uint64_t handle = shmq_handle_make((uint32_t)(a - q->areas), c->idx, c->dgen);
     int rc;
+    if (SHMQ_UNLIKELY(q->ready != NULL)) {
+        rc = ready_publish_wait(q, handle, d->priority, deadline_ns); /* the kind's ready structure */
+        if (rc != SHMQ_OK)
+            goto unpublish;
+    } else
     for (;;) {
         uint32_t ai = shmq_load_acquire(&h->area_tail);
         shmq_area_t *ta = shmq_seg_area(q, ai, &rc);
@@ -634,7 +669,10 @@ static int try_get(shmq_seg_t *q, shmq_msg_t *m, int mode)
         }
         take_ctx t = {q, NULL, NULL, 0, mode};
         uint64_t handle;
-        rc = shmq_ring_get_mpmc(&a->ring, take_cb, &t, &handle);
+        if (SHMQ_UNLIKELY(q->ready != NULL)) /* the kind's ready structure (never sealed: no growth) */
+            rc = q->ready->take(q, take_cb, &t, &handle);
+        else
+            rc = shmq_ring_get_mpmc(&a->ring, take_cb, &t, &handle);
         if (rc == SHMQ_OK) {
             SHMQ_CRASH_POINT(after_take);
             shmq_desc_t *d = t.d;
@@ -938,6 +976,17 @@ void shmq_q_release_owned(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d)
 int shmq_q_publish(shmq_seg_t *q, uint64_t handle)
 {
     shmq_header_t *h = q->hdr;
+    if (SHMQ_UNLIKELY(q->ready != NULL)) {
+        /* the kind's ready structure, at the priority the descriptor carries (a message keeps it) */
+        int rc;
+        shmq_area_t *a = shmq_seg_area(q, shmq_handle_area(handle), &rc);
+        if (!a || shmq_handle_idx(handle) >= a->n_desc) /* untrusted */
+            return SHMQ_ECORRUPT;
+        rc = q->ready->publish(q, handle, desc_at(a, shmq_handle_idx(handle))->priority);
+        if (rc == SHMQ_OK)
+            wake_getters(q);
+        return rc;
+    }
     for (int tries = 0; tries < 64; tries++) {
         uint32_t ai = shmq_load_acquire(&h->area_tail);
         int rc;
@@ -990,6 +1039,8 @@ uint64_t shmq_depth(shmq_seg_t *q)
     shmq_header_t *h = q->hdr;
     uint32_t head = shmq_load_acquire(&h->area_head), tail = shmq_load_acquire(&h->area_tail);
     uint64_t n = 0;
+    if (SHMQ_UNLIKELY(q->ready != NULL))
+        return q->ready->count(q);
     for (uint32_t i = head; i <= tail && i < q->max_areas; i++) {
         int rc;
         shmq_area_t *a = shmq_seg_area_live(q, i, &rc);
@@ -1073,8 +1124,11 @@ uint8_t **shmq_q_referenced_map(shmq_seg_t *q)
     for (uint32_t i = 0; (a = shmq_q_area_next(q, &i)) != NULL; i++)
         maps[i] = calloc((a->n_desc + 7) / 8, 1);
     ref_ctx rc = {q, maps};
-    for (uint32_t i = 0; (a = shmq_q_area_next(q, &i)) != NULL; i++)
-        shmq_ring_foreach(&a->ring, mark_referenced, &rc);
+    if (q->ready != NULL)
+        q->ready->foreach(q, mark_referenced, &rc);
+    else
+        for (uint32_t i = 0; (a = shmq_q_area_next(q, &i)) != NULL; i++)
+            shmq_ring_foreach(&a->ring, mark_referenced, &rc);
     return maps;
 }
 
@@ -1169,6 +1223,8 @@ static void queue_repair_owner(shmq_seg_t *q, uint32_t dead)
         }
         shmq_q_free_maps(maps);
     }
+    if (q->ready != NULL && q->ready->repair)
+        q->ready->repair(q); /* what the dead one left half done in the kind's ready structure */
     __atomic_fetch_add(&h->repairs, 1, __ATOMIC_RELAXED);
     shmq_store_relaxed(&h->last_repair_ns, shmq_now_mono_ns() - t0);
     wake_putters(q);

@@ -88,4 +88,26 @@ void shmq_q_repair_owner(shmq_seg_t *q, uint32_t dead);
 /* Bind a kind's hooks (their ops first) to an opened segment. */
 void shmq_q_bind_hooks(shmq_seg_t *q, const shmq_queue_hooks_t *hk);
 
+/* A kind's ready structure (DESIGN §1: the queue calls it through seg->ready and knows nothing
+ * else of it): where READY handles are published and taken from instead of the areas' rings.
+ * The priority kind's is prio.c's (a ring per level); NULL keeps the areas' rings. Every other
+ * part of the queue (descriptors, arena, repair, lease.c's leases and timers) is shared. */
+typedef struct shmq_ready_ops {
+    const char *name;
+    /* publish a READY handle of this priority: SHMQ_OK, SHMQ_FULL (no cell now) */
+    int (*publish)(shmq_seg_t *q, uint64_t handle, uint32_t priority);
+    /* 1 if a publish of this priority could land now */
+    int (*room)(shmq_seg_t *q, uint32_t priority);
+    /* take the next handle to deliver through take (ring.h's callback): SHMQ_OK, SHMQ_EMPTY */
+    int (*take)(shmq_seg_t *q, shmq_take_fn take, void *ctx, uint64_t *handle);
+    /* handles queued (approximate while others run) */
+    uint64_t (*count)(shmq_seg_t *q);
+    /* visit every queued handle (a snapshot; repair's referenced map) */
+    void (*foreach)(shmq_seg_t *q, void (*visit)(void *ctx, uint64_t handle), void *ctx);
+    /* the *n-th handle in delivery order (peek): as shmq_ring_nth */
+    int (*nth)(shmq_seg_t *q, uint64_t *n, uint64_t *handle);
+    /* after a dead participant's repair: rebuild what a death can leave stale (bitmap bits) */
+    void (*repair)(shmq_seg_t *q);
+} shmq_ready_ops_t;
+
 #endif

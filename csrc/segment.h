@@ -103,6 +103,7 @@ _Static_assert(sizeof(shmq_area_ent_t) == 32, "area entry layout");
  * the feature validates its region's content with its own valid(). Unused entries are zero. */
 #define SHMQ_MAX_REGIONS 8u
 #define SHMQ_REGION_ACK 1u /* lease.h: at-least-once block + dedup table */
+/* 2: SHMQ_REGION_PRIO (prio.h): the priority levels' rings and bitmap */
 #define SHMQ_REGION_GROUP 3u /* group.h: message-group table */
 #define SHMQ_REGION_TOPIC 4u /* topic.h: log entries, subscriptions, membership, data ring */
 #define SHMQ_REGION_KIND_MAX 16u
@@ -255,6 +256,9 @@ typedef struct {
     const char *dead_letter; /* NULL or "" = none */
     /* SHMQ_KIND_TOPIC only (topic.h): capacity is the log region's bytes */
     uint64_t retention_ns;   /* 0 = keep what fits */
+    /* SHMQ_KIND_PRIORITY only (prio.h) */
+    uint32_t levels;         /* 1..64 */
+    uint64_t max_wait_ns;    /* aging, 0 = strict priority */
 } shmq_create_opts_t;
 
 struct shmq_seg;
@@ -292,6 +296,8 @@ typedef struct shmq_seg {
     uint64_t last_liveness_ns; /* process-local: last dead-participant sweep of this handle */
     uint64_t last_stale_ns;   /* process-local: last sweep for owners whose slot is FREE or reused */
     uint32_t watching[2];     /* process-local: watchers registered (shmq_watch_begin) per direction, undone at close */
+    const struct shmq_ready_ops *ready; /* the kind's ready structure (prio.h); NULL = the areas' rings */
+    void *ready_state;        /* its per-handle state, freed by the kind at close */
 } shmq_seg_t;
 
 /* Create (exist_ok: open an existing one instead of failing with EEXIST in seg->err), with the

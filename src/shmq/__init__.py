@@ -10,6 +10,8 @@ from .rpc import Request, Requester, Responder
 from .stats import QueueInfo, list_queues
 from .topic import Subscription, SubscriptionInfo, Topic, TopicMessage
 from .errors import SubscriptionNotFound
+from .priority import PriorityQueue
+from ._open import open  # noqa: A004 - shmq.open (DESIGN §5.2)
 from . import metrics  # noqa: F401,E402 - shmq.metrics.render() (DESIGN §5.5); prometheus_client is not imported
 
 __version__ = "0.1.0"
@@ -22,4 +24,5 @@ __all__ = [
     "Requester", "Responder", "Request", "NoRespondersError", "ResponderDiedError", "RequestTimeout", "RemoteError",
     "crash_points", "set_spin_us", "get_spin_us", "__version__",
     "Topic", "Subscription", "SubscriptionInfo", "TopicMessage", "SubscriptionNotFound",
+    "PriorityQueue", "open",
 ]

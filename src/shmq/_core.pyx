@@ -440,7 +440,7 @@ cdef class Core:
     # -- lifecycle ---------------------------------------------------------------------
     def _create(self, str path, uint32_t kind, uint32_t flags, uint64_t capacity, uint64_t max_message,
                 uint64_t maxsize, uint32_t mode, uint32_t max_slots, bint exist_ok, dict ack=None,
-                bint check_mode=True):
+                bint check_mode=True, uint32_t levels=0, uint64_t max_wait_ns=0):
         """Create (or with exist_ok open) the segment at path and attach. Returns True if created.
         An existing file is opened only if it is ours and (check_mode) lets nobody else write
         beyond mode (issue 11 item 5).
@@ -460,6 +460,8 @@ cdef class Core:
         o.maxsize = maxsize
         o.mode = mode
         o.max_slots = max_slots
+        o.levels = levels            # SHMQ_KIND_PRIORITY (prio.h)
+        o.max_wait_ns = max_wait_ns
         if ack is not None:
             o.visibility_ns = ack["visibility_ns"]
             o.max_deliveries = ack["max_deliveries"]
@@ -611,7 +613,7 @@ cdef class Core:
 
     # -- put -------------------------------------------------------------------------
     cdef int _put_iov(self, c.shmq_iov_t *iov, uint32_t n, uint32_t kind, uint64_t total,
-                      uint64_t dl, c.shmq_send_opts_t *so=NULL, uint64_t *idp=NULL) except -1:
+                      uint64_t dl, c.shmq_send_opts_t *so=NULL, uint64_t *idp=NULL, int prio=-1) except -1:
         cdef int rc
         cdef int dup = 0
         cdef PyThreadState *ts
@@ -621,7 +623,9 @@ cdef class Core:
             if src is not None:
                 src._enter()
             ts = _release()
-            if so == NULL:
+            if so == NULL and prio >= 0:
+                rc = c.shmq_put_prio(&self.seg, iov, n, kind, <uint32_t>prio, dl, idp)
+            elif so == NULL:
                 rc = c.shmq_put(&self.seg, iov, n, kind, dl, idp)
             elif src is not None:
                 rc = c.shmq_forward(&src.seg, self._fwd_token, self._fwd_id, &self.seg, iov, n, kind, so, dl, idp, &dup)
@@ -642,7 +646,8 @@ cdef class Core:
         raise self._error(rc, "put" if so == NULL else ("send" if src is None else "forward"),
                           (total, self.seg.hdr.max_message, FULL_WHY.get(self.seg.full_why), self.seg.hdr.maxsize))
 
-    cdef int _put_obj(self, object obj, uint64_t dl, c.shmq_send_opts_t *so=NULL, uint64_t *idp=NULL) except -1:
+    cdef int _put_obj(self, object obj, uint64_t dl, c.shmq_send_opts_t *so=NULL, uint64_t *idp=NULL,
+                      int prio=-1) except -1:
         cdef c.shmq_iov_t one
         cdef c.shmq_iov_t *iov
         cdef Py_buffer *views
@@ -651,7 +656,7 @@ cdef class Core:
         if PyBytes_CheckExact(obj):
             one.ptr = PyBytes_AS_STRING(obj)
             one.len = <uint64_t>PyBytes_GET_SIZE(obj)
-            return self._put_iov(&one, 1, _KIND_BYTES, one.len, dl, so, idp)
+            return self._put_iov(&one, 1, _KIND_BYTES, one.len, dl, so, idp, prio)
         cdef Py_buffer view1
         res = None
         if _new_pickler is not None and not (self._flags & c.SHMQ_F_RAW) and type(obj) is not bytearray \
@@ -666,7 +671,7 @@ cdef class Core:
             try:
                 one.ptr = view1.buf
                 one.len = <uint64_t>view1.len
-                return self._put_iov(&one, 1, <uint32_t>kind, one.len, dl, so, idp)
+                return self._put_iov(&one, 1, <uint32_t>kind, one.len, dl, so, idp, prio)
             finally:
                 PyBuffer_Release(&view1)
         views = <Py_buffer *>malloc(sizeof(Py_buffer) * n)
@@ -682,7 +687,7 @@ cdef class Core:
                 iov[i].ptr = views[i].buf
                 iov[i].len = <uint64_t>views[i].len
                 total += iov[i].len
-            return self._put_iov(iov, <uint32_t>n, <uint32_t>kind, total, dl, so, idp)
+            return self._put_iov(iov, <uint32_t>n, <uint32_t>kind, total, dl, so, idp, prio)
         finally:
             for i in range(nviews):
                 PyBuffer_Release(&views[i])
@@ -1177,6 +1182,24 @@ cdef class Core:
             self._check()
         return 0
 
+    def _prio_info(self):
+        """(levels, max_wait_ns, ready messages per level) of a priority queue; (0, 0, []) otherwise."""
+        cdef uint64_t counts[c.SHMQ_PRIO_MAX_LEVELS]
+        cdef uint32_t n
+        self._check_open()
+        n = c.shmq_prio_counts(&self.seg, counts, c.SHMQ_PRIO_MAX_LEVELS)
+        return (c.shmq_prio_levels(&self.seg), c.shmq_prio_max_wait_ns(&self.seg), [counts[i] for i in range(n)])
+
+    cpdef int _check_priority(self, object priority) except -1:
+        """priority must be an int (not a bool) with 0 <= priority < levels: never clamped."""
+        cdef uint32_t levels = c.shmq_prio_levels(&self.seg)
+        if type(priority) is not int and (not isinstance(priority, int) or isinstance(priority, bool)):
+            raise _errors.ArgumentError(f"priority must be an int in 0..{levels - 1}, got {priority!r}")
+        if not 0 <= priority < levels:
+            raise _errors.ArgumentError(f"priority {priority} is out of range: this queue has {levels} levels "
+                                        f"(0..{levels - 1}, higher first)")
+        return 0
+
     def _raw_stats(self):
         """The core's counters under their C names (shmq.stats gives them their public names)."""
         cdef c.shmq_stats_t st
@@ -1300,7 +1323,7 @@ cdef class Core:
         body = buf[hs:pk.copied]
         decoded = bool(decode) and pk.copied == <uint64_t>hs + pk.size
         return {"id": pk.id, "timestamp": pk.timestamp_ns / 1e9, "kind": _kind_names.get(pk.kind, str(pk.kind)),
-                "size": pk.size, "delivery_count": pk.delivery_count,
+                "size": pk.size, "delivery_count": pk.delivery_count, "priority": pk.priority,
                 "state": _STATE_NAMES.get(pk.state, str(pk.state)), "headers": buf[:hs], "prefix": body[:cap],
                 "decoded": decoded,
                 "value": _decode(pk.kind, memoryview(body), self._flags & c.SHMQ_F_RAW, pk.id) if decoded else None,
@@ -1494,6 +1517,46 @@ cdef class QueueOps(HandleBase):
 
     def _extend(self, uint64_t token, uint64_t mid, uint64_t ns):
         self._c()._settle_or_raise(2, token, mid, 0, ns)
+
+
+@cython.auto_pickle(False)
+cdef class PriorityOps(QueueOps):
+    """The per-message puts of shmq.PriorityQueue (at-most-once): put with a priority."""
+
+    def put(self, obj, priority=0, block=True, timeout=None):
+        """Put obj at priority (0 <= priority < levels, higher first). Raises Full, ValueError for
+        a bad priority or a negative timeout, MessageTooLargeError, QueueClosedError."""
+        cdef uint64_t dl
+        cdef Core core = self._c()
+        core._check()
+        core._check_priority(priority)
+        _deadline(block, timeout, &dl)
+        core._put_obj(obj, dl, NULL, NULL, <int>priority)
+
+    def put_nowait(self, obj, priority=0):
+        """put(obj, priority, block=False)."""
+        cdef Core core = self._c()
+        core._check()
+        core._check_priority(priority)
+        core._put_obj(obj, 0, NULL, NULL, <int>priority)
+
+    def put_many(self, items, priority=0, block=True, timeout=None):
+        """Put every item of an iterable at one priority, in order; returns how many were put.
+        The timeout is for the whole batch; an error carries .items_put."""
+        cdef uint64_t dl
+        cdef Py_ssize_t n = 0
+        cdef Core core = self._c()
+        core._check()
+        core._check_priority(priority)
+        _deadline(block, timeout, &dl)
+        try:
+            for obj in items:
+                core._put_obj(obj, dl, NULL, NULL, <int>priority)
+                n += 1
+        except BaseException as e:
+            e.items_put = n
+            raise
+        return n
 
 
 def strerror(int rc):

@@ -97,7 +97,7 @@ def _rebuild(cls, name, path, fdobj):
     finally:
         if fd >= 0:
             os.close(fd)
-    h = _core.HandleBase.__new__(cls)
+    h = cls._c_base.__new__(cls)
     h._adopt(core, name, owner=False)
     return h
 
@@ -110,6 +110,7 @@ class Handle(_core.HandleBase):
     cost no Python frame."""
 
     _internal = False     # a handle the library opened for another one (a dead-letter queue)
+    _c_base: Any = _core.HandleBase  # the binding class whose __new__ builds this class's instances
     _name = None
     _owner_pid = None
 

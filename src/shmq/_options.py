@@ -255,7 +255,7 @@ def _ack_create(qname, given, is_dlq):
                 dedup_slots=o["dedup_capacity"])
 
 
-def problems(explicit, st):
+def problems(explicit, st, kind=_core.KIND_QUEUE):
     """How explicit options contradict an existing queue's settings st (shmq.stats.settings):
     a list of strings, empty when they agree."""
     out = []
@@ -274,7 +274,7 @@ def problems(explicit, st):
             out.append(f"capacity={want!r} (the queue is unbounded: capacity=None)")
     if "max_message" in explicit and explicit["max_message"] > st["max_message"]:
         out.append(f"max_message={explicit['max_message']} (the queue accepts up to {st['max_message']})")
-    if st["kind"] != _core.KIND_QUEUE:
+    if st["kind"] != kind:
         out.append("kind: the segment is not a work queue")
     if explicit.get("joinable") and not st["flags"] & _core.F_JOINABLE:
         out.append("JoinableQueue (the queue was created as a plain Queue: no task_done/join accounting)")

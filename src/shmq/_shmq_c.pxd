@@ -75,6 +75,8 @@ cdef extern from "segment.h" nogil:
         uint32_t dedup_slots
         const char *dead_letter
         uint64_t retention_ns
+        uint32_t levels
+        uint64_t max_wait_ns
 
 cdef extern from "kinds.h" nogil:
     int shmq_create(shmq_seg_t *seg, const shmq_create_opts_t *o, int exist_ok, int *created)
@@ -167,6 +169,7 @@ cdef extern from "queue.h" nogil:
         uint32_t delivery_count
         uint32_t state
         uint32_t hdr_size
+        uint32_t priority
     enum:
         SHMQ_PEEK_HEADERS
     int shmq_peek(shmq_seg_t *q, uint64_t n, shmq_peek_t *out, void *buf, uint64_t cap)
@@ -238,3 +241,11 @@ cdef extern from "guard.h" nogil:
 cdef extern from "forward.h" nogil:
     int shmq_forward(shmq_seg_t *q, uint64_t token, uint64_t id, shmq_seg_t *dest, const shmq_iov_t *iov, uint32_t n,
                      uint32_t kind, const shmq_send_opts_t *o, uint64_t deadline_ns, uint64_t *new_id, int *dup)
+cdef extern from "prio.h" nogil:
+    enum:
+        SHMQ_PRIO_MAX_LEVELS
+    int shmq_put_prio(shmq_seg_t *q, const shmq_iov_t *iov, uint32_t n, uint32_t kind, uint32_t priority,
+                      uint64_t deadline_ns, uint64_t *id_out)
+    uint32_t shmq_prio_levels(shmq_seg_t *q)
+    uint32_t shmq_prio_counts(shmq_seg_t *q, uint64_t *counts, uint32_t cap)
+    uint64_t shmq_prio_max_wait_ns(shmq_seg_t *q)

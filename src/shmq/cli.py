@@ -84,7 +84,8 @@ def _kind(qi, st):
     """The KIND column: an at-least-once queue is `ack`, its dead-letter queue `dead-letter`
     (an ack queue that names no dead-letter queue of its own: only dead-letter queues do)."""
     if _ack(st):
-        return "ack" if st["dead_letter"] else "dead-letter"
+        ack = "ack" if st["dead_letter"] else "dead-letter"
+        return f"priority-{ack}" if qi.kind == "priority" else ack
     return qi.kind
 
 
@@ -109,13 +110,21 @@ def _sub_rows(st, head):
         row[head.index("CONSUMERS")] = str(s["consumers"])
         rows.append(tuple(row))
     return rows
+def _depth(qi, st):
+    """The DEPTH cell: a priority queue's adds its non-empty levels, highest first: `5 (9:2 0:3)`."""
+    if qi.depth is None:
+        return "-"
+    levels = (st or {}).get("levels")
+    if not levels or not qi.depth:
+        return str(qi.depth)
+    return f"{qi.depth} (" + " ".join(f"{p}:{n}" for p, n in reversed(list(enumerate(levels))) if n) + ")"
 
 
 def _ls_rows(entries):
     rows = []
     for qi, st in entries:
         dash = lambda v: "-" if v is None else v  # noqa: E731
-        rows.append((_show(qi.name), _kind(qi, st), str(dash(qi.depth)), *_held(st),
+        rows.append((_show(qi.name), _kind(qi, st), _depth(qi, st), *_held(st),
                      "-" if qi.bytes_used is None else _fmt_bytes(qi.bytes_used),
                      str(dash(qi.consumers)), str(dash(qi.producers)), str(dash(qi.attached))))
         rows += _sub_rows(st, _LS_HEAD)
@@ -133,6 +142,8 @@ def _ls_json(qi, st):
     row.update(at_least_once=ack, dead_letter_queue=ack and not st["dead_letter"],
                in_flight=st["in_flight"] if ack else None, delayed=st["delayed"] if ack else None,
                oldest_age_s=None if st is None else st["oldest_age_s"])
+    if st is not None and "levels" in st:
+        row.update(levels=st["levels"], max_wait=st["max_wait"])
     return row
 
 
@@ -247,7 +258,7 @@ def _printable(prefix):
 
 def _peek_json(info, ack, unpickle):
     out = {"id": info["id"], "time": _iso(info["timestamp"]), "type": info["kind"], "size": info["size"],
-           "hex": info["prefix"].hex(), "text": _printable(info["prefix"])}
+           "hex": info["prefix"].hex(), "text": _printable(info["prefix"]), "priority": info["priority"]}
     if ack:
         out.update(state=info["state"], deliveries=info["delivery_count"], headers=_headers(info["headers"]))
     if unpickle:
@@ -256,7 +267,8 @@ def _peek_json(info, ack, unpickle):
 
 
 def _peek_line(info, ack, unpickle):
-    line = (f"id={info['id']} time={_iso(info['timestamp'])} type={info['kind']} size={info['size']} "
+    line = (f"id={info['id']} priority={info['priority']} time={_iso(info['timestamp'])} type={info['kind']} "
+            f"size={info['size']} "
             f"hex={info['prefix'].hex()} text={_printable(info['prefix'])}")
     if ack:
         line = (f"state={info['state']} deliveries={info['delivery_count']} headers={_headers(info['headers'])} "
@@ -343,6 +355,9 @@ def cmd_peek(args):
         print(f"{_show(args.name)}: {st['depth']} ready, {st['in_flight']} in flight, {st['delayed']} delayed")
     else:
         print(f"{_show(args.name)}: {st['depth']} queued")
+    if "levels" in st:
+        print("ready per priority, highest first: "
+              + " ".join(f"{p}:{n}" for p, n in reversed(list(enumerate(st["levels"])))))
     for m in msgs:
         print(_peek_line(m, ack, args.unpickle))
     if not msgs and args.n:
@@ -442,7 +457,8 @@ def cmd_top(args):
                     dt = max(now - p[0], 1e-9)
                     rin, rout = (st["enqueued"] - p[1]) / dt, (st["dequeued"] - p[2]) / dt
                 prev[qi.name] = (now, st["enqueued"], st["dequeued"])
-                rows.append((_show(qi.name), _kind(qi, st), str(st["depth"]), *_held(st), _fmt_bytes(st["bytes_used"]),
+                rows.append((_show(qi.name), _kind(qi, st), _depth(qi._replace(depth=st["depth"]), st), *_held(st),
+                             _fmt_bytes(st["bytes_used"]),
                              f"{rin:.0f}", f"{rout:.0f}", str(st["consumers"]), str(st["producers"])))
                 rows += _sub_rows(st, _TOP_HEAD)
             if args.json:                          # one JSON object per refresh, one per line

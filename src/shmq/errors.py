@@ -59,7 +59,7 @@ class CorruptQueueError(ShmqError):
 
 
 class IncompatibleQueueError(ShmqError):
-    """A valid segment of another layout version."""
+    """A valid segment of another layout version, or of another kind than the class opening it."""
 
 
 class MessageTooLargeError(ShmqError, ValueError):

@@ -132,7 +132,10 @@ class Message:
         if headers is None and not send_options:
             hdr, prio, d, t, gkey, gtype = _PLAIN_SEND   # the common case: no options to check
         else:
+            priority = send_options.pop("priority", None)
             hdr, prio, d, t, gkey, gtype = _reliable._send_args(headers, **send_options)
+            if priority is not None:
+                prio = dest._priority_of(priority)   # a priority queue checks against its levels
         if block is None:
             block = True
         try:

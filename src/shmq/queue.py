@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, NoReturn, Optional, Ty
 
 from . import _aio, _core, _names, _options, _sweep
 from ._handle import Handle, open_core, unlink
-from .errors import ArgumentError, _label
+from .errors import ArgumentError, IncompatibleQueueError, _label
 from .stats import settings
 
 if TYPE_CHECKING:
@@ -16,19 +16,21 @@ __all__ = ["Queue", "SimpleQueue", "JoinableQueue", "unlink", "redrive"]
 _Q = TypeVar("_Q", bound="Queue")
 
 
-def _make_core(spec):
-    """(attached binding object, created) for a validated Queue() call."""
+def _make_core(spec, kind=_core.KIND_QUEUE, levels=0, max_wait_ns=0):
+    """(attached binding object, created) for a validated Queue() call (kind, levels and
+    max_wait_ns: shmq.priority's PriorityQueue)."""
     if spec.name is None:
         _sweep.sweep_dead()     # issue 13 item 4: what creators killed by SIGTERM/SIGKILL/OOM left
         core = _core.Core()
-        core._create(_names.path_of(_names.anonymous_name()), _core.KIND_QUEUE, spec.flags, spec.capacity,
-                     spec.max_message, spec.maxsize, spec.mode, spec.slots, False)
+        core._create(_names.path_of(_names.anonymous_name()), kind, spec.flags, spec.capacity,
+                     spec.max_message, spec.maxsize, spec.mode, spec.slots, False, levels=levels,
+                     max_wait_ns=max_wait_ns)
         return core, True
     path = _names.path_of(spec.name)
     if spec.create:
         core = _core.Core()
-        created = core._create(path, _core.KIND_QUEUE, spec.flags, spec.capacity, spec.max_message, spec.maxsize,
-                               spec.mode, spec.slots, spec.exist_ok, spec.ack)
+        created = core._create(path, kind, spec.flags, spec.capacity, spec.max_message, spec.maxsize,
+                               spec.mode, spec.slots, spec.exist_ok, spec.ack, levels=levels, max_wait_ns=max_wait_ns)
     else:
         core, created = open_core(path, spec.name), False
     if _core._kind_of(core) == _core.KIND_TOPIC:
@@ -36,11 +38,27 @@ def _make_core(spec):
         from .topic import incompatible
         raise incompatible(spec.name, path, _core.KIND_TOPIC, _core.KIND_QUEUE)
     if not created:
-        problems = _options.problems(spec.explicit, settings(core._raw_stats()))
+        st = settings(core._raw_stats())
+        if st["kind"] != kind:  # DESIGN §5.2: the class must match the segment's kind
+            core._close()
+            raise _wrong_kind(spec.name, st["kind"], kind)
+        problems = _options.problems(spec.explicit, st, kind)
         if problems:
             core._close()
             raise ArgumentError(f"queue {spec.name!r} exists with other options: " + "; ".join(problems))
     return core, created
+
+
+_KIND_WORDS = {_core.KIND_QUEUE: ("a FIFO queue", "shmq.Queue"),
+               _core.KIND_PRIORITY: ("a priority queue", "shmq.PriorityQueue"),
+               _core.KIND_TOPIC: ("a topic", "shmq.Topic")}
+
+
+def _wrong_kind(name, have, want):
+    h, hcls = _KIND_WORDS.get(have, (f"a segment of kind {have}", "shmq.open"))
+    w, wcls = _KIND_WORDS.get(want, (f"kind {want}", "?"))
+    return IncompatibleQueueError(f"queue {name!r} is {h}, not {w}: open it with {hcls}({name!r}) "
+                                  "or shmq.open(name)")
 
 
 def _refuse(q: Queue, what: str) -> NoReturn:

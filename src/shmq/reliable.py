@@ -38,9 +38,9 @@ class ReliableQueue(_aio.AsyncReliableOps, Queue):
             kw["max_message"] = st["max_message"]
         try:
             try:
-                q = Queue(dlq)              # an existing one is used as it is
+                q = self._dlq_open(dlq)            # an existing one is used as it is
             except QueueNotFound:
-                q = _create_dlq(dlq, **kw)  # same options as ours, ack=True, no DLQ of its own
+                q = self._dlq_create(dlq, **kw)    # same options as ours, ack=True, no DLQ of its own
         except ValueError as e:
             self._abandon()
             raise ArgumentError(f"queue {self._name!r}: its dead-letter queue {dlq!r} cannot be used: {e}") from None
@@ -104,7 +104,8 @@ class ReliableQueue(_aio.AsyncReliableOps, Queue):
         Raises Full (no room in time, dedup or group table full), MessageTooLargeError,
         ValueError/TypeError for bad arguments (also group= on a queue created before groups
         existed), QueueClosedError."""
-        hdr, prio, d, t, gkey, gtype = _send_args(headers, priority, delay, ttl, group)
+        hdr, _, d, t, gkey, gtype = _send_args(headers, None, delay, ttl, group)
+        prio = self._priority_of(priority)
         key = None if dedup_id is None else dedup_key(dedup_id)
         if gkey is not None and not self._core._flags_value & _core.F_GROUPS:
             raise _unsupported_groups(self._name)
@@ -142,6 +143,19 @@ class ReliableQueue(_aio.AsyncReliableOps, Queue):
         if stale:
             raise _lease_expired_many(sorted(stale))
         return len(todo)
+
+    def _priority_of(self, priority):
+        """The priority a send carries (a plain queue: 0..9, carried in Message.priority, no
+        reordering; shmq.priority overrides it with the queue's levels)."""
+        return 0 if priority is None else _priority(priority)
+
+    def _dlq_open(self, name):
+        """Open the existing dead-letter queue `name` (shmq.priority opens a PriorityQueue)."""
+        return Queue(name)
+
+    def _dlq_create(self, name, **kw):
+        """Create (or open) the dead-letter queue `name` with our options (shmq.priority: its levels too)."""
+        return _create_dlq(name, **kw)
 
     # settles of one delivery (Message calls these) and the timer scan (tests, tools)
     def _timers_run(self):

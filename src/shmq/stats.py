@@ -47,6 +47,10 @@ def complete_stats(core: _core.Core, raw: dict[str, Any]) -> dict[str, Any]:
     counters."""
     st = settings(raw)
     st["skipped_cells"] = 0  # the ring has no holes to skip (docs/internals/ring.md)
+    if st["kind"] == _core.KIND_PRIORITY:  # DESIGN §5.5: per kind, priority "levels" (ready per level)
+        _lv, mw, counts = core._prio_info()
+        st["levels"] = counts
+        st["max_wait"] = mw / 1e9 if mw else None
     oldest_ns = st.pop("oldest_ready_ns")
     if st["kind"] == _core.KIND_TOPIC:   # a log, not a ring: shmq.topic fills the figures
         from .topic import topic_stats

@@ -1,0 +1,84 @@
+/* prio.h - priority levels: one MPMC handle ring per level plus a non-empty bitmap (DESIGN §4).
+ *
+ * The priority kind (SHMQ_KIND_PRIORITY) is a work queue (queue.c, or lease.c with SHMQ_F_ACK)
+ * whose ready structure is this one instead of the area's ring: descriptors, arena, leases,
+ * timers, dead letters, dedup are the queue's and lease.c's, unchanged. queue.c reaches us only
+ * through the shmq_ready_ops_t the handle carries (seg->ready), so no call goes upward.
+ *
+ * Region SHMQ_REGION_PRIO (2), 64-byte aligned:
+ *   0     shmq_prio_hdr_t: magic, levels, cells_log2, max_wait_ns      (written once, before link)
+ *   128   {bits, seq}: the non-empty bitmap and its publish sequence   (16-byte CAS, own block)
+ *   256   levels x {head block 128 B, tail block 128 B}               (ring cursors, as an area's)
+ *   ...   levels x 2^cells_log2 cells of 16 B                          (ring cells, ring.h)
+ * Each level ring has as many cells as area 0 has descriptors, so a level never fills before
+ * the descriptors do (a priority queue has a fixed capacity: no growth).
+ *
+ * Bitmap rule (so a get never skips a level holding a message whose put returned):
+ *   put:  publish into ring[p] (ring.h), then CAS16 {bits | 1<<p, seq + 1}; the put returns after.
+ *   get:  p = highest bit; take from ring[p]. Found empty: read seq, see the ring empty, then
+ *         CAS16 {bits & ~(1<<p), same seq}: it fails if any publish bumped seq since the read,
+ *         so a bit is never cleared over a message published before the clear's look.
+ * Every put bumps seq (even when its bit is set already): a put that skipped the bump could
+ * return while a clear that looked before its publish lands after it.
+ * Aging (max_wait_ns > 0): before taking, the head message of each non-empty level is looked at;
+ * the oldest one ready (by its put's wall-clock timestamp) for longer than max_wait is served first.
+ *
+ * Who may call what concurrently: any number of producers and consumers in any processes.
+ * Progress: lock-free (the rings' CASes and the bitmap's CAS16; no lock anywhere).
+ * Crash windows (crash point names in brackets):
+ *   - a producer killed between its ring publish and the bitmap CAS [prio_before_bit]: the
+ *     message is queued but its bit may be clear. Its put never returned, so no ordering promise
+ *     covers it; a consumer that finds the bitmap empty scans the levels and sets the bits of
+ *     non-empty ones, and the dead producer's repair (shmq_prio_repair) does the same.
+ *   - a consumer killed between its empty look and its clearing CAS [prio_mid_clear]: nothing
+ *     changed; the bit stays set and the next consumer clears it.
+ *   - inside a ring: ring.h's windows (after_claim, before_commit, mid_get), repaired as there.
+ * untrusted: every field of the region is checked at open (shmq_prio_valid) and at use (levels
+ * mask, descriptor priority clamped, handles checked by the queue's take callback).
+ */
+#ifndef SHMQ_PRIO_H
+#define SHMQ_PRIO_H
+
+#include "queue.h"
+#include "queue_int.h"
+#include "segment.h"
+
+#define SHMQ_REGION_PRIO 2u
+#define SHMQ_PRIO_MAX_LEVELS 64u
+#define SHMQ_PRIO_MAGIC 0x6f697250514d4853ULL /* "SHMQPrio" */
+
+typedef struct {
+    uint64_t magic;
+    uint32_t levels;      /* 1..64 */
+    uint32_t cells_log2;  /* cells per level ring = 2^cells_log2 */
+    uint64_t max_wait_ns; /* aging: 0 = strict priority */
+    uint8_t _pad0[128 - 24]; /* read-mostly block apart from the bitmap every put writes */
+    uint64_t bits;        /* bit p: level p may hold a message (CAS16 with seq) */
+    uint64_t seq;         /* bumped by every publish: a clear fails if anyone published since its look */
+    uint8_t _pad1[128 - 16]; /* the bitmap alone on its block (producers and consumers write it) */
+} shmq_prio_hdr_t;
+_Static_assert(sizeof(shmq_prio_hdr_t) == 256, "priority header");
+_Static_assert(offsetof(shmq_prio_hdr_t, bits) % 16 == 0, "bits+seq are one 16-byte CAS");
+
+/* Region size for these options (levels in 1..64, a fixed capacity); 0 if they are invalid. */
+uint64_t shmq_prio_region_size(uint32_t levels, uint32_t cells_log2);
+/* The region request of a creation (kinds.c): SHMQ_OK, SHMQ_EINVAL (levels out of range, growable). */
+int shmq_prio_region(const shmq_create_opts_t *o, shmq_region_req_t *req);
+/* untrusted: the region is well formed (magic, levels, sizes, ring cursors). */
+int shmq_prio_valid(shmq_seg_t *q);
+/* Bind the ready structure to an opened priority segment (seg->ready, seg->ready_state). */
+int shmq_prio_bind(shmq_seg_t *q);
+/* Free the per-handle state (kinds.c: at close). */
+void shmq_prio_unbind(shmq_seg_t *q);
+/* A put at a priority (the binding's PriorityQueue.put): SHMQ_EINVAL for priority >= levels,
+ * else shmq_put's codes. */
+int shmq_put_prio(shmq_seg_t *q, const shmq_iov_t *iov, uint32_t n, uint32_t kind, uint32_t priority,
+                  uint64_t deadline_ns, uint64_t *id_out);
+/* Levels of this handle's queue (0 when it is not a priority queue). */
+uint32_t shmq_prio_levels(shmq_seg_t *q);
+/* Ready messages per level (counts[0..levels-1]; approximate while others run): returns levels. */
+uint32_t shmq_prio_counts(shmq_seg_t *q, uint64_t *counts, uint32_t cap);
+/* max_wait in ns (0 = strict). */
+uint64_t shmq_prio_max_wait_ns(shmq_seg_t *q);
+
+#endif
