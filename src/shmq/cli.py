@@ -258,7 +258,9 @@ def _printable(prefix):
 
 def _peek_json(info, ack, unpickle):
     out = {"id": info["id"], "time": _iso(info["timestamp"]), "type": info["kind"], "size": info["size"],
-           "hex": info["prefix"].hex(), "text": _printable(info["prefix"]), "priority": info["priority"]}
+           "hex": info["prefix"].hex(), "text": _printable(info["prefix"])}
+    if "priority" in info:      # a queue's message (a topic's has none)
+        out["priority"] = info["priority"]
     if ack:
         out.update(state=info["state"], deliveries=info["delivery_count"], headers=_headers(info["headers"]))
     if unpickle:
@@ -267,7 +269,8 @@ def _peek_json(info, ack, unpickle):
 
 
 def _peek_line(info, ack, unpickle):
-    line = (f"id={info['id']} priority={info['priority']} time={_iso(info['timestamp'])} type={info['kind']} "
+    prio = f" priority={info['priority']}" if "priority" in info else ""
+    line = (f"id={info['id']}{prio} time={_iso(info['timestamp'])} type={info['kind']} "
             f"size={info['size']} "
             f"hex={info['prefix'].hex()} text={_printable(info['prefix'])}")
     if ack:
