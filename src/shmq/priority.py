@@ -156,6 +156,7 @@ class ReliablePriorityQueue(PriorityQueue, ReliableQueue):
     def send(self, body: Any, headers: Optional[Mapping[str, Union[str, bytes]]] = None,
              priority: Optional[int] = None, delay: Optional[float] = None, ttl: Optional[float] = None,
              dedup_id: Union[str, bytes, None] = None, *, block: bool = True,
-             timeout: Optional[float] = None) -> int:
-        """ReliableQueue.send with priority in 0..levels-1 (ValueError otherwise)."""
-        return ReliableQueue.send(self, body, headers, priority, delay, ttl, dedup_id, block=block, timeout=timeout)
+             timeout: Optional[float] = None, group: Union[str, bytes, None] = None) -> int:
+        """ReliableQueue.send with priority in 0..levels-1 (ValueError otherwise); group= as there."""
+        return ReliableQueue.send(self, body, headers, priority, delay, ttl, dedup_id, block=block, timeout=timeout,
+                                  group=group)

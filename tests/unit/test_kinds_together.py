@@ -1,0 +1,107 @@
+"""The kinds built side by side, used together: message groups on an at-least-once priority
+queue (docs/guide/groups.md, "groups and priorities"), forward into a priority queue, and
+shmq.open on every kind."""
+import pytest
+
+import shmq
+
+
+@pytest.fixture
+def made(qname):
+    handles = []
+    yield handles
+    for h in handles:
+        names = (h.name, getattr(h, "dead_letter_queue", None))
+        h.close()
+        for n in names:
+            if n:
+                try:
+                    shmq.unlink(n)
+                except shmq.QueueNotFound:
+                    pass
+
+
+def _drain(q, timeout=0.05):
+    out = []
+    while True:
+        try:
+            out.append(q.receive(timeout=timeout))
+        except shmq.Empty:
+            return out
+
+
+def test_groups_on_a_priority_queue_keep_send_order_within_a_group(made, qname):
+    q = shmq.PriorityQueue(qname, create=True, ack=True, levels=5, capacity="1MiB")
+    made.append(q)
+    q.send("g-low", priority=0, group="g")
+    q.send("g-high", priority=4, group="g")      # same group, sent later: waits for g-low
+    q.send("u-mid", priority=2)
+    q.send("h-high", priority=3, group="h")
+    first = _drain(q)
+    # deliverable now: the head of g (priority 0), u-mid (2), the head of h (3), by priority
+    assert [m.body for m in first] == ["h-high", "u-mid", "g-low"]
+    assert [m.priority for m in first] == [3, 2, 0]
+    assert {m.group for m in first} == {"g", "h", None}
+    for m in first:
+        m.ack()
+    second = _drain(q)
+    assert [(m.body, m.priority, m.group) for m in second] == [("g-high", 4, "g")]
+    second[0].ack()
+    assert q.qsize() == 0
+
+
+def test_a_nacked_group_head_comes_back_with_its_priority_before_the_group_later_ones(made, qname):
+    q = shmq.PriorityQueue(qname, create=True, ack=True, levels=3, capacity="1MiB")
+    made.append(q)
+    q.send("a1", priority=1, group="a")
+    q.send("a2", priority=2, group="a")
+    m = q.receive(timeout=1)
+    assert m.body == "a1"
+    m.nack()
+    again = q.receive(timeout=1)
+    assert (again.body, again.priority, again.delivery_count) == ("a1", 1, 2)
+    with pytest.raises(shmq.Empty):
+        q.receive(timeout=0.05)                  # a2 waits for its head
+    again.ack()
+    last = q.receive(timeout=1)
+    assert (last.body, last.priority) == ("a2", 2)
+    last.ack()
+
+
+def test_forward_into_a_priority_queue_uses_its_levels(made, qname):
+    src = shmq.Queue(qname, create=True, ack=True, capacity="1MiB")
+    dest = shmq.PriorityQueue(qname + "-d", create=True, ack=True, levels=20, capacity="1MiB")
+    made += [src, dest]
+    src.send("one")
+    src.send("two")
+    a, b = src.receive(timeout=1), src.receive(timeout=1)
+    a.forward(dest, "low", priority=3)
+    b.forward(dest, "high", priority=15)         # above a plain queue's 0..9: the dest's levels apply
+    got = [dest.receive(timeout=1) for _ in range(2)]
+    assert [(m.body, m.priority) for m in got] == [("high", 15), ("low", 3)]
+    for m in got:
+        m.ack()
+    c = src.send("three")
+    m = src.receive(timeout=1)
+    assert m.id == c
+    with pytest.raises(ValueError):
+        m.forward(dest, "bad", priority=20)      # out of the dest's range: nothing sent, still ours
+    assert dest.qsize() == 0
+    m.ack()
+
+
+def test_open_returns_the_class_of_each_kind(made, qname):
+    q = shmq.Queue(qname + "-q", create=True, capacity="1MiB")
+    pq = shmq.PriorityQueue(qname + "-p", create=True, levels=4, capacity="1MiB")
+    t = shmq.Topic(qname + "-t", create=True, capacity="1MiB")
+    made += [q, pq, t]
+    for h, cls in ((q, shmq.Queue), (pq, shmq.PriorityQueue), (t, shmq.Topic)):
+        o = shmq.open(h.name)
+        try:
+            assert type(o) is cls, (h.name, type(o))
+        finally:
+            o.close()
+    with pytest.raises(shmq.IncompatibleQueueError, match="topic"):
+        shmq.PriorityQueue(t.name)
+    with pytest.raises(shmq.IncompatibleQueueError, match="priority"):
+        shmq.Topic(pq.name, create=False)
