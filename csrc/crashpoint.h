@@ -33,7 +33,13 @@
     X(mid_move, "dead-letter: copy in the dead-letter queue, source descriptor not yet freed") \
     X(mid_dedup, "send: dedup entry PENDING with its id, message not yet put")              \
     X(before_dedup_finish, "send: message put (the send would return its id), dedup entry still PENDING") \
-    X(mid_close_return, "close: an unacked delivery of the closing handle claimed (SETTLING), not yet requeued")
+    X(mid_close_return, "close: an unacked delivery of the closing handle claimed (SETTLING), not yet requeued") \
+    X(journal_mid_append, "journal: half of a record's payload written past write_pos, crc not yet written") \
+    X(journal_mid_sync, "journal: sync lock held, fdatasync not yet returned, durable position not advanced") \
+    X(journal_rotate_prepared, "journal rotation: next segment file built and renamed into place, END not yet written") \
+    X(journal_rotate_ended, "journal rotation: END written and synced, appends not yet moved to the next segment") \
+    X(journal_rotate_switched, "journal rotation: appends moved on, old segments not yet retired") \
+    X(journal_mid_recycle, "journal retention: a retired file's header invalidated, not yet renamed .spare")
 
 extern int shmq_crash_armed;
 void shmq_crash_hit(const char *name);

@@ -1,5 +1,6 @@
 #include "kinds.h"
 
+#include "journal.h"
 #include "lease.h"
 #include "participants.h"
 #include "queue.h"
@@ -7,6 +8,11 @@
 /* The kind's hooks and state, from the validated header (before the handle attaches). */
 static int bind_kind(shmq_seg_t *seg)
 {
+    if (seg->hdr->flags & SHMQ_F_JOURNAL) {
+        int rc = shmq_journal_bind(seg); /* journal.h: enabled once the journal is READY */
+        if (rc != SHMQ_OK)
+            return rc;
+    }
     if (seg->hdr->flags & SHMQ_F_ACK)
         return shmq_ack_bind(seg);
     shmq_queue_bind(seg);
@@ -35,6 +41,11 @@ int shmq_create(shmq_seg_t *seg, const shmq_create_opts_t *o, int exist_ok, int 
         if (rc != SHMQ_OK)
             return rc;
     }
+    if (o->flags & SHMQ_F_JOURNAL) {
+        int rc = o->journal ? shmq_journal_region(o->journal, &req[n++]) : SHMQ_EINVAL;
+        if (rc != SHMQ_OK)
+            return rc;
+    }
     return bound(seg, shmq_seg_create(seg, o, req, n, exist_ok, created));
 }
 
@@ -47,6 +58,10 @@ int shmq_after_fork(shmq_seg_t *seg)
     int rc = shmq_seg_after_fork(seg);
     if (rc == SHMQ_OK && seg->ops && seg->ops->after_fork)
         seg->ops->after_fork(seg);
+    if (rc == SHMQ_OK && seg->jstate) { /* the parent's threads' lock flags are not ours */
+        seg->jstate->append_busy = 0;
+        seg->jstate->sync_busy = 0;
+    }
     return rc;
 }
 
@@ -66,5 +81,6 @@ void shmq_close(shmq_seg_t *seg)
     if (seg->ops && seg->ops->close)
         seg->ops->close(seg);
     seg->ops = NULL;
+    shmq_journal_close(seg);
     shmq_seg_close(seg);
 }

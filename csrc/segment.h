@@ -250,6 +250,7 @@ typedef struct {
     uint32_t max_deliveries;
     uint32_t dedup_slots;    /* 0 = default */
     const char *dead_letter; /* NULL or "" = none */
+    const void *journal;     /* NULL, or the journal's options (journal.h shmq_journal_opts_t) */
 } shmq_create_opts_t;
 
 struct shmq_seg;
@@ -287,6 +288,8 @@ typedef struct shmq_seg {
     uint64_t last_liveness_ns; /* process-local: last dead-participant sweep of this handle */
     uint64_t last_stale_ns;   /* process-local: last sweep for owners whose slot is FREE or reused */
     uint32_t watching[2];     /* process-local: watchers registered (shmq_watch_begin) per direction, undone at close */
+    struct shmq_journal *journal; /* process-local: appends go here (journal.h); NULL = no journal: one branch */
+    struct shmq_journal *jstate;  /* process-local: the bound journal state, enabled or not (journal.h) */
 } shmq_seg_t;
 
 /* Create (exist_ok: open an existing one instead of failing with EEXIST in seg->err), with the
