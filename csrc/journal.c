@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
@@ -350,7 +351,8 @@ static int rotate(shmq_seg_t *q, shmq_journal_t *j, uint64_t W)
     SHMQ_CRASH_POINT(journal_rotate_ended);
     if (map_segment(j, next) != 0)
         return -1;
-    shmq_jckpt_t ck = {.next_id = shmq_load_acquire(&q->hdr->next_id), .wall_ns = shmq_now_wall_ns()};
+    shmq_jckpt_t ck = {.next_id = shmq_load_acquire(&q->hdr->next_id), .wall_ns = shmq_now_wall_ns(),
+                       .qkind = q->hdr->kind, .qflags = q->hdr->flags};
     b->ckpt_next_id[next % SHMQ_JOURNAL_CKPT_RING] = ck.next_id;
     put_rec(j->map + SHMQ_JFILE_HDR, salt_of(b->salt_base, next), b->next_lsn++, SHMQ_JREC_CHECKPOINT, &ck, sizeof ck,
             NULL, 0);
@@ -482,6 +484,8 @@ int shmq_journal_region(const shmq_journal_opts_t *o, shmq_region_req_t *req)
 
 shmq_journal_t *shmq_journal_of(shmq_seg_t *q) { return q->jstate; }
 
+const char *shmq_journal_dir_of(shmq_seg_t *q) { return q->jstate ? q->jstate->dir : NULL; }
+
 int shmq_journal_bind(shmq_seg_t *q)
 {
     uint64_t size;
@@ -513,7 +517,20 @@ int shmq_journal_bind(shmq_seg_t *q)
         free(j);
         return SHMQ_ESYS;
     }
+    (void)flock(j->dir_fd, LOCK_SH | LOCK_NB); /* "in use": the creator's claim checks it (released at close) */
     q->jstate = j;
+    return SHMQ_OK;
+}
+
+int shmq_journal_claim(shmq_seg_t *q)
+{
+    shmq_journal_t *j = q->jstate;
+    if (!j)
+        return SHMQ_EINVAL;
+    if (flock(j->dir_fd, LOCK_EX | LOCK_NB) != 0) {
+        q->err = errno;
+        return SHMQ_EJOURNAL;
+    }
     return SHMQ_OK;
 }
 
@@ -554,7 +571,8 @@ int shmq_journal_start(shmq_seg_t *q, uint64_t last_seg, uint64_t next_lsn)
         q->err = errno;
         return SHMQ_EJOURNAL;
     }
-    shmq_jckpt_t ck = {.next_id = shmq_load_acquire(&q->hdr->next_id), .wall_ns = shmq_now_wall_ns()};
+    shmq_jckpt_t ck = {.next_id = shmq_load_acquire(&q->hdr->next_id), .wall_ns = shmq_now_wall_ns(),
+                       .qkind = q->hdr->kind, .qflags = q->hdr->flags};
     b->next_lsn = next_lsn ? next_lsn : 1;
     b->ckpt_next_id[seg % SHMQ_JOURNAL_CKPT_RING] = ck.next_id;
     put_rec(j->map + SHMQ_JFILE_HDR, salt_of(b->salt_base, seg), b->next_lsn++, SHMQ_JREC_CHECKPOINT, &ck, sizeof ck,
@@ -572,6 +590,7 @@ int shmq_journal_start(shmq_seg_t *q, uint64_t last_seg, uint64_t next_lsn)
         return SHMQ_EJOURNAL;
     }
     b->durable_pos = W;
+    (void)flock(j->dir_fd, LOCK_SH | LOCK_NB); /* from the claim's exclusive lock back to shared */
     shmq_store_release(&b->state, SHMQ_JSTATE_READY); /* release: everything above before READY */
     q->journal = j;
     return SHMQ_OK;
@@ -670,6 +689,7 @@ void shmq_journal_stats(shmq_seg_t *q, shmq_journal_stats_t *st)
     st->records = shmq_load_relaxed(&b->records);
     st->failed_errno = __atomic_load_n(&b->failed_errno, __ATOMIC_ACQUIRE);
     st->mode = j->mode;
+    st->interval_ns = b->interval_ns;
     uint64_t oldest = shmq_load_relaxed(&b->oldest_seg), cur = st->write_pos / j->seg_size;
     st->segments = cur >= oldest && oldest ? cur - oldest + 1 : 0;
     st->bytes = st->segments * j->seg_size;
@@ -1033,6 +1053,8 @@ int shmq_journal_scan(const char *dir, uint32_t flags, shmq_seg_t *q, shmq_jrepo
                 memcpy(&ck, p, sizeof ck);
                 if (ck.next_id > rep->next_id)
                     rep->next_id = ck.next_id;
+                rep->qkind = ck.qkind;
+                rep->qflags = ck.qflags;
                 break;
             }
             default:

@@ -105,6 +105,8 @@ _Static_assert(sizeof(shmq_jput_t) == 48, "put record layout");
 typedef struct {
     uint64_t next_id;  /* every message put in an earlier segment has a smaller id */
     uint64_t wall_ns;
+    uint32_t qkind;    /* the queue's kind and flags (SHMQ_F_ACK...): recovery refuses another layout */
+    uint32_t qflags;
 } shmq_jckpt_t;
 
 typedef struct {
@@ -200,6 +202,12 @@ int shmq_journal_start(shmq_seg_t *q, uint64_t last_seg, uint64_t next_lsn);
 /* Appends of this handle go to the journal from now on (openers: once the state is READY). */
 void shmq_journal_enable(shmq_seg_t *q);
 uint32_t shmq_journal_state(shmq_seg_t *q);
+/* The creator, before recovery: no other process may have this journal directory open (an
+ * exclusive flock on the directory; every attached handle holds a shared one). SHMQ_OK, or
+ * SHMQ_EJOURNAL with q->err = EWOULDBLOCK when another live queue uses it. */
+int shmq_journal_claim(shmq_seg_t *q);
+/* The journal directory this queue was created with (its process-local copy), or NULL. */
+const char *shmq_journal_dir_of(shmq_seg_t *q);
 
 /* After a put/send returned SHMQ_OK: always-mode waits until this thread's last record is
  * durable (deadline_ns as put's); other modes return at once. SHMQ_OK, SHMQ_EJOURNAL (seg->err:
@@ -210,6 +218,7 @@ int shmq_journal_sync(shmq_seg_t *q, uint64_t deadline_ns);
 
 typedef struct {
     uint64_t bytes, segments, durable_pos, write_pos, sync_count, fsync_errors, last_sync_ns, records;
+    uint64_t interval_ns;
     int32_t failed_errno;
     uint32_t mode;
 } shmq_journal_stats_t;
@@ -222,6 +231,7 @@ typedef struct {
     uint64_t torn, torn_off, torn_seg, truncated_bytes;      /* the tail cut (count, where) */
     uint64_t corrupt, corrupt_off, corrupt_seg, skipped_bytes; /* before the tail */
     uint64_t replayed, dedup_restored, elapsed_ns;
+    uint32_t qkind, qflags;  /* of the latest checkpoint (0: none seen) */
     int err;
 } shmq_jreport_t;
 /* progress(ctx, done, total) in bytes; may be NULL. */

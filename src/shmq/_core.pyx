@@ -72,7 +72,7 @@ RC = {name: value for name, value in (
     ("EINCOMPAT", c.SHMQ_EINCOMPAT), ("ESYS", c.SHMQ_ESYS), ("ESLOTS", c.SHMQ_ESLOTS),
     ("ESEALED", c.SHMQ_ESEALED), ("EINVAL", c.SHMQ_EINVAL), ("ENOMEM", c.SHMQ_ENOMEM),
     ("ECLOSED", c.SHMQ_ECLOSED), ("EAGAIN", c.SHMQ_EAGAIN), ("ESTALE", c.SHMQ_ESTALE),
-    ("EDEDUPFULL", c.SHMQ_EDEDUPFULL))}
+    ("EDEDUPFULL", c.SHMQ_EDEDUPFULL), ("EJOURNAL", c.SHMQ_EJOURNAL))}
 
 # Registered by the Python layer (_set_policy).
 cdef object _encode = None       # (obj, raw) -> (kind, [buffers written back to back])
@@ -188,6 +188,50 @@ cdef int _deadline(object block, object timeout, uint64_t *out) except -1:
     return 0
 
 
+cdef void _progress_cb(void *ctx, uint64_t done, uint64_t total) noexcept with gil:
+    try:
+        (<object>ctx)(done, total)
+    except BaseException:
+        pass    # a progress display never stops a recovery
+
+
+cdef dict _scan(str directory, uint32_t flags, c.shmq_seg_t *q, progress):
+    cdef c.shmq_jreport_t rep
+    cdef int rc
+    cdef bytes bdir = os.fsencode(directory)
+    cdef const char *p = bdir
+    cdef void *ctx = <void *>progress
+    if progress is None:
+        with nogil:
+            rc = c.shmq_journal_scan(p, flags, q, &rep, NULL, NULL)
+    else:
+        with nogil:
+            rc = c.shmq_journal_scan(p, flags, q, &rep, _progress_cb, ctx)
+    out = {k: v for k, v in (<dict>rep).items()}
+    out["rc"] = rc
+    out["rc_name"] = c.shmq_strerror(rc).decode()
+    return out
+
+
+def journal_scan(str directory, bint skip=False):
+    """Check every record of the journal in directory (no queue needed): a report dict with
+    its rc (0 when it validates; see shmq.journal for the words)."""
+    return _scan(directory, c.SHMQ_JSCAN_SKIP if skip else 0, NULL, None)
+
+
+def journal_on_tmpfs(str directory):
+    return c.shmq_journal_on_tmpfs(os.fsencode(directory))
+
+
+JOURNAL_MODES = {"always": c.SHMQ_JMODE_ALWAYS, "batch": c.SHMQ_JMODE_BATCH, "never": c.SHMQ_JMODE_NEVER}
+JOURNAL_MIN_SEGMENT = c.SHMQ_JOURNAL_MIN_SEG
+JOURNAL_DIR_MAX = c.SHMQ_JOURNAL_DIR_MAX
+JOURNAL_READY = c.SHMQ_JSTATE_READY
+JOURNAL_RECOVERING = c.SHMQ_JSTATE_RECOVERING
+JSCAN_SKIP = c.SHMQ_JSCAN_SKIP
+F_JOURNAL = c.SHMQ_F_JOURNAL
+
+
 def _untrusted_file(int fd, path, uint32_t expected_uid, uint32_t mode):
     """None if the open file fd is owned by expected_uid and grants no write permission outside
     mode, else the QueuePermissionError to raise (naming the file, its owner and mode). Another
@@ -230,6 +274,7 @@ cdef class Core:
     cdef int _fault_word        # set by the SIGBUS guard (guard.h): our file was truncated under us
     cdef bint _guarded          # registered with the guard
     cdef bint _attach_pending   # a forked child's handle: takes its slot at the first use
+    cdef bint _defer_commit     # put_many: one journal commit for the batch, not one per item
 
     def __cinit__(self):
         self.opened = False
@@ -331,16 +376,18 @@ cdef class Core:
     # -- lifecycle ---------------------------------------------------------------------
     def _create(self, str path, uint32_t kind, uint32_t flags, uint64_t capacity, uint64_t max_message,
                 uint64_t maxsize, uint32_t mode, uint32_t max_slots, bint exist_ok, dict ack=None,
-                bint check_mode=True):
+                bint check_mode=True, dict journal=None):
         """Create (or with exist_ok open) the segment at path and attach. Returns True if created.
         An existing file is opened only if it is ours and (check_mode) lets nobody else write
         beyond mode (issue 11 item 5).
         ack: at-least-once options (visibility_ns, max_deliveries, dead_letter, default_delay_ns,
         default_ttl_ns, dedup_window_ns, dedup_slots) when flags has F_ACK."""
         cdef c.shmq_create_opts_t o
+        cdef c.shmq_journal_opts_t jo
         cdef int created = 0
         cdef int rc
         bpath = os.fsencode(path)
+        bjdir = None
         bdlq = None
         memset(&o, 0, sizeof(o))
         o.path = bpath
@@ -360,6 +407,14 @@ cdef class Core:
             o.dedup_slots = ack["dedup_slots"]
             bdlq = (ack["dead_letter"] or "").encode()
             o.dead_letter = bdlq
+        if journal is not None:   # shmq.journal: options checked there; flags carries F_JOURNAL
+            bjdir = os.fsencode(journal["dir"])
+            memset(&jo, 0, sizeof(jo))
+            jo.dir = bjdir
+            jo.mode = journal["mode"]
+            jo.seg_size = journal["segment_size"]
+            jo.interval_ns = journal["interval_ns"]
+            o.journal = &jo
         with nogil:
             rc = c.shmq_create(&self.seg, &o, exist_ok, &created)
         self.path = path
@@ -518,6 +573,8 @@ cdef class Core:
             if (rc != c.SHMQ_EINTR and not self._closed) or not self._retry(rc):
                 break
         if rc == c.SHMQ_OK:
+            if self.seg.journal != NULL and not self._defer_commit:
+                self._journal_commit_c(dl)
             return dup
         if so != NULL:
             total += so.hdr_size
@@ -587,14 +644,99 @@ cdef class Core:
         cdef Py_ssize_t n = 0
         self._check()
         _deadline(block, timeout, &dl)
+        self._defer_commit = self.seg.journal != NULL
         try:
             for obj in items:
                 self._put_obj(obj, dl)
                 n += 1
+            if self._defer_commit:
+                self._defer_commit = False
+                self._journal_commit_c(dl)   # one sync covers the batch (the last record is this thread's)
         except BaseException as e:
             e.items_put = n
             raise
+        finally:
+            self._defer_commit = False
         return n
+
+    # -- journal (shmq.journal holds the policy) ------------------------------------------
+    cdef int _journal_commit_c(self, uint64_t dl) except -1:
+        """After a put or send returned: fsync="always" waits until its record is durable."""
+        cdef int rc
+        cdef PyThreadState *ts
+        while True:
+            self._enter()
+            ts = _release()
+            rc = c.shmq_journal_commit(&self.seg, dl)
+            _reacquire(ts)
+            self._leave()
+            if rc != c.SHMQ_EINTR or not self._retry(rc):
+                break
+        if rc != c.SHMQ_OK:
+            raise self._error(rc, "journal")
+        return 0
+
+    def _journal_sync(self, timeout=None):
+        """Make every record appended so far durable (q.sync(), the batch timer)."""
+        cdef int rc
+        cdef uint64_t dl
+        cdef PyThreadState *ts
+        self._check()
+        _deadline(True, timeout, &dl)
+        if self.seg.jstate == NULL:
+            return False
+        while True:
+            self._enter()
+            ts = _release()
+            rc = c.shmq_journal_sync(&self.seg, dl)
+            _reacquire(ts)
+            self._leave()
+            if rc != c.SHMQ_EINTR or not self._retry(rc):
+                break
+        if rc != c.SHMQ_OK:
+            raise self._error(rc, "journal")
+        return True
+
+    @property
+    def _journal_dir(self):
+        """The journal directory this queue was created with, or None."""
+        cdef const char *d
+        if not self.opened:
+            return None
+        d = c.shmq_journal_dir_of(&self.seg)
+        return None if d == NULL else os.fsdecode(<bytes>d)
+
+    def _journal_state(self):
+        return c.shmq_journal_state(&self.seg) if self.opened else 0
+
+    def _journal_enable(self):
+        c.shmq_journal_enable(&self.seg)
+
+    def _journal_claim(self):
+        cdef int rc = c.shmq_journal_claim(&self.seg)
+        if rc != c.SHMQ_OK:
+            raise self._error(rc, "journal claim")
+
+    def _journal_start(self, uint64_t last_seg, uint64_t next_lsn):
+        cdef int rc
+        with nogil:
+            rc = c.shmq_journal_start(&self.seg, last_seg, next_lsn)
+        if rc != c.SHMQ_OK:
+            raise self._error(rc, "journal start")
+
+    def _journal_recover(self, str directory, uint32_t flags, progress=None):
+        """Replay the journal in directory into this (new, empty) queue: a report dict; raises
+        CorruptJournalError / OSError / Full through shmq.journal's words (the report's rc)."""
+        return _scan(directory, flags | c.SHMQ_JSCAN_REPAIR, &self.seg, progress)
+
+    def _journal_stats(self):
+        cdef c.shmq_journal_stats_t st
+        self._check_open()
+        c.shmq_journal_stats(&self.seg, &st)
+        return {"bytes": st.bytes, "segments": st.segments, "durable_pos": st.durable_pos,
+                "write_pos": st.write_pos, "sync_count": st.sync_count, "fsync_errors": st.fsync_errors,
+                "last_sync_ns": st.last_sync_ns, "records": st.records, "failed_errno": st.failed_errno,
+                "mode": st.mode, "interval_ns": st.interval_ns}
 
     # -- get -------------------------------------------------------------------------
     cdef object _body(self, c.shmq_msg_t *m):
