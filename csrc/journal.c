@@ -52,30 +52,35 @@ static void fault_init(void)
     __atomic_store_n(&fault_ready, 1, __ATOMIC_RELEASE); /* release: the settings before the flag */
 }
 
-static void shadow_copy(int fd, const char *name)
+/* The simulated disk keeps bytes [0, limit) of the file as they are now; what lies past limit
+ * stays as the previous sync left it (never covered by a completed sync). */
+static void shadow_copy(int fd, const char *name, uint64_t limit)
 {
-    if (!fault_shadow || fault_shadow_nosync)
+    if (!fault_shadow)
         return;
-    char tmp[4096], dst[4096];
+    char dst[4096];
     snprintf(dst, sizeof dst, "%s/%s", fault_shadow, name);
-    snprintf(tmp, sizeof tmp, "%s/.%s.%d", fault_shadow, name, (int)getpid());
     struct stat st;
     if (fstat(fd, &st) != 0)
         return;
-    int out = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int out = open(dst, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (out < 0)
         return;
+    if (ftruncate(out, st.st_size) != 0) {
+        close(out);
+        return;
+    }
+    if (limit > (uint64_t)st.st_size)
+        limit = (uint64_t)st.st_size;
     static __thread uint8_t buf[1 << 16];
-    for (off_t off = 0; off < st.st_size;) {
-        ssize_t n = pread(fd, buf, sizeof buf, off);
-        if (n <= 0)
+    for (uint64_t off = 0; off < limit;) {
+        size_t want = limit - off < sizeof buf ? (size_t)(limit - off) : sizeof buf;
+        ssize_t n = pread(fd, buf, want, (off_t)off);
+        if (n <= 0 || pwrite(out, buf, (size_t)n, (off_t)off) != n)
             break;
-        if (write(out, buf, (size_t)n) != n)
-            break;
-        off += n;
+        off += (uint64_t)n;
     }
     close(out);
-    rename(tmp, dst);
 }
 
 static void shadow_remove(const char *name)
@@ -87,15 +92,20 @@ static void shadow_remove(const char *name)
     unlink(p);
 }
 
-static int j_fdatasync(int fd, const char *name)
+/* fdatasync through the fault layer. limit: the bytes this sync covers (UINT64_MAX: all);
+ * flush: a sync of appended records (the negative control leaves those out of the shadow). */
+static int j_fdatasync_ex(int fd, const char *name, uint64_t limit, int flush)
 {
-    shadow_copy(fd, name);
+    if (!(flush && fault_shadow_nosync))
+        shadow_copy(fd, name, limit);
     if (fault_eio_at > 0 && __atomic_add_fetch(&fault_syncs, 1, __ATOMIC_SEQ_CST) == fault_eio_at) {
         errno = EIO;
         return -1;
     }
     return fdatasync(fd);
 }
+
+static int j_fdatasync(int fd, const char *name) { return j_fdatasync_ex(fd, name, UINT64_MAX, 0); }
 
 /* ------------------------------------------------------------ files */
 static void seg_name(char *out, size_t n, uint64_t seg, const char *ext) { snprintf(out, n, "%016llx.%s", (unsigned long long)seg, ext); }
@@ -157,7 +167,7 @@ static int prepare_file(shmq_journal_t *j, uint64_t seg)
         if (fd >= 0 && fstat(fd, &st) == 0 && (uint64_t)st.st_size == j->seg_size) {
             if (write_all(fd, &h, sizeof h, 0) == 0 && j_fdatasync(fd, sname) == 0 && rename(tmp, path) == 0) {
                 shadow_remove(sname);
-                shadow_copy(fd, name);
+                shadow_copy(fd, name, UINT64_MAX);
                 close(fd);
                 shmq_store_relaxed(&b->spare_seg, 0);
                 return dir_sync(j);
@@ -341,7 +351,7 @@ static int rotate(shmq_seg_t *q, shmq_journal_t *j, uint64_t W)
     put_rec(j->map + off, salt_of(b->salt_base, seg), 0, SHMQ_JREC_END, NULL, 0, NULL, 0);
     char name[64];
     seg_name(name, sizeof name, seg, "wal");
-    if (j_fdatasync(j->map_fd, name) != 0) { /* the old segment is complete on disk before the switch */
+    if (j_fdatasync_ex(j->map_fd, name, UINT64_MAX, 1) != 0) { /* the old segment is complete on disk before the switch */
         int e = errno;
         __atomic_store_n(&b->failed_errno, e, __ATOMIC_SEQ_CST);
         __atomic_fetch_add(&b->fsync_errors, 1, __ATOMIC_RELAXED);
@@ -635,7 +645,7 @@ static int sync_to(shmq_seg_t *q, shmq_journal_t *j, uint64_t target, uint64_t d
         }
         SHMQ_CRASH_POINT(journal_mid_sync);
         /* earlier segments were synced by the rotation that left them */
-        if (j_fdatasync(j->sync_fd, name) != 0) {
+        if (j_fdatasync_ex(j->sync_fd, name, W % j->seg_size, 1) != 0) {
             int err = errno;
             __atomic_store_n(&b->failed_errno, err, __ATOMIC_SEQ_CST);
             __atomic_fetch_add(&b->fsync_errors, 1, __ATOMIC_RELAXED);
@@ -952,14 +962,16 @@ int shmq_journal_scan(const char *dir, uint32_t flags, shmq_seg_t *q, shmq_jrepo
                 }
                 if (!at && !later_seg) { /* the torn tail: cut here */
                     f->end_off = off;
-                    uint64_t last = f->size;
-                    while (last > off && f->map[last - 1] == 0)
-                        last--;
-                    if (last > off) {
-                        rep->torn++;
-                        rep->torn_off = off;
-                        rep->torn_seg = f->seg;
-                        rep->truncated_bytes += last - off;
+                    /* a torn record of this incarnation (its salt), not zeros or an older one's bytes */
+                    const shmq_jrec_t *t = (const shmq_jrec_t *)(f->map + off);
+                    if (off + SHMQ_JREC_HDR <= f->size && (t->salt == f->salt || t->len != 0)) {
+                        uint64_t span = t->len >= SHMQ_JREC_HDR && t->len <= f->size - off ? t->len : SHMQ_JREC_HDR;
+                        if (t->salt == f->salt || t->lsn == prev_lsn + 1) {
+                            rep->torn++;
+                            rep->torn_off = off;
+                            rep->torn_seg = f->seg;
+                            rep->truncated_bytes += span;
+                        }
                     }
                     if ((flags & SHMQ_JSCAN_REPAIR) && off + SHMQ_JREC_HDR <= f->size) {
                         patch_rec(f, off, SHMQ_JREC_END, 0);

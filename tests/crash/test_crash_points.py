@@ -32,7 +32,8 @@ SCENARIOS = {
 
 def test_every_crash_point_has_a_crash_test():
     from test_ack_crash import ACK_SCENARIOS
-    tested = set(SCENARIOS) | set(ACK_SCENARIOS)
+    from test_journal_faults import JOURNAL_SCENARIOS
+    tested = set(SCENARIOS) | set(ACK_SCENARIOS) | set(JOURNAL_SCENARIOS)
     points = {n for n, _ in shmq.crash_points()}
     assert points == tested, f"crash points without a test: {points - tested}; stale: {tested - points}"
 
