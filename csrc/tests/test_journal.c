@@ -356,7 +356,114 @@ static void test_flusher_killed_mid_sync(void)
     CHECK(rep.last_id >= last);
 }
 
-static const th_role_t roles[] = {{"sender", role_sender}, {NULL, NULL}};
+/* child: cycles of put (commit) + get on a small-segment journal, so appends, syncs, rotations
+ * and recycling all happen; writes 'p'+id after each put's commit returned and 'g'+id after each get */
+static int role_cycler(int argc, char **argv)
+{
+    (void)argc;
+    shmq_seg_t q;
+    memset(&q, 0, sizeof q);
+    q.fd = -1;
+    if (shmq_open(&q, argv[0], -1) != SHMQ_OK || shmq_attach(&q) != SHMQ_OK)
+        return 2;
+    shmq_journal_enable(&q);
+    int out = atoi(argv[1]);
+    char buf[2048];
+    memset(buf, 'c', sizeof buf);
+    for (int i = 0; i < 20000; i++) {
+        uint64_t id;
+        if (shmq_put(&q, &(shmq_iov_t){buf, 900}, 1, 1, 0, &id) != SHMQ_OK || shmq_journal_commit(&q, 0) != SHMQ_OK)
+            return 3;
+        uint8_t rec[9] = {'p'};
+        memcpy(rec + 1, &id, 8);
+        if (write(out, rec, 9) != 9)
+            return 4;
+        if (i % 4 == 3)
+            continue; /* some stay: retention keeps their segments */
+        shmq_msg_t m;
+        if (shmq_get_begin(&q, &m, 0) != SHMQ_OK)
+            return 5;
+        id = m.id;
+        shmq_get_end(&q, &m);
+        rec[0] = 'g';
+        memcpy(rec + 1, &id, 8);
+        if (write(out, rec, 9) != 9)
+            return 4;
+    }
+    return 6; /* the crash point was never hit */
+}
+
+static void test_kill_at_every_journal_point(void)
+{
+    const char *pts[] = {"journal_mid_append", "journal_mid_sync", "journal_rotate_prepared", "journal_rotate_ended",
+                         "journal_rotate_switched", "journal_mid_recycle"};
+    for (unsigned i = 0; i < sizeof pts / sizeof pts[0]; i++) {
+        fresh_dir();
+        char path[128];
+        th_path(path, sizeof path, "jpt");
+        shmq_seg_t *q = jq(path, 0, SHMQ_JMODE_ALWAYS, NULL, 0, NULL);
+        CHECK(q != NULL);
+        int p[2];
+        CHECK(pipe(p) == 0);
+        char wfd[16];
+        snprintf(wfd, sizeof wfd, "%d", p[1]);
+        pid_t kid = th_spawn(pts[i], "cycler", path, wfd, NULL, NULL);
+        CHECK(kid > 0);
+        int st = th_wait(kid, 60000);
+        close(p[1]);
+        if (!th_killed(st))
+            fprintf(stderr, "%s: child status %d\n", pts[i], st);
+        CHECK(th_killed(st));
+        static uint8_t state[1 << 16]; /* by id: 1 put returned, 2 got */
+        memset(state, 0, sizeof state);
+        uint8_t rec[9];
+        while (read(p[0], rec, 9) == 9) {
+            uint64_t id;
+            memcpy(&id, rec + 1, 8);
+            CHECK(id < sizeof state);
+            state[id] = rec[0] == 'p' ? 1 : 2;
+        }
+        close(p[0]);
+        /* survivors go on: the dead holder's locks are taken over, rotation finishes */
+        put_n(q, 0, 200, 900);
+        for (int k = 0; k < 150; k++) {
+            shmq_msg_t g;
+            CHECK(shmq_get_begin(q, &g, 0) == SHMQ_OK);
+            if (g.id < sizeof state)
+                state[g.id] = 2; /* ours now: gone */
+            shmq_get_end(q, &g);
+        }
+        CHECK(shmq_journal_sync(q, th_after_ms(5000)) == SHMQ_OK);
+        shmq_close(q);
+        unlink(path);
+        shmq_jreport_t rep;
+        q = jq(path, 0, SHMQ_JMODE_ALWAYS, &rep, 0, NULL);
+        CHECK(q != NULL);
+        CHECK_EQ(rep.corrupt, 0);
+        static uint8_t live[1 << 16];
+        memset(live, 0, sizeof live);
+        shmq_msg_t m;
+        while (shmq_get_begin(q, &m, 0) == SHMQ_OK) {
+            CHECK(live[m.id < sizeof live ? m.id : 0] == 0); /* nothing twice */
+            if (m.id < sizeof live)
+                live[m.id] = 1;
+            shmq_get_end(q, &m);
+        }
+        for (uint64_t id = 0; id < sizeof state; id++) {
+            if (state[id] == 1 && !live[id])
+                fprintf(stderr, "%s: id %llu lost (%llu live, torn %llu)\n", pts[i], (unsigned long long)id,
+                        (unsigned long long)rep.live, (unsigned long long)rep.torn);
+            if (state[id] == 1)
+                CHECK(live[id]); /* every put whose commit returned and that was not got */
+            if (state[id] == 2)
+                CHECK(!live[id]); /* every get is gone */
+        }
+        shmq_close(q);
+        unlink(path);
+    }
+}
+
+static const th_role_t roles[] = {{"sender", role_sender}, {"cycler", role_cycler}, {NULL, NULL}};
 
 int main(int argc, char **argv)
 {
@@ -367,6 +474,7 @@ int main(int argc, char **argv)
     RUN(test_stale_recycled_records_never_validate);
     RUN(test_ack_inflight_and_dedup);
     RUN(test_flusher_killed_mid_sync);
+    RUN(test_kill_at_every_journal_point);
     if (jdir[0])
         rm_dir(jdir);
     TH_SUMMARY();
