@@ -661,10 +661,22 @@ static int sync_to(shmq_seg_t *q, shmq_journal_t *j, uint64_t target, uint64_t d
     }
 }
 
+static __thread int t_defer;
+void shmq_journal_defer(int defer) { t_defer = defer; }
+uint64_t shmq_journal_last_end(void) { return t_last_end; }
+
+int shmq_journal_wait(shmq_seg_t *q, uint64_t pos, uint64_t deadline_ns)
+{
+    shmq_journal_t *j = q->jstate;
+    if (!j)
+        return SHMQ_EINVAL;
+    return sync_to(q, j, pos, deadline_ns == 0 ? SHMQ_NO_DEADLINE : deadline_ns);
+}
+
 int shmq_journal_commit(shmq_seg_t *q, uint64_t deadline_ns)
 {
     shmq_journal_t *j = q->journal;
-    if (!j)
+    if (!j || t_defer)
         return SHMQ_OK;
     int e = __atomic_load_n(&j->blk->failed_errno, __ATOMIC_ACQUIRE);
     if (e) {
@@ -704,6 +716,8 @@ void shmq_journal_stats(shmq_seg_t *q, shmq_journal_stats_t *st)
     st->segments = cur >= oldest && oldest ? cur - oldest + 1 : 0;
     st->bytes = st->segments * j->seg_size;
 }
+
+uint32_t shmq_journal_stats_mode(shmq_seg_t *q) { return q->jstate ? q->jstate->mode : 0; }
 
 int shmq_journal_on_tmpfs(const char *dir)
 {

@@ -213,6 +213,13 @@ const char *shmq_journal_dir_of(shmq_seg_t *q);
  * durable (deadline_ns as put's); other modes return at once. SHMQ_OK, SHMQ_EJOURNAL (seg->err:
  * the sync's errno), SHMQ_TIMEOUT, SHMQ_EINTR. */
 int shmq_journal_commit(shmq_seg_t *q, uint64_t deadline_ns);
+/* This thread's commits return at once while defer is set (put_many, asyncio's sends: they wait
+ * once for the last record instead); the end position of this thread's last record, for
+ * shmq_journal_wait. Thread-local. */
+void shmq_journal_defer(int defer);
+uint64_t shmq_journal_last_end(void);
+/* Wait until everything before pos is durable, syncing if nobody else does (group commit). */
+int shmq_journal_wait(shmq_seg_t *q, uint64_t pos, uint64_t deadline_ns);
 /* Make everything appended so far durable (q.sync(), the batch timer). */
 int shmq_journal_sync(shmq_seg_t *q, uint64_t deadline_ns);
 
@@ -223,6 +230,7 @@ typedef struct {
     uint32_t mode;
 } shmq_journal_stats_t;
 void shmq_journal_stats(shmq_seg_t *q, shmq_journal_stats_t *st);
+uint32_t shmq_journal_stats_mode(shmq_seg_t *q); /* SHMQ_JMODE_*, 0 without a journal */
 
 /* ---- scanning and recovery (a journal whose queue is not open) ---- */
 typedef struct {

@@ -219,6 +219,16 @@ def journal_scan(str directory, bint skip=False):
     return _scan(directory, c.SHMQ_JSCAN_SKIP if skip else 0, NULL, None)
 
 
+def journal_defer(bint defer):
+    """This thread's journal commits return at once while set (the caller waits once, later)."""
+    c.shmq_journal_defer(defer)
+
+
+def journal_last_end():
+    """The end position of this thread's last journal record."""
+    return c.shmq_journal_last_end()
+
+
 def journal_on_tmpfs(str directory):
     return c.shmq_journal_on_tmpfs(os.fsencode(directory))
 
@@ -274,7 +284,6 @@ cdef class Core:
     cdef int _fault_word        # set by the SIGBUS guard (guard.h): our file was truncated under us
     cdef bint _guarded          # registered with the guard
     cdef bint _attach_pending   # a forked child's handle: takes its slot at the first use
-    cdef bint _defer_commit     # put_many: one journal commit for the batch, not one per item
 
     def __cinit__(self):
         self.opened = False
@@ -573,8 +582,8 @@ cdef class Core:
             if (rc != c.SHMQ_EINTR and not self._closed) or not self._retry(rc):
                 break
         if rc == c.SHMQ_OK:
-            if self.seg.journal != NULL and not self._defer_commit:
-                self._journal_commit_c(dl)
+            if self.seg.journal != NULL:
+                self._journal_commit_c(dl)   # always: until durable; deferred (thread-local): at once
             return dup
         if so != NULL:
             total += so.hdr_size
@@ -642,21 +651,25 @@ cdef class Core:
     cdef object _put_many_c(self, items, block, timeout):
         cdef uint64_t dl
         cdef Py_ssize_t n = 0
+        cdef bint journaled
         self._check()
         _deadline(block, timeout, &dl)
-        self._defer_commit = self.seg.journal != NULL
+        journaled = self.seg.journal != NULL
+        if journaled:
+            c.shmq_journal_defer(1)     # thread-local: other threads' puts still wait for their own sync
         try:
             for obj in items:
                 self._put_obj(obj, dl)
                 n += 1
-            if self._defer_commit:
-                self._defer_commit = False
+            if journaled:
+                c.shmq_journal_defer(0)
                 self._journal_commit_c(dl)   # one sync covers the batch (the last record is this thread's)
         except BaseException as e:
             e.items_put = n
             raise
         finally:
-            self._defer_commit = False
+            if journaled:
+                c.shmq_journal_defer(0)
         return n
 
     # -- journal (shmq.journal holds the policy) ------------------------------------------
@@ -696,6 +709,29 @@ cdef class Core:
         if rc != c.SHMQ_OK:
             raise self._error(rc, "journal")
         return True
+
+    def _journal_wait(self, uint64_t pos, timeout=None):
+        """Wait until every record before pos is durable (syncing if nobody else does)."""
+        cdef int rc
+        cdef uint64_t dl
+        cdef PyThreadState *ts
+        self._check()
+        _deadline(True, timeout, &dl)
+        while True:
+            self._enter()
+            ts = _release()
+            rc = c.shmq_journal_wait(&self.seg, pos, dl)
+            _reacquire(ts)
+            self._leave()
+            if rc != c.SHMQ_EINTR or not self._retry(rc):
+                break
+        if rc != c.SHMQ_OK:
+            raise self._error(rc, "journal")
+
+    @property
+    def _journal_always(self):
+        """Sends of this handle wait for their sync (fsync="always")."""
+        return self.seg.journal != NULL and c.shmq_journal_stats_mode(&self.seg) == c.SHMQ_JMODE_ALWAYS
 
     @property
     def _journal_dir(self):

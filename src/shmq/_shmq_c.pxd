@@ -267,6 +267,10 @@ cdef extern from "journal.h" nogil:
     int shmq_journal_claim(shmq_seg_t *q)
     int shmq_journal_commit(shmq_seg_t *q, uint64_t deadline_ns)
     int shmq_journal_sync(shmq_seg_t *q, uint64_t deadline_ns)
+    void shmq_journal_defer(int defer)
+    uint32_t shmq_journal_stats_mode(shmq_seg_t *q)
+    uint64_t shmq_journal_last_end()
+    int shmq_journal_wait(shmq_seg_t *q, uint64_t pos, uint64_t deadline_ns)
     void shmq_journal_stats(shmq_seg_t *q, shmq_journal_stats_t *st)
     int shmq_journal_scan(const char *dir, uint32_t flags, shmq_seg_t *q, shmq_jreport_t *rep,
                           shmq_jprogress_fn progress, void *ctx)

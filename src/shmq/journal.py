@@ -348,3 +348,70 @@ def make_core(spec, opts: JournalOptions, explicit_fsync):
             pass
         raise
     return core, True
+
+
+# -- asyncio sends with fsync="always": one waiter thread per process, one sync per batch ------
+class _Durability:
+    def __init__(self):
+        self.cv = threading.Condition()
+        self.pending = []          # (core, pos, loop, future)
+        self.thread = None
+
+    def add(self, core, pos, loop, fut):
+        with self.cv:
+            self.pending.append((core, pos, loop, fut))
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._run, name="shmq-journal-durable", daemon=True)
+                self.thread.start()
+            self.cv.notify()
+
+    def _run(self):
+        while True:
+            with self.cv:
+                while not self.pending:
+                    if not self.cv.wait(5.0):
+                        if not self.pending:
+                            self.thread = None
+                            return
+                batch, self.pending = self.pending, []
+            by_core = {}
+            for item in batch:
+                by_core.setdefault(id(item[0]), []).append(item)
+            for items in by_core.values():
+                core = items[0][0]
+                err = None
+                try:
+                    core._journal_wait(max(i[1] for i in items), None)   # one sync covers them all
+                except BaseException as e:
+                    err = e
+                for _core_, _pos, loop, fut in items:
+                    loop.call_soon_threadsafe(_settle, fut, err)
+
+
+def _settle(fut, err):
+    if fut.done():
+        return
+    if err is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(err)
+
+
+_durability = _Durability()
+
+
+def durable_future(core, pos):
+    """An asyncio future done when every journal record before pos is on disk."""
+    import asyncio
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+    _durability.add(core, pos, loop, fut)
+    return fut
+
+
+def _durability_after_fork():
+    global _durability
+    _durability = _Durability()
+
+
+os.register_at_fork(after_in_child=_durability_after_fork)

@@ -353,3 +353,31 @@ def test_torn_tail_is_cut_and_reported(make_queue, qname, jdir, caplog):
     finally:
         q.close()
         shmq.unlink(qname)
+
+
+def test_group_commit_put_many_and_async_in_flight(make_queue, jdir):
+    import asyncio
+    q = make_queue(journal=jdir, fsync="always", ack=True, dead_letter=None, raw=True)
+    before = q.stats()["journal_syncs"]
+    q.put_many([b"b"] * 100)                # one commit for the batch
+    assert q.stats()["journal_syncs"] - before <= 2
+    assert q.stats()["journal_durable_position"] >= q.stats()["journal_position"]
+
+    async def burst():
+        return await asyncio.gather(*(q.send_async(b"a%d" % i) for i in range(64)))
+
+    before = q.stats()["journal_syncs"]
+    ids = asyncio.run(burst())
+    st = q.stats()
+    assert len(set(ids)) == 64
+    assert st["journal_syncs"] - before < 64      # 64 in flight share syncs
+    assert st["journal_durable_position"] >= st["journal_position"]
+
+
+def test_put_async_returns_once_durable(make_queue, qname, jdir):
+    import asyncio
+    q = make_queue(journal=jdir, fsync="always")
+    assert asyncio.run(q.put_async(b"y")) is None
+    st = q.stats()
+    assert st["journal_durable_position"] >= st["journal_position"]
+    assert q.get(timeout=1) == b"y"
