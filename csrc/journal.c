@@ -20,6 +20,7 @@
 #include "dedup.h"
 #include "lease.h"
 #include "lock.h"
+#include "wait.h"
 #include "queue_int.h"
 
 #define JALIGN(x) SHMQ_ALIGN_UP((x), 8)
@@ -607,6 +608,44 @@ int shmq_journal_start(shmq_seg_t *q, uint64_t last_seg, uint64_t next_lsn)
 }
 
 /* ------------------------------------------------------------ sync */
+#define SYNC_SLICE_NS 2000000ull /* a waiter looks at the flusher again after this long without a publish */
+
+/* One flush: sync lock held. SHMQ_OK or SHMQ_EJOURNAL (sticky failure recorded). */
+static int flush_locked(shmq_seg_t *q, shmq_journal_t *j)
+{
+    shmq_jblk_t *b = j->blk;
+    uint64_t W = shmq_load_acquire(&b->write_pos); /* acquire: the records before W are complete */
+    uint64_t seg = W / j->seg_size;
+    char name[64];
+    seg_name(name, sizeof name, seg, "wal");
+    if (j->sync_seg != seg || j->sync_fd < 0) {
+        if (j->sync_fd >= 0)
+            close(j->sync_fd);
+        char path[SHMQ_JOURNAL_DIR_MAX + 80];
+        snprintf(path, sizeof path, "%s/%s", j->dir, name);
+        j->sync_fd = open(path, O_RDWR | O_CLOEXEC);
+        j->sync_seg = j->sync_fd >= 0 ? seg : 0;
+        if (j->sync_fd < 0) {
+            q->err = errno;
+            return SHMQ_EJOURNAL;
+        }
+    }
+    SHMQ_CRASH_POINT(journal_mid_sync);
+    /* earlier segments were synced by the rotation that left them */
+    if (j_fdatasync_ex(j->sync_fd, name, W % j->seg_size, 1) != 0) {
+        int err = errno;
+        __atomic_store_n(&b->failed_errno, err, __ATOMIC_SEQ_CST);
+        __atomic_fetch_add(&b->fsync_errors, 1, __ATOMIC_RELAXED);
+        q->err = err;
+        return SHMQ_EJOURNAL;
+    }
+    if (W > shmq_load_relaxed(&b->durable_pos))
+        shmq_store_release(&b->durable_pos, W); /* release: only after fdatasync returned 0 */
+    __atomic_fetch_add(&b->sync_count, 1, __ATOMIC_RELAXED);
+    shmq_store_relaxed(&b->last_sync_ns, shmq_now_mono_ns());
+    return SHMQ_OK;
+}
+
 static int sync_to(shmq_seg_t *q, shmq_journal_t *j, uint64_t target, uint64_t deadline_ns)
 {
     shmq_jblk_t *b = j->blk;
@@ -618,46 +657,37 @@ static int sync_to(shmq_seg_t *q, shmq_journal_t *j, uint64_t target, uint64_t d
         }
         if (shmq_load_acquire(&b->durable_pos) >= target)
             return SHMQ_OK;
-        int rc = shmq_lock_acquire(q, &b->sync_lock, &j->sync_busy, deadline_ns);
-        if (rc == SHMQ_TIMEOUT || rc == SHMQ_EINTR)
-            return rc;
-        /* SHMQ_EAGAIN: a flusher died holding it; durable_pos only moves after a good sync */
+        uint32_t seq = shmq_load_seq(&b->sync_seq); /* before the try: a publish after it changes the word */
+        int rc = shmq_lock_try_once(q, &b->sync_lock, &j->sync_busy);
+        if (rc != SHMQ_OK) {
+            /* someone is flushing: wait for its publish */
+            uint64_t now = shmq_now_mono_ns();
+            if (deadline_ns != SHMQ_NO_DEADLINE && now >= deadline_ns)
+                return SHMQ_TIMEOUT;
+            uint64_t until = now + SYNC_SLICE_NS;
+            if (deadline_ns < until)
+                until = deadline_ns;
+            int w = shmq_futex_wait(&b->sync_seq, seq, until);
+            if (w == SHMQ_EINTR && q->poll_signals)
+                return SHMQ_EINTR;
+            if (shmq_load_seq(&b->sync_seq) != seq || shmq_load_acquire(&b->durable_pos) >= target)
+                continue; /* published (or covered): look again */
+            /* a slice without a publish: wait on the lock itself, which takes a dead flusher's */
+            rc = shmq_lock_acquire(q, &b->sync_lock, &j->sync_busy, shmq_now_mono_ns() + SYNC_SLICE_NS);
+            if (rc == SHMQ_TIMEOUT)
+                continue;
+            /* SHMQ_OK, or SHMQ_EAGAIN (stolen from a dead flusher: nothing to rebuild) */
+        }
         if (shmq_load_acquire(&b->durable_pos) >= target || __atomic_load_n(&b->failed_errno, __ATOMIC_ACQUIRE)) {
             shmq_lock_release(q, &b->sync_lock, &j->sync_busy);
-            continue; /* the previous flusher covered us (or failed: reported above) */
+            continue;
         }
-        uint64_t W = shmq_load_acquire(&b->write_pos); /* acquire: the records before W are complete */
-        uint64_t seg = W / j->seg_size;
-        char name[64];
-        seg_name(name, sizeof name, seg, "wal");
-        if (j->sync_seg != seg || j->sync_fd < 0) {
-            if (j->sync_fd >= 0)
-                close(j->sync_fd);
-            char path[SHMQ_JOURNAL_DIR_MAX + 80];
-            snprintf(path, sizeof path, "%s/%s", j->dir, name);
-            j->sync_fd = open(path, O_RDWR | O_CLOEXEC);
-            j->sync_seg = j->sync_fd >= 0 ? seg : 0;
-            if (j->sync_fd < 0) {
-                q->err = errno;
-                shmq_lock_release(q, &b->sync_lock, &j->sync_busy);
-                return SHMQ_EJOURNAL;
-            }
-        }
-        SHMQ_CRASH_POINT(journal_mid_sync);
-        /* earlier segments were synced by the rotation that left them */
-        if (j_fdatasync_ex(j->sync_fd, name, W % j->seg_size, 1) != 0) {
-            int err = errno;
-            __atomic_store_n(&b->failed_errno, err, __ATOMIC_SEQ_CST);
-            __atomic_fetch_add(&b->fsync_errors, 1, __ATOMIC_RELAXED);
-            shmq_lock_release(q, &b->sync_lock, &j->sync_busy);
-            q->err = err;
-            return SHMQ_EJOURNAL;
-        }
-        if (W > shmq_load_relaxed(&b->durable_pos))
-            shmq_store_release(&b->durable_pos, W); /* release: only after fdatasync returned 0 */
-        __atomic_fetch_add(&b->sync_count, 1, __ATOMIC_RELAXED);
-        shmq_store_relaxed(&b->last_sync_ns, shmq_now_mono_ns());
+        rc = flush_locked(q, j);
+        shmq_fetch_add_seq(&b->sync_seq, 1);     /* seq_cst: after durable_pos, before the wake */
         shmq_lock_release(q, &b->sync_lock, &j->sync_busy);
+        shmq_futex_wake(&b->sync_seq, INT32_MAX);
+        if (rc != SHMQ_OK)
+            return rc;
     }
 }
 

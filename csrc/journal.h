@@ -23,11 +23,12 @@
  * rotation's file creation, which is rare); syncs by the robust sync lock.
  *
  * Group commit (fsync="always"): a sender's record ends at position E; it waits until
- * durable_pos >= E. Whoever holds the sync lock reads the append position W, fdatasyncs, then
- * publishes durable_pos = W: one sync covers every record appended before it started. Waiters
- * queue on the lock; the next holder finds durable_pos past its record and leaves without a
- * syscall, or syncs again for everything appended meanwhile. A flusher killed mid-sync leaves the
- * lock stamped with a dead owner: the next waiter steals it (lock.h) and syncs again, and since
+ * durable_pos >= E. A waiter that finds the sync lock free takes it (try, no waiting) and becomes
+ * the flusher: it reads the append position W, fdatasyncs, publishes durable_pos = W, bumps
+ * sync_seq and wakes every waiter: one sync covers every record appended before it started.
+ * A waiter that finds the lock held sleeps on sync_seq (2 ms slices) and looks again; after a
+ * slice without a publish it waits on the lock itself (lock.h), which steals the lock of a dead
+ * flusher. A flusher killed mid-sync: the next waiter steals the lock and syncs again, and since
  * durable_pos moves only after a successful fdatasync, nothing is confirmed that was not synced.
  * An fdatasync error is sticky (failed_errno): every later durable commit fails (fsyncgate).
  *
@@ -149,7 +150,9 @@ typedef struct {
     uint64_t sync_count;
     uint64_t fsync_errors;
     uint64_t last_sync_ns;          /* monotonic (system-wide) */
-    uint8_t _pad4[128 - 40];
+    uint32_t sync_seq;              /* futex word: bumped after each published sync; waiters sleep on it */
+    uint32_t _pad5;
+    uint8_t _pad4[128 - 48];
     uint64_t ckpt_next_id[SHMQ_JOURNAL_CKPT_RING]; /* per segment (seg % ring): its checkpoint's next_id */
 } shmq_jblk_t;
 _Static_assert(offsetof(shmq_jblk_t, append_lock) % 128 == 0, "append block alone");
