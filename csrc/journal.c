@@ -111,7 +111,14 @@ static int j_fdatasync(int fd, const char *name) { return j_fdatasync_ex(fd, nam
 /* ------------------------------------------------------------ files */
 static void seg_name(char *out, size_t n, uint64_t seg, const char *ext) { snprintf(out, n, "%016llx.%s", (unsigned long long)seg, ext); }
 
-static int dir_sync(shmq_journal_t *j) { return fsync(j->dir_fd); }
+static int dir_sync(shmq_journal_t *j)
+{
+    if (j->dir_fd < 0) {
+        errno = j->err ? j->err : ENOENT;
+        return -1;
+    }
+    return fsync(j->dir_fd);
+}
 
 static uint32_t salt_of(uint32_t base, uint64_t seg)
 {
@@ -522,13 +529,12 @@ int shmq_journal_bind(shmq_seg_t *q)
     j->mode = mode;
     j->map_fd = -1;
     j->sync_fd = -1;
+    /* A directory removed under a live queue does not stop an inspector (shmq ls) from opening
+     * it: dir_fd stays -1 and every directory operation (rotation, claim) fails with its errno. */
     j->dir_fd = open(j->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (j->dir_fd < 0) {
-        q->err = errno;
-        free(j);
-        return SHMQ_ESYS;
-    }
-    (void)flock(j->dir_fd, LOCK_SH | LOCK_NB); /* "in use": the creator's claim checks it (released at close) */
+    j->err = j->dir_fd < 0 ? errno : 0;
+    if (j->dir_fd >= 0)
+        (void)flock(j->dir_fd, LOCK_SH | LOCK_NB); /* "in use": the creator's claim checks it (released at close) */
     q->jstate = j;
     return SHMQ_OK;
 }
@@ -538,6 +544,10 @@ int shmq_journal_claim(shmq_seg_t *q)
     shmq_journal_t *j = q->jstate;
     if (!j)
         return SHMQ_EINVAL;
+    if (j->dir_fd < 0) {
+        q->err = j->err ? j->err : ENOENT;
+        return SHMQ_EJOURNAL;
+    }
     if (flock(j->dir_fd, LOCK_EX | LOCK_NB) != 0) {
         q->err = errno;
         return SHMQ_EJOURNAL;

@@ -22,6 +22,7 @@ RECOVERY = ("strict", "skip")
 DEFAULT_INTERVAL = 0.010                 # fsync="batch": a background sync every 10 ms (DESIGN §7)
 DEFAULT_SEGMENT = 32 * 1024 * 1024       # bytes of one segment file (preallocated once, recycled)
 READY_WAIT_S = 60.0                      # an opener waits this long for a creator's recovery
+PROGRESS_BYTES = 256 * 1024 * 1024       # recoveries of journals this large show progress
 # stats() keys (0 / None on a queue without a journal)
 STATS_KEYS = ("journal_bytes", "journal_segments", "journal_durable_position", "journal_position",
               "journal_syncs", "journal_fsync_errors", "journal_last_sync_age_s", "journal_mode")
@@ -162,7 +163,7 @@ def recover(core, name: str, opts: JournalOptions) -> dict:
         what = "an at-least-once queue (ack=True)" if pre["qflags"] & _core.F_ACK else "an at-most-once queue"
         raise ArgumentError(f"journal {opts.dir!r} holds {what}; create queue {name!r} with the same ack= to "
                             "recover it")
-    big = pre.get("segments", 0) * opts.segment_size >= 256 * 1024 * 1024
+    big = pre.get("segments", 0) * opts.segment_size >= PROGRESS_BYTES
     rep = core._journal_recover(opts.dir, _core.JSCAN_SKIP if opts.recovery == "skip" else 0,
                                 _Progress(name) if big else None)
     rc = rep["rc"]

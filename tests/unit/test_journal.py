@@ -381,3 +381,22 @@ def test_put_async_returns_once_durable(make_queue, qname, jdir):
     st = q.stats()
     assert st["journal_durable_position"] >= st["journal_position"]
     assert q.get(timeout=1) == b"y"
+
+
+def test_recovery_progress_and_summary(make_queue, qname, jdir, caplog, monkeypatch):
+    import logging
+    q = make_queue(journal=jdir, fsync="never")
+    q.put_many(range(50))
+    q.close()
+    shmq.unlink(qname)
+    monkeypatch.setattr(J, "PROGRESS_BYTES", 0)        # show progress for this small journal too
+    with caplog.at_level(logging.INFO, logger="shmq.journal"):
+        q = shmq.Queue(qname, create=True, journal=jdir, fsync="never")
+    try:
+        msgs = [r.getMessage() for r in caplog.records]
+        assert any("recovering queue" in m and "100%" in m for m in msgs), msgs   # not a terminal: log lines
+        assert any("50 live messages" in m and "records" in m for m in msgs), msgs  # the summary
+        assert len(drain(q)) == 50
+    finally:
+        q.close()
+        shmq.unlink(qname)
