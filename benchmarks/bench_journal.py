@@ -113,7 +113,7 @@ def shmq_recovery(jdir, records):
     name = _qname("recovery")
     _remove(name)
     shutil.rmtree(jdir, ignore_errors=True)
-    cap = max(64 << 20, records * 400)
+    cap = None   # growable: a fixed capacity's ring bounds the message count (64 MiB: 65,536 slots)
     q = shmq.Queue(name, create=True, raw=True, capacity=cap, journal=jdir, fsync="never")
     left = records
     while left:
