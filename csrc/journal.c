@@ -703,6 +703,7 @@ static int sync_to(shmq_seg_t *q, shmq_journal_t *j, uint64_t target, uint64_t d
 
 static __thread int t_defer;
 void shmq_journal_defer(int defer) { t_defer = defer; }
+int shmq_journal_deferred(void) { return t_defer; }
 uint64_t shmq_journal_last_end(void) { return t_last_end; }
 
 int shmq_journal_wait(shmq_seg_t *q, uint64_t pos, uint64_t deadline_ns)
@@ -755,6 +756,69 @@ void shmq_journal_stats(shmq_seg_t *q, shmq_journal_stats_t *st)
     uint64_t oldest = shmq_load_relaxed(&b->oldest_seg), cur = st->write_pos / j->seg_size;
     st->segments = cur >= oldest && oldest ? cur - oldest + 1 : 0;
     st->bytes = st->segments * j->seg_size;
+}
+
+int shmq_journal_prepare_spare(shmq_seg_t *q)
+{
+    shmq_journal_t *j = q->jstate;
+    if (!j || j->dir_fd < 0)
+        return SHMQ_OK;
+    shmq_jblk_t *b = j->blk;
+    uint64_t W = shmq_load_acquire(&b->write_pos);
+    if (shmq_load_relaxed(&b->spare_seg) || W % j->seg_size < j->seg_size / 2 ||
+        shmq_load_acquire(&b->state) != SHMQ_JSTATE_READY)
+        return SHMQ_OK;
+    int lrc = shmq_lock_acquire(q, &b->spare_lock, &j->spare_busy, shmq_now_mono_ns() + 1000000ull);
+    if (lrc == SHMQ_TIMEOUT)
+        return SHMQ_OK; /* another process builds one; a dead builder's lock is taken (SHMQ_EAGAIN) */
+    uint64_t n = W / j->seg_size + 1; /* named after the segment it will most likely become */
+    char tmp[SHMQ_JOURNAL_DIR_MAX + 80], path[SHMQ_JOURNAL_DIR_MAX + 80];
+    /* its own temporary name: a rotation may be building .<n>.tmp at the same time */
+    snprintf(tmp, sizeof tmp, "%s/.%016llx.spt", j->dir, (unsigned long long)n);
+    snprintf(path, sizeof path, "%s/%016llx.spare", j->dir, (unsigned long long)n);
+    int rc = SHMQ_OK;
+    int fd = (fault_enospc && access(fault_enospc, F_OK) == 0) ? (errno = ENOSPC, -1)
+                                                                : open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd >= 0) {
+        static __thread uint8_t zeros[1 << 16];
+        int w = 0;
+        for (uint64_t off = 0; off < j->seg_size && w == 0; off += sizeof zeros) {
+            uint64_t k = j->seg_size - off < sizeof zeros ? j->seg_size - off : sizeof zeros;
+            w = write_all(fd, zeros, k, (off_t)off);
+        }
+        shmq_jfile_hdr_t h;
+        file_hdr(&h, SHMQ_JSPARE_MAGIC, 0, n, j->seg_size);
+        if (w == 0)
+            w = write_all(fd, &h, sizeof h, 0);
+        if (w == 0)
+            w = fdatasync(fd);
+        if (w == 0)
+            w = rename(tmp, path);
+        int e = errno;
+        close(fd);
+        if (w != 0) {
+            unlink(tmp);
+            errno = e;
+            fd = -1;
+        }
+    }
+    if (fd < 0) {
+        q->err = errno;
+        rc = SHMQ_EJOURNAL;
+    } else {
+        dir_sync(j);
+        shmq_fetch_add_relaxed(&b->segments_created, 1);
+        /* publish under the append lock: retire() writes spare_seg there too */
+        if (lock_append(q, j) == SHMQ_OK) {
+            if (!b->spare_seg)
+                b->spare_seg = n;
+            else
+                unlink(path); /* a retired file became the spare meanwhile */
+            shmq_lock_release(q, &b->append_lock, &j->append_busy);
+        }
+    }
+    shmq_lock_release(q, &b->spare_lock, &j->spare_busy);
+    return rc;
 }
 
 uint32_t shmq_journal_stats_mode(shmq_seg_t *q) { return q->jstate ? q->jstate->mode : 0; }
@@ -943,7 +1007,10 @@ int shmq_journal_scan(const char *dir, uint32_t flags, shmq_seg_t *q, shmq_jrepo
                 segs = ns;
             }
             segs[nseg++] = strtoull(n, NULL, 16);
-        } else if ((flags & SHMQ_JSCAN_REPAIR) && n[0] == '.' && strlen(n) == 21 && strcmp(n + 17, ".tmp") == 0) {
+        } else if ((flags & SHMQ_JSCAN_REPAIR) && strlen(n) == 22 && strcmp(n + 16, ".spare") == 0) {
+            unlinkat(dirfd(d), n, 0); /* a spare of the previous life: the new one starts without */
+        } else if ((flags & SHMQ_JSCAN_REPAIR) && n[0] == '.' && strlen(n) == 21 &&
+                   (strcmp(n + 17, ".tmp") == 0 || strcmp(n + 17, ".spt") == 0)) {
             unlinkat(dirfd(d), n, 0); /* a segment file a rotation did not finish building */
         }
     }

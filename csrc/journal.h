@@ -142,7 +142,9 @@ typedef struct {
     uint64_t records;
     uint64_t bytes;
     uint64_t segments_created;
-    uint8_t _pad3[128 - 64];
+    uint32_t spare_lock;            /* one process builds a spare file ahead of need at a time */
+    uint32_t _pad6;
+    uint8_t _pad3[128 - 72];
     /* --- sync block --- */
     uint32_t sync_lock;
     int32_t failed_errno;           /* sticky: an fdatasync failed; nothing after it is confirmed */
@@ -177,6 +179,7 @@ typedef struct shmq_journal {
     uint32_t mode;
     int append_busy;   /* lock.h local flags */
     int sync_busy;
+    int spare_busy;
     int dir_fd;
     uint64_t map_seg;  /* segment mapped for appends (append lock holders), 0 = none */
     int map_fd;
@@ -220,11 +223,16 @@ int shmq_journal_commit(shmq_seg_t *q, uint64_t deadline_ns);
  * once for the last record instead); the end position of this thread's last record, for
  * shmq_journal_wait. Thread-local. */
 void shmq_journal_defer(int defer);
+int shmq_journal_deferred(void);
 uint64_t shmq_journal_last_end(void);
 /* Wait until everything before pos is durable, syncing if nobody else does (group commit). */
 int shmq_journal_wait(shmq_seg_t *q, uint64_t pos, uint64_t deadline_ns);
 /* Make everything appended so far durable (q.sync(), the batch timer). */
 int shmq_journal_sync(shmq_seg_t *q, uint64_t deadline_ns);
+/* Maintenance (the background thread): when no spare file exists and the current segment is
+ * past half full, build one now, outside the append lock, so the rotation that needs it only
+ * renames it. SHMQ_OK (built or not needed), SHMQ_EJOURNAL (q->err). */
+int shmq_journal_prepare_spare(shmq_seg_t *q);
 
 typedef struct {
     uint64_t bytes, segments, durable_pos, write_pos, sync_count, fsync_errors, last_sync_ns, records;

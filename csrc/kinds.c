@@ -61,6 +61,7 @@ int shmq_after_fork(shmq_seg_t *seg)
     if (rc == SHMQ_OK && seg->jstate) { /* the parent's threads' lock flags are not ours */
         seg->jstate->append_busy = 0;
         seg->jstate->sync_busy = 0;
+        seg->jstate->spare_busy = 0;
     }
     return rc;
 }

@@ -677,6 +677,11 @@ cdef class Core:
         """After a put or send returned: fsync="always" waits until its record is durable."""
         cdef int rc
         cdef PyThreadState *ts
+        if c.shmq_journal_deferred() or c.shmq_journal_stats_mode(&self.seg) != c.SHMQ_JMODE_ALWAYS:
+            rc = c.shmq_journal_commit(&self.seg, dl)   # never waits: the sticky failure check only
+            if rc != c.SHMQ_OK:
+                raise self._error(rc, "journal")
+            return 0
         while True:
             self._enter()
             ts = _release()
@@ -725,6 +730,17 @@ cdef class Core:
             self._leave()
             if rc != c.SHMQ_EINTR or not self._retry(rc):
                 break
+        if rc != c.SHMQ_OK:
+            raise self._error(rc, "journal")
+
+    def _journal_prepare_spare(self):
+        """Maintenance: build the next segment file ahead of need (no-op when not due)."""
+        cdef int rc
+        self._check()
+        self._enter()
+        with nogil:
+            rc = c.shmq_journal_prepare_spare(&self.seg)
+        self._leave()
         if rc != c.SHMQ_OK:
             raise self._error(rc, "journal")
 

@@ -268,6 +268,8 @@ cdef extern from "journal.h" nogil:
     int shmq_journal_commit(shmq_seg_t *q, uint64_t deadline_ns)
     int shmq_journal_sync(shmq_seg_t *q, uint64_t deadline_ns)
     void shmq_journal_defer(int defer)
+    int shmq_journal_deferred()
+    int shmq_journal_prepare_spare(shmq_seg_t *q)
     uint32_t shmq_journal_stats_mode(shmq_seg_t *q)
     uint64_t shmq_journal_last_end()
     int shmq_journal_wait(shmq_seg_t *q, uint64_t pos, uint64_t deadline_ns)

@@ -23,6 +23,7 @@ DEFAULT_INTERVAL = 0.010                 # fsync="batch": a background sync ever
 DEFAULT_SEGMENT = 32 * 1024 * 1024       # bytes of one segment file (preallocated once, recycled)
 READY_WAIT_S = 60.0                      # an opener waits this long for a creator's recovery
 PROGRESS_BYTES = 256 * 1024 * 1024       # recoveries of journals this large show progress
+MAINTENANCE_S = 0.05                     # how often the background thread builds the next segment ahead
 # stats() keys (0 / None on a queue without a journal)
 STATS_KEYS = ("journal_bytes", "journal_segments", "journal_durable_position", "journal_position",
               "journal_syncs", "journal_fsync_errors", "journal_last_sync_age_s", "journal_mode")
@@ -222,9 +223,10 @@ def attached(handle) -> None:
     core = handle._core
     wait_ready(core, handle.name)
     st = core._journal_stats()
-    if st["mode"] == _core.JOURNAL_MODES["batch"]:
-        handle._jinterval = max(st["interval_ns"], 100_000) / 1e9
-        _register(handle)
+    handle._jbatch = st["mode"] == _core.JOURNAL_MODES["batch"]
+    # batch: the sync timer; every mode: the next segment file is built ahead of need
+    handle._jinterval = max(st["interval_ns"], 100_000) / 1e9 if handle._jbatch else MAINTENANCE_S
+    _register(handle)
 
 
 def _register(handle) -> None:
@@ -244,13 +246,19 @@ def _run():
             time.sleep(0.05)
             continue
         time.sleep(min(h._jinterval for h in hs))
+        now = time.monotonic()
         for h in hs:
             try:
                 core = h._core
-                if core is not None and not core.closed:
+                if core is None or core.closed:
+                    continue
+                if h._jbatch:
                     core._journal_sync(1.0)
+                if now - getattr(h, "_jmaint", 0.0) >= MAINTENANCE_S:
+                    h._jmaint = now
+                    core._journal_prepare_spare()
             except Exception:
-                pass    # counted in journal_fsync_errors; the next durable send reports it
+                pass    # counted in journal_fsync_errors / reported by the next send that needs it
 
 
 def _after_fork():

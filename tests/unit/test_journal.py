@@ -400,3 +400,18 @@ def test_recovery_progress_and_summary(make_queue, qname, jdir, caplog, monkeypa
     finally:
         q.close()
         shmq.unlink(qname)
+
+
+def test_next_segment_built_ahead_of_need(make_queue, jdir):
+    import time
+    q = make_queue(journal=jdir, fsync="never", journal_segment_size=SEG, raw=True)
+    q.put_many([b"s" * 300] * 130)           # past half of the first segment
+    deadline = time.monotonic() + 30
+    while not [f for f in os.listdir(jdir) if f.endswith(".spare")] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    spares = [f for f in os.listdir(jdir) if f.endswith(".spare")]
+    assert spares, os.listdir(jdir)
+    created = len([f for f in os.listdir(jdir) if f.endswith(".wal")])
+    q.put_many([b"s" * 300] * 150)           # the rotation takes the spare: renamed, not built
+    assert not (set(spares) & set(os.listdir(jdir)))
+    assert len([f for f in os.listdir(jdir) if f.endswith(".wal")]) == created + 1
