@@ -86,6 +86,9 @@ def shmq_run(jdir, mode, producers, seconds, inflight=1, batch=1):
     else:
         opts = {}
     q = shmq.Queue(name, create=True, capacity=None, raw=True, **opts)
+    # the first segment file was just zero-filled: let its writeback finish, or the first syncs
+    # queue behind megabytes of it (a cost of queue creation, not of each send)
+    subprocess.run(["sync"], check=False)
     try:
         start, out = CTX.Barrier(producers + 1), CTX.Queue()
         ps = [CTX.Process(target=_producer, args=(name, seconds, inflight, batch, start, out)) for _ in range(producers)]
