@@ -35,6 +35,7 @@ typedef enum {
     SHMQ_EAGAIN = -14,      /* a transient state was seen: retry */
     SHMQ_ESTALE = -15,      /* a delivery's stamp is no longer current (lease expired and delivered again) */
     SHMQ_EDEDUPFULL = -16,  /* the deduplication table holds only live keys */
+    SHMQ_EJOURNAL = -17,    /* the journal could not record or sync (errno in seg->err; journal.h) */
 } shmq_rc;
 
 const char *shmq_strerror(int rc);

@@ -46,7 +46,13 @@
     X(topic_mid_subscribe, "topic subscribe: both locks held, the new entry filled, its state not yet LIVE") \
     X(topic_ack_claimed, "topic receive (ack=True): lease reserved with its seq, message copied, group cursor not yet advanced") \
     X(prio_before_bit, "priority put: published in its level's ring, the level's bitmap bit not yet set") \
-    X(prio_mid_clear, "priority get: a level found empty, its bitmap bit not yet cleared")
+    X(prio_mid_clear, "priority get: a level found empty, its bitmap bit not yet cleared") \
+    X(journal_mid_append, "journal: half of a record's payload written past write_pos, crc not yet written") \
+    X(journal_mid_sync, "journal: sync lock held, fdatasync not yet returned, durable position not advanced") \
+    X(journal_rotate_prepared, "journal rotation: next segment file built and renamed into place, END not yet written") \
+    X(journal_rotate_ended, "journal rotation: END written and synced, appends not yet moved to the next segment") \
+    X(journal_rotate_switched, "journal rotation: appends moved on, old segments not yet retired") \
+    X(journal_mid_recycle, "journal retention: a retired file's header invalidated, not yet renamed .spare")
 
 extern int shmq_crash_armed;
 void shmq_crash_hit(const char *name);

@@ -1,6 +1,7 @@
 #include "kinds.h"
 
 #include "group.h"
+#include "journal.h"
 #include "lease.h"
 #include "participants.h"
 #include "prio.h"
@@ -13,6 +14,11 @@ static int bind_kind(shmq_seg_t *seg)
     int rc = SHMQ_OK;
     if (seg->hdr->kind == SHMQ_KIND_TOPIC)
         return shmq_topic_bind(seg);
+    if (seg->hdr->flags & SHMQ_F_JOURNAL) {
+        rc = shmq_journal_bind(seg); /* journal.h: enabled once the journal is READY */
+        if (rc != SHMQ_OK)
+            return rc;
+    }
     if (seg->hdr->flags & SHMQ_F_ACK)
         rc = shmq_ack_bind(seg);
     else
@@ -64,6 +70,11 @@ int shmq_create(shmq_seg_t *seg, const shmq_create_opts_t *o, int exist_ok, int 
         if (rc != SHMQ_OK)
             return rc;
     }
+    if (o->flags & SHMQ_F_JOURNAL) {
+        int rc = o->journal ? shmq_journal_region(o->journal, &req[n++]) : SHMQ_EINVAL;
+        if (rc != SHMQ_OK)
+            return rc;
+    }
     return bound(seg, shmq_seg_create(seg, &oo, req, n, exist_ok, created));
 }
 
@@ -76,6 +87,11 @@ int shmq_after_fork(shmq_seg_t *seg)
     int rc = shmq_seg_after_fork(seg);
     if (rc == SHMQ_OK && seg->ops && seg->ops->after_fork)
         seg->ops->after_fork(seg);
+    if (rc == SHMQ_OK && seg->jstate) { /* the parent's threads' lock flags are not ours */
+        seg->jstate->append_busy = 0;
+        seg->jstate->sync_busy = 0;
+        seg->jstate->spare_busy = 0;
+    }
     return rc;
 }
 
@@ -102,5 +118,6 @@ void shmq_close(shmq_seg_t *seg)
         seg->ops->close(seg);
     shmq_prio_unbind(seg);
     seg->ops = NULL;
+    shmq_journal_close(seg);
     shmq_seg_close(seg);
 }

@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include "lease.h"
+#include "journal.h"
 
 #include <sched.h>
 #include <stdio.h>
@@ -540,6 +541,8 @@ static int ack_taken(shmq_seg_t *q, shmq_msg_t *m, int mode)
         uint64_t wall = shmq_now_wall_coarse_ns();
         d->deadline_ns = now + K(q)->visibility_ns;
         d->delivery_count++;
+        if (SHMQ_UNLIKELY(q->journal != NULL))
+            q->journal->hk->deliver(q, d->id); /* the delivery count survives a restart */
         if (!mt->first_delivery_ns)
             mt->first_delivery_ns = wall;
         mt->last_delivery_ns = wall;

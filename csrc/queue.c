@@ -11,6 +11,7 @@
 #include "lock.h"
 #include "participants.h"
 #include "queue_int.h"
+#include "journal.h"
 #include "wait.h"
 
 static uint64_t spin_ns = SHMQ_SPIN_NS_DEFAULT;
@@ -200,6 +201,8 @@ static void units_give(shmq_header_t *h)
 /* Return a descriptor we own and its unit (maxsize queues): the two steps inside unit_busy. */
 static void release_with_unit(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d, void (*release)(shmq_seg_t *, shmq_area_t *, shmq_desc_t *))
 {
+    if (SHMQ_UNLIKELY(q->journal != NULL))
+        q->journal->hk->remove(q, d->id); /* the message leaves the queue (journal.h) */
     if (!q->hdr->maxsize) {
         release(q, a, d);
         return;
@@ -465,6 +468,14 @@ static int put_commit(shmq_seg_t *q, put_ctx *c, uint64_t deadline_ns, uint64_t 
     d->delivery_count = 0;
     d->hdr_size = x ? (uint16_t)x->hdr_size : 0;
     d->expire_ns = x ? x->expire_ns : 0;
+    if (SHMQ_UNLIKELY(x && x->delivery_count))
+        d->delivery_count = (uint16_t)x->delivery_count; /* journal recovery */
+    if (SHMQ_UNLIKELY(q->journal != NULL)) {
+        /* the record before READY, so it precedes any remove of this message in the journal */
+        int jrc = q->journal->hk->put(q, d, dst, x ? x->delay_ns : 0);
+        if (jrc != SHMQ_OK)
+            return jrc; /* still WRITING and not counted: the caller undoes the rest */
+    }
     if (x && x->delay_ns) {
         /* Delayed: not published; the kind's timers publish it when due. */
         d->deadline_ns = shmq_now_mono_ns() + x->delay_ns;
@@ -562,6 +573,8 @@ static int put_commit(shmq_seg_t *q, put_ctx *c, uint64_t deadline_ns, uint64_t 
     wake_getters(q);
     return SHMQ_OK;
 unpublish:
+    if (SHMQ_UNLIKELY(q->journal != NULL))
+        q->journal->hk->remove(q, id); /* recorded as put: record that it never was */
     /* Not published, so nobody else can hold it: back to WRITING, the caller undoes the rest. */
     if (h->flags & SHMQ_F_JOINABLE)
         __atomic_fetch_sub(&h->unfinished, 1, __ATOMIC_SEQ_CST);

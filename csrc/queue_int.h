@@ -30,6 +30,7 @@ typedef struct {
     uint32_t priority;
     uint32_t flags;     /* the descriptor's initial flags byte (the kind's) */
     uint64_t *handle_out; /* delayed puts: where to write the new message's handle, or NULL (group.h) */
+    uint32_t delivery_count; /* journal recovery: deliveries the message had before (0 for a new put) */
 } shmq_put_ext_t;
 
 /* The hooks a kind layered over the queue registers (DESIGN §1): the queue calls them and knows

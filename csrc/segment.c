@@ -24,6 +24,7 @@ static const char *const rc_names[] = {
     "ok", "empty", "full", "timed out", "interrupted", "message too big", "corrupt segment",
     "incompatible layout version", "system error", "participant table full", "sealed",
     "invalid argument", "cannot grow", "closed", "retry", "stale delivery", "dedup table full",
+    "journal error",
 };
 
 const char *shmq_strerror(int rc)

@@ -259,6 +259,7 @@ typedef struct {
     /* SHMQ_KIND_PRIORITY only (prio.h) */
     uint32_t levels;         /* 1..64 */
     uint64_t max_wait_ns;    /* aging, 0 = strict priority */
+    const void *journal;     /* NULL, or the journal's options (journal.h shmq_journal_opts_t) */
 } shmq_create_opts_t;
 
 struct shmq_seg;
@@ -298,6 +299,8 @@ typedef struct shmq_seg {
     uint32_t watching[2];     /* process-local: watchers registered (shmq_watch_begin) per direction, undone at close */
     const struct shmq_ready_ops *ready; /* the kind's ready structure (prio.h); NULL = the areas' rings */
     void *ready_state;        /* its per-handle state, freed by the kind at close */
+    struct shmq_journal *journal; /* process-local: appends go here (journal.h); NULL = no journal: one branch */
+    struct shmq_journal *jstate;  /* process-local: the bound journal state, enabled or not (journal.h) */
 } shmq_seg_t;
 
 /* Create (exist_ok: open an existing one instead of failing with EEXIST in seg->err), with the

@@ -12,6 +12,7 @@ from .topic import Subscription, SubscriptionInfo, Topic, TopicMessage
 from .errors import SubscriptionNotFound
 from .priority import PriorityQueue
 from ._open import open  # noqa: A004 - shmq.open (DESIGN §5.2)
+from .errors import CorruptJournalError, JournalError
 from . import metrics  # noqa: F401,E402 - shmq.metrics.render() (DESIGN §5.5); prometheus_client is not imported
 
 __version__ = "0.1.0"
@@ -25,4 +26,5 @@ __all__ = [
     "crash_points", "set_spin_us", "get_spin_us", "__version__",
     "Topic", "Subscription", "SubscriptionInfo", "TopicMessage", "SubscriptionNotFound",
     "PriorityQueue", "open",
+    "JournalError", "CorruptJournalError",
 ]

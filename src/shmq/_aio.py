@@ -3,7 +3,7 @@ import asyncio
 import collections
 import threading
 
-from . import _options
+from . import _core, _options
 from .errors import Empty, Full, QueueClosedError
 
 # How waiting works (docs/guide/asyncio.md). A coroutine first tries the non-blocking call; when
@@ -264,6 +264,8 @@ class AsyncQueueOps:
     async def put_async(self, obj, timeout=None):
         """Put obj, waiting for room without blocking the event loop. Raises Full after
         timeout seconds, MessageTooLargeError, QueueClosedError, ValueError/TypeError."""
+        if self._core._journal_always:   # fsync="always": durable without blocking the loop
+            return await _durable(self, lambda: self.put_nowait(obj), timeout)
         return await _wait(self, PUT, lambda: self.put_nowait(obj), timeout, Full)
 
     async def get_many_async(self, max_items=64, timeout=None):
@@ -284,8 +286,12 @@ class AsyncQueueOps:
                          timeout=None, group=None):
         """At-least-once queues: send (same options); returns the message id. Raises Full
         after timeout seconds, MessageTooLargeError, ValueError/TypeError, QueueClosedError."""
+        if self._core._journal_always:   # fsync="always": durable without blocking the loop
+            return await _durable(self, lambda: self.send(body, headers, priority, delay, ttl, dedup_id, block=False,
+                                                            group=group),
+                                  timeout)
         return await _wait(self, PUT, lambda: self.send(body, headers, priority, delay, ttl, dedup_id, block=False,
-                                                        group=group),
+                                                            group=group),
                            timeout, Full)
 
 
@@ -306,3 +312,22 @@ async def _messages(q):
                 return
             raise
         yield m
+
+
+async def _durable(handle, attempt, timeout):
+    """A put/send on a journal with fsync="always" from the event loop: the record is written
+    without waiting for its sync (thread-local deferral), then the loop waits for the sync that
+    covers it, which one thread per process runs for every pending record at once (group commit:
+    many sends in flight share one fdatasync)."""
+    from . import journal
+
+    def deferred():
+        _core.journal_defer(True)
+        try:
+            return attempt(), _core.journal_last_end()
+        finally:
+            _core.journal_defer(False)
+
+    result, pos = await _wait(handle, PUT, deferred, timeout, Full)
+    await journal.durable_future(handle._core, pos)
+    return result

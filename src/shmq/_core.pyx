@@ -92,7 +92,7 @@ RC = {name: value for name, value in (
     ("EINCOMPAT", c.SHMQ_EINCOMPAT), ("ESYS", c.SHMQ_ESYS), ("ESLOTS", c.SHMQ_ESLOTS),
     ("ESEALED", c.SHMQ_ESEALED), ("EINVAL", c.SHMQ_EINVAL), ("ENOMEM", c.SHMQ_ENOMEM),
     ("ECLOSED", c.SHMQ_ECLOSED), ("EAGAIN", c.SHMQ_EAGAIN), ("ESTALE", c.SHMQ_ESTALE),
-    ("EDEDUPFULL", c.SHMQ_EDEDUPFULL))}
+    ("EDEDUPFULL", c.SHMQ_EDEDUPFULL), ("EJOURNAL", c.SHMQ_EJOURNAL))}
 
 # Registered by the Python layer (_set_policy).
 cdef object _encode = None       # (obj, raw) -> (kind, [buffers written back to back])
@@ -293,6 +293,60 @@ cdef int _deadline(object block, object timeout, uint64_t *out) except -1:
     return 0
 
 
+cdef void _progress_cb(void *ctx, uint64_t done, uint64_t total) noexcept with gil:
+    try:
+        (<object>ctx)(done, total)
+    except BaseException:
+        pass    # a progress display never stops a recovery
+
+
+cdef dict _scan(str directory, uint32_t flags, c.shmq_seg_t *q, progress):
+    cdef c.shmq_jreport_t rep
+    cdef int rc
+    cdef bytes bdir = os.fsencode(directory)
+    cdef const char *p = bdir
+    cdef void *ctx = <void *>progress
+    if progress is None:
+        with nogil:
+            rc = c.shmq_journal_scan(p, flags, q, &rep, NULL, NULL)
+    else:
+        with nogil:
+            rc = c.shmq_journal_scan(p, flags, q, &rep, _progress_cb, ctx)
+    out = {k: v for k, v in (<dict>rep).items()}
+    out["rc"] = rc
+    out["rc_name"] = c.shmq_strerror(rc).decode()
+    return out
+
+
+def journal_scan(str directory, bint skip=False):
+    """Check every record of the journal in directory (no queue needed): a report dict with
+    its rc (0 when it validates; see shmq.journal for the words)."""
+    return _scan(directory, c.SHMQ_JSCAN_SKIP if skip else 0, NULL, None)
+
+
+def journal_defer(bint defer):
+    """This thread's journal commits return at once while set (the caller waits once, later)."""
+    c.shmq_journal_defer(defer)
+
+
+def journal_last_end():
+    """The end position of this thread's last journal record."""
+    return c.shmq_journal_last_end()
+
+
+def journal_on_tmpfs(str directory):
+    return c.shmq_journal_on_tmpfs(os.fsencode(directory))
+
+
+JOURNAL_MODES = {"always": c.SHMQ_JMODE_ALWAYS, "batch": c.SHMQ_JMODE_BATCH, "never": c.SHMQ_JMODE_NEVER}
+JOURNAL_MIN_SEGMENT = c.SHMQ_JOURNAL_MIN_SEG
+JOURNAL_DIR_MAX = c.SHMQ_JOURNAL_DIR_MAX
+JOURNAL_READY = c.SHMQ_JSTATE_READY
+JOURNAL_RECOVERING = c.SHMQ_JSTATE_RECOVERING
+JSCAN_SKIP = c.SHMQ_JSCAN_SKIP
+F_JOURNAL = c.SHMQ_F_JOURNAL
+
+
 def _untrusted_file(int fd, path, uint32_t expected_uid, uint32_t mode):
     """None if the open file fd is owned by expected_uid and grants no write permission outside
     mode, else the QueuePermissionError to raise (naming the file, its owner and mode). Another
@@ -440,16 +494,18 @@ cdef class Core:
     # -- lifecycle ---------------------------------------------------------------------
     def _create(self, str path, uint32_t kind, uint32_t flags, uint64_t capacity, uint64_t max_message,
                 uint64_t maxsize, uint32_t mode, uint32_t max_slots, bint exist_ok, dict ack=None,
-                bint check_mode=True, uint32_t levels=0, uint64_t max_wait_ns=0):
+                bint check_mode=True, uint32_t levels=0, uint64_t max_wait_ns=0, dict journal=None):
         """Create (or with exist_ok open) the segment at path and attach. Returns True if created.
         An existing file is opened only if it is ours and (check_mode) lets nobody else write
         beyond mode (issue 11 item 5).
         ack: at-least-once options (visibility_ns, max_deliveries, dead_letter, default_delay_ns,
         default_ttl_ns, dedup_window_ns, dedup_slots) when flags has F_ACK."""
         cdef c.shmq_create_opts_t o
+        cdef c.shmq_journal_opts_t jo
         cdef int created = 0
         cdef int rc
         bpath = os.fsencode(path)
+        bjdir = None
         bdlq = None
         memset(&o, 0, sizeof(o))
         o.path = bpath
@@ -471,6 +527,14 @@ cdef class Core:
             o.dedup_slots = ack["dedup_slots"]
             bdlq = (ack["dead_letter"] or "").encode()
             o.dead_letter = bdlq
+        if journal is not None:   # shmq.journal: options checked there; flags carries F_JOURNAL
+            bjdir = os.fsencode(journal["dir"])
+            memset(&jo, 0, sizeof(jo))
+            jo.dir = bjdir
+            jo.mode = journal["mode"]
+            jo.seg_size = journal["segment_size"]
+            jo.interval_ns = journal["interval_ns"]
+            o.journal = &jo
         with nogil:
             rc = c.shmq_create(&self.seg, &o, exist_ok, &created)
         self.path = path
@@ -638,6 +702,8 @@ cdef class Core:
             if (rc != c.SHMQ_EINTR and not self._closed) or not self._retry(rc):
                 break
         if rc == c.SHMQ_OK:
+            if self.seg.journal != NULL:
+                self._journal_commit_c(dl)   # always: until durable; deferred (thread-local): at once
             return dup
         if so != NULL:
             total += so.hdr_size
@@ -723,16 +789,144 @@ cdef class Core:
     cdef object _put_many_c(self, items, block, timeout):
         cdef uint64_t dl
         cdef Py_ssize_t n = 0
+        cdef bint journaled
         self._check()
         _deadline(block, timeout, &dl)
+        journaled = self.seg.journal != NULL
+        if journaled:
+            c.shmq_journal_defer(1)     # thread-local: other threads' puts still wait for their own sync
         try:
             for obj in items:
                 self._put_obj(obj, dl)
                 n += 1
+            if journaled:
+                c.shmq_journal_defer(0)
+                self._journal_commit_c(dl)   # one sync covers the batch (the last record is this thread's)
         except BaseException as e:
             e.items_put = n
             raise
+        finally:
+            if journaled:
+                c.shmq_journal_defer(0)
         return n
+
+    # -- journal (shmq.journal holds the policy) ------------------------------------------
+    cdef int _journal_commit_c(self, uint64_t dl) except -1:
+        """After a put or send returned: fsync="always" waits until its record is durable."""
+        cdef int rc
+        cdef PyThreadState *ts
+        if c.shmq_journal_deferred() or c.shmq_journal_stats_mode(&self.seg) != c.SHMQ_JMODE_ALWAYS:
+            rc = c.shmq_journal_commit(&self.seg, dl)   # never waits: the sticky failure check only
+            if rc != c.SHMQ_OK:
+                raise self._error(rc, "journal")
+            return 0
+        while True:
+            self._enter()
+            ts = _release()
+            rc = c.shmq_journal_commit(&self.seg, dl)
+            _reacquire(ts)
+            self._leave()
+            if rc != c.SHMQ_EINTR or not self._retry(rc):
+                break
+        if rc != c.SHMQ_OK:
+            raise self._error(rc, "journal")
+        return 0
+
+    def _journal_sync(self, timeout=None):
+        """Make every record appended so far durable (q.sync(), the batch timer)."""
+        cdef int rc
+        cdef uint64_t dl
+        cdef PyThreadState *ts
+        self._check()
+        _deadline(True, timeout, &dl)
+        if self.seg.jstate == NULL:
+            return False
+        while True:
+            self._enter()
+            ts = _release()
+            rc = c.shmq_journal_sync(&self.seg, dl)
+            _reacquire(ts)
+            self._leave()
+            if rc != c.SHMQ_EINTR or not self._retry(rc):
+                break
+        if rc != c.SHMQ_OK:
+            raise self._error(rc, "journal")
+        return True
+
+    def _journal_wait(self, uint64_t pos, timeout=None):
+        """Wait until every record before pos is durable (syncing if nobody else does)."""
+        cdef int rc
+        cdef uint64_t dl
+        cdef PyThreadState *ts
+        self._check()
+        _deadline(True, timeout, &dl)
+        while True:
+            self._enter()
+            ts = _release()
+            rc = c.shmq_journal_wait(&self.seg, pos, dl)
+            _reacquire(ts)
+            self._leave()
+            if rc != c.SHMQ_EINTR or not self._retry(rc):
+                break
+        if rc != c.SHMQ_OK:
+            raise self._error(rc, "journal")
+
+    def _journal_prepare_spare(self):
+        """Maintenance: build the next segment file ahead of need (no-op when not due)."""
+        cdef int rc
+        self._check()
+        self._enter()
+        with nogil:
+            rc = c.shmq_journal_prepare_spare(&self.seg)
+        self._leave()
+        if rc != c.SHMQ_OK:
+            raise self._error(rc, "journal")
+
+    @property
+    def _journal_always(self):
+        """Sends of this handle wait for their sync (fsync="always")."""
+        return self.seg.journal != NULL and c.shmq_journal_stats_mode(&self.seg) == c.SHMQ_JMODE_ALWAYS
+
+    @property
+    def _journal_dir(self):
+        """The journal directory this queue was created with, or None."""
+        cdef const char *d
+        if not self.opened:
+            return None
+        d = c.shmq_journal_dir_of(&self.seg)
+        return None if d == NULL else os.fsdecode(<bytes>d)
+
+    def _journal_state(self):
+        return c.shmq_journal_state(&self.seg) if self.opened else 0
+
+    def _journal_enable(self):
+        c.shmq_journal_enable(&self.seg)
+
+    def _journal_claim(self):
+        cdef int rc = c.shmq_journal_claim(&self.seg)
+        if rc != c.SHMQ_OK:
+            raise self._error(rc, "journal claim")
+
+    def _journal_start(self, uint64_t last_seg, uint64_t next_lsn):
+        cdef int rc
+        with nogil:
+            rc = c.shmq_journal_start(&self.seg, last_seg, next_lsn)
+        if rc != c.SHMQ_OK:
+            raise self._error(rc, "journal start")
+
+    def _journal_recover(self, str directory, uint32_t flags, progress=None):
+        """Replay the journal in directory into this (new, empty) queue: a report dict; raises
+        CorruptJournalError / OSError / Full through shmq.journal's words (the report's rc)."""
+        return _scan(directory, flags | c.SHMQ_JSCAN_REPAIR, &self.seg, progress)
+
+    def _journal_stats(self):
+        cdef c.shmq_journal_stats_t st
+        self._check_open()
+        c.shmq_journal_stats(&self.seg, &st)
+        return {"bytes": st.bytes, "segments": st.segments, "durable_pos": st.durable_pos,
+                "write_pos": st.write_pos, "sync_count": st.sync_count, "fsync_errors": st.fsync_errors,
+                "last_sync_ns": st.last_sync_ns, "records": st.records, "failed_errno": st.failed_errno,
+                "mode": st.mode, "interval_ns": st.interval_ns}
 
     # -- get -------------------------------------------------------------------------
     cdef object _body(self, c.shmq_msg_t *m):

@@ -123,6 +123,14 @@ class Handle(_core.HandleBase):
             _live.add(self)
         _ensure_exit_hook()
         _mp_util.register_after_fork(self, _after_mp_bootstrap)
+        if core._flags_value & _core.F_JOURNAL:
+            from . import journal
+            try:
+                journal.attached(self)   # waits for a creator's recovery; batch mode: the sync timer
+            except BaseException:
+                with _live_lock:
+                    _live.discard(self)
+                raise
         self._attached()
 
     def _attached(self):
@@ -215,7 +223,15 @@ class Handle(_core.HandleBase):
         the at-least-once counters are 0 on an at-most-once queue. Raises QueueClosedError."""
         s = complete_stats(self._core, self._core._raw_stats())
         s["name"] = self._name
+        from .journal import stats_of
+        s.update(stats_of(self._core))   # journal_* keys (0 / None without a journal)
         return s
+
+    def sync(self) -> None:
+        """Make every journal record written so far durable (fdatasync), whatever the fsync
+        mode. A queue without a journal: nothing to do. Raises JournalError (an OSError) when a
+        sync failed, now or before (nothing is confirmed after a failed sync), QueueClosedError."""
+        self._core._journal_sync(None)
 
     def _settings(self):
         return settings(self._core._raw_stats())

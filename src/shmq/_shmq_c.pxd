@@ -20,6 +20,7 @@ cdef extern from "common.h" nogil:
         SHMQ_EAGAIN
         SHMQ_ESTALE
         SHMQ_EDEDUPFULL
+        SHMQ_EJOURNAL
     const char *shmq_strerror(int rc)
     uint64_t shmq_now_mono_ns()
     uint64_t SHMQ_NO_DEADLINE
@@ -58,6 +59,8 @@ cdef extern from "segment.h" nogil:
         int err
         int full_why
         int poll_signals
+        void *journal
+        void *jstate
     ctypedef struct shmq_create_opts_t:
         const char *path
         uint32_t kind
@@ -77,6 +80,7 @@ cdef extern from "segment.h" nogil:
         uint64_t retention_ns
         uint32_t levels
         uint64_t max_wait_ns
+        const void *journal
 
 cdef extern from "kinds.h" nogil:
     int shmq_create(shmq_seg_t *seg, const shmq_create_opts_t *o, int exist_ok, int *created)
@@ -249,3 +253,52 @@ cdef extern from "prio.h" nogil:
     uint32_t shmq_prio_levels(shmq_seg_t *q)
     uint32_t shmq_prio_counts(shmq_seg_t *q, uint64_t *counts, uint32_t cap)
     uint64_t shmq_prio_max_wait_ns(shmq_seg_t *q)
+cdef extern from "journal.h" nogil:
+    enum:
+        SHMQ_F_JOURNAL
+        SHMQ_JMODE_ALWAYS
+        SHMQ_JMODE_BATCH
+        SHMQ_JMODE_NEVER
+        SHMQ_JSTATE_RECOVERING
+        SHMQ_JSTATE_READY
+        SHMQ_JSCAN_SKIP
+        SHMQ_JSCAN_REPAIR
+        SHMQ_JOURNAL_DIR_MAX
+        SHMQ_JOURNAL_MIN_SEG
+        SHMQ_JREC_HDR
+    ctypedef struct shmq_journal_opts_t:
+        const char *dir
+        uint32_t mode
+        uint64_t seg_size
+        uint64_t interval_ns
+    ctypedef struct shmq_journal_stats_t:
+        uint64_t bytes, segments, durable_pos, write_pos, sync_count, fsync_errors, last_sync_ns, records
+        uint64_t interval_ns
+        int failed_errno
+        uint32_t mode
+    ctypedef struct shmq_jreport_t:
+        uint64_t records, bytes, segments, puts, removes, delivers, live, first_id, last_id, next_id
+        uint64_t first_seg, last_seg, next_lsn, files_ignored
+        uint64_t torn, torn_off, torn_seg, truncated_bytes
+        uint64_t corrupt, corrupt_off, corrupt_seg, skipped_bytes
+        uint64_t replayed, dedup_restored, elapsed_ns
+        uint32_t qkind, qflags
+        int err
+    ctypedef void (*shmq_jprogress_fn)(void *ctx, uint64_t done, uint64_t total)
+    int shmq_journal_start(shmq_seg_t *q, uint64_t last_seg, uint64_t next_lsn)
+    void shmq_journal_enable(shmq_seg_t *q)
+    uint32_t shmq_journal_state(shmq_seg_t *q)
+    int shmq_journal_claim(shmq_seg_t *q)
+    int shmq_journal_commit(shmq_seg_t *q, uint64_t deadline_ns)
+    int shmq_journal_sync(shmq_seg_t *q, uint64_t deadline_ns)
+    void shmq_journal_defer(int defer)
+    int shmq_journal_deferred()
+    int shmq_journal_prepare_spare(shmq_seg_t *q)
+    uint32_t shmq_journal_stats_mode(shmq_seg_t *q)
+    uint64_t shmq_journal_last_end()
+    int shmq_journal_wait(shmq_seg_t *q, uint64_t pos, uint64_t deadline_ns)
+    void shmq_journal_stats(shmq_seg_t *q, shmq_journal_stats_t *st)
+    int shmq_journal_scan(const char *dir, uint32_t flags, shmq_seg_t *q, shmq_jreport_t *rep,
+                          shmq_jprogress_fn progress, void *ctx)
+    int shmq_journal_on_tmpfs(const char *dir)
+    const char *shmq_journal_dir_of(shmq_seg_t *q)

@@ -191,6 +191,8 @@ def from_code(rc: int, op: str, path: Optional[str], err: int, detail: Any = Non
     rcs = _core.RC
     name = _queue_name(path)
     label = _label(path)
+    if rc == rcs.get("EJOURNAL"):
+        return _journal_error(err, op, label)
     if rc == rcs["ESYS"]:
         e = _oserror(err, path)
         if op == "after_fork":
@@ -254,3 +256,30 @@ def from_code(rc: int, op: str, path: Optional[str], err: int, detail: Any = Non
 class SubscriptionNotFound(ShmqError, LookupError):
     """A topic has no named subscription of that name (unsubscribe, or a subscription another
     handle removed)."""
+
+
+class JournalError(ShmqError, OSError):
+    """The journal could not record or sync (an OSError with the errno): after a failed
+    fdatasync no send is confirmed again; ENOSPC fails the send and later ones work once
+    there is room."""
+
+
+class CorruptJournalError(JournalError):
+    """A journal record before the tail failed validation (``path`` and ``offset`` say where);
+    open with journal_recovery="skip" to drop the damaged records and keep the rest."""
+
+
+def _journal_error(err: int, op: str, label: str) -> JournalError:
+    import errno as _errno
+    import os as _os
+    why = _os.strerror(err) if err else "journal error"
+    if err == _errno.ENOSPC:
+        hint = "the journal's disk is full: the send was not recorded; free space and send again"
+    elif err == _errno.EWOULDBLOCK:
+        hint = "another live queue has this journal directory open (one journal per queue)"
+    elif err == _errno.EIO:
+        hint = ("an fdatasync failed: this journal confirms nothing from now on; close every handle, check the "
+                "disk, and reopen (recovery keeps what was synced)")
+    else:
+        hint = "the journal could not be written"
+    return JournalError(err or _errno.EIO, f"{label}: {op}: {why}: {hint}")

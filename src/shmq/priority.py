@@ -6,7 +6,8 @@ from typing import Any, Iterable, Mapping, Optional, TypeVar, Union
 
 from . import _aio, _core, _options
 from .errors import ArgumentError, Full
-from .queue import Queue, _make_core
+from . import journal as _journal
+from .queue import _JOURNAL_ARGS, Queue, _make_core
 from .reliable import ReliableQueue
 
 __all__ = ["PriorityQueue", "ReliablePriorityQueue"]
@@ -40,8 +41,10 @@ def _new(cls: type[_P], name_or_maxsize: Union[str, int], levels: Optional[int],
         options["capacity"] = ANON_CAPACITY
     lv = _levels(levels)
     mw = 0 if max_wait is None else _options.seconds_ns(max_wait, "max_wait", allow_zero=False)
+    jargs = {k: options.pop(k, None) for k in _JOURNAL_ARGS}
     spec = _options.resolve(name_or_maxsize, is_dlq=is_dlq, **options)
-    core, created = _make_core(spec, _core.KIND_PRIORITY, lv, mw)
+    jopts = _journal.resolve(*jargs.values(), name=spec.name, max_message=spec.max_message)
+    core, created = _make_core(spec, _core.KIND_PRIORITY, lv, mw, jopts=jopts, jfsync=jargs["fsync"])
     if not created:
         have_lv, have_mw, _ = core._prio_info()
         bad = []

@@ -1,9 +1,11 @@
 """Queue, SimpleQueue and JoinableQueue: multiprocessing drop-ins and named queues."""
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, NoReturn, Optional, TypeVar, Union
 
 from . import _aio, _core, _names, _options, _sweep
+from . import journal as _journal
 from ._handle import Handle, open_core, unlink
 from .errors import ArgumentError, IncompatibleQueueError, _label
 from .stats import settings
@@ -14,11 +16,15 @@ if TYPE_CHECKING:
 __all__ = ["Queue", "SimpleQueue", "JoinableQueue", "unlink", "redrive"]
 
 _Q = TypeVar("_Q", bound="Queue")
+_JOURNAL_ARGS = ("journal", "fsync", "fsync_interval", "journal_recovery", "journal_segment_size")
 
 
-def _make_core(spec, kind=_core.KIND_QUEUE, levels=0, max_wait_ns=0):
+def _make_core(spec, kind=_core.KIND_QUEUE, levels=0, max_wait_ns=0, jopts=None, jfsync=None):
     """(attached binding object, created) for a validated Queue() call (kind, levels and
-    max_wait_ns: shmq.priority's PriorityQueue)."""
+    max_wait_ns: shmq.priority's PriorityQueue; jopts: shmq.journal's checked options, or None;
+    jfsync: fsync= as given, for the "exists with other options" check)."""
+    if jopts is not None:
+        return _journal.make_core(spec, jopts, jfsync, kind, levels, max_wait_ns)
     if spec.name is None:
         _sweep.sweep_dead()     # issue 13 item 4: what creators killed by SIGTERM/SIGKILL/OOM left
         core = _core.Core()
@@ -69,8 +75,10 @@ def _refuse(q: Queue, what: str) -> NoReturn:
 def _new(cls: type[_Q], name_or_maxsize: Union[str, int], *, is_dlq: bool = False, **options: Any) -> _Q:
     """Queue.__new__, with the one internal option: is_dlq (create the queue as a dead-letter
     queue, with no dead-letter queue of its own; shmq.reliable and tests use it)."""
+    jargs = {k: options.pop(k, None) for k in _JOURNAL_ARGS}
     spec = _options.resolve(name_or_maxsize, joinable=cls._joinable, is_dlq=is_dlq, **options)
-    core, _created = _make_core(spec)
+    jopts = _journal.resolve(*jargs.values(), name=spec.name, max_message=spec.max_message)
+    core, _created = _make_core(spec, jopts=jopts, jfsync=jargs["fsync"])
     if core._flags_value & _core.F_ACK:
         if cls is Queue:
             cls = ReliableQueue  # type: ignore[assignment]  # a subclass of Queue
@@ -115,6 +123,9 @@ class Queue(Handle, _aio.AsyncQueueOps, _core.QueueOps):
     - ``ack=None`` and the at-least-once options ``visibility_timeout`` (30 s), ``max_deliveries``
       (20), ``dead_letter`` ("NAME.dlq"), ``delay`` (0), ``ttl`` (none), ``dedup_window`` (300 s),
       ``dedup_capacity`` (16384): see docs/guide/at-least-once.md.
+    - ``journal=None`` (a directory), ``fsync="always"|"batch"|"never"``, ``fsync_interval`` (10 ms),
+      ``journal_recovery="strict"|"skip"``, ``journal_segment_size`` (32 MiB): a write-ahead journal that
+      survives restarts; see docs/guide/persistence.md.
 
     Raises QueueNotFound, QueueExistsError, ValueError/TypeError (ShmqError too) for bad
     arguments or options that contradict the existing queue's, QueuePermissionError,
@@ -129,12 +140,17 @@ class Queue(Handle, _aio.AsyncQueueOps, _core.QueueOps):
                 max_participants: Optional[int] = None, ctx: Any = None, ack: Optional[bool] = None,
                 visibility_timeout: Optional[float] = None, max_deliveries: Optional[int] = None,
                 dead_letter: Optional[str] = None, delay: Optional[float] = None, ttl: Optional[float] = None,
-                dedup_window: Optional[float] = None, dedup_capacity: Optional[int] = None) -> _Q:
+                dedup_window: Optional[float] = None, dedup_capacity: Optional[int] = None,
+                journal: Union[str, os.PathLike, None] = None, fsync: Optional[str] = None,
+                fsync_interval: Optional[float] = None, journal_recovery: Optional[str] = None,
+                journal_segment_size: Union[int, str, None] = None) -> _Q:
         # ctx: accepted for multiprocessing's signature; a shared-memory queue needs no context.
         return _new(cls, name_or_maxsize, maxsize=maxsize, create=create, exist_ok=exist_ok, capacity=capacity,
                     max_message=max_message, mode=mode, raw=raw, max_participants=max_participants, ack=ack,
                     visibility_timeout=visibility_timeout, max_deliveries=max_deliveries, dead_letter=dead_letter,
-                    delay=delay, ttl=ttl, dedup_window=dedup_window, dedup_capacity=dedup_capacity)
+                    delay=delay, ttl=ttl, dedup_window=dedup_window, dedup_capacity=dedup_capacity,
+                    journal=journal, fsync=fsync, fsync_interval=fsync_interval, journal_recovery=journal_recovery,
+                    journal_segment_size=journal_segment_size)
 
     # The at-least-once calls live on shmq.reliable.ReliableQueue; on an at-most-once queue they
     # raise ValueError. (Methods, not a __getattr__: a class with __getattr__ gets no specialised

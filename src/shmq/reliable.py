@@ -31,6 +31,10 @@ class ReliableQueue(_aio.AsyncReliableOps, Queue):
             return
         kw = dict(create=True, exist_ok=True, ack=True, visibility_timeout=st["visibility_timeout"],
                   max_deliveries=st["max_deliveries"], mode=st["mode"])
+        jdir = self._core._journal_dir
+        if jdir is not None:   # dead letters stay durable: the DLQ has its own journal beside ours
+            kw["journal"] = jdir.rstrip("/") + ".dlq"
+            kw["fsync"] = {v: k for k, v in _core.JOURNAL_MODES.items()}[self._core._journal_stats()["mode"]]
         if st["flags"] & _core.F_GROWABLE:
             kw["capacity"] = None
         else:

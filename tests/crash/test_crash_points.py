@@ -35,7 +35,8 @@ def test_every_crash_point_has_a_crash_test():
     from test_group_crash import GROUP_SCENARIOS
     from test_topic_crash import TOPIC_SCENARIOS
     from test_prio_crash import PRIO_SCENARIOS
-    tested = set(SCENARIOS) | set(ACK_SCENARIOS) | set(GROUP_SCENARIOS) | set(TOPIC_SCENARIOS) | set(PRIO_SCENARIOS)
+    from test_journal_faults import JOURNAL_SCENARIOS
+    tested = set(SCENARIOS) | set(ACK_SCENARIOS) | set(GROUP_SCENARIOS) | set(TOPIC_SCENARIOS) | set(PRIO_SCENARIOS) | set(JOURNAL_SCENARIOS)
     points = {n for n, _ in shmq.crash_points()}
     assert points == tested, f"crash points without a test: {points - tested}; stale: {tested - points}"
 
