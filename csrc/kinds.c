@@ -1,5 +1,6 @@
 #include "kinds.h"
 
+#include "hist.h"
 #include "lease.h"
 #include "participants.h"
 #include "queue.h"
@@ -35,16 +36,28 @@ int shmq_create(shmq_seg_t *seg, const shmq_create_opts_t *o, int exist_ok, int 
         if (rc != SHMQ_OK)
             return rc;
     }
-    return bound(seg, shmq_seg_create(seg, o, req, n, exist_ok, created));
+    /* every kind: latency histograms and error counters (hist.h) */
+    shmq_create_opts_t ho = *o;
+    ho.flags |= SHMQ_F_HIST;
+    shmq_hist_region(o->max_slots, &req[n++]);
+    return bound(seg, shmq_seg_create(seg, &ho, req, n, exist_ok, created));
 }
 
 int shmq_open(shmq_seg_t *seg, const char *path, int fd) { return bound(seg, shmq_seg_open(seg, path, fd)); }
 
-int shmq_attach(shmq_seg_t *seg) { return shmq_part_attach(seg); }
+int shmq_attach(shmq_seg_t *seg)
+{
+    int rc = shmq_part_attach(seg);
+    if (rc == SHMQ_OK)
+        shmq_hist_bind(seg);
+    return rc;
+}
 
 int shmq_after_fork(shmq_seg_t *seg)
 {
     int rc = shmq_seg_after_fork(seg);
+    seg->hist_blk = NULL; /* the parent's slot's block: the child binds its own when it attaches */
+    shmq_hist_bind(seg);  /* (if shmq_seg_after_fork attached it already) */
     if (rc == SHMQ_OK && seg->ops && seg->ops->after_fork)
         seg->ops->after_fork(seg);
     return rc;
@@ -66,5 +79,6 @@ void shmq_close(shmq_seg_t *seg)
     if (seg->ops && seg->ops->close)
         seg->ops->close(seg);
     seg->ops = NULL;
+    seg->hist_blk = NULL;
     shmq_seg_close(seg);
 }

@@ -10,6 +10,7 @@
 #include "participants.h"
 #include "crashpoint.h"
 #include "dedup.h"
+#include "hist.h"
 #include "segment.h"
 #include "queue_int.h"
 #include "wait.h"
@@ -362,8 +363,13 @@ int shmq_ack(shmq_seg_t *q, uint64_t token, uint64_t id)
      * after the release); the window left is this one instruction after the CAS. */
     count(&K(q)->blk->acked);
     SHMQ_CRASH_POINT(mid_ack);
-    if (shmq_q_payload_valid(a, d) && body_skip(d) <= d->size) /* untrusted: the key lies inside */
+    if (shmq_q_payload_valid(a, d) && body_skip(d) <= d->size) { /* untrusted: the key lies inside */
+        if (q->hist_blk) { /* processing time: receive -> ack (hist.h) */
+            uint64_t got = ((const shmq_ack_meta_t *)shmq_q_payload(a, d))->last_delivery_ns, now = shmq_now_wall_ns();
+            shmq_hist_process(q, now > got ? now - got : 0);
+        }
         settle_dedup(q, a, d);
+    }
     shmq_q_release_owned(q, a, d);
     return SHMQ_OK;
 }
@@ -382,6 +388,7 @@ int shmq_nack(shmq_seg_t *q, uint64_t token, uint64_t id, int requeue, uint64_t 
         return SHMQ_OK;
     }
     SHMQ_CRASH_POINT(mid_nack);
+    shmq_hist_count(q, SHMQ_HIST_NACKS, 1);
     if (!requeue)
         dead_letter(q, a, d, g, SHMQ_DL_REJECTED);
     else /* from READY: the lease's expiry counted this failure already */
@@ -437,7 +444,7 @@ static int ack_taken(shmq_seg_t *q, shmq_msg_t *m, int mode)
     uint8_t *p = (uint8_t *)m->data;
     if (mode) { /* the lease: deadline after the CAS (a 0 deadline is skipped by scans) */
         shmq_ack_meta_t *mt = (shmq_ack_meta_t *)p;
-        uint64_t wall = shmq_now_wall_coarse_ns();
+        uint64_t wall = shmq_now_wall_ns(); /* fine: the ack measures processing time from it (hist.h) */
         d->deadline_ns = now + K(q)->visibility_ns;
         d->delivery_count++;
         if (!mt->first_delivery_ns)

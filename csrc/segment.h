@@ -287,6 +287,7 @@ typedef struct shmq_seg {
     uint64_t last_liveness_ns; /* process-local: last dead-participant sweep of this handle */
     uint64_t last_stale_ns;   /* process-local: last sweep for owners whose slot is FREE or reused */
     uint32_t watching[2];     /* process-local: watchers registered (shmq_watch_begin) per direction, undone at close */
+    void *hist_blk;           /* process-local: this slot's latency block (hist.h), NULL if none or not attached */
 } shmq_seg_t;
 
 /* Create (exist_ok: open an existing one instead of failing with EEXIST in seg->err), with the

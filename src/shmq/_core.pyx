@@ -52,6 +52,9 @@ F_RAW = c.SHMQ_F_RAW
 F_ANONYMOUS = c.SHMQ_F_ANONYMOUS
 F_JOINABLE = c.SHMQ_F_JOINABLE
 F_ACK = c.SHMQ_F_ACK
+F_HIST = c.SHMQ_F_HIST
+HIST_BUCKETS = c.SHMQ_HIST_BUCKETS
+HIST_BASE_LOG2 = c.SHMQ_HIST_BASE_LOG2
 LAYOUT_VERSION = c.SHMQ_LAYOUT_VERSION
 USE_DEFAULT = c.SHMQ_USE_DEFAULT
 PROBE_GONE = c.SHMQ_PROBE_GONE
@@ -1003,6 +1006,30 @@ cdef class Core:
         if not self.opened:
             self._check()
         return 0
+
+    def _hist(self):
+        """The latency histograms and error counters summed over every participant (hist.h):
+        {"wait": [32 counts], "process": [...], "wait_sum_ns", "process_sum_ns", "nacks",
+        "late_replies"}, or None when the segment has none (made by an older version) or its
+        histogram region fails validation. Bucket b < 31 holds samples below 2**(b+10) ns."""
+        cdef c.shmq_hist_sum_t hs
+        cdef int rc
+        self._check_open()
+        self._enter()
+        with nogil:
+            rc = c.shmq_hist_read(&self.seg, &hs)
+        self._leave()
+        if rc != c.SHMQ_OK:
+            return None
+        return {"wait": [hs.wait[i] for i in range(c.SHMQ_HIST_BUCKETS)],
+                "process": [hs.process[i] for i in range(c.SHMQ_HIST_BUCKETS)],
+                "wait_sum_ns": hs.wait_sum_ns, "process_sum_ns": hs.process_sum_ns,
+                "nacks": hs.nacks, "late_replies": hs.late_replies}
+
+    def _hist_count_late(self, uint64_t n=1):
+        """Count n late replies (request-reply) in this handle's block; nothing if it has none."""
+        self._check_open()
+        c.shmq_hist_count(&self.seg, c.SHMQ_HIST_LATE_REPLIES, n)
 
     def _raw_stats(self):
         """The core's counters under their C names (shmq.stats gives them their public names)."""

@@ -224,3 +224,21 @@ cdef extern from "participants.h" nogil:
 cdef extern from "guard.h" nogil:
     int shmq_guard_register(shmq_seg_t *seg, int *fault_word)
     void shmq_guard_unregister(shmq_seg_t *seg)
+
+cdef extern from "hist.h" nogil:
+    enum:
+        SHMQ_F_HIST
+        SHMQ_HIST_BUCKETS
+        SHMQ_HIST_BASE_LOG2
+        SHMQ_HIST_NACKS
+        SHMQ_HIST_LATE_REPLIES
+    ctypedef struct shmq_hist_sum_t:
+        uint64_t wait[32]
+        uint64_t process[32]
+        uint64_t wait_sum_ns
+        uint64_t process_sum_ns
+        uint64_t nacks
+        uint64_t late_replies
+        uint32_t blocks_read
+    int shmq_hist_read(shmq_seg_t *seg, shmq_hist_sum_t *out)
+    void shmq_hist_count(shmq_seg_t *seg, int which, uint64_t n)

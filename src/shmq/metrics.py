@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
 if TYPE_CHECKING:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from . import _core, _names
+from . import _core, _latency, _names
 from .errors import CorruptQueueError, IncompatibleQueueError, ShmqError
 from .stats import inspect_path, kind_name
 
@@ -57,6 +57,9 @@ _QUEUE_FAMILIES = (
     ("shmq_repairs_total", "counter", "repairs", None, "Dead participants repaired."),
     ("shmq_corrupt_skipped_total", "counter", "corrupt_skipped", None,
      "Messages skipped because their shared-memory records failed validation."),
+    ("shmq_nacked_total", "counter", "nacked", None, "nack() calls that took effect (at-least-once queues)."),
+    ("shmq_late_replies_total", "counter", "late_replies", None,
+     "Replies that came after their request gave up (a requester's reply inbox)."),
 )
 
 # Latency quantiles (issue 18 item 3: per-participant histograms that stats() summarises as
@@ -69,9 +72,17 @@ _LATENCY_FAMILIES = (
     ("shmq_process_quantile_seconds", "process",
      "Processing time, receive to ack, at the labelled quantile (at-least-once queues)."),
 )
-# HISTOGRAMS: when stats() also carries the bucket counts behind those quantiles, render them
-# here as histogram families (shmq_wait_seconds_bucket{le=...}, _sum, _count). Not done yet:
-# stats() has no bucket data to render.
+# The histograms behind those quantiles (csrc/hist.h: 32 power-of-two buckets from 1.024 us),
+# exported with every second bucket edge (a factor of 4 apart: 16 `le` values from 1.024 us to
+# 275 s, then +Inf). The edges are fixed numbers of seconds, exact sums of the core's buckets.
+# A queue's histogram is rendered once it has a sample (1,000 idle queues cost no lines).
+_HIST_FAMILIES = (
+    ("shmq_wait_seconds", "wait", "wait_sum_ns", "Time in queue, enqueue to first delivery."),
+    ("shmq_process_seconds", "process", "process_sum_ns", "Processing time, receive to ack (at-least-once queues)."),
+)
+_HIST_EDGES = tuple(range(0, _latency.N_BUCKETS - 1, 2))   # bucket b's upper edge is exported
+_HIST_LE = tuple(_latency.UPPER_S[b] for b in _HIST_EDGES)
+_HIST_LE_TEXT = tuple(repr(v) for v in _HIST_LE) + ("+Inf",)
 
 # Why an entry named shmq.* of this user was not rendered (shmq_scrape_errors{reason=...}).
 SCRAPE_ERROR_REASONS = ("corrupt", "incompatible", "no-permission", "unreadable", "not-a-queue", "bad-name")
@@ -193,6 +204,26 @@ def _samples(found: _Found, errors: dict[str, int], seconds: float) -> Iterator[
                     rows.append(((("queue", q), ("kind", kind), ("quantile", quantile)), v))
         if rows:
             yield name, "gauge", text, rows
+    for name, base, sum_key, text in _HIST_FAMILIES:
+        hrows: list[tuple[_Labels, Any]] = []
+        for lab, st in based:
+            h = st.get("histograms")
+            if not h:
+                continue
+            counts = h[base]
+            n = sum(counts)
+            if n <= 0:
+                continue
+            cum, acc, at = [], 0, 0
+            for b in _HIST_EDGES:
+                while at <= b:
+                    acc += counts[at]
+                    at += 1
+                cum.append(acc)
+            cum.append(n)
+            hrows.append((lab, (cum, h[sum_key] / 1e9, n)))
+        if hrows:
+            yield name, "histogram", text, hrows
     yield "shmq_scrape_queues", "gauge", "Queues read by this scrape.", [((), len(found))]
     yield ("shmq_scrape_errors", "gauge", "Entries named shmq.* of this user in /dev/shm that this scrape could not "
            "read as a queue, by reason.", [((("reason", r),), n) for r, n in errors.items()])
@@ -211,6 +242,13 @@ def render() -> str:
     families = list(_samples(found, errors, seconds))     # holds every label tuple until the end
     for name, typ, text, rows in families:
         out.append(f"# HELP {name} {_escape_help(text)}\n# TYPE {name} {typ}\n")
+        if typ == "histogram":
+            for lab, (cum, total_s, n) in rows:
+                inner = ",".join(f'{k}="{_escape_label(x)}"' for k, x in lab)
+                for le, c in zip(_HIST_LE_TEXT, cum):
+                    out.append(f'{name}_bucket{{{inner},le="{le}"}} {c}\n')
+                out.append(f"{name}_sum{{{inner}}} {_num(total_s)}\n{name}_count{{{inner}}} {n}\n")
+            continue
         for lab, v in rows:
             s = labels.get(id(lab))
             if s is None:
@@ -250,6 +288,13 @@ class Collector:
         """Read every queue now and yield one metric family per metric of render()."""
         found, errors, seconds = _read_all()
         for name, typ, text, rows in _samples(found, errors, seconds):
+            if typ == "histogram":
+                from prometheus_client.core import HistogramMetricFamily
+                hf = HistogramMetricFamily(name, text, labels=["queue", "kind"])
+                for lab, (cum, total_s, _n) in rows:
+                    hf.add_metric([x for _, x in lab], list(zip(_HIST_LE_TEXT, cum)), total_s)
+                yield hf
+                continue
             fam = self._family(name, typ, text, [k for k, _ in rows[0][0]] if rows else ["queue", "kind"])
             for lab, v in rows:
                 fam.add_metric([x for _, x in lab], v)
