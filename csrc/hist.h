@@ -10,7 +10,7 @@
  * where a fold could count twice or lose samples ("folded in by repair" holds by construction).
  *
  * Buckets: bucket 0 counts samples < 2^SHMQ_HIST_BASE_LOG2 ns (1.024 us); bucket b counts
- * [2^(b+9), 2^(b+10)) ns; the last one everything from 2^(SHMQ_HIST_BUCKETS+8) ns (~550 s) up.
+ * [2^(b+9), 2^(b+10)) ns; the last one everything from 2^40 ns (~18 min) up.
  * Powers of two: the bucket of a sample is one leading-zero count, and the upper bounds are
  * fixed numbers of seconds (the `le` labels of the Prometheus histogram never change).
  *

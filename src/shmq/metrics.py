@@ -74,7 +74,7 @@ _LATENCY_FAMILIES = (
 )
 # The histograms behind those quantiles (csrc/hist.h: 32 power-of-two buckets from 1.024 us),
 # exported with every second bucket edge (a factor of 4 apart: 16 `le` values from 1.024 us to
-# 275 s, then +Inf). The edges are fixed numbers of seconds, exact sums of the core's buckets.
+# 2**40 ns = 1,100 s, then +Inf). The edges are fixed numbers of seconds, exact sums of the core's buckets.
 # A queue's histogram is rendered once it has a sample (1,000 idle queues cost no lines).
 _HIST_FAMILIES = (
     ("shmq_wait_seconds", "wait", "wait_sum_ns", "Time in queue, enqueue to first delivery."),
