@@ -349,7 +349,25 @@ static void fail_delivery(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d, uint32_
     publish_or_park(q, a, d, g);
 }
 
-int shmq_ack(shmq_seg_t *q, uint64_t token, uint64_t id)
+static int ack_impl(shmq_seg_t *q, uint64_t token, uint64_t id, int keep);
+int shmq_ack(shmq_seg_t *q, uint64_t token, uint64_t id) { return ack_impl(q, token, id, 0); }
+int shmq_ack_hold(shmq_seg_t *q, uint64_t token, uint64_t id) { return ack_impl(q, token, id, 1); }
+
+void shmq_ack_release(shmq_seg_t *q, uint64_t token)
+{
+    shmq_area_t *a;
+    shmq_desc_t *d = token_desc(q, token, &a);
+    if (!d)
+        return;
+    /* only what our ack_hold left: READING(us) of this delivery (repair frees it if we die first) */
+    uint64_t w = shmq_load_acquire(&d->word);
+    if (shmq_desc_state(w) != SHMQ_D_READING || shmq_desc_owner(w) != q->owner ||
+        shmq_desc_dgen(w) != (shmq_handle_dgen(token) & SHMQ_DGEN_MASK))
+        return;
+    shmq_q_release_owned(q, a, d);
+}
+
+static int ack_impl(shmq_seg_t *q, uint64_t token, uint64_t id, int keep)
 {
     shmq_area_t *a;
     shmq_desc_t *d;
@@ -370,7 +388,8 @@ int shmq_ack(shmq_seg_t *q, uint64_t token, uint64_t id)
         }
         settle_dedup(q, a, d);
     }
-    shmq_q_release_owned(q, a, d);
+    if (!keep)
+        shmq_q_release_owned(q, a, d);
     return SHMQ_OK;
 }
 

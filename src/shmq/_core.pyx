@@ -42,6 +42,7 @@ cdef extern from "Python.h":
     void PyEval_RestoreThread(PyThreadState *ts)
 
 DEF GIL_RELEASE_BYTES = 65536   # copies this large run without the GIL
+DEF _PIN_HOLD_NS = 3153600000000000000   # receive(copy=False): ~100 years, a lease that does not run out while viewed
 DEF SMALL_COPY = 256            # bodies up to this size are copied out inside the take's nogil block
 
 KIND_QUEUE = c.SHMQ_KIND_QUEUE
@@ -233,6 +234,7 @@ cdef class Core:
     cdef int _fault_word        # set by the SIGBUS guard (guard.h): our file was truncated under us
     cdef bint _guarded          # registered with the guard
     cdef bint _attach_pending   # a forked child's handle: takes its slot at the first use
+    cdef uint64_t _vis_ns       # receive(copy=False): the queue's lease length, read once
 
     def __cinit__(self):
         self.opened = False
@@ -825,6 +827,70 @@ cdef class Core:
                 raise err
             return (body, hdr, m.id, m.timestamp_ns / 1e9, m.delivery_count, m.priority, m.handle)
 
+    cdef object _receive_view_one(self, uint64_t dl):
+        """receive(copy=False): the record of _receive_one plus its pin (an 8th item), the body
+        decoded as get(copy=False) decodes it. The delivery's lease is held open while the pin
+        lives (_LeasePin), or None when empty."""
+        cdef c.shmq_msg_t m
+        cdef int rc
+        cdef uint64_t unused, now
+        cdef _LeasePin pin
+        cdef PyThreadState *ts
+        while True:
+            if not self._take(&m, dl, True, NULL, &unused):
+                return None
+            ts = _release()
+            now = c.shmq_now_mono_ns()
+            rc = c.shmq_receive_end(&self.seg, &m)
+            if rc == c.SHMQ_OK:   # the lease stops running while views live (it resumes at release)
+                rc = c.shmq_extend(&self.seg, m.handle, m.id, _PIN_HOLD_NS)
+            _reacquire(ts)
+            if rc != c.SHMQ_OK:
+                self._leave()
+                if rc == c.SHMQ_ESTALE:
+                    continue  # the lease ran out before we held it: the message is someone else's
+                raise self._error(rc, "receive")
+            pin = _LeasePin.__new__(_LeasePin)   # from here the pin owns the delivery and busy count
+            pin.core = self
+            pin.m = m
+            pin.pid = getpid()
+            pin.lease_end_ns = now + self._visibility_ns()
+            hdr = PyBytes_FromStringAndSize(<const char *>m.hdr, <Py_ssize_t>m.hdr_size)
+            body = _decode_view(m.kind, PyMemoryView_FromObject(pin), self._flags & c.SHMQ_F_RAW, m.id)
+            return (body, hdr, m.id, m.timestamp_ns / 1e9, m.delivery_count, m.priority, m.handle, pin)
+
+    cdef uint64_t _visibility_ns(self):
+        cdef c.shmq_stats_t st
+        if self._vis_ns == 0:
+            c.shmq_stats(&self.seg, &st)
+            self._vis_ns = st.visibility_ns
+        return self._vis_ns
+
+    def _receive_view(self, block=True, timeout=None):
+        """receive(copy=False): see _receive_view_one. Raises Empty."""
+        cdef uint64_t dl
+        self._check()
+        _deadline(block, timeout, &dl)
+        r = self._receive_view_one(dl)
+        if r is None:
+            raise _errors.Empty()
+        return r
+
+    def _receive_many_views(self, Py_ssize_t max_items, timeout=None, block=True):
+        cdef uint64_t dl
+        self._check()
+        _deadline(block, timeout, &dl)
+        first = self._receive_view_one(dl)
+        if first is None:
+            raise _errors.Empty()
+        out = [first]
+        while len(out) < max_items:
+            r = self._receive_view_one(0)
+            if r is None:
+                break
+            out.append(r)
+        return out
+
     def _receive(self, block=True, timeout=None, bint raw=False):
         cdef uint64_t dl
         self._check()
@@ -1258,6 +1324,80 @@ cdef class _Pin:
             return
         self.core = None
         c.shmq_get_end(&core.seg, &self.m)
+        try:
+            core._leave()             # a close() deferred for this pin unmaps now
+        except Exception:
+            pass
+
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class _LeasePin:
+    """A delivery received with receive(copy=False), exported read-only to the views made from
+    it. While it lives the delivery's lease is held open (no expiry, no redelivery, so no other
+    consumer can ack and free the payload under a view) and the handle stays mapped. Settles
+    made meanwhile (Message.ack/nack/extend) are applied so that the payload outlives every
+    view: an ack takes effect at once (counted, never delivered again) and frees the storage
+    at release; a nack and an extend are applied at release. At release without a settle the
+    lease resumes: it ends when it would have (receive + visibility_timeout, or as extend()
+    set it), at once if that time has passed. A process that dies holding views leaves its
+    delivery to repair (in flight: delivered again; acked: freed)."""
+
+    cdef Core core
+    cdef c.shmq_msg_t m
+    cdef int pid
+    cdef public int state           # 0 in flight, 1 acked (storage held), 2 nack pending
+    cdef public bint requeue
+    cdef public uint64_t delay_ns
+    cdef public uint64_t lease_end_ns  # monotonic: where the lease resumes at release
+    cdef object __weakref__
+
+    def __getbuffer__(self, Py_buffer *buf, int flags):
+        if flags & PyBUF_WRITABLE:
+            raise BufferError("a zero-copy view of a received message is read-only")
+        PyBuffer_FillInfo(buf, self, <void *>self.m.data, <Py_ssize_t>self.m.size, 1, flags)
+
+    def __releasebuffer__(self, Py_buffer *buf):
+        pass
+
+    def _ack(self):
+        """Message.ack() while views live: acked now, the storage kept until release."""
+        cdef Core core = self.core
+        cdef int rc
+        if core is None or self.state != 0:
+            return
+        core._check()
+        with nogil:
+            rc = c.shmq_ack_hold(&core.seg, self.m.handle, self.m.id)
+        if rc != c.SHMQ_OK:
+            raise core._error(rc, "ack", self.m.id)
+        self.state = 1
+
+    def _extend(self, uint64_t ns):
+        self.core._check()
+        self.lease_end_ns = c.shmq_now_mono_ns() + ns
+
+    def _nack(self, bint requeue, uint64_t delay_ns):
+        self.core._check()
+        self.state = 2
+        self.requeue = requeue
+        self.delay_ns = delay_ns
+
+    def __dealloc__(self):
+        cdef Core core = self.core
+        cdef uint64_t now
+        if core is None or getpid() != self.pid:
+            return
+        self.core = None
+        with nogil:
+            if self.state == 1:
+                c.shmq_ack_release(&core.seg, self.m.handle)
+            elif self.state == 2:
+                c.shmq_nack(&core.seg, self.m.handle, self.m.id, self.requeue, self.delay_ns)
+            else:
+                now = c.shmq_now_mono_ns()
+                c.shmq_extend(&core.seg, self.m.handle, self.m.id,
+                              self.lease_end_ns - now if self.lease_end_ns > now else 1)
         try:
             core._leave()             # a close() deferred for this pin unmaps now
         except Exception:

@@ -200,6 +200,8 @@ cdef extern from "lease.h" nogil:
     int shmq_receive_begin(shmq_seg_t *q, shmq_msg_t *m, uint64_t deadline_ns)
     int shmq_receive_end(shmq_seg_t *q, shmq_msg_t *m)
     int shmq_ack(shmq_seg_t *q, uint64_t token, uint64_t id)
+    int shmq_ack_hold(shmq_seg_t *q, uint64_t token, uint64_t id)
+    void shmq_ack_release(shmq_seg_t *q, uint64_t token)
     int shmq_nack(shmq_seg_t *q, uint64_t token, uint64_t id, int requeue, uint64_t delay_ns)
     int shmq_extend(shmq_seg_t *q, uint64_t token, uint64_t id, uint64_t ns)
     void shmq_ack_set_dlq(shmq_seg_t *q, shmq_seg_t *dlq, const char *name)

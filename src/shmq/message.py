@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import weakref
 from typing import TYPE_CHECKING, Any, NoReturn, Optional, Union
 
 from ._codec import decode_headers
@@ -34,7 +35,7 @@ class Message:
     keeps it in flight longer.
     """
 
-    __slots__ = ("_q", "_token", "_state", "id", "body", "headers", "timestamp", "delivery_count", "priority")
+    __slots__ = ("_q", "_token", "_state", "_pin", "id", "body", "headers", "timestamp", "delivery_count", "priority")
 
     id: int
     body: Any                              # the object sent (unpickled), or bytes as sent
@@ -43,8 +44,11 @@ class Message:
     delivery_count: int
     priority: int
 
-    def __init__(self, q: ReliableQueue, rec: tuple[Any, bytes, int, float, int, int, int]) -> None:
-        body, hdr, mid, ts, count, prio, token = rec
+    def __init__(self, q: ReliableQueue, rec: tuple[Any, ...]) -> None:
+        body, hdr, mid, ts, count, prio, token = rec[:7]
+        # receive(copy=False): the pin of the views (docs/guide/zero-copy.md), weakly: the views
+        # and the body keep it alive, and a settle made while it lives goes through it
+        self._pin = weakref.ref(rec[7]) if len(rec) > 7 else None
         self._q = q
         self._token = token
         self._state: Optional[str] = None
@@ -67,7 +71,11 @@ class Message:
             return False
         if self._state is not None:
             raise ArgumentError(f"message {self.id} was {self._state}: this delivery is over")
-        self._q._ack(self._token, self.id)
+        pin = self._pin() if self._pin is not None else None
+        if pin is not None:
+            pin._ack()                 # acked now; its storage is freed when the last view goes
+        else:
+            self._q._ack(self._token, self.id)
         self._state = "acked"
         return True
 
@@ -79,7 +87,11 @@ class Message:
         d = seconds_ns(delay, "delay")
         if self._state is not None:
             raise ArgumentError(f"message {self.id} was {self._state}: this delivery is over")
-        self._q._nack(self._token, self.id, bool(requeue), d)
+        pin = self._pin() if self._pin is not None else None
+        if pin is not None:
+            pin._nack(bool(requeue), d)   # applied when the last view is released
+        else:
+            self._q._nack(self._token, self.id, bool(requeue), d)
         self._state = "nacked"
 
     def extend(self, seconds: float) -> None:
@@ -88,7 +100,11 @@ class Message:
         ns = seconds_ns(seconds, "extend(seconds)")
         if self._state is not None:
             raise ArgumentError(f"message {self.id} was {self._state}: this delivery is over")
-        self._q._extend(self._token, self.id, ns)
+        pin = self._pin() if self._pin is not None else None
+        if pin is not None:
+            pin._extend(ns)            # the lease is held while views live; it resumes from this
+        else:
+            self._q._extend(self._token, self.id, ns)
 
     def __reduce__(self) -> NoReturn:
         raise ArgumentTypeError("a Message is one process's delivery and cannot be pickled; send its body instead")
