@@ -1092,6 +1092,48 @@ cdef class Core:
                 "wait_sum_ns": hs.wait_sum_ns, "process_sum_ns": hs.process_sum_ns,
                 "nacks": hs.nacks, "late_replies": hs.late_replies}
 
+    def _scrape(self):
+        """(stats, histograms) for shmq.metrics in one call: the stats() keys a scrape renders,
+        under their public names and units (as shmq.stats.complete_stats gives them), except
+        oldest_age_s, which the caller completes from "oldest_ready_ns" (ack queues) or a peek
+        of the head ("depth" > 0); histograms as _hist() (None when absent or empty)."""
+        cdef c.shmq_stats_t st
+        cdef c.shmq_hist_sum_t hs
+        cdef int hrc
+        cdef uint64_t nw = 0, np_ = 0
+        cdef int i
+        self._check_open()
+        self._enter()
+        with nogil:
+            c.shmq_stats(&self.seg, &st)
+            hrc = c.shmq_hist_read(&self.seg, &hs)
+        self._leave()
+        ack = (st.flags & c.SHMQ_F_ACK) != 0
+        d = {"depth": st.depth, "in_flight": st.in_flight, "delayed": st.delayed, "unfinished": st.unfinished,
+             "bytes_used": st.bytes_used, "capacity": st.capacity, "file_size": st.file_size,
+             "attached": st.attached, "producers": st.producers, "consumers": st.consumers,
+             "last_repair_ms": st.last_repair_ns / 1e6, "created_at": st.created_at_ns / 1e9,
+             "enqueued": st.enqueued, "dequeued": st.dequeued,
+             "acked": st.acked if ack else 0, "redelivered": st.redelivered if ack else 0,
+             "dead_lettered": st.dead_lettered if ack else 0,
+             "dead_letter_failed": st.dead_letter_failed if ack else 0, "expired": st.expired if ack else 0,
+             "dedup_hits": st.dedup_hits if ack else 0, "repairs": st.repairs,
+             "corrupt_skipped": st.corrupt_skipped, "flags": st.flags, "kind": st.kind,
+             "dead_letter": st.dead_letter.decode(errors="replace") if ack else "",
+             "oldest_ready_ns": st.oldest_ready_ns,
+             "nacked": hs.nacks if hrc == c.SHMQ_OK else 0,
+             "late_replies": hs.late_replies if hrc == c.SHMQ_OK else 0}
+        if hrc != c.SHMQ_OK:
+            return d, None
+        for i in range(c.SHMQ_HIST_BUCKETS):
+            nw += hs.wait[i]
+            np_ += hs.process[i]
+        if nw == 0 and np_ == 0:
+            return d, None
+        return d, {"wait": [hs.wait[i] for i in range(c.SHMQ_HIST_BUCKETS)] if nw else None,
+                   "process": [hs.process[i] for i in range(c.SHMQ_HIST_BUCKETS)] if np_ else None,
+                   "wait_sum_ns": hs.wait_sum_ns, "process_sum_ns": hs.process_sum_ns}
+
     def _hist_count_late(self, uint64_t n=1):
         """Count n late replies (request-reply) in this handle's block; nothing if it has none."""
         self._check_open()
