@@ -59,8 +59,8 @@ def main(argv=None):
 
         def cold_render():
             with metrics._lock:           # as the first scrape of a new exporter process
-                for _, core in metrics._cache.values():
-                    core._close()
+                for entry in metrics._cache.values():
+                    entry[1]._close()
                 metrics._cache.clear()
                 metrics._line_cache.clear()
             metrics.render()

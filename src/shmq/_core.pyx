@@ -1092,22 +1092,34 @@ cdef class Core:
                 "wait_sum_ns": hs.wait_sum_ns, "process_sum_ns": hs.process_sum_ns,
                 "nacks": hs.nacks, "late_replies": hs.late_replies}
 
-    def _scrape(self):
-        """(stats, histograms) for shmq.metrics in one call: the stats() keys a scrape renders,
-        under their public names and units (as shmq.stats.complete_stats gives them), except
-        oldest_age_s, which the caller completes from "oldest_ready_ns" (ack queues) or a peek
-        of the head ("depth" > 0); histograms as _hist() (None when absent or empty)."""
+    def _scrape(self, uint64_t unless=0):
+        """(signature, stats, histograms) for shmq.metrics in one call: the stats() keys a
+        scrape renders, under their public names and units (as shmq.stats.complete_stats gives
+        them), except oldest_age_s, which the caller completes from "oldest_ready_ns" (ack
+        queues) or a peek of the head ("depth" > 0); histograms as _hist() (None when absent or
+        empty). signature: a hash of every figure read; when it equals `unless` (the previous
+        scrape's), stats and histograms are None: nothing changed, nothing is built."""
         cdef c.shmq_stats_t st
         cdef c.shmq_hist_sum_t hs
         cdef int hrc
-        cdef uint64_t nw = 0, np_ = 0
+        cdef uint64_t nw = 0, np_ = 0, sig = 14695981039346656037ULL
         cdef int i
+        cdef const uint64_t *w
         self._check_open()
         self._enter()
         with nogil:
             c.shmq_stats(&self.seg, &st)
             hrc = c.shmq_hist_read(&self.seg, &hs)
+            w = <const uint64_t *>&st           # both zeroed before filling: padding hashes the same
+            for i in range(<int>(sizeof(st) // 8)):
+                sig = (sig ^ w[i]) * 1099511628211ULL
+            w = <const uint64_t *>&hs
+            for i in range(<int>(sizeof(hs) // 8)):
+                sig = (sig ^ w[i]) * 1099511628211ULL
+            sig ^= <uint64_t>(hrc & 0xff)
         self._leave()
+        if sig == unless and sig != 0:
+            return sig, None, None
         ack = (st.flags & c.SHMQ_F_ACK) != 0
         d = {"depth": st.depth, "in_flight": st.in_flight, "delayed": st.delayed, "unfinished": st.unfinished,
              "bytes_used": st.bytes_used, "capacity": st.capacity, "file_size": st.file_size,
@@ -1124,13 +1136,13 @@ cdef class Core:
              "nacked": hs.nacks if hrc == c.SHMQ_OK else 0,
              "late_replies": hs.late_replies if hrc == c.SHMQ_OK else 0}
         if hrc != c.SHMQ_OK:
-            return d, None
+            return sig, d, None
         for i in range(c.SHMQ_HIST_BUCKETS):
             nw += hs.wait[i]
             np_ += hs.process[i]
         if nw == 0 and np_ == 0:
-            return d, None
-        return d, {"wait": [hs.wait[i] for i in range(c.SHMQ_HIST_BUCKETS)] if nw else None,
+            return sig, d, None
+        return sig, d, {"wait": [hs.wait[i] for i in range(c.SHMQ_HIST_BUCKETS)] if nw else None,
                    "process": [hs.process[i] for i in range(c.SHMQ_HIST_BUCKETS)] if np_ else None,
                    "wait_sum_ns": hs.wait_sum_ns, "process_sum_ns": hs.process_sum_ns}
 

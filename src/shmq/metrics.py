@@ -115,7 +115,7 @@ _Family = tuple[str, str, str, list[tuple[_Labels, Any]]]
 # keeps an unlinked queue's memory allocated). Bounded, so a host with very many queues falls
 # back to opening each one per scrape (the SIGBUS guard protects 4096 segments per process).
 _CACHE_MAX = 2048
-_cache: dict[str, tuple[int, _core.Core]] = {}
+_cache: dict[str, list[Any]] = {}         # path -> [inode, core, signature, stats] of the last scrape
 _lock = threading.Lock()                  # ThreadingHTTPServer scrapes concurrently: one reader at a time
 
 
@@ -127,10 +127,19 @@ def _cache_limit() -> int:
     return max(0, min(_CACHE_MAX, (soft if soft > 0 else 1024) // 4))
 
 
-def _scrape_stats(core: _core.Core) -> dict[str, Any]:
+def _scrape_stats(core: _core.Core, prev: Optional[list[Any]] = None) -> dict[str, Any]:
     """The stats() figures a scrape renders (the same values as q.stats(): tests compare them),
-    with the summed histograms under "histograms", from one call into the core."""
-    st, hist = core._scrape()
+    with the summed histograms under "histograms", from one call into the core. prev: the cache
+    entry of the last scrape ([inode, core, signature, stats]): an empty queue whose figures are
+    all unchanged gets its previous stats object back (render() then reuses its lines)."""
+    sig, st, hist = core._scrape(prev[2] if prev is not None and prev[3] is not None else 0)
+    if st is None:
+        assert prev is not None
+        if not prev[3]["depth"]:
+            return prev[3]                # nothing changed, and no age that grows with time
+        sig, st, hist = core._scrape()
+    if prev is not None:
+        prev[2] = sig
     if st["flags"] & _core.F_ACK:
         oldest = st.pop("oldest_ready_ns")
         st["oldest_age_s"] = max(0.0, time.time() - oldest / 1e9) if oldest else 0.0
@@ -146,6 +155,8 @@ def _scrape_stats(core: _core.Core) -> dict[str, Any]:
         st["process_p50_s"] = _latency.quantile(p, 0.5) if p else None
         st["process_p99_s"] = _latency.quantile(p, 0.99) if p else None
     st["histograms"] = hist
+    if prev is not None:
+        prev[3] = st
     return st
 
 
@@ -156,20 +167,21 @@ def _stats_at(path: str, inode: int, live: set[str], limit: int) -> dict[str, An
     if hit is not None:
         if hit[0] == inode and hit[1].opened and not hit[1].closed:
             try:
-                return _scrape_stats(hit[1])
+                return _scrape_stats(hit[1], hit)
             except BaseException:
                 pass                      # truncated under us, say: open it again below
         del _cache[path]
         hit[1]._close()
     core = _core.Core()
     core._open(path, -1, False)
+    entry: list[Any] = [inode, core, 0, None]
     try:
-        st = _scrape_stats(core)
+        st = _scrape_stats(core, entry)
     except BaseException:
         core._close()
         raise
     if len(_cache) < limit:
-        _cache[path] = (inode, core)
+        _cache[path] = entry
     else:
         core._close()
     return st
@@ -327,9 +339,9 @@ def _lines_of(q: str, kind: str, st: dict[str, Any]) -> list[str]:
     order) holding this queue's sample lines, "" where it has none."""
     h = st.get("histograms")
     hit = _line_cache.get(q)
-    if hit is not None and hit[0][0] == kind and hit[0][1] == st:   # one C-level dict comparison
+    if hit is not None and hit[0][0] == kind and hit[0][1] == st:   # the same figures (mostly the same objects)
         return hit[1]
-    key = (kind, st)
+    key = (kind, dict(st))                # a snapshot: the figures these lines were made from
     inner = f'queue="{_escape_label(q)}",kind="{_escape_label(kind)}"'
     lab = "{" + inner + "} "
     lines: list[str] = []

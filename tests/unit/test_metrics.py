@@ -207,8 +207,8 @@ def test_latency_quantiles_rendered_when_stats_has_them(make_queue, monkeypatch)
     real = metrics._scrape_stats          # the one reader of render() (it was inspect_path)
     figures = {"wait_p50_s": 0.001, "wait_p99_s": 0.25, "process_p50_s": 0.5, "process_p99_s": None}
 
-    def with_latency(core):
-        st = real(core)
+    def with_latency(core, prev=None):
+        st = real(core, prev)
         if core.path == q.path:
             st.update(figures)
         return st
