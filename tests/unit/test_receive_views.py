@@ -178,3 +178,25 @@ def test_a_killed_holder_releases_through_repair(make_queue, qname, ack):
         m = q.receive(timeout=10)
         assert m.delivery_count == 2 and m.body[-1] == MiB // 8 - 1
         m.ack()
+
+
+def test_asyncio_calls_take_copy_false(make_queue, qname):
+    import asyncio
+    q = ackq(make_queue, qname)
+    p = make_queue(".plain", capacity="1MiB")
+
+    async def main():
+        q.send(np.arange(10))
+        p.put(np.arange(5))
+        p.put(b"raw")
+        m = await q.receive_async(timeout=5, copy=False)
+        a = await p.get_async(timeout=5, copy=False)
+        (b,) = await p.get_many_async(10, timeout=5, copy=False)
+        return m, a, b
+    m, a, b = asyncio.run(main())
+    assert not m.body.flags.writeable and int(m.body.sum()) == 45
+    assert not a.flags.writeable and int(a.sum()) == 10 and isinstance(b, memoryview) and bytes(b) == b"raw"
+    m.ack()
+    del m, a, b
+    gc.collect()
+    assert q.stats()["bytes_used"] == 0 and p.stats()["bytes_used"] == 0
