@@ -2,6 +2,7 @@
 
 #include "group.h"
 #include "journal.h"
+#include "hist.h"
 #include "lease.h"
 #include "participants.h"
 #include "prio.h"
@@ -75,16 +76,27 @@ int shmq_create(shmq_seg_t *seg, const shmq_create_opts_t *o, int exist_ok, int 
         if (rc != SHMQ_OK)
             return rc;
     }
+    /* every kind but topics: latency histograms and error counters (hist.h) */
+    oo.flags |= SHMQ_F_HIST;
+    shmq_hist_region(o->max_slots, &req[n++]);
     return bound(seg, shmq_seg_create(seg, &oo, req, n, exist_ok, created));
 }
 
 int shmq_open(shmq_seg_t *seg, const char *path, int fd) { return bound(seg, shmq_seg_open(seg, path, fd)); }
 
-int shmq_attach(shmq_seg_t *seg) { return shmq_part_attach(seg); }
+int shmq_attach(shmq_seg_t *seg)
+{
+    int rc = shmq_part_attach(seg);
+    if (rc == SHMQ_OK)
+        shmq_hist_bind(seg);
+    return rc;
+}
 
 int shmq_after_fork(shmq_seg_t *seg)
 {
     int rc = shmq_seg_after_fork(seg);
+    seg->hist_blk = NULL; /* the parent's slot's block: the child binds its own when it attaches */
+    shmq_hist_bind(seg);  /* (if shmq_seg_after_fork attached it already) */
     if (rc == SHMQ_OK && seg->ops && seg->ops->after_fork)
         seg->ops->after_fork(seg);
     if (rc == SHMQ_OK && seg->jstate) { /* the parent's threads' lock flags are not ours */
@@ -119,5 +131,6 @@ void shmq_close(shmq_seg_t *seg)
     shmq_prio_unbind(seg);
     seg->ops = NULL;
     shmq_journal_close(seg);
+    seg->hist_blk = NULL;
     shmq_seg_close(seg);
 }

@@ -12,6 +12,7 @@
 #include "crashpoint.h"
 #include "dedup.h"
 #include "group.h"
+#include "hist.h"
 #include "segment.h"
 #include "queue_int.h"
 #include "wait.h"
@@ -417,7 +418,25 @@ static void fail_delivery(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d, uint32_
     publish_or_park(q, a, d, g);
 }
 
-int shmq_ack(shmq_seg_t *q, uint64_t token, uint64_t id)
+static int ack_impl(shmq_seg_t *q, uint64_t token, uint64_t id, int keep);
+int shmq_ack(shmq_seg_t *q, uint64_t token, uint64_t id) { return ack_impl(q, token, id, 0); }
+int shmq_ack_keep(shmq_seg_t *q, uint64_t token, uint64_t id) { return ack_impl(q, token, id, 1); }
+
+void shmq_ack_release(shmq_seg_t *q, uint64_t token)
+{
+    shmq_area_t *a;
+    shmq_desc_t *d = token_desc(q, token, &a);
+    if (!d)
+        return;
+    /* only what our ack_keep left: READING(us) of this delivery (repair frees it if we die first) */
+    uint64_t w = shmq_load_acquire(&d->word);
+    if (shmq_desc_state(w) != SHMQ_D_READING || shmq_desc_owner(w) != q->owner ||
+        shmq_desc_dgen(w) != (shmq_handle_dgen(token) & SHMQ_DGEN_MASK))
+        return;
+    shmq_q_release_owned(q, a, d);
+}
+
+static int ack_impl(shmq_seg_t *q, uint64_t token, uint64_t id, int keep)
 {
     shmq_area_t *a;
     shmq_desc_t *d;
@@ -431,10 +450,16 @@ int shmq_ack(shmq_seg_t *q, uint64_t token, uint64_t id)
      * after the release); the window left is this one instruction after the CAS. */
     count(&K(q)->blk->acked);
     SHMQ_CRASH_POINT(mid_ack);
-    if (shmq_q_payload_valid(a, d) && body_skip(d) <= d->size) /* untrusted: the key lies inside */
+    if (shmq_q_payload_valid(a, d) && body_skip(d) <= d->size) { /* untrusted: the key lies inside */
+        if (q->hist_blk) { /* processing time: receive -> ack (hist.h) */
+            uint64_t got = ((const shmq_ack_meta_t *)shmq_q_payload(a, d))->last_delivery_ns, now = shmq_now_wall_ns();
+            shmq_hist_process(q, now > got ? now - got : 0);
+        }
         settle_dedup(q, a, d);
-    settle_group(q, a, d);
-    shmq_q_release_owned(q, a, d);
+    }
+    settle_group(q, a, d); /* the group's next member goes out at the ack, kept storage or not */
+    if (!keep)
+        shmq_q_release_owned(q, a, d);
     return SHMQ_OK;
 }
 
@@ -482,6 +507,7 @@ int shmq_nack(shmq_seg_t *q, uint64_t token, uint64_t id, int requeue, uint64_t 
         return SHMQ_OK;
     }
     SHMQ_CRASH_POINT(mid_nack);
+    shmq_hist_count(q, SHMQ_HIST_NACKS, 1);
     if (!requeue)
         dead_letter(q, a, d, g, SHMQ_DL_REJECTED);
     else /* from READY: the lease's expiry counted this failure already */
@@ -538,7 +564,7 @@ static int ack_taken(shmq_seg_t *q, shmq_msg_t *m, int mode)
     uint8_t *p = (uint8_t *)m->data;
     if (mode) { /* the lease: deadline after the CAS (a 0 deadline is skipped by scans) */
         shmq_ack_meta_t *mt = (shmq_ack_meta_t *)p;
-        uint64_t wall = shmq_now_wall_coarse_ns();
+        uint64_t wall = shmq_now_wall_ns(); /* fine: the ack measures processing time from it (hist.h) */
         d->deadline_ns = now + K(q)->visibility_ns;
         d->delivery_count++;
         if (SHMQ_UNLIKELY(q->journal != NULL))

@@ -127,6 +127,11 @@ int shmq_receive_begin(shmq_seg_t *q, shmq_msg_t *m, uint64_t deadline_ns);
 int shmq_receive_end(shmq_seg_t *q, shmq_msg_t *m);
 /* SHMQ_OK, SHMQ_ESTALE, SHMQ_TIMEOUT (another party held the delivery for 100 ms: stopped?). */
 int shmq_ack(shmq_seg_t *q, uint64_t token, uint64_t id);
+/* Zero-copy receive (views pin the payload): ack now (counted, never delivered again) but keep
+ * the storage, READING(us), until shmq_ack_release; a holder that dies leaves READING(dead),
+ * which repair frees (the mid_ack window). release ignores a token that is no longer ours. */
+int shmq_ack_keep(shmq_seg_t *q, uint64_t token, uint64_t id);
+void shmq_ack_release(shmq_seg_t *q, uint64_t token);
 int shmq_nack(shmq_seg_t *q, uint64_t token, uint64_t id, int requeue, uint64_t delay_ns);
 int shmq_extend(shmq_seg_t *q, uint64_t token, uint64_t id, uint64_t ns);
 /* The attached dead-letter queue and this queue's name (for its headers); dlq may be NULL. */

@@ -8,6 +8,7 @@
 #include "arena.h"
 #include "atomic.h"
 #include "crashpoint.h"
+#include "hist.h"
 #include "lock.h"
 #include "participants.h"
 #include "queue_int.h"
@@ -495,6 +496,9 @@ static int put_commit(shmq_seg_t *q, put_ctx *c, uint64_t deadline_ns, uint64_t 
     }
     if (x && x->expire_ns)
         shmq_q_hooks(q)->timer(q, x->expire_ns);
+    uint64_t put_ticks = shmq_ticks(); /* time in queue starts here (hist.h); also the spin policy's */
+    d->deadline_ns = put_ticks;        /* unused while READY: the first take reads it (hist.h) */
+    d->flags |= SHMQ_DF_TICKS;
     /* release: payload and fields before the READY state a consumer's CAS acquires */
     shmq_store_release(&d->word, shmq_desc_word(c->dgen, SHMQ_D_READY, q->owner));
     /* After READY: repair counts a READY descriptor of a dead producer as counted (wait.h). */
@@ -563,7 +567,7 @@ static int put_commit(shmq_seg_t *q, put_ctx *c, uint64_t deadline_ns, uint64_t 
     SHMQ_CRASH_POINT(after_commit);
     if (q->slot != UINT32_MAX) {
         shmq_fetch_add_relaxed(&q->slots[q->slot].enqueued, 1);
-        shmq_store_relaxed(&q->slots[q->slot].last_put, shmq_ticks()); /* same line as the counter */
+        shmq_store_relaxed(&q->slots[q->slot].last_put, put_ticks); /* same line as the counter */
     }
     note_cpu(q);
     if (id_out)
@@ -710,6 +714,7 @@ static int try_get(shmq_seg_t *q, shmq_msg_t *m, int mode)
             m->kind = d->kind;
             m->delivery_count = d->delivery_count;
             m->priority = d->priority;
+            shmq_hist_on_take(q, d);
             if (SHMQ_UNLIKELY(hk->taken != NULL) && hk->taken(q, m, mode) != SHMQ_OK)
                 continue; /* the kind disposed of it (its TTL passed while it waited) */
             return SHMQ_OK;

@@ -301,6 +301,7 @@ typedef struct shmq_seg {
     void *ready_state;        /* its per-handle state, freed by the kind at close */
     struct shmq_journal *journal; /* process-local: appends go here (journal.h); NULL = no journal: one branch */
     struct shmq_journal *jstate;  /* process-local: the bound journal state, enabled or not (journal.h) */
+    void *hist_blk;           /* process-local: this slot's latency block (hist.h), NULL if none or not attached */
 } shmq_seg_t;
 
 /* Create (exist_ok: open an existing one instead of failing with EEXIST in seg->err), with the

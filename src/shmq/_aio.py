@@ -255,10 +255,12 @@ async def _wait(handle, direction, attempt, timeout, nothing):
 class AsyncQueueOps:
     """The asyncio calls of shmq.Queue (also SimpleQueue, JoinableQueue and ReliableQueue)."""
 
-    async def get_async(self, timeout=None):
+    async def get_async(self, timeout=None, *, copy=True):
         """Remove and return an item, waiting without blocking the event loop. Raises Empty
         after timeout seconds, QueueClosedError, ValueError for a negative timeout. A
-        cancelled get_async takes nothing."""
+        cancelled get_async takes nothing. copy=False: as get(copy=False)."""
+        if copy is not True and not copy:
+            return await _wait(self, GET, lambda: self.get(False, None, False), timeout, Empty)
         return await _wait(self, GET, self.get_nowait, timeout, Empty)
 
     async def put_async(self, obj, timeout=None):
@@ -268,19 +270,20 @@ class AsyncQueueOps:
             return await _durable(self, lambda: self.put_nowait(obj), timeout)
         return await _wait(self, PUT, lambda: self.put_nowait(obj), timeout, Full)
 
-    async def get_many_async(self, max_items=64, timeout=None):
+    async def get_many_async(self, max_items=64, timeout=None, *, copy=True):
         """1..max_items items as soon as at least one is there (as get_many). Raises Empty
         after timeout seconds, QueueClosedError, ValueError/TypeError for max_items."""
-        return await _wait(self, GET, lambda: self.get_many(max_items, block=False), timeout, Empty)
+        return await _wait(self, GET, lambda: self.get_many(max_items, block=False, copy=copy), timeout, Empty)
 
-    async def receive_async(self, timeout=None):
-        """At-least-once queues: the next Message under a lease (as receive). Raises Empty
-        after timeout seconds, QueueClosedError. A cancelled receive_async takes nothing."""
-        return await _wait(self, GET, lambda: self.receive(block=False), timeout, Empty)
+    async def receive_async(self, timeout=None, *, copy=True):
+        """At-least-once queues: the next Message under a lease (as receive; copy=False as
+        receive(copy=False)). Raises Empty after timeout seconds, QueueClosedError. A
+        cancelled receive_async takes nothing."""
+        return await _wait(self, GET, lambda: self.receive(block=False, copy=copy), timeout, Empty)
 
-    async def receive_many_async(self, max_items=64, timeout=None):
+    async def receive_many_async(self, max_items=64, timeout=None, *, copy=True):
         """At-least-once queues: 1..max_items Messages as soon as at least one is there."""
-        return await _wait(self, GET, lambda: self.receive_many(max_items, block=False), timeout, Empty)
+        return await _wait(self, GET, lambda: self.receive_many(max_items, block=False, copy=copy), timeout, Empty)
 
     async def send_async(self, body, headers=None, priority=None, delay=None, ttl=None, dedup_id=None, *,
                          timeout=None, group=None):

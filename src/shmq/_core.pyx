@@ -61,6 +61,7 @@ cdef extern from *:
         SHMQ_M_MMAP_THRESHOLD
 
 DEF GIL_RELEASE_BYTES = 65536   # copies this large run without the GIL
+DEF _PIN_HOLD_NS = 3153600000000000000   # receive(copy=False): ~100 years, a lease that does not run out while viewed
 DEF SMALL_COPY = 256            # bodies up to this size are copied out inside the take's nogil block
 
 KIND_QUEUE = c.SHMQ_KIND_QUEUE
@@ -72,6 +73,9 @@ F_ANONYMOUS = c.SHMQ_F_ANONYMOUS
 F_JOINABLE = c.SHMQ_F_JOINABLE
 F_ACK = c.SHMQ_F_ACK
 F_GROUPS = c.SHMQ_F_GROUPS
+F_HIST = c.SHMQ_F_HIST
+HIST_BUCKETS = c.SHMQ_HIST_BUCKETS
+HIST_BASE_LOG2 = c.SHMQ_HIST_BASE_LOG2
 LAYOUT_VERSION = c.SHMQ_LAYOUT_VERSION
 USE_DEFAULT = c.SHMQ_USE_DEFAULT
 PROBE_GONE = c.SHMQ_PROBE_GONE
@@ -393,6 +397,7 @@ cdef class Core:
     cdef uint64_t _fwd_token
     cdef uint64_t _fwd_id
     cdef object _fwd_lock       # one forward into this handle at a time (it rides on the fields above)
+    cdef uint64_t _vis_ns       # receive(copy=False): the queue's lease length, read once
 
     def __cinit__(self):
         self.opened = False
@@ -1173,6 +1178,73 @@ cdef class Core:
                 raise err
             return (body, hdr, m.id, m.timestamp_ns / 1e9, m.delivery_count, m.priority, m.handle, grp)
 
+    cdef object _receive_view_one(self, uint64_t dl):
+        """receive(copy=False): the record of _receive_one plus its pin (a 9th item), the body
+        decoded as get(copy=False) decodes it. The delivery's lease is held open while the pin
+        lives (_LeasePin), or None when empty."""
+        cdef c.shmq_msg_t m
+        cdef int rc
+        cdef uint64_t unused, now
+        cdef _LeasePin pin
+        cdef PyThreadState *ts
+        while True:
+            if not self._take(&m, dl, True, NULL, &unused):
+                return None
+            ts = _release()
+            now = c.shmq_now_mono_ns()
+            rc = c.shmq_receive_end(&self.seg, &m)
+            if rc == c.SHMQ_OK:   # the lease stops running while views live (it resumes at release)
+                rc = c.shmq_extend(&self.seg, m.handle, m.id, _PIN_HOLD_NS)
+            _reacquire(ts)
+            if rc != c.SHMQ_OK:
+                self._leave()
+                if rc == c.SHMQ_ESTALE:
+                    continue  # the lease ran out before we held it: the message is someone else's
+                raise self._error(rc, "receive")
+            pin = _LeasePin.__new__(_LeasePin)   # from here the pin owns the delivery and busy count
+            pin.core = self
+            pin.m = m
+            pin.pid = getpid()
+            pin.lease_end_ns = now + self._visibility_ns()
+            hdr = PyBytes_FromStringAndSize(<const char *>m.hdr, <Py_ssize_t>m.hdr_size)
+            body = _decode_view(m.kind, PyMemoryView_FromObject(pin), self._flags & c.SHMQ_F_RAW, m.id)
+            grp = None
+            if m.group != NULL:
+                grp = (PyBytes_FromStringAndSize(<const char *>m.group, <Py_ssize_t>m.group_len), m.group_type)
+            return (body, hdr, m.id, m.timestamp_ns / 1e9, m.delivery_count, m.priority, m.handle, grp, pin)
+
+    cdef uint64_t _visibility_ns(self):
+        cdef c.shmq_stats_t st
+        if self._vis_ns == 0:
+            c.shmq_stats(&self.seg, &st)
+            self._vis_ns = st.visibility_ns
+        return self._vis_ns
+
+    def _receive_view(self, block=True, timeout=None):
+        """receive(copy=False): see _receive_view_one. Raises Empty."""
+        cdef uint64_t dl
+        self._check()
+        _deadline(block, timeout, &dl)
+        r = self._receive_view_one(dl)
+        if r is None:
+            raise _errors.Empty()
+        return r
+
+    def _receive_many_views(self, Py_ssize_t max_items, timeout=None, block=True):
+        cdef uint64_t dl
+        self._check()
+        _deadline(block, timeout, &dl)
+        first = self._receive_view_one(dl)
+        if first is None:
+            raise _errors.Empty()
+        out = [first]
+        while len(out) < max_items:
+            r = self._receive_view_one(0)
+            if r is None:
+                break
+            out.append(r)
+        return out
+
     def _receive(self, block=True, timeout=None, bint raw=False):
         cdef uint64_t dl
         self._check()
@@ -1393,6 +1465,84 @@ cdef class Core:
             raise _errors.ArgumentError(f"priority {priority} is out of range: this queue has {levels} levels "
                                         f"(0..{levels - 1}, higher first)")
         return 0
+
+    def _hist(self):
+        """The latency histograms and error counters summed over every participant (hist.h):
+        {"wait": [32 counts], "process": [...], "wait_sum_ns", "process_sum_ns", "nacks",
+        "late_replies"}, or None when the segment has none (made by an older version) or its
+        histogram region fails validation. Bucket b < 31 holds samples below 2**(b+10) ns."""
+        cdef c.shmq_hist_sum_t hs
+        cdef int rc
+        self._check_open()
+        self._enter()
+        with nogil:
+            rc = c.shmq_hist_read(&self.seg, &hs)
+        self._leave()
+        if rc != c.SHMQ_OK:
+            return None
+        return {"wait": [hs.wait[i] for i in range(c.SHMQ_HIST_BUCKETS)],
+                "process": [hs.process[i] for i in range(c.SHMQ_HIST_BUCKETS)],
+                "wait_sum_ns": hs.wait_sum_ns, "process_sum_ns": hs.process_sum_ns,
+                "nacks": hs.nacks, "late_replies": hs.late_replies}
+
+    def _scrape(self, uint64_t unless=0):
+        """(signature, stats, histograms) for shmq.metrics in one call: the stats() keys a
+        scrape renders, under their public names and units (as shmq.stats.complete_stats gives
+        them), except oldest_age_s, which the caller completes from "oldest_ready_ns" (ack
+        queues) or a peek of the head ("depth" > 0); histograms as _hist() (None when absent or
+        empty). signature: a hash of every figure read; when it equals `unless` (the previous
+        scrape's), stats and histograms are None: nothing changed, nothing is built."""
+        cdef c.shmq_stats_t st
+        cdef c.shmq_hist_sum_t hs
+        cdef int hrc
+        cdef uint64_t nw = 0, np_ = 0, sig = 14695981039346656037ULL
+        cdef int i
+        cdef const uint64_t *w
+        self._check_open()
+        self._enter()
+        with nogil:
+            c.shmq_stats(&self.seg, &st)
+            hrc = c.shmq_hist_read(&self.seg, &hs)
+            w = <const uint64_t *>&st           # both zeroed before filling: padding hashes the same
+            for i in range(<int>(sizeof(st) // 8)):
+                sig = (sig ^ w[i]) * 1099511628211ULL
+            w = <const uint64_t *>&hs
+            for i in range(<int>(sizeof(hs) // 8)):
+                sig = (sig ^ w[i]) * 1099511628211ULL
+            sig ^= <uint64_t>(hrc & 0xff)
+        self._leave()
+        if sig == unless and sig != 0:
+            return sig, None, None
+        ack = (st.flags & c.SHMQ_F_ACK) != 0
+        d = {"depth": st.depth, "in_flight": st.in_flight, "delayed": st.delayed, "unfinished": st.unfinished,
+             "bytes_used": st.bytes_used, "capacity": st.capacity, "file_size": st.file_size,
+             "attached": st.attached, "producers": st.producers, "consumers": st.consumers,
+             "last_repair_ms": st.last_repair_ns / 1e6, "created_at": st.created_at_ns / 1e9,
+             "enqueued": st.enqueued, "dequeued": st.dequeued,
+             "acked": st.acked if ack else 0, "redelivered": st.redelivered if ack else 0,
+             "dead_lettered": st.dead_lettered if ack else 0,
+             "dead_letter_failed": st.dead_letter_failed if ack else 0, "expired": st.expired if ack else 0,
+             "dedup_hits": st.dedup_hits if ack else 0, "repairs": st.repairs,
+             "corrupt_skipped": st.corrupt_skipped, "flags": st.flags, "kind": st.kind,
+             "dead_letter": st.dead_letter.decode(errors="replace") if ack else "",
+             "oldest_ready_ns": st.oldest_ready_ns,
+             "nacked": hs.nacks if hrc == c.SHMQ_OK else 0,
+             "late_replies": hs.late_replies if hrc == c.SHMQ_OK else 0}
+        if hrc != c.SHMQ_OK:
+            return sig, d, None
+        for i in range(c.SHMQ_HIST_BUCKETS):
+            nw += hs.wait[i]
+            np_ += hs.process[i]
+        if nw == 0 and np_ == 0:
+            return sig, d, None
+        return sig, d, {"wait": [hs.wait[i] for i in range(c.SHMQ_HIST_BUCKETS)] if nw else None,
+                   "process": [hs.process[i] for i in range(c.SHMQ_HIST_BUCKETS)] if np_ else None,
+                   "wait_sum_ns": hs.wait_sum_ns, "process_sum_ns": hs.process_sum_ns}
+
+    def _hist_count_late(self, uint64_t n=1):
+        """Count n late replies (request-reply) in this handle's block; nothing if it has none."""
+        self._check_open()
+        c.shmq_hist_count(&self.seg, c.SHMQ_HIST_LATE_REPLIES, n)
 
     def _raw_stats(self):
         """The core's counters under their C names (shmq.stats gives them their public names)."""
@@ -1621,6 +1771,80 @@ cdef class _Pin:
             return
         self.core = None
         c.shmq_get_end(&core.seg, &self.m)
+        try:
+            core._leave()             # a close() deferred for this pin unmaps now
+        except Exception:
+            pass
+
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class _LeasePin:
+    """A delivery received with receive(copy=False), exported read-only to the views made from
+    it. While it lives the delivery's lease is held open (no expiry, no redelivery, so no other
+    consumer can ack and free the payload under a view) and the handle stays mapped. Settles
+    made meanwhile (Message.ack/nack/extend) are applied so that the payload outlives every
+    view: an ack takes effect at once (counted, never delivered again) and frees the storage
+    at release; a nack and an extend are applied at release. At release without a settle the
+    lease resumes: it ends when it would have (receive + visibility_timeout, or as extend()
+    set it), at once if that time has passed. A process that dies holding views leaves its
+    delivery to repair (in flight: delivered again; acked: freed)."""
+
+    cdef Core core
+    cdef c.shmq_msg_t m
+    cdef int pid
+    cdef public int state           # 0 in flight, 1 acked (storage held), 2 nack pending
+    cdef public bint requeue
+    cdef public uint64_t delay_ns
+    cdef public uint64_t lease_end_ns  # monotonic: where the lease resumes at release
+    cdef object __weakref__
+
+    def __getbuffer__(self, Py_buffer *buf, int flags):
+        if flags & PyBUF_WRITABLE:
+            raise BufferError("a zero-copy view of a received message is read-only")
+        PyBuffer_FillInfo(buf, self, <void *>self.m.data, <Py_ssize_t>self.m.size, 1, flags)
+
+    def __releasebuffer__(self, Py_buffer *buf):
+        pass
+
+    def _ack(self):
+        """Message.ack() while views live: acked now, the storage kept until release."""
+        cdef Core core = self.core
+        cdef int rc
+        if core is None or self.state != 0:
+            return
+        core._check()
+        with nogil:
+            rc = c.shmq_ack_keep(&core.seg, self.m.handle, self.m.id)
+        if rc != c.SHMQ_OK:
+            raise core._error(rc, "ack", self.m.id)
+        self.state = 1
+
+    def _extend(self, uint64_t ns):
+        self.core._check()
+        self.lease_end_ns = c.shmq_now_mono_ns() + ns
+
+    def _nack(self, bint requeue, uint64_t delay_ns):
+        self.core._check()
+        self.state = 2
+        self.requeue = requeue
+        self.delay_ns = delay_ns
+
+    def __dealloc__(self):
+        cdef Core core = self.core
+        cdef uint64_t now
+        if core is None or getpid() != self.pid:
+            return
+        self.core = None
+        with nogil:
+            if self.state == 1:
+                c.shmq_ack_release(&core.seg, self.m.handle)
+            elif self.state == 2:
+                c.shmq_nack(&core.seg, self.m.handle, self.m.id, self.requeue, self.delay_ns)
+            else:
+                now = c.shmq_now_mono_ns()
+                c.shmq_extend(&core.seg, self.m.handle, self.m.id,
+                              self.lease_end_ns - now if self.lease_end_ns > now else 1)
         try:
             core._leave()             # a close() deferred for this pin unmaps now
         except Exception:

@@ -29,13 +29,14 @@ DLQ_HEADERS = ("x-dead-letter-source", "x-dead-letter-reason", "x-delivery-count
 DLQ_SOURCE = DLQ_HEADERS[0]
 
 # stats() keys every kind reports (DESIGN §5 and §5.1; shmq.stats fills them). The
-# at-least-once counters are 0 on an at-most-once queue. Not measured yet: the wait_p50_s /
-# process_p50_s percentiles of DESIGN §5 (the core keeps no latency histogram).
+# at-least-once counters are 0 on an at-most-once queue. The latency keys (wait_p50_s ...,
+# shmq._latency) come from the core's histograms (csrc/hist.h) and are None without samples.
 ACK_COUNTERS = ("in_flight", "delayed", "acked", "redelivered", "dead_lettered", "expired", "dead_letter_failed",
                 "dedup_hits")
 STATS_KEYS = ("depth", "bytes_used", "capacity", "in_flight", "delayed", "producers", "consumers", "enqueued",
               "dequeued", "acked", "redelivered", "dead_lettered", "expired", "oldest_age_s", "repairs",
-              "skipped_cells", "last_repair_ms")
+              "skipped_cells", "last_repair_ms", "wait_p50_s", "wait_p99_s", "process_p50_s", "process_p99_s",
+              "nacked", "late_replies")
 # The core's settings under their public names: raw key -> (public key, divisor to seconds or None).
 SETTINGS_KEYS = {"created_at_ns": ("created_at", 1e9), "last_repair_ns": ("last_repair_ms", 1e6),
                  "visibility_ns": ("visibility_timeout", 1e9), "default_delay_ns": ("default_delay", 1e9),

@@ -217,6 +217,8 @@ cdef extern from "lease.h" nogil:
     int shmq_receive_begin(shmq_seg_t *q, shmq_msg_t *m, uint64_t deadline_ns)
     int shmq_receive_end(shmq_seg_t *q, shmq_msg_t *m)
     int shmq_ack(shmq_seg_t *q, uint64_t token, uint64_t id)
+    int shmq_ack_keep(shmq_seg_t *q, uint64_t token, uint64_t id)
+    void shmq_ack_release(shmq_seg_t *q, uint64_t token)
     int shmq_nack(shmq_seg_t *q, uint64_t token, uint64_t id, int requeue, uint64_t delay_ns)
     int shmq_extend(shmq_seg_t *q, uint64_t token, uint64_t id, uint64_t ns)
     void shmq_ack_set_dlq(shmq_seg_t *q, shmq_seg_t *dlq, const char *name)
@@ -302,3 +304,20 @@ cdef extern from "journal.h" nogil:
                           shmq_jprogress_fn progress, void *ctx)
     int shmq_journal_on_tmpfs(const char *dir)
     const char *shmq_journal_dir_of(shmq_seg_t *q)
+cdef extern from "hist.h" nogil:
+    enum:
+        SHMQ_F_HIST
+        SHMQ_HIST_BUCKETS
+        SHMQ_HIST_BASE_LOG2
+        SHMQ_HIST_NACKS
+        SHMQ_HIST_LATE_REPLIES
+    ctypedef struct shmq_hist_sum_t:
+        uint64_t wait[32]
+        uint64_t process[32]
+        uint64_t wait_sum_ns
+        uint64_t process_sum_ns
+        uint64_t nacks
+        uint64_t late_replies
+        uint32_t blocks_read
+    int shmq_hist_read(shmq_seg_t *seg, shmq_hist_sum_t *out)
+    void shmq_hist_count(shmq_seg_t *seg, int which, uint64_t n)

@@ -6,7 +6,7 @@ import os
 import sys
 import time
 
-from . import __version__, _codec, _core, _names
+from . import __version__, _codec, _core, _latency, _names
 from .errors import MessageTooLargeError, QueueClosedError, QueueNotFound, ShmqError
 from .stats import complete_stats, entry_kind, inspect_path, kind_name, scan
 
@@ -440,7 +440,52 @@ def cmd_redrive(args):
 
 
 _TOP_HEAD = ("NAME", "KIND", "DEPTH", "IN_FLIGHT", "DELAYED", "AGE", "BYTES", "IN/s", "OUT/s", "CONSUMERS",
-             "PRODUCERS")
+             "PRODUCERS", "LAG", "ACK/s", "ERR/s", "WAIT_P50", "WAIT_P99", "PROC_P50", "PROC_P99")
+_ERR_KEYS = ("nacked", "redelivered", "dead_lettered", "expired")
+
+
+def _fmt_secs(s):
+    """A latency cell: "-" for none, else us / ms / s with three significant digits."""
+    if s is None:
+        return "-"
+    if s < 1e-3:
+        return f"{s * 1e6:.3g}us"
+    if s < 1.0:
+        return f"{s * 1e3:.3g}ms"
+    return f"{s:.3g}s"
+
+
+def _window_quantiles(cur, prev, base):
+    """(p50, p99) of the samples taken since the previous refresh (bucket differences), the
+    queue's whole life on the first one; (None, None) when there was none."""
+    if not cur or not cur.get(base):
+        return None, None
+    counts = cur[base]
+    if prev and prev.get(base) and len(prev[base]) == len(counts):
+        counts = [max(0, a - b) for a, b in zip(counts, prev[base])]
+    return _latency.quantile(counts, 0.5), _latency.quantile(counts, 0.99)
+
+
+def _top_row(qi, st, now, p):
+    """The cells of one queue and what the next refresh compares with."""
+    hist = st.get("histograms")
+    errs = sum(st.get(k, 0) for k in _ERR_KEYS)
+    rin = rout = rack = rerr = 0.0
+    if p:
+        dt = max(now - p[0], 1e-9)
+        rin, rout = (st["enqueued"] - p[1]) / dt, (st["dequeued"] - p[2]) / dt
+        rack, rerr = (st.get("acked", 0) - p[3]) / dt, (errs - p[4]) / dt
+    w50, w99 = _window_quantiles(hist, p[5] if p else None, "wait")
+    p50, p99 = _window_quantiles(hist, p[5] if p else None, "process")
+    lag = st["depth"] + st.get("in_flight", 0) + st.get("delayed", 0)   # messages not settled yet
+    cells = (_show(qi.name), _kind(qi, st), _depth(qi._replace(depth=st["depth"]), st), *_held(st), _fmt_bytes(st["bytes_used"]),
+             f"{rin:.0f}", f"{rout:.0f}", str(st["consumers"]), str(st["producers"]), str(lag),
+             f"{rack:.0f}" if _ack(st) else "-", f"{rerr:.0f}" if _ack(st) else "-",
+             _fmt_secs(w50), _fmt_secs(w99), _fmt_secs(p50), _fmt_secs(p99))
+    nums = {"depth": st["depth"], "in_flight": st.get("in_flight", 0), "delayed": st.get("delayed", 0), "lag": lag,
+            "oldest_age_s": st["oldest_age_s"], "in_per_s": rin, "out_per_s": rout, "ack_per_s": rack,
+            "errors_per_s": rerr, "wait_p50_s": w50, "wait_p99_s": w99, "process_p50_s": p50, "process_p99_s": p99}
+    return cells, nums, (now, st["enqueued"], st["dequeued"], st.get("acked", 0), errs, hist)
 
 
 def cmd_top(args):
@@ -450,22 +495,21 @@ def cmd_top(args):
         while args.iterations is None or it < args.iterations:
             now = time.monotonic()
             rows = []
+            figures = []
             for qi, st in scan():
                 if st is None:  # not a queue, or unreadable: listed, with no counters
                     rows.append((_show(qi.name), qi.kind) + ("-",) * (len(_TOP_HEAD) - 2))
+                    figures.append({})
                     continue
-                p = prev.get(qi.name)
-                rin = rout = 0.0
-                if p:
-                    dt = max(now - p[0], 1e-9)
-                    rin, rout = (st["enqueued"] - p[1]) / dt, (st["dequeued"] - p[2]) / dt
-                prev[qi.name] = (now, st["enqueued"], st["dequeued"])
-                rows.append((_show(qi.name), _kind(qi, st), _depth(qi._replace(depth=st["depth"]), st), *_held(st),
-                             _fmt_bytes(st["bytes_used"]),
-                             f"{rin:.0f}", f"{rout:.0f}", str(st["consumers"]), str(st["producers"])))
-                rows += _sub_rows(st, _TOP_HEAD)
+                cells, nums, prev[qi.name] = _top_row(qi, st, now, prev.get(qi.name))
+                rows.append(cells)
+                figures.append(nums)
+                subs = _sub_rows(st, _TOP_HEAD)     # a topic's named subscriptions, under it
+                rows += subs
+                figures += [{}] * len(subs)
             if args.json:                          # one JSON object per refresh, one per line
-                print(json.dumps({"time": time.time(), "queues": [dict(zip(_TOP_HEAD, r)) for r in rows]}))
+                print(json.dumps({"time": time.time(), "queues": [{**dict(zip(_TOP_HEAD, r)), "figures": f}
+                                                                  for r, f in zip(rows, figures)]}))
                 sys.stdout.flush()
                 it += 1
                 if args.iterations is None or it < args.iterations:
@@ -574,7 +618,8 @@ def build_parser():
                                    "raises LeaseExpiredError) and nothing goes to the dead-letter queue.")
     s.add_argument("name", type=_queue_name)
     s.add_argument("--all", action="store_true", help="also the in-flight and delayed messages (at-least-once queues)")
-    s = sub.add_parser("top", help="live view of queues with rates", description="Refresh `ls` with in/out rates until Ctrl-C.")
+    s = sub.add_parser("top", help="live view of queues with rates", description="Refresh `ls` with rates, lag and "
+                       "latency (since the previous refresh) until Ctrl-C.")
     s.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
     s.add_argument("--iterations", type=_count(), default=None, help="stop after N refreshes")
     s.add_argument("--json", action="store_true", help="print one JSON object per refresh, one per line")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import weakref
 from typing import TYPE_CHECKING, Any, Mapping, NoReturn, Optional, Union
 
 from . import _core
@@ -36,7 +37,7 @@ class Message:
     longer.
     """
 
-    __slots__ = ("_q", "_token", "_state", "id", "body", "headers", "timestamp", "delivery_count", "priority",
+    __slots__ = ("_q", "_token", "_state", "_pin", "id", "body", "headers", "timestamp", "delivery_count", "priority",
                  "group")
 
     id: int
@@ -55,6 +56,9 @@ class Message:
         else:
             key, kind = grp
             self.group = key if kind else key.decode("utf-8", "surrogateescape")
+        # receive(copy=False): the pin of the views (docs/guide/zero-copy.md), weakly: the views
+        # and the body keep it alive, and a settle made while it lives goes through it
+        self._pin = weakref.ref(rec[8]) if len(rec) > 8 else None
         self._q = q
         self._token = token
         self._state: Optional[str] = None
@@ -77,7 +81,11 @@ class Message:
             return False
         if self._state is not None:
             raise ArgumentError(f"message {self.id} was {self._state}: this delivery is over")
-        self._q._ack(self._token, self.id)
+        pin = self._pin() if self._pin is not None else None
+        if pin is not None:
+            pin._ack()                 # acked now; its storage is freed when the last view goes
+        else:
+            self._q._ack(self._token, self.id)
         self._state = "acked"
         return True
 
@@ -89,7 +97,11 @@ class Message:
         d = seconds_ns(delay, "delay")
         if self._state is not None:
             raise ArgumentError(f"message {self.id} was {self._state}: this delivery is over")
-        self._q._nack(self._token, self.id, bool(requeue), d)
+        pin = self._pin() if self._pin is not None else None
+        if pin is not None:
+            pin._nack(bool(requeue), d)   # applied when the last view is released
+        else:
+            self._q._nack(self._token, self.id, bool(requeue), d)
         self._state = "nacked"
 
     def extend(self, seconds: float) -> None:
@@ -98,7 +110,11 @@ class Message:
         ns = seconds_ns(seconds, "extend(seconds)")
         if self._state is not None:
             raise ArgumentError(f"message {self.id} was {self._state}: this delivery is over")
-        self._q._extend(self._token, self.id, ns)
+        pin = self._pin() if self._pin is not None else None
+        if pin is not None:
+            pin._extend(ns)            # the lease is held while views live; it resumes from this
+        else:
+            self._q._extend(self._token, self.id, ns)
 
     def forward(self, dest: ReliableQueue, body: Any, headers: Optional[Mapping[str, Union[str, bytes]]] = None,
                 **send_options: Any) -> int:

@@ -5,17 +5,19 @@ import http.server
 import math
 import os
 import re
+import resource
 import socket
 import stat as _stat
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
 
 if TYPE_CHECKING:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from . import _core, _names
+from . import _core, _latency, _names
 from .errors import CorruptQueueError, IncompatibleQueueError, ShmqError
-from .stats import inspect_path, kind_name
+from .stats import kind_name
 
 __all__ = ["render", "Collector", "make_server", "CONTENT_TYPE"]
 
@@ -57,6 +59,9 @@ _QUEUE_FAMILIES = (
     ("shmq_repairs_total", "counter", "repairs", None, "Dead participants repaired."),
     ("shmq_corrupt_skipped_total", "counter", "corrupt_skipped", None,
      "Messages skipped because their shared-memory records failed validation."),
+    ("shmq_nacked_total", "counter", "nacked", None, "nack() calls that took effect (at-least-once queues)."),
+    ("shmq_late_replies_total", "counter", "late_replies", None,
+     "Replies that came after their request gave up (a requester's reply inbox)."),
 )
 
 # Latency quantiles (issue 18 item 3: per-participant histograms that stats() summarises as
@@ -69,9 +74,17 @@ _LATENCY_FAMILIES = (
     ("shmq_process_quantile_seconds", "process",
      "Processing time, receive to ack, at the labelled quantile (at-least-once queues)."),
 )
-# HISTOGRAMS: when stats() also carries the bucket counts behind those quantiles, render them
-# here as histogram families (shmq_wait_seconds_bucket{le=...}, _sum, _count). Not done yet:
-# stats() has no bucket data to render.
+# The histograms behind those quantiles (csrc/hist.h: 32 power-of-two buckets from 1.024 us),
+# exported with every second bucket edge (a factor of 4 apart: 16 `le` values from 1.024 us to
+# 2**40 ns = 1,100 s, then +Inf). The edges are fixed numbers of seconds, exact sums of the core's buckets.
+# A queue's histogram is rendered once it has a sample (1,000 idle queues cost no lines).
+_HIST_FAMILIES = (
+    ("shmq_wait_seconds", "wait", "wait_sum_ns", "Time in queue, enqueue to first delivery."),
+    ("shmq_process_seconds", "process", "process_sum_ns", "Processing time, receive to ack (at-least-once queues)."),
+)
+_HIST_EDGES = tuple(range(0, _latency.N_BUCKETS - 1, 2))   # bucket b's upper edge is exported
+_HIST_LE = tuple(_latency.UPPER_S[b] for b in _HIST_EDGES)
+_HIST_LE_TEXT = tuple(repr(v) for v in _HIST_LE) + ("+Inf",)
 
 # Why an entry named shmq.* of this user was not rendered (shmq_scrape_errors{reason=...}).
 SCRAPE_ERROR_REASONS = ("corrupt", "incompatible", "no-permission", "unreadable", "not-a-queue", "bad-name")
@@ -96,13 +109,98 @@ _Labels = tuple[tuple[str, str], ...]
 _Family = tuple[str, str, str, list[tuple[_Labels, Any]]]
 
 
+# Open read-only mappings kept between scrapes (issue 18 item 4's speed): opening, mapping and
+# validating a segment was a third of a scrape. An entry is reused while the directory entry
+# names the same inode; one that disappeared is closed at the next scrape (until then its fd
+# keeps an unlinked queue's memory allocated). Bounded, so a host with very many queues falls
+# back to opening each one per scrape (the SIGBUS guard protects 4096 segments per process).
+_CACHE_MAX = 2048
+_cache: dict[str, list[Any]] = {}         # path -> [inode, core, signature, stats] of the last scrape
+_lock = threading.Lock()                  # ThreadingHTTPServer scrapes concurrently: one reader at a time
+
+
+def _cache_limit() -> int:
+    try:
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (OSError, ValueError):
+        return 0
+    return max(0, min(_CACHE_MAX, (soft if soft > 0 else 1024) // 4))
+
+
+def _scrape_stats(core: _core.Core, prev: Optional[list[Any]] = None) -> dict[str, Any]:
+    """The stats() figures a scrape renders (the same values as q.stats(): tests compare them),
+    with the summed histograms under "histograms", from one call into the core. prev: the cache
+    entry of the last scrape ([inode, core, signature, stats]): an empty queue whose figures are
+    all unchanged gets its previous stats object back (render() then reuses its lines)."""
+    sig, st, hist = core._scrape(prev[2] if prev is not None and prev[3] is not None else 0)
+    if st is None:
+        assert prev is not None
+        if not prev[3]["depth"]:
+            return prev[3]                # nothing changed, and no age that grows with time
+        sig, st, hist = core._scrape()
+    if prev is not None:
+        prev[2] = sig
+    if st["flags"] & _core.F_ACK:
+        oldest = st.pop("oldest_ready_ns")
+        st["oldest_age_s"] = max(0.0, time.time() - oldest / 1e9) if oldest else 0.0
+    else:
+        st.pop("oldest_ready_ns")
+        st["in_flight"] = st["delayed"] = 0
+        head = core._peek(0, 0) if st["depth"] else None
+        st["oldest_age_s"] = max(0.0, time.time() - head[1]) if head else 0.0
+    if hist is not None:
+        w, p = hist["wait"], hist["process"]
+        st["wait_p50_s"] = _latency.quantile(w, 0.5) if w else None
+        st["wait_p99_s"] = _latency.quantile(w, 0.99) if w else None
+        st["process_p50_s"] = _latency.quantile(p, 0.5) if p else None
+        st["process_p99_s"] = _latency.quantile(p, 0.99) if p else None
+    st["histograms"] = hist
+    if prev is not None:
+        prev[3] = st
+    return st
+
+
+def _stats_at(path: str, inode: int, live: set[str], limit: int) -> dict[str, Any]:
+    """_scrape_stats of the segment at path through the cache. Raises what opening raises."""
+    live.add(path)
+    hit = _cache.get(path)
+    if hit is not None:
+        if hit[0] == inode and hit[1].opened and not hit[1].closed:
+            try:
+                return _scrape_stats(hit[1], hit)
+            except BaseException:
+                pass                      # truncated under us, say: open it again below
+        del _cache[path]
+        hit[1]._close()
+    core = _core.Core()
+    core._open(path, -1, False)
+    entry: list[Any] = [inode, core, 0, None]
+    try:
+        st = _scrape_stats(core, entry)
+    except BaseException:
+        core._close()
+        raise
+    if len(_cache) < limit:
+        _cache[path] = entry
+    else:
+        core._close()
+    return st
+
+
 def _read_all() -> tuple[_Found, dict[str, int], float]:
     """([(name, kind, stats)] sorted by name, {reason: count} of entries not read, seconds taken).
     Only entries owned by this user are considered; each is judged on its own and none raises."""
+    with _lock:
+        return _read_all_locked()
+
+
+def _read_all_locked() -> tuple[_Found, dict[str, int], float]:
     t0 = time.perf_counter()
     errors = dict.fromkeys(SCRAPE_ERROR_REASONS, 0)
     found: _Found = []
     uid = os.geteuid()
+    limit = _cache_limit()
+    live: set[str] = set()
     try:
         with os.scandir(_names.SHM_DIR) as it:
             entries = [(e.name, e) for e in it if e.name.startswith(_names.PREFIX) and "~" not in e.name]
@@ -110,20 +208,24 @@ def _read_all() -> tuple[_Found, dict[str, int], float]:
         entries = []                      # no /dev/shm (or not readable): nothing to report
     for f, e in sorted(entries, key=lambda x: x[0]):
         name = f[len(_names.PREFIX):]
-        try:
-            s = e.stat(follow_symlinks=False)
-        except OSError:
-            continue                      # removed while we listed
-        if s.st_uid != uid:
-            continue                      # another user's: not ours to report (and 0600 anyway)
-        if not _stat.S_ISREG(s.st_mode):
-            errors["not-a-queue"] += 1    # a directory, symlink, FIFO...: never opened
-            continue
-        if not _valid_name(name):
+        hit = _cache.get(e.path)
+        if hit is not None and hit[0] == e.inode() and e.is_file(follow_symlinks=False):
+            pass                          # the file we opened and checked before (owner, kind)
+        else:
+            try:
+                s = e.stat(follow_symlinks=False)
+            except OSError:
+                continue                  # removed while we listed
+            if s.st_uid != uid:
+                continue                  # another user's: not ours to report (and 0600 anyway)
+            if not _stat.S_ISREG(s.st_mode):
+                errors["not-a-queue"] += 1  # a directory, symlink, FIFO...: never opened
+                continue
+        if hit is None and not _valid_name(name):
             errors["bad-name"] += 1       # planted: no queue can be made under such a name
             continue
         try:
-            st = inspect_path(e.path)
+            st = _stats_at(e.path, e.inode(), live, limit)
         except FileNotFoundError:
             continue                      # removed while we listed
         except CorruptQueueError:
@@ -142,6 +244,8 @@ def _read_all() -> tuple[_Found, dict[str, int], float]:
             errors["unreadable"] += 1
             continue
         found.append((name, _kind(st), st))
+    for path in [p for p in _cache if p not in live]:
+        _cache.pop(path)[1]._close()      # gone (or no longer a queue of ours): let its memory go
     return found, errors, time.perf_counter() - t0
 
 
@@ -193,29 +297,112 @@ def _samples(found: _Found, errors: dict[str, int], seconds: float) -> Iterator[
                     rows.append(((("queue", q), ("kind", kind), ("quantile", quantile)), v))
         if rows:
             yield name, "gauge", text, rows
-    yield "shmq_scrape_queues", "gauge", "Queues read by this scrape.", [((), len(found))]
+    for name, base, sum_key, text in _HIST_FAMILIES:
+        hrows: list[tuple[_Labels, Any]] = []
+        for lab, st in based:
+            h = st.get("histograms")
+            if not h:
+                continue
+            counts = h[base]
+            if not counts:
+                continue
+            n = sum(counts)
+            if n <= 0:
+                continue
+            cum, acc, at = [], 0, 0
+            for b in _HIST_EDGES:
+                while at <= b:
+                    acc += counts[at]
+                    at += 1
+                cum.append(acc)
+            cum.append(n)
+            hrows.append((lab, (cum, h[sum_key] / 1e9, n)))
+        if hrows:
+            yield name, "histogram", text, hrows
+    yield from _scrape_families(len(found), errors, seconds)
+
+
+def _scrape_families(n: int, errors: dict[str, int], seconds: float) -> Iterator[_Family]:
+    yield "shmq_scrape_queues", "gauge", "Queues read by this scrape.", [((), n)]
     yield ("shmq_scrape_errors", "gauge", "Entries named shmq.* of this user in /dev/shm that this scrape could not "
            "read as a queue, by reason.", [((("reason", r),), n) for r, n in errors.items()])
     yield "shmq_scrape_duration_seconds", "gauge", "Seconds this scrape took to read the queues.", [((), seconds)]
 
 
+# Formatted lines of each queue, reused while its figures are unchanged (most are, between two
+# scrapes): name -> (figures, lines per family).
+_line_cache: dict[str, tuple[Any, list[str]]] = {}
+
+
+def _lines_of(q: str, kind: str, st: dict[str, Any]) -> list[str]:
+    """One string per family (of _QUEUE_FAMILIES, _LATENCY_FAMILIES, _HIST_FAMILIES, in that
+    order) holding this queue's sample lines, "" where it has none."""
+    h = st.get("histograms")
+    hit = _line_cache.get(q)
+    if hit is not None and hit[0][0] == kind and hit[0][1] == st:   # the same figures (mostly the same objects)
+        return hit[1]
+    key = (kind, dict(st))                # a snapshot: the figures these lines were made from
+    inner = f'queue="{_escape_label(q)}",kind="{_escape_label(kind)}"'
+    lab = "{" + inner + "} "
+    lines: list[str] = []
+    for name, _typ, k, div, _text in _QUEUE_FAMILIES:
+        v = st.get(k) if div is None and k != "capacity" else _value(st, k, div)
+        lines.append("" if v is None else f"{name}{lab}{v if type(v) is int else _num(v)}\n")
+    for name, base, _text in _LATENCY_FAMILIES:
+        parts = []
+        for quantile, suffix in _QUANTILES:
+            v = st.get(f"{base}_{suffix}_s")
+            if v is not None:
+                parts.append(f'{name}{{{inner},quantile="{quantile}"}} {_num(v)}\n')
+        lines.append("".join(parts))
+    for name, base, sum_key, _text in _HIST_FAMILIES:
+        counts = h[base] if h else None
+        n = sum(counts) if counts else 0
+        if n <= 0:
+            lines.append("")
+            continue
+        parts, acc, at = [], 0, 0
+        for le, b in zip(_HIST_LE_TEXT, _HIST_EDGES):
+            while at <= b:
+                acc += counts[at]
+                at += 1
+            parts.append(f'{name}_bucket{{{inner},le="{le}"}} {acc}\n')
+        parts.append(f'{name}_bucket{{{inner},le="+Inf"}} {n}\n')
+        parts.append(f"{name}_sum{{{inner}}} {_num(h[sum_key] / 1e9)}\n{name}_count{{{inner}}} {n}\n")
+        lines.append("".join(parts))
+    _line_cache[q] = (key, lines)
+    return lines
+
+
+_HEADS = tuple([(name, typ, text) for name, typ, _k, _d, text in _QUEUE_FAMILIES] +
+               [(name, "gauge", text) for name, _b, text in _LATENCY_FAMILIES] +
+               [(name, "histogram", text) for name, _b, _s, text in _HIST_FAMILIES])
+
+
 def render() -> str:
     """Every queue of this user in /dev/shm in the Prometheus text format 0.0.4: counters and
     gauges of stats() with the labels `queue` (anonymous queues: @pid-hex) and `kind` (as
-    `shmq ls` shows it). Read without attaching: no participant slot is taken and nothing is
-    unpickled. An entry that cannot be read is skipped and counted in shmq_scrape_errors;
-    render() itself never raises for what it finds in /dev/shm."""
+    `shmq ls` shows it), and the latency histograms. Read without attaching: no participant
+    slot is taken and nothing is unpickled. An entry that cannot be read is skipped and counted
+    in shmq_scrape_errors; render() itself never raises for what it finds in /dev/shm."""
     found, errors, seconds = _read_all()
-    labels: dict[int, str] = {}           # id of a label tuple -> its text, escaped once (the tuples live
-    out: list[str] = []                   # as long as `found`: one per queue, shared by its families)
-    families = list(_samples(found, errors, seconds))     # holds every label tuple until the end
-    for name, typ, text, rows in families:
+    with _lock:
+        per_queue = [_lines_of(q, kind, st) for q, kind, st in found]
+        names = {q for q, _k, _s in found}
+        for q in [q for q in _line_cache if q not in names]:
+            del _line_cache[q]
+    out: list[str] = []
+    n_always = len(_QUEUE_FAMILIES)
+    columns = list(zip(*per_queue)) if per_queue else [()] * len(_HEADS)
+    for i, (name, typ, text) in enumerate(_HEADS):
+        body = "".join(columns[i])
+        if body or i < n_always:
+            out.append(f"# HELP {name} {_escape_help(text)}\n# TYPE {name} {typ}\n")
+            out.append(body)
+    for name, typ, text, rows in _scrape_families(len(found), errors, seconds):
         out.append(f"# HELP {name} {_escape_help(text)}\n# TYPE {name} {typ}\n")
         for lab, v in rows:
-            s = labels.get(id(lab))
-            if s is None:
-                s = ("{" + ",".join(f'{k}="{_escape_label(x)}"' for k, x in lab) + "} ") if lab else " "
-                labels[id(lab)] = s
+            s = ("{" + ",".join(f'{k}="{_escape_label(x)}"' for k, x in lab) + "} ") if lab else " "
             out.append(f"{name}{s}{v if type(v) is int else _num(v)}\n")
     return "".join(out)
 
@@ -250,6 +437,13 @@ class Collector:
         """Read every queue now and yield one metric family per metric of render()."""
         found, errors, seconds = _read_all()
         for name, typ, text, rows in _samples(found, errors, seconds):
+            if typ == "histogram":
+                from prometheus_client.core import HistogramMetricFamily
+                hf = HistogramMetricFamily(name, text, labels=["queue", "kind"])
+                for lab, (cum, total_s, _n) in rows:
+                    hf.add_metric([x for _, x in lab], list(zip(_HIST_LE_TEXT, cum)), total_s)
+                yield hf
+                continue
             fam = self._family(name, typ, text, [k for k, _ in rows[0][0]] if rows else ["queue", "kind"])
             for lab, v in rows:
                 fam.add_metric([x for _, x in lab], v)

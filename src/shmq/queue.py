@@ -166,12 +166,12 @@ class Queue(Handle, _aio.AsyncQueueOps, _core.QueueOps):
         """At-least-once queues only (ack=True): see shmq.reliable.ReliableQueue.send."""
         _refuse(self, "send")
 
-    def receive(self, timeout: Optional[float] = None, *, block: bool = True) -> Message:
+    def receive(self, timeout: Optional[float] = None, *, block: bool = True, copy: bool = True) -> Message:
         """At-least-once queues only (ack=True): see shmq.reliable.ReliableQueue.receive."""
         _refuse(self, "receive")
 
     def receive_many(self, max_items: int = 64, timeout: Optional[float] = None, *,
-                     block: bool = True) -> list[Message]:
+                     block: bool = True, copy: bool = True) -> list[Message]:
         """At-least-once queues only (ack=True): see shmq.reliable.ReliableQueue.receive_many."""
         _refuse(self, "receive_many")
 

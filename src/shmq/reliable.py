@@ -116,22 +116,29 @@ class ReliableQueue(_aio.AsyncReliableOps, Queue):
         mid, _dup = self._core._send(body, hdr, prio, d, t, key, block, timeout, 0, gkey, gtype)
         return mid
 
-    def receive(self, timeout: Optional[float] = None, *, block: bool = True) -> Message:
+    def receive(self, timeout: Optional[float] = None, *, block: bool = True, copy: bool = True) -> Message:
         """Take the next message under a lease (the queue's visibility_timeout). Returns a
-        Message; raises Empty when none arrives in time, QueueClosedError."""
+        Message; raises Empty when none arrives in time, QueueClosedError. copy=False: the body
+        is a read-only view into shared memory as with get(copy=False), and the lease is held
+        open while a view lives (docs/guide/zero-copy.md)."""
+        if copy is not True and not copy:
+            return Message(self, self._core._receive_view(block, timeout))
         return Message(self, self._core._receive(block, timeout))
 
     def receive_many(self, max_items: int = 64, timeout: Optional[float] = None, *,
-                     block: bool = True) -> list[Message]:
-        """1..max_items Messages, as soon as at least one is there. Raises Empty."""
+                     block: bool = True, copy: bool = True) -> list[Message]:
+        """1..max_items Messages, as soon as at least one is there. Raises Empty. copy=False:
+        as receive(copy=False), each message pinned by its own views."""
         n = _options.check_int(max_items, "max_items", 1, _options.MAX_COUNT)
+        if copy is not True and not copy:
+            return [Message(self, r) for r in self._core._receive_many_views(n, timeout, block)]
         return [Message(self, r) for r in self._core._receive_many(n, timeout, block)]
 
     def ack_many(self, messages: Iterable[Message]) -> int:
         """Ack every message of the list; returns how many were acked now (ones acked before
         are skipped). Raises LeaseExpiredError (its .ids) after acking the others when some
         had been delivered again."""
-        pairs, todo = [], []
+        pairs, todo, held = [], [], 0
         for m in messages:
             if not isinstance(m, Message) or m._q is not self:
                 raise ArgumentTypeError("ack_many() takes Messages received from this queue")
@@ -139,6 +146,10 @@ class ReliableQueue(_aio.AsyncReliableOps, Queue):
                 continue
             if m._state is not None:
                 raise ArgumentError(f"message {m.id} was {m._state}: this delivery is over")
+            if m._pin is not None and m._pin() is not None:
+                m.ack()               # views alive: acked through its pin (storage kept)
+                held += 1
+                continue
             pairs.append((m._token, m.id))
             todo.append(m)
         stale = set(self._core._ack_many(pairs))
@@ -146,7 +157,7 @@ class ReliableQueue(_aio.AsyncReliableOps, Queue):
             m._state = "lease expired" if m.id in stale else "acked"
         if stale:
             raise _lease_expired_many(sorted(stale))
-        return len(todo)
+        return len(todo) + held
 
     def _priority_of(self, priority):
         """The priority a send carries (a plain queue: 0..9, carried in Message.priority, no

@@ -6,7 +6,7 @@ import stat as _stat
 import time
 from typing import Any, NamedTuple, Optional, Union
 
-from . import _core, _names
+from . import _core, _latency, _names
 from ._options import ACK_COUNTERS, SETTINGS_KEYS
 from .errors import CorruptQueueError, IncompatibleQueueError, ShmqError
 
@@ -42,10 +42,14 @@ def settings(raw: dict[str, Any]) -> dict[str, Any]:
     return st
 
 
-def complete_stats(core: _core.Core, raw: dict[str, Any]) -> dict[str, Any]:
+def complete_stats(core: _core.Core, raw: dict[str, Any], histograms: bool = False) -> dict[str, Any]:
     """Every key every kind reports (DESIGN §5.1, shmq._options.STATS_KEYS) from the core's raw
-    counters."""
+    counters. histograms=True also keeps the summed bucket counts under "histograms" (metrics)."""
     st = settings(raw)
+    hist = core._hist()
+    _latency.add_keys(st, hist)
+    if histograms:
+        st["histograms"] = hist
     st["skipped_cells"] = 0  # the ring has no holes to skip (docs/internals/ring.md)
     if st["kind"] == _core.KIND_PRIORITY:  # DESIGN §5.5: per kind, priority "levels" (ready per level)
         _lv, mw, counts = core._prio_info()
@@ -67,14 +71,15 @@ def complete_stats(core: _core.Core, raw: dict[str, Any]) -> dict[str, Any]:
     return st
 
 
-def inspect_path(path: str) -> dict[str, Any]:
-    """Counters of the segment at path, read without attaching (participants are not disturbed).
+def inspect_path(path: str, histograms: bool = True) -> dict[str, Any]:
+    """Counters of the segment at path, read without attaching (participants are not disturbed),
+    with the summed latency bucket counts under "histograms" (None when the segment has none).
     Raises FileNotFoundError, PermissionError or another OSError (a symlink, which is never
     followed, or a directory), CorruptQueueError, IncompatibleQueueError."""
     c = _core.Core()
     c._open(path, -1, False)
     try:
-        return complete_stats(c, c._raw_stats())
+        return complete_stats(c, c._raw_stats(), histograms)
     finally:
         c._close()
 

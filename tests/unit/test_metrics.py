@@ -204,15 +204,15 @@ def test_latency_quantiles_rendered_when_stats_has_them(make_queue, monkeypatch)
     q = make_queue(capacity="64KiB")
     samples, types = parse(metrics.render())
     assert not any(dict(k).get("queue") == q.name for k in samples.get("shmq_wait_quantile_seconds", {}))
-    real = metrics.inspect_path
+    real = metrics._scrape_stats          # the one reader of render() (it was inspect_path)
     figures = {"wait_p50_s": 0.001, "wait_p99_s": 0.25, "process_p50_s": 0.5, "process_p99_s": None}
 
-    def with_latency(path):
-        st = real(path)
-        if path == q.path:
+    def with_latency(core, prev=None):
+        st = real(core, prev)
+        if core.path == q.path:
             st.update(figures)
         return st
-    monkeypatch.setattr(metrics, "inspect_path", with_latency)
+    monkeypatch.setattr(metrics, "_scrape_stats", with_latency)
     samples, types = parse(metrics.render())
     lab = (("kind", "queue"), ("quantile", "0.5"), ("queue", q.name))
     lab99 = (("kind", "queue"), ("quantile", "0.99"), ("queue", q.name))
