@@ -105,3 +105,31 @@ def test_open_returns_the_class_of_each_kind(made, qname):
         shmq.PriorityQueue(t.name)
     with pytest.raises(shmq.IncompatibleQueueError, match="priority"):
         shmq.Topic(pq.name, create=False)
+
+
+def test_a_zero_copy_receive_carries_its_group_and_its_ack_releases_the_group(made, qname):
+    q = shmq.Queue(qname, create=True, ack=True, capacity="1MiB")
+    made.append(q)
+    q.send(b"first" * 20, group=b"k")
+    q.send(b"second" * 20, group=b"k")
+    m = q.receive(timeout=1, copy=False)
+    assert m.group == b"k" and bytes(m.body) == b"first" * 20
+    with pytest.raises(shmq.Empty):
+        q.receive(timeout=0.05)              # one of a group out at a time, views alive or not
+    m.ack()                                  # the ack counts at once; the storage waits for the views
+    n = q.receive(timeout=1)
+    assert n.group == b"k" and n.body == b"second" * 20
+    n.ack()
+    del m
+
+
+def test_latency_figures_on_a_priority_queue(made, qname):
+    pq = shmq.PriorityQueue(qname, create=True, ack=True, levels=3, capacity="1MiB")
+    made.append(pq)
+    for p in (0, 2, 1):
+        pq.send(p, priority=p)
+    for _ in range(3):
+        pq.receive(timeout=1).ack()
+    st = pq.stats()
+    assert st["wait_p50_s"] is not None and st["wait_p50_s"] >= 0
+    assert st["process_p50_s"] is not None and st["process_p99_s"] >= st["process_p50_s"]
