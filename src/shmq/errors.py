@@ -246,3 +246,16 @@ def from_code(rc: int, op: str, path: Optional[str], err: int, detail: Any = Non
             return ArgumentError("task_done() called too many times")
         return ArgumentError(f"{op} refused by {label}: {_core.strerror(rc)}")
     return ShmqError(f"{op} failed on {label}: {_core.strerror(rc)}")
+
+
+# the Redis backend (shmq._redis, DESIGN §11)
+class UnsupportedError(ShmqError, ValueError):
+    """An option or call the chosen backend cannot provide (the message names it; the Redis
+    backend's gaps are listed in docs/guide/redis.md)."""
+
+
+class BackendConnectionError(ShmqError, ConnectionError):
+    """The backend server (Redis) could not be reached or refused the connection."""
+
+
+__all__ += ["UnsupportedError", "BackendConnectionError"]

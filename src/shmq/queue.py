@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, NoReturn, Optional, TypeVar, Union
 
 from . import _aio, _core, _names, _options, _sweep
+from . import _redis
 from ._handle import Handle, open_core, unlink
 from .errors import ArgumentError, _label
 from .stats import settings
@@ -47,6 +48,12 @@ def _refuse(q: Queue, what: str) -> NoReturn:
 def _new(cls: type[_Q], name_or_maxsize: Union[str, int], *, is_dlq: bool = False, **options: Any) -> _Q:
     """Queue.__new__, with the one internal option: is_dlq (create the queue as a dead-letter
     queue, with no dead-letter queue of its own; shmq.reliable and tests use it)."""
+    url = _redis.pick(options.pop("backend", None))
+    if url is not None and not is_dlq:
+        if not isinstance(name_or_maxsize, str):
+            raise ArgumentError("backend= needs a named queue: anonymous queues stay in shared memory")
+        from ._redis.queue import open_queue
+        return open_queue(cls, name_or_maxsize, url, options)
     spec = _options.resolve(name_or_maxsize, joinable=cls._joinable, is_dlq=is_dlq, **options)
     core, _created = _make_core(spec)
     if core._flags_value & _core.F_ACK:
@@ -93,6 +100,8 @@ class Queue(Handle, _aio.AsyncQueueOps, _core.QueueOps):
     - ``ack=None`` and the at-least-once options ``visibility_timeout`` (30 s), ``max_deliveries``
       (20), ``dead_letter`` ("NAME.dlq"), ``delay`` (0), ``ttl`` (none), ``dedup_window`` (300 s),
       ``dedup_capacity`` (16384): see docs/guide/at-least-once.md.
+    - ``backend=None``: "redis://host:port/db" (also rediss://, unix://) puts a named queue on Redis
+      (docs/guide/redis.md); default $SHMQ_BACKEND for named queues, else shared memory.
 
     Raises QueueNotFound, QueueExistsError, ValueError/TypeError (ShmqError too) for bad
     arguments or options that contradict the existing queue's, QueuePermissionError,
@@ -107,12 +116,14 @@ class Queue(Handle, _aio.AsyncQueueOps, _core.QueueOps):
                 max_participants: Optional[int] = None, ctx: Any = None, ack: Optional[bool] = None,
                 visibility_timeout: Optional[float] = None, max_deliveries: Optional[int] = None,
                 dead_letter: Optional[str] = None, delay: Optional[float] = None, ttl: Optional[float] = None,
-                dedup_window: Optional[float] = None, dedup_capacity: Optional[int] = None) -> _Q:
+                dedup_window: Optional[float] = None, dedup_capacity: Optional[int] = None,
+                backend: Optional[str] = None) -> _Q:
         # ctx: accepted for multiprocessing's signature; a shared-memory queue needs no context.
         return _new(cls, name_or_maxsize, maxsize=maxsize, create=create, exist_ok=exist_ok, capacity=capacity,
                     max_message=max_message, mode=mode, raw=raw, max_participants=max_participants, ack=ack,
                     visibility_timeout=visibility_timeout, max_deliveries=max_deliveries, dead_letter=dead_letter,
-                    delay=delay, ttl=ttl, dedup_window=dedup_window, dedup_capacity=dedup_capacity)
+                    delay=delay, ttl=ttl, dedup_window=dedup_window, dedup_capacity=dedup_capacity,
+                    **({} if backend is None else {"backend": backend}))
 
     # The at-least-once calls live on shmq.reliable.ReliableQueue; on an at-most-once queue they
     # raise ValueError. (Methods, not a __getattr__: a class with __getattr__ gets no specialised

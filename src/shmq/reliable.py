@@ -38,7 +38,7 @@ class ReliableQueue(_aio.AsyncReliableOps, Queue):
             kw["max_message"] = st["max_message"]
         try:
             try:
-                q = Queue(dlq)              # an existing one is used as it is
+                q = Queue(dlq, backend="shm")  # an existing one is used as it is (never on $SHMQ_BACKEND)
             except QueueNotFound:
                 q = _create_dlq(dlq, **kw)  # same options as ours, ack=True, no DLQ of its own
         except ValueError as e:

@@ -1,0 +1,46 @@
+-- Shared by every script of the shmq Redis backend (prepended to each one when it is loaded).
+-- KEYS[1] is a queue's key prefix "shmq:{NAME}:"; every key of the queue derives from it, so
+-- all of them share one hash tag. A message is a stream entry with the fields
+--   i id, b body, k kind, h header block (shmq._codec format), t send time (ms),
+--   p priority, x expiry time (ms, 0: none)
+-- The stream's consumer group "g" holds the leases (its pending-entries list: who holds a
+-- delivery and its delivery count); the sorted set "l" holds each lease's deadline (ms).
+local P = KEYS[1]
+local META, S, L, D = P .. 'meta', P .. 's', P .. 'l', P .. 'd'
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function field(f, name)
+  for j = 1, #f, 2 do if f[j] == name then return f[j + 1] end end
+  return nil
+end
+local function set_field(f, name, value)
+  for j = 1, #f, 2 do if f[j] == name then f[j + 1] = value; return end end
+  f[#f + 1] = name; f[#f + 1] = value
+end
+local function hdr(key, value)
+  return struct.pack('<HBxI', #key, 0, #value) .. key .. value
+end
+-- The dead-letter move, in the one script that decided it: copy to the dead-letter queue's
+-- stream (a new id there, x-dead-letter-* headers added), then remove from the source.
+local function dead_letter(sid, f, reason, count, now)
+  local dlq = redis.call('HGET', META, 'dlq_prefix')
+  if dlq and dlq ~= '' then
+    local g = {}
+    for j = 1, #f do g[j] = f[j] end
+    local nid = redis.call('HINCRBY', dlq .. 'meta', 'next_id', 1)
+    local h = (field(f, 'h') or '') .. hdr('x-dead-letter-source', redis.call('HGET', META, 'name'))
+      .. hdr('x-dead-letter-reason', reason) .. hdr('x-delivery-count', tostring(count))
+      .. hdr('x-original-id', field(f, 'i')) .. hdr('x-original-timestamp', field(f, 't'))
+    set_field(g, 'h', h); set_field(g, 'i', tostring(nid)); set_field(g, 'x', '0'); set_field(g, 't', tostring(now))
+    redis.call('XADD', dlq .. 's', '*', unpack(g))
+    redis.call('HINCRBY', dlq .. 'meta', 'enqueued', 1)
+    redis.call('HINCRBY', META, reason == 'expired' and 'expired' or 'dead_lettered', 1)
+  else
+    redis.call('HINCRBY', META, 'expired', 1)
+  end
+  redis.call('XACK', S, 'g', sid)
+  redis.call('XDEL', S, sid)
+  redis.call('ZREM', L, sid)
+end
