@@ -4,9 +4,11 @@
 --   i id, b body, k kind, h header block (shmq._codec format), t send time (ms),
 --   p priority, x expiry time (ms, 0: none)
 -- The stream's consumer group "g" holds the leases (its pending-entries list: who holds a
--- delivery and its delivery count); the sorted set "l" holds each lease's deadline (ms).
+-- delivery and its delivery count); the sorted set "l" holds each lease's deadline (ms); "w"
+-- the deliveries given back (nack, or a dead-letter move waiting for room) with the time they
+-- are due again; "dl" the reason of a dead-letter move that waits for room.
 local P = KEYS[1]
-local META, S, L, D = P .. 'meta', P .. 's', P .. 'l', P .. 'd'
+local META, S, L, D, W, DL = P .. 'meta', P .. 's', P .. 'l', P .. 'd', P .. 'w', P .. 'dl'
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -23,24 +25,40 @@ local function hdr(key, value)
   return struct.pack('<HBxI', #key, 0, #value) .. key .. value
 end
 -- The dead-letter move, in the one script that decided it: copy to the dead-letter queue's
--- stream (a new id there, x-dead-letter-* headers added), then remove from the source.
-local function dead_letter(sid, f, reason, count, now)
+-- stream (a new id there, x-dead-letter-* headers added), then remove from the source. A
+-- full dead-letter queue (maxsize) leaves the message here, counted, retried in a second.
+-- last: when it was last delivered (ms, 0 never). Returns false when it could not move.
+local function dead_letter(sid, f, reason, count, now, last)
   local dlq = redis.call('HGET', META, 'dlq_prefix')
   if dlq and dlq ~= '' then
+    local dmax = tonumber(redis.call('HGET', dlq .. 'meta', 'maxsize') or '0')
+    if dmax > 0 and redis.call('XLEN', dlq .. 's') >= dmax then
+      redis.call('HINCRBY', META, 'dead_letter_failed', 1)
+      redis.call('HSET', DL, sid, reason)
+      redis.call('ZREM', L, sid)
+      redis.call('ZADD', W, now + 1000, sid)
+      return false
+    end
+    local first = last
+    if count > 1 then first = tonumber(field(f, 't')) end
     local g = {}
     for j = 1, #f do g[j] = f[j] end
     local nid = redis.call('HINCRBY', dlq .. 'meta', 'next_id', 1)
     local h = (field(f, 'h') or '') .. hdr('x-dead-letter-source', redis.call('HGET', META, 'name'))
       .. hdr('x-dead-letter-reason', reason) .. hdr('x-delivery-count', tostring(count))
-      .. hdr('x-original-id', field(f, 'i')) .. hdr('x-original-timestamp', field(f, 't'))
+      .. hdr('x-first-delivery', string.format('%.3f', first / 1000))
+      .. hdr('x-last-delivery', string.format('%.3f', last / 1000))
+      .. hdr('x-original-id', field(f, 'i')) .. hdr('x-original-timestamp', string.format('%.3f', tonumber(field(f, 't')) / 1000))
     set_field(g, 'h', h); set_field(g, 'i', tostring(nid)); set_field(g, 'x', '0'); set_field(g, 't', tostring(now))
     redis.call('XADD', dlq .. 's', '*', unpack(g))
     redis.call('HINCRBY', dlq .. 'meta', 'enqueued', 1)
-    redis.call('HINCRBY', META, reason == 'expired' and 'expired' or 'dead_lettered', 1)
-  else
-    redis.call('HINCRBY', META, 'expired', 1)
+    redis.call('HINCRBY', META, 'dead_lettered', 1)
   end
+  if reason == 'expired' then redis.call('HINCRBY', META, 'expired', 1) end
   redis.call('XACK', S, 'g', sid)
   redis.call('XDEL', S, sid)
   redis.call('ZREM', L, sid)
+  redis.call('ZREM', W, sid)
+  redis.call('HDEL', DL, sid)
+  return true
 end

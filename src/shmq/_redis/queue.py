@@ -30,12 +30,21 @@ def _io_errors():
 
 
 @contextlib.contextmanager
-def _io(url):
+def _io(h):
+    """Redis errors as shmq's: a lost server is BackendConnectionError; anything that fails on a
+    handle closed meanwhile (by another thread) is QueueClosedError. h: a handle or a URL."""
     try:
         yield
-    except _io_errors() as e:
-        raise BackendConnectionError(f"lost the Redis server at {url}: {e}; the call may or may not have "
-                                     "taken effect (at-least-once: a send may be repeated, use dedup_id)") from None
+    except QueueClosedError:
+        raise
+    except Exception as e:
+        if getattr(h, "_closed_flag", False):
+            raise QueueClosedError(f"queue {h._name!r} was closed") from None
+        if isinstance(e, _io_errors()):
+            url = getattr(h, "_url", h)
+            raise BackendConnectionError(f"lost the Redis server at {url}: {e}; the call may or may not have "
+                                         "taken effect (at-least-once: a send may be repeated, use dedup_id)") from None
+        raise
 
 
 def _s(v):
@@ -73,6 +82,8 @@ def open_queue(cls, name, url, options, is_dlq=False):
         _unsupported("mode=", "access to a Redis server is governed by its ACLs (ACL SETUSER), not file modes")
     if spec.slots:
         _unsupported("max_participants=", "Redis serves any number of clients")
+    if options.get("dedup_capacity") is not None:
+        _unsupported("dedup_capacity=", "each dedup id is a key with a TTL (dedup_window): there is no table to size")
     ack = bool(spec.flags & _core.F_ACK) or (not spec.create and options.get("ack") is True)
     r = connect(url, client_name("q"))
     try:
@@ -128,6 +139,9 @@ def _create(r, url, spec, is_dlq):
     meta = _meta_dict(flat)
     if meta.get("kind") != "queue":
         raise IncompatibleQueueError(f"{name!r} on {url} is a {meta.get('kind')}, not a queue")
+    if is_dlq and meta.get("ack") != "1":
+        raise ArgumentError(f"dead-letter queue {name!r} on {url} exists without ack=True; an at-least-once "
+                            "queue's dead letters need an at-least-once queue")
     return meta
 
 
@@ -218,7 +232,7 @@ class RedisQueue(Queue):
     def _push(self, items, block, timeout):
         self._check()
         dl = _deadline(timeout, block)
-        with _io(self._url):
+        with _io(self):
             if not self._maxsize:
                 self._r.rpush(self._list, *items)
                 self._r.hincrby(self._p + "meta", "enqueued", len(items))
@@ -248,7 +262,7 @@ class RedisQueue(Queue):
     def _pop(self, n, block, timeout):
         self._check()
         dl = _deadline(timeout, block)
-        with _io(self._url):
+        with _io(self):
             while True:
                 got = self._r.lpop(self._list, n) if n > 1 else self._r.lpop(self._list)
                 if got:
@@ -281,7 +295,7 @@ class RedisQueue(Queue):
 
     def qsize(self) -> int:
         self._check()
-        with _io(self._url):
+        with _io(self):
             return int(self._r.llen(self._list))
 
     def empty(self) -> bool:
@@ -315,7 +329,7 @@ class RedisQueue(Queue):
         """The keys of shared-memory queues' stats() (docs/guide/monitoring.md), from the server.
         Figures Redis has no counterpart for (bytes_used, participants, repairs) are 0 or None."""
         self._check()
-        with _io(self._url):
+        with _io(self):
             pipe = self._r.pipeline(transaction=False)
             pipe.hgetall(self._p + "meta")
             self._counts(pipe)
@@ -347,7 +361,7 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
         super()._setup(r, url, name, meta)
         self._consumer = r.connection_pool.connection_kwargs["client_name"]
         self._stream = self._p + "s"
-        self._scripts = {n: r.register_script(script_source(n)) for n in ("send", "receive", "settle", "reap")}
+        self._scripts = {n: r.register_script(script_source(n)) for n in ("send", "receive", "settle", "reap", "stats")}
         self._reaped = 0.0
 
     @property
@@ -380,11 +394,11 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
     def _send_raw(self, args, block, timeout):
         self._check()
         dl = _deadline(timeout, block)
-        with _io(self._url):
+        with _io(self):
             while True:
-                mid, status = self._scripts["send"](keys=[self._p], args=args)
+                mid, status, sid = self._scripts["send"](keys=[self._p], args=args)
                 if status != 2:
-                    return int(mid)
+                    return int(mid), sid
                 if dl is not None and time.monotonic() >= dl:
                     e = Full(f"queue {self._name!r} is full: it holds maxsize={self._maxsize} messages; consume "
                              "some, wait longer (timeout=), or create the queue with a larger maxsize")
@@ -396,7 +410,7 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
     def send(self, body: Any, headers=None, priority=None, delay=None, ttl=None, dedup_id=None, *,
              block: bool = True, timeout: Optional[float] = None) -> int:
         """As shmq.Queue.send on shared memory: returns the message id."""
-        return self._send_raw(self._send_args(body, headers, priority, delay, ttl, dedup_id), block, timeout)
+        return self._send_raw(self._send_args(body, headers, priority, delay, ttl, dedup_id), block, timeout)[0]
 
     def send_many(self, bodies, headers=None) -> list[int]:
         """Send each body (one round trip for the batch, pipelined); returns their ids.
@@ -405,11 +419,11 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
         if self._maxsize:
             _unsupported("send_many on a bounded queue", "a pipeline cannot wait for room")
         args = [self._send_args(b, headers, None, None, None, None) for b in bodies]
-        with _io(self._url):
+        with _io(self):
             pipe = self._r.pipeline(transaction=False)
             for a in args:
                 self._scripts["send"](keys=[self._p], args=a, client=pipe)
-            return [int(mid) for mid, _st in pipe.execute()]
+            return [int(r[0]) for r in pipe.execute()]
 
     def put(self, obj: Any, block: bool = True, timeout: Optional[float] = None) -> None:
         self.send(obj, block=block, timeout=timeout)
@@ -422,7 +436,7 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
     def _take(self, n, block, timeout, lease_ms=-1, raw=False):
         self._check()
         dl = _deadline(timeout, block)
-        with _io(self._url):
+        with _io(self):
             while True:
                 out, nxt, last, now = self._scripts["receive"](keys=[self._p], args=[self._consumer, n, lease_ms])
                 if out:
@@ -483,12 +497,12 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
         return self.stats()["depth"]
 
     # -- settling ------------------------------------------------------------------------------
-    def _settle(self, op, ms, tokens):
+    def _settle(self, op, ms, tokens, extra=()):
         self._check()
-        args = [op, self._consumer, ms]
+        args = [op, self._consumer, ms, *extra]
         for sid, count in tokens:
             args += [sid, count]
-        with _io(self._url):
+        with _io(self):
             return [int(i) - 1 for i in self._scripts["settle"](keys=[self._p], args=args)]
 
     def _stale(self, op, token, mid):
@@ -525,21 +539,25 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
         return len(todo)
 
     def _timers_run(self):
+        """Apply what is due now without delivering anything: delays, expired leases, TTLs of
+        unread messages, dead-letter moves that waited for room (receive does this lazily)."""
+        self._check()
+        with _io(self):
+            self._scripts["receive"](keys=[self._p], args=[self._consumer, 0, -1, "timers"])
         return 0
 
     # -- monitoring -----------------------------------------------------------------------------
     def _counts(self, pipe):
-        pipe.xlen(self._stream)
-        pipe.xpending(self._stream, "g")
-        pipe.zcard(self._p + "d")
+        self._scripts["stats"](keys=[self._p], client=pipe)
         pipe.xrange(self._stream, count=1)
         pipe.xinfo_consumers(self._stream, "g")
 
     def _fill(self, st, meta, res):
-        xlen, pend, delayed, head, consumers = res
-        inflight = int(pend["pending"]) if pend else 0
-        st.update(depth=max(0, int(xlen) - inflight), in_flight=inflight, delayed=int(delayed),
-                  consumers=len(consumers))
+        (xlen, pending, due_leases, given_back, given_back_due, delayed), head, consumers = res
+        # ready: never delivered, or due again; in flight: leases not past their deadline
+        st.update(depth=max(0, xlen - pending + due_leases + given_back_due),
+                  in_flight=max(0, pending - due_leases - given_back),
+                  delayed=delayed + given_back - given_back_due, consumers=len(consumers))
         if head:
             st["oldest_age_s"] = max(0.0, time.time() - int(head[0][1][b"t"]) / 1e3)
 
@@ -558,10 +576,13 @@ def _gap(name):
 
 
 # Every public call of the shared-memory classes that has no Redis version raises
-# UnsupportedError naming itself (never an AttributeError on the missing segment).
+# UnsupportedError naming itself (never an AttributeError on the missing segment). The calls
+# Queue defines in Python for every backend (send & co refusing at-most-once queues) stay.
+_KEEP = {"send", "receive", "receive_many", "ack_many", "join_thread", "cancel_join_thread", "dead_letter_queue",
+         "name", "_redis"}
 for _cls, _base in ((RedisQueue, Queue), (RedisReliableQueue, ReliableQueue)):
     for _n in dir(_base):
-        if _n.startswith("__") or _n in ("_redis",):
+        if _n.startswith("__") or _n in _KEEP:
             continue
         if any(_n in k.__dict__ for k in _cls.__mro__ if k in (RedisQueue, RedisReliableQueue)):
             continue
@@ -570,3 +591,61 @@ for _cls, _base in ((RedisQueue, Queue), (RedisReliableQueue, ReliableQueue)):
             continue
         if callable(getattr(_base, _n, None)) or _n == "_fd":
             setattr(_cls, _n, _gap(_n) if _n != "_fd" else property(_gap(_n)))
+
+
+def redrive_loop(src, to, max_messages, timeout, target, no_source):
+    """shmq.reliable._redrive for a dead-letter queue on Redis: each message is sent to its target
+    with a dedup id derived from the DLQ and message id, then acked here (a crash in between
+    repeats nothing within the target's dedup window). The next message's target is checked
+    before it is taken (a receive counts a delivery)."""
+    def dest_of(headers, mid):
+        dest = to or headers.get(_options.DLQ_SOURCE)
+        if not dest:
+            raise no_source(mid)
+        return target(dest)
+
+    moved = 0
+    while max_messages is None or moved < max_messages:
+        head = src._head()
+        if head is not None:
+            dest_of(*head)
+        try:
+            m = Message(src, src._take(1, True, timeout, raw=True)[0])
+        except Empty:
+            break
+        try:
+            q = dest_of(m.headers, m.id)
+            headers = {k: v for k, v in m.headers.items() if k not in _options.DLQ_HEADERS}
+            kind, payload = m.body
+            dk = dedup_key(f"redrive:{src.name}:{m.id}")
+            if isinstance(q, RedisReliableQueue):
+                q._send_raw([payload, kind, _codec.encode_headers(headers), m.priority, -1, -1, dk.hex()], True, None)
+            else:
+                q._core._send(payload, _codec.encode_headers(headers), m.priority, _core.USE_DEFAULT,
+                              _core.USE_DEFAULT, dk, True, None, kind)
+        except BaseException:
+            try:
+                m.nack(requeue=True)
+            except Exception:
+                pass
+            raise
+        m.ack()
+        moved += 1
+    return moved
+
+
+def _head(self):
+    """(headers, id) of the next never-delivered message, or None (redrive looks before taking)."""
+    with _io(self):
+        last = "0-0"
+        for g in self._r.xinfo_groups(self._stream):
+            if _s(g["name"]) == "g":
+                last = _s(g["last-delivered-id"])
+        e = self._r.xrange(self._stream, min="(" + last, count=1)
+    if not e:
+        return None
+    f = e[0][1]
+    return (_codec.decode_headers(f[b"h"]) if f.get(b"h") else {}), int(f[b"i"])
+
+
+RedisReliableQueue._head = _head

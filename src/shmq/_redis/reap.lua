@@ -6,7 +6,7 @@ local moved = 0
 for _, c in ipairs(ARGV) do
   local pe = redis.call('XPENDING', S, 'g', '-', '+', 10000, c)
   for _, e in ipairs(pe) do
-    redis.call('ZADD', L, now, e[1]); moved = moved + 1
+    moved = moved + redis.call('ZADD', L, 'XX', 'CH', now, e[1])   -- leases only (not given-back ones)
   end
   if #pe == 0 then redis.call('XGROUP', 'DELCONSUMER', S, 'g', c) end
 end
