@@ -1,6 +1,7 @@
 """Queue and at-least-once queue handles on Redis (the classes Queue() returns for backend=redis://)."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import struct
 import time
@@ -22,6 +23,7 @@ REDIS_MAX_MESSAGE = 512 * 1024 * 1024 - 1024   # a Redis string holds 512 MiB; r
 _ITEM = struct.Struct("<Bd")                    # at-most-once list item: kind, send time (epoch s), payload
 _POLL_S = 0.01                                  # a put on a full bounded queue looks again this often
 _SLICE_S = 1.0                                  # a blocking call without timeout wakes this often
+_ASYNC_SLICE_S = 0.2                            # an *_async call waits in the executor this long at a time
 
 
 def _io_errors():
@@ -177,6 +179,7 @@ class RedisQueue(Queue):
         self._closed_flag = False
         self._list = self._p + "q"
         self._put_script = r.register_script(script_source("put"))
+        self._stash = []        # what a cancelled *_async call had taken: the next take returns it first
 
     # -- identity and lifecycle ----------------------------------------------------------
     @property
@@ -261,6 +264,9 @@ class RedisQueue(Queue):
 
     def _pop(self, n, block, timeout):
         self._check()
+        if self._stash:
+            got, self._stash[:] = self._stash[:n], self._stash[n:]
+            return got
         dl = _deadline(timeout, block)
         with _io(self):
             while True:
@@ -281,6 +287,41 @@ class RedisQueue(Queue):
                 self._check()
             self._r.hincrby(self._p + "meta", "dequeued", len(got))
         return [self._decode_item(x) for x in got]
+
+    # -- asyncio: each call waits in the default executor in short slices, so the loop never
+    # blocks; what a cancelled call had already taken goes to the stash, and the next take
+    # returns it first (nothing taken is lost on cancellation).
+    async def _async(self, take, timeout, stash=True):
+        loop = asyncio.get_running_loop()
+        dl = _deadline(timeout)
+        while True:
+            left = _left(dl)
+            piece = _ASYNC_SLICE_S if left is None else min(left, _ASYNC_SLICE_S)
+            fut = loop.run_in_executor(None, take, piece)
+            try:
+                return await asyncio.shield(fut)
+            except Empty:
+                if left is not None and left <= _ASYNC_SLICE_S:
+                    raise
+            except asyncio.CancelledError:
+                if stash:
+                    fut.add_done_callback(self._stash_result)
+                raise
+
+    def _stash_result(self, fut):
+        if not fut.cancelled() and fut.exception() is None:
+            self._stash[:0] = fut.result()
+
+    async def get_async(self, timeout=None):
+        return (await self._async(lambda t: self._pop(1, True, t), timeout))[0]
+
+    async def get_many_async(self, max_items=64, timeout=None):
+        n = _options.check_int(max_items, "max_items", 1, _options.MAX_COUNT)
+        return await self._async(lambda t: self._pop(n, True, t), timeout)
+
+    async def put_async(self, obj, timeout=None):
+        item = self._item(obj)
+        return await asyncio.get_running_loop().run_in_executor(None, self._push, [item], True, timeout)
 
     def get(self, block: bool = True, timeout: Optional[float] = None, copy: bool = True) -> Any:
         return self._pop(1, block, timeout)[0]
@@ -435,6 +476,9 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
     # -- receiving ----------------------------------------------------------------------------
     def _take(self, n, block, timeout, lease_ms=-1, raw=False):
         self._check()
+        if self._stash and not raw:
+            got, self._stash[:] = self._stash[:n], self._stash[n:]
+            return got
         dl = _deadline(timeout, block)
         with _io(self):
             while True:
@@ -495,6 +539,32 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
 
     def qsize(self) -> int:
         return self.stats()["depth"]
+
+    async def receive_async(self, timeout=None):
+        return Message(self, (await self._async(lambda t: self._take(1, True, t), timeout))[0])
+
+    async def receive_many_async(self, max_items=64, timeout=None):
+        n = _options.check_int(max_items, "max_items", 1, _options.MAX_COUNT)
+        return [Message(self, r) for r in await self._async(lambda t: self._take(n, True, t), timeout)]
+
+    async def get_async(self, timeout=None):
+        m = await self.receive_async(timeout)
+        m.ack()
+        return m.body
+
+    async def get_many_async(self, max_items=64, timeout=None):
+        ms = await self.receive_many_async(max_items, timeout)
+        self.ack_many(ms)
+        return [m.body for m in ms]
+
+    async def send_async(self, body, headers=None, priority=None, delay=None, ttl=None, dedup_id=None, *,
+                         timeout=None):
+        args = self._send_args(body, headers, priority, delay, ttl, dedup_id)
+        loop = asyncio.get_running_loop()
+        return (await loop.run_in_executor(None, self._send_raw, args, True, timeout))[0]
+
+    async def put_async(self, obj, timeout=None):
+        await self.send_async(obj, timeout=timeout)
 
     # -- settling ------------------------------------------------------------------------------
     def _settle(self, op, ms, tokens, extra=()):

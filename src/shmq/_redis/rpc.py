@@ -10,10 +10,9 @@ import threading
 import time
 from collections import OrderedDict
 
-from .. import _codec, _names
+from .. import _codec, _core, _names
 from .. import rpc as _rpc
-from ..errors import (ArgumentError, Empty, NoRespondersError, QueueClosedError, QueueNotFound, ResponderDiedError,
-                      UnsupportedError)
+from ..errors import (ArgumentError, Empty, NoRespondersError, QueueClosedError, QueueNotFound, ResponderDiedError)
 from ..queue import Queue
 from . import pick
 from .queue import RedisReliableQueue, _io, _s
@@ -63,10 +62,13 @@ class RedisResponder(_rpc.Responder):
         self._inboxes = OrderedDict()
         self._lock = threading.Lock()
         self._pruned = time.monotonic()
+        self._stash = []
         self.name = name
 
     def receive(self, timeout=None):
         """The next Request. Raises Empty when none arrives in time, QueueClosedError."""
+        if self._stash:
+            return self._stash.pop(0)
         dl = None if timeout is None else time.monotonic() + max(0.0, float(timeout))
         while True:
             left = None if dl is None else max(0.0, dl - time.monotonic())
@@ -76,8 +78,27 @@ class RedisResponder(_rpc.Responder):
                 return req
 
     async def receive_async(self, timeout=None):
-        raise UnsupportedError("Responder.receive_async() is not supported by the Redis backend yet "
-                               "(docs/guide/redis.md lists the gaps)")
+        """receive() for asyncio: waits in the default executor in short slices; a request a
+        cancelled call had taken is returned by the next receive (none is lost)."""
+        return await self._async_receive(timeout)
+
+    async def _async_receive(self, timeout):
+        import asyncio
+        loop = asyncio.get_running_loop()
+        dl = None if timeout is None else time.monotonic() + max(0.0, float(timeout))
+        while True:
+            left = None if dl is None else max(0.0, dl - time.monotonic())
+            piece = 0.2 if left is None else min(left, 0.2)
+            fut = loop.run_in_executor(None, self.receive, piece)
+            try:
+                return await asyncio.shield(fut)
+            except Empty:
+                if left is not None and left <= 0.2:
+                    raise
+            except asyncio.CancelledError:
+                fut.add_done_callback(lambda f: f.cancelled() or f.exception() is not None
+                                      or self._stash.append(f.result()))
+                raise
 
     def _request_of(self, body, mid, count, token, corr, inbox, user):
         if corr is None or not inbox.startswith(self._q._p + "r:"):
@@ -199,7 +220,13 @@ class RedisRequester(_rpc.Requester):
             self._count("no_responders")
             raise NoRespondersError(f"no responder is attached to request queue {self.name!r}")
         p = _rpc._Pending(str(next(self._ids)), dl, future)
-        hdr = {_rpc.H_CORR: p.corr, _rpc.H_REPLY_TO: self._path, **user}
+        env = {_rpc.H_CORR: p.corr, _rpc.H_REPLY_TO: self._path}
+        hdr = {**env, **user}
+        if user:
+            ulen, elen = len(_codec.encode_headers(user)), len(_codec.encode_headers(env))
+            if ulen + elen > _core.HDR_MAX:
+                raise ArgumentError(f"headers take {ulen} bytes encoded and a request adds {elen} of its own "
+                                    f"(correlation id, reply list); at most {_core.HDR_MAX} fit")
         with self._mu:
             self._pending[p.corr] = p
             self._counts["sent"] += 1
@@ -226,11 +253,17 @@ class RedisRequester(_rpc.Requester):
         return "gone", None
 
     def _remove_if_waiting(self, p):
-        if p.token:
-            try:
+        """A request nobody took is removed; one held by a responder that died too (reliable)."""
+        if not p.token:
+            return
+        try:
+            state, who = self._state(p)
+            if state == "waiting":
                 self._q._settle("withdraw", 0, [(p.token, 0)])
-            except Exception:
-                pass
+            elif state == "taken" and who not in _live_names(self._q._r):
+                self._q._settle("drop", 0, [(p.token, 0)])
+        except Exception:
+            pass
 
     def _look_after(self, p):
         p.look_at = time.monotonic() + _rpc.SLICE

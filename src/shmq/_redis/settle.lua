@@ -1,4 +1,4 @@
--- Settle deliveries. ARGV: op ('ack', 'nack', 'requeue', 'extend', 'withdraw'), consumer, ms (nack: the
+-- Settle deliveries. ARGV: op ('ack', 'nack', 'requeue', 'extend', 'withdraw', 'drop'), consumer, ms (nack: the
 -- delay, extend: the new lease), then stream id, delivery count pairs. A delivery is settled
 -- only while the pending-entries list still shows it held by this consumer with this count
 -- (a lease that expired but was not claimed again can still be settled). Returns the indexes
@@ -23,7 +23,10 @@ local maxd = tonumber(redis.call('HGET', META, 'max_deliveries'))
 for j = first, #ARGV, 2 do
   local sid, count = ARGV[j], tonumber(ARGV[j + 1])
   local pe = redis.call('XPENDING', S, 'g', sid, sid, 1)
-  if op == 'withdraw' then
+  if op == 'drop' then
+    -- a request whose responders died, at its requester's timeout: removed, whoever holds it
+    redis.call('XACK', S, 'g', sid); redis.call('XDEL', S, sid); redis.call('ZREM', L, sid); redis.call('ZREM', W, sid)
+  elseif op == 'withdraw' then
     -- a request nobody took (not in the pending list): removed; one that was taken is stale
     if #pe == 0 then redis.call('XDEL', S, sid) else stale[#stale + 1] = (j - first + 2) / 2 end
   elseif #pe == 0 or pe[1][2] ~= consumer or tonumber(pe[1][4]) ~= count then
