@@ -8,6 +8,7 @@ from .message import Message
 from .queue import JoinableQueue, Queue, SimpleQueue, redrive, unlink
 from .rpc import Request, Requester, Responder
 from .stats import QueueInfo, list_queues
+from .errors import BackendConnectionError, UnsupportedError  # noqa: E402 - the Redis backend's (DESIGN §11)
 from . import metrics  # noqa: F401,E402 - shmq.metrics.render() (DESIGN §5.5); prometheus_client is not imported
 
 __version__ = "0.1.0"
@@ -19,4 +20,5 @@ __all__ = [
     "QueueExistsError", "QueuePermissionError", "NoSpaceError",
     "Requester", "Responder", "Request", "NoRespondersError", "ResponderDiedError", "RequestTimeout", "RemoteError",
     "crash_points", "set_spin_us", "get_spin_us", "__version__",
+    "UnsupportedError", "BackendConnectionError",
 ]

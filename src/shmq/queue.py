@@ -48,7 +48,8 @@ def _refuse(q: Queue, what: str) -> NoReturn:
 def _new(cls: type[_Q], name_or_maxsize: Union[str, int], *, is_dlq: bool = False, **options: Any) -> _Q:
     """Queue.__new__, with the one internal option: is_dlq (create the queue as a dead-letter
     queue, with no dead-letter queue of its own; shmq.reliable and tests use it)."""
-    url = _redis.pick(options.pop("backend", None))
+    backend = options.pop("backend", None)
+    url = _redis.pick(backend) if isinstance(name_or_maxsize, str) or backend is not None else None
     if url is not None and not is_dlq:
         if not isinstance(name_or_maxsize, str):
             raise ArgumentError("backend= needs a named queue: anonymous queues stay in shared memory")
