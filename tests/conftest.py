@@ -124,7 +124,7 @@ def make_queue(qname):
             for n in names:
                 if n:
                     try:
-                        shmq.unlink(n)
+                        shmq.unlink(n, backend=getattr(q, "backend", "shm"))   # (the Redis backend's: tests/_redisfix.py)
                     except shmq.QueueNotFound:
                         pass
 
