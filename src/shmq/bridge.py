@@ -12,7 +12,7 @@ import time
 from typing import Optional
 
 from . import _codec, _core
-from .errors import ArgumentError, Empty
+from .errors import ArgumentError, Empty, Full
 
 __all__ = ["Bridge", "parse_endpoint"]
 
@@ -84,12 +84,13 @@ class Bridge:
             from ._redis.queue import _io
             from .message import dedup_key
             d = self.dest
+            args = []
+            for (kind, payload), hdr, mid, _ts, _count, prio, _tok in recs:
+                args += [payload, kind, hdr, prio, -1, -1, dedup_key(f"bridge:{src_name}:{mid}").hex()]
             with _io(d):
-                pipe = d._r.pipeline(transaction=False)
-                for (kind, payload), hdr, mid, _ts, _count, prio, _tok in recs:
-                    d._scripts["send"](keys=[d._p], client=pipe, args=[
-                        payload, kind, hdr, prio, -1, -1, dedup_key(f"bridge:{src_name}:{mid}").hex()])
-                pipe.execute()
+                out = d._scripts["send"](keys=[d._p], args=args)   # one script for the batch
+            if any(out[i] == 2 for i in range(1, len(out), 3)):
+                raise Full(f"bridge destination {d.name!r} is full (maxsize)")
             return
         from .message import dedup_key
         for (kind, payload), hdr, mid, _ts, _count, prio, _tok in recs:

@@ -437,7 +437,7 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
         dl = _deadline(timeout, block)
         with _io(self):
             while True:
-                mid, status, sid = self._scripts["send"](keys=[self._p], args=args)
+                mid, status, sid = self._scripts["send"](keys=[self._p], args=args)[:3]
                 if status != 2:
                     return int(mid), sid
                 if dl is not None and time.monotonic() >= dl:
@@ -454,17 +454,19 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
         return self._send_raw(self._send_args(body, headers, priority, delay, ttl, dedup_id), block, timeout)[0]
 
     def send_many(self, bodies, headers=None) -> list[int]:
-        """Send each body (one round trip for the batch, pipelined); returns their ids.
+        """Send each body (one round trip and one script for the batch); returns their ids.
         Unbounded queues only (a bounded one: send them one by one)."""
         self._check()
         if self._maxsize:
             _unsupported("send_many on a bounded queue", "a pipeline cannot wait for room")
-        args = [self._send_args(b, headers, None, None, None, None) for b in bodies]
+        args = []
+        for b in bodies:
+            args += self._send_args(b, headers, None, None, None, None)
+        if not args:
+            return []
         with _io(self):
-            pipe = self._r.pipeline(transaction=False)
-            for a in args:
-                self._scripts["send"](keys=[self._p], args=a, client=pipe)
-            return [int(r[0]) for r in pipe.execute()]
+            out = self._scripts["send"](keys=[self._p], args=args)    # one script for the batch
+        return [int(out[i]) for i in range(0, len(out), 3)]
 
     def put(self, obj: Any, block: bool = True, timeout: Optional[float] = None) -> None:
         self.send(obj, block=block, timeout=timeout)

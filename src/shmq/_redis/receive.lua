@@ -83,15 +83,17 @@ if timers then
 elseif #out < n then
   local r = redis.call('XREADGROUP', 'GROUP', 'g', consumer, 'COUNT', n - #out, 'STREAMS', S, '>')
   if r then
+    local z = {}
     for _, e in ipairs(r[1][2]) do
       local sid, f = e[1], e[2]
       if expired(f) then
         dead_letter(sid, f, 'expired', 1, now, now)
       else
-        redis.call('ZADD', L, now + vt, sid)
+        z[#z + 1] = now + vt; z[#z + 1] = sid
         out[#out + 1] = {sid, 1, f}
       end
     end
+    if #z > 0 then redis.call('ZADD', L, unpack(z)) end
   end
 end
 if #out > 0 then

@@ -19,6 +19,7 @@ if op == 'reply' then
 end
 local now = now_ms()
 local stale = {}
+local acks = {}
 local maxd = tonumber(redis.call('HGET', META, 'max_deliveries'))
 for j = first, #ARGV, 2 do
   local sid, count = ARGV[j], tonumber(ARGV[j + 1])
@@ -32,9 +33,7 @@ for j = first, #ARGV, 2 do
   elseif #pe == 0 or pe[1][2] ~= consumer or tonumber(pe[1][4]) ~= count then
     stale[#stale + 1] = (j - first + 2) / 2
   elseif op == 'ack' then
-    redis.call('XACK', S, 'g', sid); redis.call('XDEL', S, sid); redis.call('ZREM', L, sid)
-    redis.call('ZREM', W, sid); redis.call('HDEL', DL, sid)
-    redis.call('HINCRBY', META, 'acked', 1)
+    acks[#acks + 1] = sid          -- removed together below (one call per structure)
   elseif op == 'extend' then
     redis.call('ZADD', L, now + ms, sid)
   else
@@ -53,5 +52,10 @@ for j = first, #ARGV, 2 do
       redis.call('HINCRBY', META, 'redelivered', 1)
     end
   end
+end
+if #acks > 0 then
+  redis.call('XACK', S, 'g', unpack(acks)); redis.call('XDEL', S, unpack(acks))
+  redis.call('ZREM', L, unpack(acks)); redis.call('ZREM', W, unpack(acks)); redis.call('HDEL', DL, unpack(acks))
+  redis.call('HINCRBY', META, 'acked', #acks)
 end
 return stale
