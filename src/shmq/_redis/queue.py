@@ -618,6 +618,15 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
             self._scripts["receive"](keys=[self._p], args=[self._consumer, 0, -1, "timers"])
         return 0
 
+    def _repair(self):
+        """What shared-memory repair does for dead participants: the leases of consumers whose
+        connection is gone end now, then what is due is applied (past max_deliveries: the DLQ)."""
+        self._check()
+        with _io(self):
+            self._reap()
+        self._timers_run()
+        return 0
+
     # -- monitoring -----------------------------------------------------------------------------
     def _counts(self, pipe):
         self._scripts["stats"](keys=[self._p], client=pipe)
