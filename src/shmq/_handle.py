@@ -67,8 +67,10 @@ def unlink(name: str, backend: Optional[str] = None) -> None:
 
     Raises QueueNotFound if there is no such queue, ValueError for an invalid name."""
     _names.check_name(name)
-    from . import _redis
-    url = _redis.pick(backend)
+    url = None
+    if backend != "shm" and (backend is not None or os.environ.get("SHMQ_BACKEND")):
+        from . import _redis
+        url = _redis.pick(backend)
     if url is not None:
         from ._redis.queue import unlink as _redis_unlink
         return _redis_unlink(name, url)

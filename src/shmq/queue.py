@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, NoReturn, Optional, TypeVar, Union
 
+import os
+
 from . import _aio, _core, _names, _options, _sweep
-from . import _redis
 from ._handle import Handle, open_core, unlink
 from .errors import ArgumentError, _label
 from .stats import settings
@@ -40,6 +41,15 @@ def _make_core(spec):
     return core, created
 
 
+def _pick_backend(backend):
+    """The Redis URL a named handle goes to (backend=, else $SHMQ_BACKEND), or None for shared
+    memory; shmq._redis (URL checks) is imported only when a backend is named."""
+    if backend == "shm" or (backend is None and not os.environ.get("SHMQ_BACKEND")):
+        return None
+    from . import _redis
+    return _redis.pick(backend)
+
+
 def _refuse(q: Queue, what: str) -> NoReturn:
     raise ArgumentError(f"{what}() needs a queue created with ack=True; {_label(q.path)} "
                         "is at-most-once (use put/get)")
@@ -49,7 +59,7 @@ def _new(cls: type[_Q], name_or_maxsize: Union[str, int], *, is_dlq: bool = Fals
     """Queue.__new__, with the one internal option: is_dlq (create the queue as a dead-letter
     queue, with no dead-letter queue of its own; shmq.reliable and tests use it)."""
     backend = options.pop("backend", None)
-    url = _redis.pick(backend) if isinstance(name_or_maxsize, str) or backend is not None else None
+    url = _pick_backend(backend) if isinstance(name_or_maxsize, str) or backend is not None else None
     if url is not None and not is_dlq:
         if not isinstance(name_or_maxsize, str):
             raise ArgumentError("backend= needs a named queue: anonymous queues stay in shared memory")

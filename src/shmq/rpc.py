@@ -22,11 +22,11 @@ import threading
 import time
 from collections import OrderedDict
 
-from . import _codec, _core, _names, _options, _redis, _sweep
+from . import _codec, _core, _names, _options, _sweep
 from ._handle import _rebuild
 from .errors import (ArgumentError, ArgumentTypeError, Empty, NoRespondersError, QueueClosedError,
                      QueueNotFound, RemoteError, RequestTimeout, ResponderDiedError, ShmqError)
-from .queue import Queue
+from .queue import Queue, _pick_backend
 from .reliable import ReliableQueue
 
 __all__ = ["Responder", "Requester", "Request", "CRASH_POINTS"]
@@ -183,7 +183,7 @@ class Responder:
 
     def __new__(cls, name, *args, backend=None, **kwargs):
         # backend= (or $SHMQ_BACKEND): the request queue on Redis (shmq._redis.rpc, DESIGN §11)
-        if cls is Responder and _redis.pick(backend) is not None:
+        if cls is Responder and _pick_backend(backend) is not None:
             from ._redis.rpc import RedisResponder
             cls = RedisResponder
         return object.__new__(cls)
@@ -428,7 +428,7 @@ class Requester:
     """
 
     def __new__(cls, name, *args, backend=None, **kwargs):
-        if cls is Requester and _redis.pick(backend) is not None:
+        if cls is Requester and _pick_backend(backend) is not None:
             from ._redis.rpc import RedisRequester
             cls = RedisRequester
         return object.__new__(cls)
