@@ -88,7 +88,13 @@ def connect(url, name):
     (a ShmqError) naming the URL when the server cannot be reached."""
     redis = _redis_module()
     try:
-        r = redis.Redis.from_url(url, client_name=name, socket_connect_timeout=5, health_check_interval=0)
+        from redis.backoff import ExponentialBackoff
+        from redis.retry import Retry
+        # the same reconnect policy on every redis-py version: a dropped connection is opened
+        # again at once (up to 3 times, backing off to 0.5 s) before BackendConnectionError
+        errors = [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError]
+        r = redis.Redis.from_url(url, client_name=name, socket_connect_timeout=5, health_check_interval=0,
+                                 retry=Retry(ExponentialBackoff(cap=0.5, base=0.01), 3), retry_on_error=errors)
         r.ping()
     except redis.exceptions.ConnectionError as e:
         from ..errors import BackendConnectionError
