@@ -81,12 +81,12 @@ class Bridge:
     def _forward(self, recs):
         src_name = self.src.name
         if self._dest_redis and self._dest_ack:
-            from ._redis.queue import _io
+            from ._redis.queue import _io, pack_args
             from .message import dedup_key
             d = self.dest
             args = []
             for (kind, payload), hdr, mid, _ts, _count, prio, _tok in recs:
-                args += [payload, kind, hdr, prio, -1, -1, dedup_key(f"bridge:{src_name}:{mid}").hex()]
+                args += pack_args(kind, bytes(payload), hdr, prio, -1, -1, dedup_key(f"bridge:{src_name}:{mid}").hex())
             with _io(d):
                 out = d._scripts["send"](keys=[d._p], args=args)   # one script for the batch
             if any(out[i] == 2 for i in range(1, len(out), 3)):

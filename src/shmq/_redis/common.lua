@@ -1,8 +1,9 @@
 -- Shared by every script of the shmq Redis backend (prepended to each one when it is loaded).
 -- KEYS[1] is a queue's key prefix "shmq:{NAME}:"; every key of the queue derives from it, so
 -- all of them share one hash tag. A message is a stream entry with the fields
---   i id, b body, k kind, h header block (shmq._codec format), t send time (ms),
---   p priority, x expiry time (ms, 0: none)
+--   i id, x expiry time (ms, 0: none), m the message packed by the client:
+--   struct '<BBdI' (kind, priority, send time in ms, header length), header block
+--   (shmq._codec format), body. (Few fields: each one costs a reply element to parse.)
 -- The stream's consumer group "g" holds the leases (its pending-entries list: who holds a
 -- delivery and its delivery count); the sorted set "l" holds each lease's deadline (ms); "w"
 -- the deliveries given back (nack, or a dead-letter move waiting for room) with the time they
@@ -20,6 +21,11 @@ end
 local function set_field(f, name, value)
   for j = 1, #f, 2 do if f[j] == name then f[j + 1] = value; return end end
   f[#f + 1] = name; f[#f + 1] = value
+end
+local MHEAD = 14     -- struct.pack('<BBdI') size
+local function unpack_m(m)
+  local kind, prio, t, hl = struct.unpack('<BBdI', m)
+  return kind, prio, t, string.sub(m, MHEAD + 1, MHEAD + hl), string.sub(m, MHEAD + hl + 1)
 end
 local function hdr(key, value)
   return struct.pack('<HBxI', #key, 0, #value) .. key .. value
@@ -39,17 +45,19 @@ local function dead_letter(sid, f, reason, count, now, last)
       redis.call('ZADD', W, now + 1000, sid)
       return false
     end
+    local kind, prio, t, h0, body = unpack_m(field(f, 'm'))
     local first = last
-    if count > 1 then first = tonumber(field(f, 't')) end
+    if count > 1 then first = t end
     local g = {}
     for j = 1, #f do g[j] = f[j] end
     local nid = redis.call('HINCRBY', dlq .. 'meta', 'next_id', 1)
-    local h = (field(f, 'h') or '') .. hdr('x-dead-letter-source', redis.call('HGET', META, 'name'))
+    local h = h0 .. hdr('x-dead-letter-source', redis.call('HGET', META, 'name'))
       .. hdr('x-dead-letter-reason', reason) .. hdr('x-delivery-count', tostring(count))
       .. hdr('x-first-delivery', string.format('%.3f', first / 1000))
       .. hdr('x-last-delivery', string.format('%.3f', last / 1000))
-      .. hdr('x-original-id', field(f, 'i')) .. hdr('x-original-timestamp', string.format('%.3f', tonumber(field(f, 't')) / 1000))
-    set_field(g, 'h', h); set_field(g, 'i', tostring(nid)); set_field(g, 'x', '0'); set_field(g, 't', tostring(now))
+      .. hdr('x-original-id', field(f, 'i')) .. hdr('x-original-timestamp', string.format('%.3f', t / 1000))
+    set_field(g, 'm', struct.pack('<BBdI', kind, prio, now, #h) .. h .. body)
+    set_field(g, 'i', tostring(nid)); set_field(g, 'x', '0')
     redis.call('XADD', dlq .. 's', '*', unpack(g))
     redis.call('HINCRBY', dlq .. 'meta', 'enqueued', 1)
     redis.call('HINCRBY', META, 'dead_lettered', 1)

@@ -9,7 +9,8 @@ from typing import Any, Optional
 
 from .. import _codec, _core, _options
 from .._handle import Handle
-from ..errors import (ArgumentError, ArgumentTypeError, BackendConnectionError, Empty, Full, IncompatibleQueueError,
+from ..errors import (ArgumentError, ArgumentTypeError, BackendConnectionError, CorruptQueueError, Empty, Full,
+                      IncompatibleQueueError,
                       LeaseExpiredError, MessageTooLargeError, QueueClosedError, QueueExistsError, QueueNotFound,
                       UnsupportedError)
 from ..message import Message, _lease_expired_many, dedup_key
@@ -21,6 +22,7 @@ __all__ = ["RedisQueue", "RedisReliableQueue", "open_queue", "unlink"]
 
 REDIS_MAX_MESSAGE = 512 * 1024 * 1024 - 1024   # a Redis string holds 512 MiB; room for our fields
 _ITEM = struct.Struct("<Bd")                    # at-most-once list item: kind, send time (epoch s), payload
+_MHEAD = struct.Struct("<BBdI")                 # a stream entry's m field: kind, priority, send ms, header length
 _POLL_S = 0.01                                  # a put on a full bounded queue looks again this often
 _SLICE_S = 1.0                                  # a blocking call without timeout wakes this often
 _ASYNC_SLICE_S = 0.2                            # an *_async call waits in the executor this long at a time
@@ -430,7 +432,7 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
         d = -1 if delay is None else _options.seconds_ns(delay, "delay") // 1_000_000
         t = -1 if ttl is None else max(1, _options.seconds_ns(ttl, "ttl", allow_zero=False) // 1_000_000)
         key = "" if dedup_id is None else dedup_key(dedup_id).hex()
-        return [payload, kind, hdr, prio, d, t, key]
+        return pack_args(kind, payload, hdr, prio, d, t, key)
 
     def _send_raw(self, args, block, timeout):
         self._check()
@@ -513,10 +515,14 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
     def _record(self, e, raw=False):
         sid, count, f = e
         d = {f[i]: f[i + 1] for i in range(0, len(f), 2)}
-        kind, payload = int(d[b"k"]), d[b"b"]
-        body = (kind, payload) if raw else _codec.decode(kind, memoryview(payload), self._raw, int(d[b"i"]))
-        return (body, d.get(b"h") or b"", int(d[b"i"]), int(d[b"t"]) / 1e3, int(count), int(d.get(b"p") or 0),
-                (sid, int(count)))
+        mid, m = int(d[b"i"]), d[b"m"]
+        kind, prio, t, hl = _MHEAD.unpack_from(m)   # untrusted: struct checks the length
+        end = _MHEAD.size + hl
+        if end > len(m):
+            raise CorruptQueueError(f"queue {self._name!r}: message {mid} is malformed (header past its end)")
+        view = memoryview(m)
+        body = (kind, bytes(view[end:])) if raw else _codec.decode(kind, view[end:], self._raw, mid)
+        return (body, bytes(view[_MHEAD.size:end]), mid, t / 1e3, int(count), prio, (sid, int(count)))
 
     def receive(self, timeout: Optional[float] = None, *, block: bool = True) -> Message:
         """As shmq.Queue.receive on shared memory."""
@@ -640,7 +646,13 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
                   in_flight=max(0, pending - due_leases - given_back),
                   delayed=delayed + given_back - given_back_due, consumers=len(consumers))
         if head:
-            st["oldest_age_s"] = max(0.0, time.time() - int(head[0][1][b"t"]) / 1e3)
+            st["oldest_age_s"] = max(0.0, time.time() - _MHEAD.unpack_from(head[0][1][b"m"])[2] / 1e3)
+
+
+def pack_args(kind, payload, hdr, prio, delay_ms, ttl_ms, key):
+    """send.lua's 4 arguments of one message: the packed m field (kind, priority, send time,
+    headers, body), delay, ttl, dedup key."""
+    return [_MHEAD.pack(kind, prio, time.time() * 1e3, len(hdr)) + hdr + payload, delay_ms, ttl_ms, key]
 
 
 def _priority(p):
@@ -700,7 +712,8 @@ def redrive_loop(src, to, max_messages, timeout, target, no_source):
             kind, payload = m.body
             dk = dedup_key(f"redrive:{src.name}:{m.id}")
             if isinstance(q, RedisReliableQueue):
-                q._send_raw([payload, kind, _codec.encode_headers(headers), m.priority, -1, -1, dk.hex()], True, None)
+                q._send_raw(pack_args(kind, payload, _codec.encode_headers(headers), m.priority, -1, -1, dk.hex()),
+                            True, None)
             else:
                 q._core._send(payload, _codec.encode_headers(headers), m.priority, _core.USE_DEFAULT,
                               _core.USE_DEFAULT, dk, True, None, kind)
@@ -726,7 +739,10 @@ def _head(self):
     if not e:
         return None
     f = e[0][1]
-    return (_codec.decode_headers(f[b"h"]) if f.get(b"h") else {}), int(f[b"i"])
+    m = f[b"m"]
+    hl = _MHEAD.unpack_from(m)[3]
+    block = m[_MHEAD.size:_MHEAD.size + hl]
+    return (_codec.decode_headers(block) if block else {}), int(f[b"i"])
 
 
 RedisReliableQueue._head = _head
