@@ -129,6 +129,20 @@ def test_forged_stamps_are_refused(rq):
     assert m.ack() is True
 
 
+def test_a_foreign_stream_entry_is_a_clear_error(rq, redis_url):
+    q = rq(ack=True)
+    r = admin(redis_url)
+    r.xadd(q._stream, {"i": "7", "m": b"\x01"})                    # too short
+    r.xadd(q._stream, {"junk": "1"})                                # not ours at all
+    r.xadd(q._stream, {"i": "8", "m": b"\x01\x00" + b"\0" * 8 + b"\xff\xff\x00\x00"})   # header past the end
+    for _ in range(3):
+        with pytest.raises(shmq.CorruptQueueError):
+            q.receive(timeout=5)
+    q.send(b"fine")
+    assert q.receive(timeout=5).body == b"fine"
+    r.close()
+
+
 def _take_and_die(url, name, ready):
     q = shmq.Queue(name, backend=url)
     m = q.receive(timeout=10)

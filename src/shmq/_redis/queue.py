@@ -515,8 +515,12 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
     def _record(self, e, raw=False):
         sid, count, f = e
         d = {f[i]: f[i + 1] for i in range(0, len(f), 2)}
-        mid, m = int(d[b"i"]), d[b"m"]
-        kind, prio, t, hl = _MHEAD.unpack_from(m)   # untrusted: struct checks the length
+        try:                                       # untrusted: anyone who can write the stream wrote it
+            mid, m = int(d[b"i"]), d[b"m"]
+            kind, prio, t, hl = _MHEAD.unpack_from(m)
+        except (KeyError, ValueError, TypeError, struct.error):
+            raise CorruptQueueError(f"queue {self._name!r}: stream entry {_s(sid)} is not a message of shmq "
+                                    "(written by another program?)") from None
         end = _MHEAD.size + hl
         if end > len(m):
             raise CorruptQueueError(f"queue {self._name!r}: message {mid} is malformed (header past its end)")
