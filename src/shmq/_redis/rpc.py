@@ -291,5 +291,15 @@ class RedisRequester(_rpc.Requester):
             self._fail(p, NoRespondersError(f"every responder of {self.name!r} left before taking the request"),
                        "no_responders")
 
+    def _dispatch(self, item):
+        # A reply read after its request's deadline is late, however the wait went (a BLPOP
+        # that returned it after the deadline passed): the request times out, the reply is
+        # dropped and counted.
+        if isinstance(item, tuple) and len(item) == 4 and isinstance(item[0], str):
+            p = self._pending.get(item[0])
+            if p is not None and p.deadline is not None and time.monotonic() >= p.deadline:
+                self._fail(p, _rpc.RequestTimeout(f"no reply from {self.name!r} within the timeout"), "timeouts")
+        super()._dispatch(item)
+
     async def request_async(self, obj, timeout=None, headers=None):
         return await super().request_async(obj, timeout, headers)
