@@ -124,7 +124,7 @@ def make_queue(qname):
             for n in names:
                 if n:
                     try:
-                        shmq.unlink(n)
+                        shmq.unlink(n, backend=getattr(q, "backend", "shm"))   # (the Redis backend's: tests/_redisfix.py)
                     except shmq.QueueNotFound:
                         pass
 
@@ -135,3 +135,8 @@ START_METHODS = ["fork", "spawn", "forkserver"]
 @pytest.fixture(params=START_METHODS)
 def mpctx(request):
     return multiprocessing.get_context(request.param)
+
+
+# The Redis backend (DESIGN §11): a real redis-server and the both-backends parametrization
+# (modules with BACKENDS = ("shm", "redis")); see tests/_redisfix.py.
+from _redisfix import backend, pytest_generate_tests, redis_server, redis_url  # noqa: E402,F401

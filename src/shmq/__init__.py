@@ -13,6 +13,7 @@ from .errors import SubscriptionNotFound
 from .priority import PriorityQueue
 from ._open import open  # noqa: A004 - shmq.open (DESIGN §5.2)
 from .errors import CorruptJournalError, JournalError
+from .errors import BackendConnectionError, UnsupportedError  # noqa: E402 - the Redis backend's (DESIGN §11)
 from . import metrics  # noqa: F401,E402 - shmq.metrics.render() (DESIGN §5.5); prometheus_client is not imported
 
 __version__ = "0.1.0"
@@ -27,4 +28,5 @@ __all__ = [
     "Topic", "Subscription", "SubscriptionInfo", "TopicMessage", "SubscriptionNotFound",
     "PriorityQueue", "open",
     "JournalError", "CorruptJournalError",
+    "UnsupportedError", "BackendConnectionError",
 ]

@@ -64,11 +64,19 @@ def _after_mp_bootstrap(_handle):
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def unlink(name: str) -> None:
+def unlink(name: str, backend: Optional[str] = None) -> None:
     """Remove the named queue. Attached processes keep working until they close.
+    backend: as Queue()'s (default $SHMQ_BACKEND, else shared memory).
 
     Raises QueueNotFound if there is no such queue, ValueError for an invalid name."""
     _names.check_name(name)
+    url = None
+    if backend != "shm" and (backend is not None or os.environ.get("SHMQ_BACKEND")):
+        from . import _redis
+        url = _redis.pick(backend)
+    if url is not None:
+        from ._redis.queue import unlink as _redis_unlink
+        return _redis_unlink(name, url)
     path = _names.path_of(name)
     try:
         os.unlink(path)

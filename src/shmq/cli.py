@@ -640,6 +640,22 @@ def build_parser():
     s.add_argument("--port", type=_count(65535), default=9108, help="TCP port (default 9108; 0 picks a free one)")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     s.add_argument("--once", action="store_true", help="print the metrics to stdout and exit")
+    s = sub.add_parser("bridge", help="forward a queue to another backend (shared memory <-> Redis)",
+                       description="Forward the at-least-once queue SRC to DEST until SIGTERM/Ctrl-C (or --max, "
+                                   "--idle-exit). An endpoint is NAME (the default backend: $SHMQ_BACKEND, else shared "
+                                   "memory), NAME@shm, or NAME@redis://host:port/db (also rediss://, unix://). Each "
+                                   "batch is acked at SRC only after DEST accepted it; copies carry a dedup id, so a "
+                                   "bridge that crashes and restarts doubles nothing. See docs/guide/redis.md.")
+    s.add_argument("src", metavar="SRC")
+    s.add_argument("dest", metavar="DEST")
+    s.add_argument("--batch", type=_count(100000), default=256, help="messages per batch (default 256)")
+    s.add_argument("--max", type=_count(), default=None, help="stop after forwarding this many")
+    s.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS",
+                   help="stop when nothing came for this long")
+    s.add_argument("--progress", type=float, default=None, metavar="SECONDS",
+                   help="print the counts to stderr every SECONDS")
+    s.add_argument("--create", action="store_true", help="create DEST (ack=True) if it does not exist")
+    s.add_argument("--json", action="store_true", help="print the final counts as JSON")
     sub.add_parser("bench", help="benchmark against multiprocessing.Queue and installed peers", add_help=False,
                    description="Run the benchmark harness (see `shmq bench --help`).")
     s = sub.add_parser("journal", help="inspect a queue's journal directory",
@@ -668,6 +684,11 @@ def cmd_journal(args):
     else:
         print(text, file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
+
+
+def _cmd_bridge(args):
+    from .bridge import cmd_bridge
+    return cmd_bridge(args)
 
 
 def _quiet_stdout():
@@ -704,7 +725,8 @@ def _main(argv):
         return 2
     try:
         return {"ls": cmd_ls, "stat": cmd_stat, "rm": cmd_rm, "gc": cmd_gc, "peek": cmd_peek, "purge": cmd_purge,
-                "top": cmd_top, "redrive": cmd_redrive, "metrics": cmd_metrics, "journal": cmd_journal}[args.cmd](args)
+                "top": cmd_top, "redrive": cmd_redrive, "metrics": cmd_metrics, "journal": cmd_journal,
+                "bridge": _cmd_bridge}[args.cmd](args)
     except BrokenPipeError:
         raise                       # main() ends quietly
     except (_RedriveError, MessageTooLargeError, QueueClosedError) as e:

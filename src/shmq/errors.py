@@ -283,3 +283,16 @@ def _journal_error(err: int, op: str, label: str) -> JournalError:
     else:
         hint = "the journal could not be written"
     return JournalError(err or _errno.EIO, f"{label}: {op}: {why}: {hint}")
+
+
+# the Redis backend (shmq._redis, DESIGN §11)
+class UnsupportedError(ShmqError, ValueError):
+    """An option or call the chosen backend cannot provide (the message names it; the Redis
+    backend's gaps are listed in docs/guide/redis.md)."""
+
+
+class BackendConnectionError(ShmqError, ConnectionError):
+    """The backend server (Redis) could not be reached or refused the connection."""
+
+
+__all__ += ["UnsupportedError", "BackendConnectionError"]

@@ -4,10 +4,12 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, NoReturn, Optional, TypeVar, Union
 
+import os
+
 from . import _aio, _core, _names, _options, _sweep
 from . import journal as _journal
 from ._handle import Handle, open_core, unlink
-from .errors import ArgumentError, IncompatibleQueueError, _label
+from .errors import ArgumentError, IncompatibleQueueError, UnsupportedError, _label
 from .stats import settings
 
 if TYPE_CHECKING:
@@ -67,6 +69,15 @@ def _wrong_kind(name, have, want):
                                   "or shmq.open(name)")
 
 
+def _pick_backend(backend):
+    """The Redis URL a named handle goes to (backend=, else $SHMQ_BACKEND), or None for shared
+    memory; shmq._redis (URL checks) is imported only when a backend is named."""
+    if backend == "shm" or (backend is None and not os.environ.get("SHMQ_BACKEND")):
+        return None
+    from . import _redis
+    return _redis.pick(backend)
+
+
 def _refuse(q: Queue, what: str) -> NoReturn:
     raise ArgumentError(f"{what}() needs a queue created with ack=True; {_label(q.path)} "
                         "is at-most-once (use put/get)")
@@ -75,6 +86,18 @@ def _refuse(q: Queue, what: str) -> NoReturn:
 def _new(cls: type[_Q], name_or_maxsize: Union[str, int], *, is_dlq: bool = False, **options: Any) -> _Q:
     """Queue.__new__, with the one internal option: is_dlq (create the queue as a dead-letter
     queue, with no dead-letter queue of its own; shmq.reliable and tests use it)."""
+    backend = options.pop("backend", None)
+    url = _pick_backend(backend) if isinstance(name_or_maxsize, str) or backend is not None else None
+    if url is not None and not is_dlq:
+        if not isinstance(name_or_maxsize, str):
+            raise ArgumentError("backend= needs a named queue: anonymous queues stay in shared memory")
+        if any(options.get(k) is not None for k in _JOURNAL_ARGS):
+            raise UnsupportedError("journal= is not supported on the Redis backend (Redis persists with its "
+                                   "own AOF/RDB settings): drop it or use backend='shm'")
+        for k in _JOURNAL_ARGS:
+            options.pop(k, None)
+        from ._redis.queue import open_queue
+        return open_queue(cls, name_or_maxsize, url, options)
     jargs = {k: options.pop(k, None) for k in _JOURNAL_ARGS}
     spec = _options.resolve(name_or_maxsize, joinable=cls._joinable, is_dlq=is_dlq, **options)
     jopts = _journal.resolve(*jargs.values(), name=spec.name, max_message=spec.max_message)
@@ -126,6 +149,8 @@ class Queue(Handle, _aio.AsyncQueueOps, _core.QueueOps):
     - ``journal=None`` (a directory), ``fsync="always"|"batch"|"never"``, ``fsync_interval`` (10 ms),
       ``journal_recovery="strict"|"skip"``, ``journal_segment_size`` (32 MiB): a write-ahead journal that
       survives restarts; see docs/guide/persistence.md.
+    - ``backend=None``: "redis://host:port/db" (also rediss://, unix://) puts a named queue on Redis
+      (docs/guide/redis.md); default $SHMQ_BACKEND for named queues, else shared memory.
 
     Raises QueueNotFound, QueueExistsError, ValueError/TypeError (ShmqError too) for bad
     arguments or options that contradict the existing queue's, QueuePermissionError,
@@ -143,14 +168,16 @@ class Queue(Handle, _aio.AsyncQueueOps, _core.QueueOps):
                 dedup_window: Optional[float] = None, dedup_capacity: Optional[int] = None,
                 journal: Union[str, os.PathLike, None] = None, fsync: Optional[str] = None,
                 fsync_interval: Optional[float] = None, journal_recovery: Optional[str] = None,
-                journal_segment_size: Union[int, str, None] = None) -> _Q:
+                journal_segment_size: Union[int, str, None] = None,
+                backend: Optional[str] = None) -> _Q:
         # ctx: accepted for multiprocessing's signature; a shared-memory queue needs no context.
         return _new(cls, name_or_maxsize, maxsize=maxsize, create=create, exist_ok=exist_ok, capacity=capacity,
                     max_message=max_message, mode=mode, raw=raw, max_participants=max_participants, ack=ack,
                     visibility_timeout=visibility_timeout, max_deliveries=max_deliveries, dead_letter=dead_letter,
                     delay=delay, ttl=ttl, dedup_window=dedup_window, dedup_capacity=dedup_capacity,
                     journal=journal, fsync=fsync, fsync_interval=fsync_interval, journal_recovery=journal_recovery,
-                    journal_segment_size=journal_segment_size)
+                    journal_segment_size=journal_segment_size,
+                    **({} if backend is None else {"backend": backend}))
 
     # The at-least-once calls live on shmq.reliable.ReliableQueue; on an at-most-once queue they
     # raise ValueError. (Methods, not a __getattr__: a class with __getattr__ gets no specialised

@@ -165,8 +165,9 @@ class ReliableQueue(_aio.AsyncReliableOps, Queue):
         return 0 if priority is None else _priority(priority)
 
     def _dlq_open(self, name):
-        """Open the existing dead-letter queue `name` (shmq.priority opens a PriorityQueue)."""
-        return Queue(name)
+        """Open the existing dead-letter queue `name` (shmq.priority opens a PriorityQueue); in
+        shared memory always, never on $SHMQ_BACKEND."""
+        return Queue(name, backend="shm")
 
     def _dlq_create(self, name, **kw):
         """Create (or open) the dead-letter queue `name` with our options (shmq.priority: its levels too)."""
@@ -233,7 +234,7 @@ def redrive(dlq: Union[str, Queue], to: Optional[str] = None, *, max_messages: O
     def target(dest):
         q = targets.get(dest)
         if q is None:
-            q = targets[dest] = Queue(dest)
+            q = targets[dest] = Queue(dest, backend=getattr(src, "backend", "shm"))  # the DLQ's backend
         if not isinstance(q, ReliableQueue):
             raise ArgumentError(f"redrive() target {dest!r} is not an at-least-once queue")
         return q
@@ -257,6 +258,9 @@ def _redrive(src, to, max_messages, timeout, target, no_source):
     -> the exception for a message without a source (the CLI words both its own way)."""
     if not isinstance(src, ReliableQueue):
         raise ArgumentError(f"redrive() needs a dead-letter queue (ack=True); {src.name!r} is at-most-once")
+    if getattr(src, "_redis", False):          # a dead-letter queue on Redis (DESIGN §11)
+        from ._redis.queue import redrive_loop
+        return redrive_loop(src, to, max_messages, timeout, target, no_source)
 
     def dest_of(headers, mid):
         dest = to or headers.get(_options.DLQ_SOURCE)

@@ -26,7 +26,7 @@ from . import _codec, _core, _names, _options, _sweep
 from ._handle import _rebuild
 from .errors import (ArgumentError, ArgumentTypeError, Empty, NoRespondersError, QueueClosedError,
                      QueueNotFound, RemoteError, RequestTimeout, ResponderDiedError, ShmqError)
-from .queue import Queue
+from .queue import Queue, _pick_backend
 from .reliable import ReliableQueue
 
 __all__ = ["Responder", "Requester", "Request", "CRASH_POINTS"]
@@ -181,7 +181,14 @@ class Responder:
     delivery and a dead responder's requester gets ResponderDiedError.
     """
 
-    def __init__(self, name, create=False, reliable=False, **queue_options):
+    def __new__(cls, name, *args, backend=None, **kwargs):
+        # backend= (or $SHMQ_BACKEND): the request queue on Redis (shmq._redis.rpc, DESIGN §11)
+        if cls is Responder and _pick_backend(backend) is not None:
+            from ._redis.rpc import RedisResponder
+            cls = RedisResponder
+        return object.__new__(cls)
+
+    def __init__(self, name, create=False, reliable=False, backend=None, **queue_options):
         _names.check_name(name)
         if "ack" in queue_options:
             raise ArgumentError("a request queue is always an at-least-once queue: do not pass ack=")
@@ -195,11 +202,11 @@ class Responder:
             opts.setdefault("capacity", "8MiB")
             if not reliable:
                 opts.update(max_deliveries=1, visibility_timeout=NON_RELIABLE_VISIBILITY)
-            q = Queue(name, create=True, ack=True, **opts)
+            q = Queue(name, create=True, ack=True, backend="shm", **opts)
         else:
             if queue_options:
                 raise ArgumentError("queue options need create=True")
-            q = Queue(name)
+            q = Queue(name, backend="shm")
         if not isinstance(q, ReliableQueue):
             q.close()
             raise ArgumentError(f"queue {name!r} is not a request queue (it was not created by a Responder)")
@@ -420,10 +427,16 @@ class Requester:
     responder ever created the queue.
     """
 
-    def __init__(self, name):
+    def __new__(cls, name, *args, backend=None, **kwargs):
+        if cls is Requester and _pick_backend(backend) is not None:
+            from ._redis.rpc import RedisRequester
+            cls = RedisRequester
+        return object.__new__(cls)
+
+    def __init__(self, name, backend=None):
         _names.check_name(name)
         try:
-            q = Queue(name)
+            q = Queue(name, backend="shm")
         except QueueNotFound:
             raise QueueNotFound(2, f"no request queue {name!r}: no Responder({name!r}, create=True) has run",
                                 _names.path_of(name)) from None

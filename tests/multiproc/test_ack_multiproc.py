@@ -13,6 +13,7 @@ import pytest
 import shmq
 
 CTX = mp.get_context("fork")
+BACKENDS = ("shm", "redis")   # each test runs on shared memory and on Redis (tests/_redisfix.py)
 
 
 def _cleanup(*names):

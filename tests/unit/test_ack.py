@@ -11,6 +11,7 @@ import pytest
 import shmq
 
 VIS = 0.3   # visibility timeout of most tests (seconds)
+BACKENDS = ("shm", "redis")   # each test runs on shared memory and on Redis (tests/_redisfix.py)
 
 
 @pytest.fixture
@@ -292,6 +293,8 @@ def test_dedup_window_ends(ackq):
     assert b != a and counters(q)["depth"] == 2
 
 
+@pytest.mark.shm_only("Redis keeps each dedup id as a key with a TTL: there is no table to fill, and "
+                      "dedup_capacity= raises UnsupportedError there")
 def test_dedup_table_full_raises(ackq):
     q = ackq(dedup_capacity=16)
     for i in range(12):
@@ -427,6 +430,8 @@ def test_bad_input(ackq, make_queue, qname):
         m.nack()
 
 
+@pytest.mark.shm_only("the token is a shared-memory descriptor stamp (an int); Redis stamps a delivery with "
+                      "(stream id, delivery count), forged in tests/redis/test_redis_backend.py")
 def test_forged_token_is_refused(ackq):
     q = ackq()
     q.send(b"x")

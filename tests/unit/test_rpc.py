@@ -13,6 +13,7 @@ import pytest
 import shmq
 
 CTX = mp.get_context("fork")
+BACKENDS = ("shm", "redis")   # each test runs on shared memory and on Redis (tests/_redisfix.py)
 
 
 def _serve(name, reliable=False, ready=None):
@@ -252,6 +253,8 @@ def test_asyncio_requests_and_a_cancelled_one_leaves_nothing(rpc):
     assert held.stats()["depth"] == 0
 
 
+@pytest.mark.shm_only("the inbox is an anonymous shared-memory file that gc sweeps; on Redis a reply list "
+                      "expires by itself (PEXPIRE), tested in tests/redis/test_redis_backend.py")
 def test_a_sigkilled_requester_never_wedges_the_responders(rpc):
     name, start, handles = rpc
     start()

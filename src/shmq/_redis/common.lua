@@ -1,0 +1,72 @@
+-- Shared by every script of the shmq Redis backend (prepended to each one when it is loaded).
+-- KEYS[1] is a queue's key prefix "shmq:{NAME}:"; every key of the queue derives from it, so
+-- all of them share one hash tag. A message is a stream entry with the fields
+--   i id, x expiry time (ms, 0: none), m the message packed by the client:
+--   struct '<BBdI' (kind, priority, send time in ms, header length), header block
+--   (shmq._codec format), body. (Few fields: each one costs a reply element to parse.)
+-- The stream's consumer group "g" holds the leases (its pending-entries list: who holds a
+-- delivery and its delivery count); the sorted set "l" holds each lease's deadline (ms); "w"
+-- the deliveries given back (nack, or a dead-letter move waiting for room) with the time they
+-- are due again; "dl" the reason of a dead-letter move that waits for room.
+local P = KEYS[1]
+local META, S, L, D, W, DL = P .. 'meta', P .. 's', P .. 'l', P .. 'd', P .. 'w', P .. 'dl'
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function field(f, name)
+  for j = 1, #f, 2 do if f[j] == name then return f[j + 1] end end
+  return nil
+end
+local function set_field(f, name, value)
+  for j = 1, #f, 2 do if f[j] == name then f[j + 1] = value; return end end
+  f[#f + 1] = name; f[#f + 1] = value
+end
+local MHEAD = 14     -- struct.pack('<BBdI') size
+local function unpack_m(m)
+  local kind, prio, t, hl = struct.unpack('<BBdI', m)
+  return kind, prio, t, string.sub(m, MHEAD + 1, MHEAD + hl), string.sub(m, MHEAD + hl + 1)
+end
+local function hdr(key, value)
+  return struct.pack('<HBxI', #key, 0, #value) .. key .. value
+end
+-- The dead-letter move, in the one script that decided it: copy to the dead-letter queue's
+-- stream (a new id there, x-dead-letter-* headers added), then remove from the source. A
+-- full dead-letter queue (maxsize) leaves the message here, counted, retried in a second.
+-- last: when it was last delivered (ms, 0 never). Returns false when it could not move.
+local function dead_letter(sid, f, reason, count, now, last)
+  local dlq = redis.call('HGET', META, 'dlq_prefix')
+  if dlq and dlq ~= '' then
+    local dmax = tonumber(redis.call('HGET', dlq .. 'meta', 'maxsize') or '0')
+    if dmax > 0 and redis.call('XLEN', dlq .. 's') >= dmax then
+      redis.call('HINCRBY', META, 'dead_letter_failed', 1)
+      redis.call('HSET', DL, sid, reason)
+      redis.call('ZREM', L, sid)
+      redis.call('ZADD', W, now + 1000, sid)
+      return false
+    end
+    local kind, prio, t, h0, body = unpack_m(field(f, 'm'))
+    local first = last
+    if count > 1 then first = t end
+    local g = {}
+    for j = 1, #f do g[j] = f[j] end
+    local nid = redis.call('HINCRBY', dlq .. 'meta', 'next_id', 1)
+    local h = h0 .. hdr('x-dead-letter-source', redis.call('HGET', META, 'name'))
+      .. hdr('x-dead-letter-reason', reason) .. hdr('x-delivery-count', tostring(count))
+      .. hdr('x-first-delivery', string.format('%.3f', first / 1000))
+      .. hdr('x-last-delivery', string.format('%.3f', last / 1000))
+      .. hdr('x-original-id', field(f, 'i')) .. hdr('x-original-timestamp', string.format('%.3f', t / 1000))
+    set_field(g, 'm', struct.pack('<BBdI', kind, prio, now, #h) .. h .. body)
+    set_field(g, 'i', tostring(nid)); set_field(g, 'x', '0')
+    redis.call('XADD', dlq .. 's', '*', unpack(g))
+    redis.call('HINCRBY', dlq .. 'meta', 'enqueued', 1)
+    redis.call('HINCRBY', META, 'dead_lettered', 1)
+  end
+  if reason == 'expired' then redis.call('HINCRBY', META, 'expired', 1) end
+  redis.call('XACK', S, 'g', sid)
+  redis.call('XDEL', S, sid)
+  redis.call('ZREM', L, sid)
+  redis.call('ZREM', W, sid)
+  redis.call('HDEL', DL, sid)
+  return true
+end

@@ -1,0 +1,112 @@
+-- Take up to n messages under a lease. ARGV: consumer, n, lease ms (-1: the queue's), and
+-- 'timers' to only apply what is due (n = 0: no delivery) and expire unread messages.
+-- First the due delayed messages join the stream; then deliveries given back (w) and leases
+-- past their deadline (l: expired, or a dead consumer's) are claimed again (XCLAIM counts the
+-- delivery), dead-lettered past max_deliveries; then new entries. Expired messages (ttl) are
+-- dead-lettered or dropped. Returns {entries, next deadline ms (-1 none), group's
+-- last-delivered id, server time ms}; an entry is {stream id, delivery count, fields}.
+local consumer, n, timers = ARGV[1], tonumber(ARGV[2]), ARGV[4] == 'timers'
+local m = redis.call('HMGET', META, 'visibility_ms', 'max_deliveries')
+local vt = tonumber(ARGV[3]); if vt < 0 then vt = tonumber(m[1]) end
+local maxd = tonumber(m[2])
+local now = now_ms()
+local due = redis.call('ZRANGEBYSCORE', D, '-inf', now, 'LIMIT', 0, 256)
+for _, id in ipairs(due) do
+  local f = redis.call('HGETALL', P .. 'm:' .. id)
+  if #f > 0 then redis.call('XADD', S, '*', unpack(f)) end
+  redis.call('DEL', P .. 'm:' .. id)
+  redis.call('ZREM', D, id)
+end
+local out = {}
+local function expired(f) local x = tonumber(field(f, 'x') or '0'); return x > 0 and x <= now end
+local function claim(sid, given_back)
+  local pe = redis.call('XPENDING', S, 'g', sid, sid, 1)
+  if #pe == 0 then
+    redis.call('ZREM', L, sid); redis.call('ZREM', W, sid); redis.call('HDEL', DL, sid)
+    return
+  end
+  local count, last = tonumber(pe[1][4]), now - tonumber(pe[1][3])
+  local why = redis.call('HGET', DL, sid)
+  if timers then
+    -- apply what is due without delivering (no claim: the delivery count stays)
+    local e = redis.call('XRANGE', S, sid, sid)
+    local f = e[1] and e[1][2]
+    if not f then
+      redis.call('XACK', S, 'g', sid); redis.call('ZREM', L, sid); redis.call('ZREM', W, sid)
+    elseif why then
+      dead_letter(sid, f, why, count, now, last)
+    elseif not given_back and count + 1 > maxd then
+      dead_letter(sid, f, 'max_deliveries', count, now, last)
+    elseif expired(f) then
+      dead_letter(sid, f, 'expired', count, now, last)
+    elseif not given_back then
+      redis.call('ZREM', L, sid); redis.call('ZADD', W, now, sid)
+      redis.call('HINCRBY', META, 'redelivered', 1)
+    end
+    return
+  end
+  local e = redis.call('XCLAIM', S, 'g', consumer, 0, sid)
+  local f = e[1] and e[1][2]
+  if not f then
+    redis.call('XACK', S, 'g', sid); redis.call('ZREM', L, sid); redis.call('ZREM', W, sid)
+  elseif why then
+    dead_letter(sid, f, why, count, now, last)
+  elseif count + 1 > maxd then
+    dead_letter(sid, f, 'max_deliveries', count, now, last)
+  elseif expired(f) then
+    dead_letter(sid, f, 'expired', count, now, last)
+  else
+    redis.call('ZREM', W, sid)
+    redis.call('ZADD', L, now + vt, sid)
+    if not given_back then redis.call('HINCRBY', META, 'redelivered', 1) end
+    out[#out + 1] = {sid, count + 1, f}
+  end
+end
+local lim = n; if timers then lim = 256 end
+for _, sid in ipairs(redis.call('ZRANGEBYSCORE', W, '-inf', now, 'LIMIT', 0, lim)) do
+  if timers or #out < n then claim(sid, true) end
+end
+if timers or #out < n then
+  for _, sid in ipairs(redis.call('ZRANGEBYSCORE', L, '-inf', now, 'LIMIT', 0, lim)) do
+    if timers or #out < n then claim(sid, false) end
+  end
+end
+if timers then
+  -- unread messages past their ttl (a consumer that reads them would expire them too)
+  local last = '0-0'
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', S)) do
+    if field(g, 'name') == 'g' then last = field(g, 'last-delivered-id') end
+  end
+  for _, e in ipairs(redis.call('XRANGE', S, '(' .. last, '+', 'COUNT', 1000)) do
+    if expired(e[2]) then dead_letter(e[1], e[2], 'expired', 0, now, 0) end
+  end
+elseif #out < n then
+  local r = redis.call('XREADGROUP', 'GROUP', 'g', consumer, 'COUNT', n - #out, 'STREAMS', S, '>')
+  if r then
+    local z = {}
+    for _, e in ipairs(r[1][2]) do
+      local sid, f = e[1], e[2]
+      if expired(f) then
+        dead_letter(sid, f, 'expired', 1, now, now)
+      else
+        z[#z + 1] = now + vt; z[#z + 1] = sid
+        out[#out + 1] = {sid, 1, f}
+      end
+    end
+    if #z > 0 then redis.call('ZADD', L, unpack(z)) end
+  end
+end
+if #out > 0 then
+  redis.call('HINCRBY', META, 'dequeued', #out)
+  return {out, -1, '', now}
+end
+local nxt = -1
+for _, z in ipairs({L, W, D}) do
+  local a = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
+  if a[2] and (nxt < 0 or tonumber(a[2]) < nxt) then nxt = tonumber(a[2]) end
+end
+local last = '0-0'
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', S)) do
+  if field(g, 'name') == 'g' then last = field(g, 'last-delivered-id') end
+end
+return {out, nxt, last, now}

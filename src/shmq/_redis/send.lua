@@ -1,0 +1,42 @@
+-- Send messages. ARGV: 4 values per message: the packed message (common.lua), delay ms
+-- (-1: the queue's), ttl ms (-1: the queue's, 0: none), dedup key (hex, '' none). Returns 3
+-- values per message: id, status (0 sent, 1 a duplicate: id is the original's, 2 full:
+-- maxsize, nothing sent from there on), stream id ('' when delayed or not sent).
+local m = redis.call('HMGET', META, 'maxsize', 'delay_ms', 'ttl_ms', 'dedup_window_ms')
+local maxsize = tonumber(m[1] or '0')
+local held = 0
+if maxsize > 0 then held = redis.call('XLEN', S) + redis.call('ZCARD', D) end
+local now = now_ms()
+local out = {}
+local sent = 0
+for j = 1, #ARGV, 4 do
+  local dk = ARGV[j + 3]
+  local old = false
+  if dk ~= '' then old = redis.call('GET', P .. 'dd:' .. dk) end
+  if old then
+    redis.call('HINCRBY', META, 'dedup_hits', 1)
+    out[#out + 1] = tonumber(old); out[#out + 1] = 1; out[#out + 1] = ''
+  elseif maxsize > 0 and held >= maxsize then
+    out[#out + 1] = 0; out[#out + 1] = 2; out[#out + 1] = ''
+    break
+  else
+    local id = redis.call('HINCRBY', META, 'next_id', 1)
+    if dk ~= '' then redis.call('SET', P .. 'dd:' .. dk, id, 'PX', tonumber(m[4])) end
+    local delay = tonumber(ARGV[j + 1]); if delay < 0 then delay = tonumber(m[2] or '0') end
+    local ttl = tonumber(ARGV[j + 2]); if ttl < 0 then ttl = tonumber(m[3] or '0') end
+    local exp = 0; if ttl > 0 then exp = now + ttl end
+    local f = {'i', id, 'x', exp, 'm', ARGV[j]}
+    local sid = ''
+    if delay > 0 then
+      redis.call('HSET', P .. 'm:' .. id, unpack(f))
+      redis.call('ZADD', D, now + delay, id)
+    else
+      sid = redis.call('XADD', S, '*', unpack(f))
+    end
+    held = held + 1
+    sent = sent + 1
+    out[#out + 1] = id; out[#out + 1] = 0; out[#out + 1] = sid
+  end
+end
+if sent > 0 then redis.call('HINCRBY', META, 'enqueued', sent) end
+return out

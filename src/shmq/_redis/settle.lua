@@ -1,0 +1,61 @@
+-- Settle deliveries. ARGV: op ('ack', 'nack', 'requeue', 'extend', 'withdraw', 'drop'), consumer, ms (nack: the
+-- delay, extend: the new lease), then stream id, delivery count pairs. A delivery is settled
+-- only while the pending-entries list still shows it held by this consumer with this count
+-- (a lease that expired but was not claimed again can still be settled). Returns the indexes
+-- (1-based) of the pairs that were stale. 'reply' (ARGV[3] the reply list, ARGV[4] the reply,
+-- then one pair) pushes the reply and acks in one step, so a reply exists if and only if the
+-- request was acked.
+local op, consumer, ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local first = 4
+if op == 'reply' then
+  first = 6
+  local inbox = ARGV[3]
+  if string.sub(inbox, 1, #P + 2) ~= P .. 'r:' then return redis.error_reply('reply list outside the queue') end
+  local pe = redis.call('XPENDING', S, 'g', ARGV[6], ARGV[6], 1)
+  if #pe == 0 or pe[1][2] ~= consumer or tonumber(pe[1][4]) ~= tonumber(ARGV[7]) then return {1} end
+  redis.call('RPUSH', inbox, ARGV[4])
+  redis.call('PEXPIRE', inbox, ARGV[5])
+  op = 'ack'
+end
+local now = now_ms()
+local stale = {}
+local acks = {}
+local maxd = tonumber(redis.call('HGET', META, 'max_deliveries'))
+for j = first, #ARGV, 2 do
+  local sid, count = ARGV[j], tonumber(ARGV[j + 1])
+  local pe = redis.call('XPENDING', S, 'g', sid, sid, 1)
+  if op == 'drop' then
+    -- a request whose responders died, at its requester's timeout: removed, whoever holds it
+    redis.call('XACK', S, 'g', sid); redis.call('XDEL', S, sid); redis.call('ZREM', L, sid); redis.call('ZREM', W, sid)
+  elseif op == 'withdraw' then
+    -- a request nobody took (not in the pending list): removed; one that was taken is stale
+    if #pe == 0 then redis.call('XDEL', S, sid) else stale[#stale + 1] = (j - first + 2) / 2 end
+  elseif #pe == 0 or pe[1][2] ~= consumer or tonumber(pe[1][4]) ~= count then
+    stale[#stale + 1] = (j - first + 2) / 2
+  elseif op == 'ack' then
+    acks[#acks + 1] = sid          -- removed together below (one call per structure)
+  elseif op == 'extend' then
+    redis.call('ZADD', L, now + ms, sid)
+  else
+    local e = redis.call('XRANGE', S, sid, sid)
+    local last = now - tonumber(pe[1][3])
+    if not e[1] then
+      redis.call('XACK', S, 'g', sid); redis.call('ZREM', L, sid)
+    elseif op == 'nack' then
+      dead_letter(sid, e[1][2], 'rejected', count, now, last)
+    elseif count + 1 > maxd then
+      dead_letter(sid, e[1][2], 'max_deliveries', count, now, last)
+    else
+      -- given back: due again after the delay; the failed delivery is counted now
+      redis.call('ZREM', L, sid)
+      redis.call('ZADD', W, now + ms, sid)
+      redis.call('HINCRBY', META, 'redelivered', 1)
+    end
+  end
+end
+if #acks > 0 then
+  redis.call('XACK', S, 'g', unpack(acks)); redis.call('XDEL', S, unpack(acks))
+  redis.call('ZREM', L, unpack(acks)); redis.call('ZREM', W, unpack(acks)); redis.call('HDEL', DL, unpack(acks))
+  redis.call('HINCRBY', META, 'acked', #acks)
+end
+return stale
