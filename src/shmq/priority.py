@@ -1,13 +1,14 @@
 """PriorityQueue: a queue whose higher-priority messages are served first (a ring per level in shared memory)."""
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Iterable, Mapping, Optional, TypeVar, Union
 
 from . import _aio, _core, _options
-from .errors import ArgumentError, Full
+from .errors import ArgumentError, Full, UnsupportedError
 from . import journal as _journal
-from .queue import _JOURNAL_ARGS, Queue, _make_core
+from .queue import _JOURNAL_ARGS, Queue, _make_core, _pick_backend
 from .reliable import ReliableQueue
 
 __all__ = ["PriorityQueue", "ReliablePriorityQueue"]
@@ -41,6 +42,11 @@ def _new(cls: type[_P], name_or_maxsize: Union[str, int], levels: Optional[int],
         options["capacity"] = ANON_CAPACITY
     lv = _levels(levels)
     mw = 0 if max_wait is None else _options.seconds_ns(max_wait, "max_wait", allow_zero=False)
+    backend = options.pop("backend", None)
+    if (isinstance(name_or_maxsize, str) or backend is not None) and _pick_backend(backend) is not None:
+        # DESIGN §11: a stream per level is the plan (docs/guide/redis.md, gaps); not built yet
+        raise UnsupportedError("PriorityQueue is not supported on the Redis backend yet (backend= or "
+                               "$SHMQ_BACKEND): pass backend='shm' for a shared-memory priority queue")
     jargs = {k: options.pop(k, None) for k in _JOURNAL_ARGS}
     spec = _options.resolve(name_or_maxsize, is_dlq=is_dlq, **options)
     jopts = _journal.resolve(*jargs.values(), name=spec.name, max_message=spec.max_message)
@@ -85,12 +91,17 @@ class PriorityQueue(_core.PriorityOps, Queue):
                 max_participants: Optional[int] = None, ack: Optional[bool] = None,
                 visibility_timeout: Optional[float] = None, max_deliveries: Optional[int] = None,
                 dead_letter: Optional[str] = None, delay: Optional[float] = None, ttl: Optional[float] = None,
-                dedup_window: Optional[float] = None, dedup_capacity: Optional[int] = None) -> _P:
+                dedup_window: Optional[float] = None, dedup_capacity: Optional[int] = None,
+                journal: Union[str, os.PathLike, None] = None, fsync: Optional[str] = None,
+                fsync_interval: Optional[float] = None, journal_recovery: Optional[str] = None,
+                journal_segment_size: Union[int, str, None] = None, backend: Optional[str] = None) -> _P:
         return _new(cls, name_or_maxsize, levels, max_wait, maxsize=maxsize, create=create, exist_ok=exist_ok,
                     capacity=capacity, max_message=max_message, mode=mode, raw=raw,
                     max_participants=max_participants, ack=ack, visibility_timeout=visibility_timeout,
                     max_deliveries=max_deliveries, dead_letter=dead_letter, delay=delay, ttl=ttl,
-                    dedup_window=dedup_window, dedup_capacity=dedup_capacity)
+                    dedup_window=dedup_window, dedup_capacity=dedup_capacity, journal=journal, fsync=fsync,
+                    fsync_interval=fsync_interval, journal_recovery=journal_recovery,
+                    journal_segment_size=journal_segment_size, backend=backend)
 
     @property
     def levels(self) -> int:
@@ -127,7 +138,7 @@ class ReliablePriorityQueue(PriorityQueue, ReliableQueue):
         return p
 
     def _dlq_open(self, name):
-        return PriorityQueue(name)
+        return PriorityQueue(name, backend="shm")
 
     def _dlq_create(self, name, **kw):
         return _new(PriorityQueue, name, self.levels, self.max_wait, is_dlq=True, **kw)

@@ -7,7 +7,7 @@ import time
 import weakref
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Optional, Union
 
-from . import _codec, _core, _names, _options
+from . import _aio, _codec, _core, _names, _options
 from ._handle import Handle, open_core
 from . import errors as shmq_errors
 from .errors import ArgumentError, ArgumentTypeError, Empty, IncompatibleQueueError, QueueClosedError, _label
@@ -252,6 +252,31 @@ class Subscription:
             except QueueClosedError:
                 return
 
+    # -- asyncio (DESIGN §5.6): the queues' waiting (shmq._aio), on the topic's wait word ----------
+    @property
+    def _core(self) -> Any:
+        return self._topic._core    # what shmq._aio's waiter watches: publishers wake it
+
+    async def get_async(self, timeout: Optional[float] = None) -> Any:
+        """get() without blocking the event loop: the next message (ack=True: a TopicDelivery).
+        Raises Empty after timeout seconds, QueueClosedError. A cancelled call takes nothing."""
+        return await _aio._wait(self, _aio.GET, lambda: self.get(False), timeout, Empty)
+
+    async def get_many_async(self, max_items: int = 64, timeout: Optional[float] = None) -> list:
+        """get_many() without blocking the event loop: 1..max_items messages. Raises Empty."""
+        return await _aio._wait(self, _aio.GET, lambda: self.get_many(max_items, block=False), timeout, Empty)
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Any:
+        """``async for m in sub``: every message as it comes; ends when the subscription or its
+        topic closes."""
+        try:
+            return await self.get_async()
+        except QueueClosedError:
+            raise StopAsyncIteration from None
+
     def _info(self):
         for rec in _core._topic_subscriptions(self._topic._core):
             if rec[0] == self._idx and rec[1] == self._gen:
@@ -282,6 +307,12 @@ class Subscription:
         self._closed = True
         self._reader.close()
         self._topic._forget(self)
+        for w in list(self.__dict__.get("_aio_watchers", {}).values()):
+            # coroutines asleep in get_async: each wakes and meets QueueClosedError in its own call
+            try:
+                w.loop.call_soon_threadsafe(w._kicked, QueueClosedError("subscription closed"))
+            except RuntimeError:
+                pass                             # that loop is closed: nobody waits there
 
     def __enter__(self) -> Subscription:
         return self
@@ -310,8 +341,14 @@ class Topic(Handle, _core.TopicOps):
 
     def __new__(cls, name: str, *, create: bool = False, capacity: Union[int, str] = DEFAULT_CAPACITY,
                 retention: Optional[float] = None, max_message: Optional[Union[int, str]] = None,
-                mode: int = 0o600, exist_ok: bool = False, max_participants: Optional[int] = None) -> Topic:
+                mode: int = 0o600, exist_ok: bool = False, max_participants: Optional[int] = None,
+                backend: Optional[str] = None) -> Topic:
         name = _options.name(name, "topic name")
+        from .queue import _pick_backend
+        if _pick_backend(backend) is not None:
+            # DESIGN §11: a consumer group per named subscription is the plan (docs/guide/redis.md)
+            raise shmq_errors.UnsupportedError("Topic is not supported on the Redis backend yet (backend= or "
+                                               "$SHMQ_BACKEND): pass backend='shm' for a shared-memory topic")
         cap = _options.size(capacity, "capacity")
         if cap < MIN_CAPACITY:
             raise ArgumentError(f"capacity must be at least {MIN_CAPACITY} bytes, got {capacity!r}")
