@@ -107,10 +107,11 @@ def _check(got, logs):
     received = set().union(*(lg[b"r"] for lg in logs))
     acked = set().union(*(lg[b"a"] for lg in logs))
     assert all(well_formed(b) for b in got), "garbled message recovered"
-    assert len(got) == len(set(got)), "a message was recovered twice"
-    missing = [b for b in sent if b not in set(got) and b not in received]
+    gotset = set(got)
+    assert len(got) == len(gotset), "a message was recovered twice"
+    missing = [b for b in sent if b not in gotset and b not in received]
     assert not missing, f"{len(missing)} sends that returned are gone, e.g. {missing[:3]}"
-    back = acked & set(got)
+    back = acked & gotset
     assert not back, f"{len(back)} acked messages came back, e.g. {sorted(back)[:3]}"
     return len(sent)
 
