@@ -566,6 +566,8 @@ static int ack_taken(shmq_seg_t *q, shmq_msg_t *m, int mode)
         shmq_ack_meta_t *mt = (shmq_ack_meta_t *)p;
         uint64_t wall = shmq_now_wall_ns(); /* fine: the ack measures processing time from it (hist.h) */
         d->deadline_ns = now + K(q)->visibility_ns;
+        /* the deadline is a lease end from here: a scan reads it once the ticks flag is gone (release) */
+        shmq_store_release(&d->flags, (uint8_t)(d->flags & ~SHMQ_DF_TICKS));
         d->delivery_count++;
         if (SHMQ_UNLIKELY(q->journal != NULL))
             q->journal->hk->deliver(q, d->id); /* the delivery count survives a restart */
@@ -870,12 +872,13 @@ static int timers_scan(shmq_seg_t *q, uint64_t now)
             uint32_t st = shmq_desc_state(w), g = shmq_desc_dgen(w);
             if (st != SHMQ_D_INFLIGHT && st != SHMQ_D_DELAYED && st != SHMQ_D_READY)
                 continue;
+            uint8_t fl = shmq_load_acquire(&d->flags); /* before the deadline: see the INFLIGHT case */
             uint64_t dl = shmq_load_acquire(&d->deadline_ns), ex = shmq_load_relaxed(&d->expire_ns);
             if (st == SHMQ_D_DELAYED && dl >= SHMQ_GROUP_PARK && (d->flags & SHMQ_DF_GROUP))
                 continue; /* group hook: a parked member waits for its group (TTL applied at its turn) */
             uint64_t due;
-            if (st == SHMQ_D_INFLIGHT)
-                due = dl ? dl : SHMQ_NO_DEADLINE; /* 0: a receiver is writing it (and lowers the hint) */
+            if (st == SHMQ_D_INFLIGHT) /* 0, or the put's ticks (hist.h) still there: a receiver is writing it */
+                due = dl && !(fl & SHMQ_DF_TICKS) ? dl : SHMQ_NO_DEADLINE;
             else if (st == SHMQ_D_DELAYED)
                 due = ex && ex < dl ? ex : dl;
             else

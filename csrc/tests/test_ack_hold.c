@@ -14,7 +14,7 @@ static void test_hold_then_release(void)
     char big[4096];
     memset(big, 7, sizeof big);
     shmq_iov_t iov = {big, sizeof big};
-    shmq_send_opts_t so = {SHMQ_USE_DEFAULT, SHMQ_USE_DEFAULT, NULL, 0, 0, NULL};
+    shmq_send_opts_t so = {.delay_ns = SHMQ_USE_DEFAULT, .ttl_ns = SHMQ_USE_DEFAULT};
     uint64_t id;
     int dup;
     CHECK_EQ(shmq_send(q, &iov, 1, 0, &so, 0, &id, &dup), SHMQ_OK);
@@ -50,7 +50,7 @@ static void test_dead_holder_is_freed_by_repair(void)
     CHECK(q != NULL);
     char big[4096] = {0};
     shmq_iov_t iov = {big, sizeof big};
-    shmq_send_opts_t so = {SHMQ_USE_DEFAULT, SHMQ_USE_DEFAULT, NULL, 0, 0, NULL};
+    shmq_send_opts_t so = {.delay_ns = SHMQ_USE_DEFAULT, .ttl_ns = SHMQ_USE_DEFAULT};
     uint64_t id;
     int dup;
     CHECK_EQ(shmq_send(q, &iov, 1, 0, &so, 0, &id, &dup), SHMQ_OK);

@@ -103,7 +103,7 @@ static void test_ack_process_and_nacks(void)
     shmq_seg_t *q = th_create(&o);
     CHECK(q != NULL);
     shmq_iov_t iov = {"body", 4};
-    shmq_send_opts_t so = {SHMQ_USE_DEFAULT, SHMQ_USE_DEFAULT, NULL, 0, 0, NULL};
+    shmq_send_opts_t so = {.delay_ns = SHMQ_USE_DEFAULT, .ttl_ns = SHMQ_USE_DEFAULT};
     uint64_t id;
     int dup;
     for (int i = 0; i < 2; i++)

@@ -7,6 +7,7 @@
  * consumer killed holding leases or at a crash point, repaired by shmq_repair_dead.
  * The stats counters are checked exactly after every step. */
 #define _GNU_SOURCE
+#include "../hist.h"
 #include "../lease.h"
 #include "../participants.h"
 #include "tharness.h"
@@ -979,6 +980,34 @@ static void test_crash_mid_move_copies_once(void)
     }
 }
 
+static void test_scan_leaves_a_delivery_whose_lease_is_not_written_yet(void)
+{
+    /* A put leaves its ticks in a READY descriptor's deadline_ns (hist.h, SHMQ_DF_TICKS); a
+     * receiver's CAS makes it INFLIGHT before it writes the lease. A timer scan in between must
+     * not take those ticks for a lease end that passed (the receiver would then hand out a
+     * message the scan had put back: a duplicate delivery). Forged here as that instant, with
+     * ticks "in the past" (as on a machine without a TSC, or after a TSC reset). */
+    char path[128];
+    shmq_seg_t *q = ack_queue("ticks", VIS_SHORT, 5, NULL, path, NULL);
+    CHECK(q != NULL);
+    uint64_t id;
+    CHECK_EQ(send_msg(q, "t", 0, 0, NULL, 0, &id), SHMQ_OK);
+    shmq_desc_t *d = th_desc_by_id(q, id);
+    CHECK(d != NULL);
+    CHECK(d->flags & SHMQ_DF_TICKS);
+    uint64_t w = d->word;
+    CHECK_EQ(shmq_desc_state(w), SHMQ_D_READY);
+    d->deadline_ns = 1000; /* long past as a monotonic time */
+    d->word = shmq_desc_word(shmq_desc_dgen(w) + 1, SHMQ_D_INFLIGHT, q->owner); /* the receiver's CAS */
+    th_sleep_ms(2);
+    CHECK_EQ(shmq_timers_run(q), 0); /* nothing due: the lease is being written */
+    CHECK_EQ(shmq_desc_state(d->word), SHMQ_D_INFLIGHT);
+    /* once the lease is written (the flag goes), an expired one is put back as before */
+    d->flags &= (uint8_t)~SHMQ_DF_TICKS;
+    CHECK(shmq_timers_run(q) >= 1);
+    CHECK(shmq_desc_state(d->word) != SHMQ_D_INFLIGHT);
+}
+
 int main(int argc, char **argv)
 {
     th_child_dispatch(argc, argv, roles);
@@ -1001,6 +1030,7 @@ int main(int argc, char **argv)
     RUN(test_growable_queue_leases_in_later_areas);
     RUN(test_forged_tokens_are_refused);
     RUN(test_garbage_descriptors_are_skipped_not_delivered);
+    RUN(test_scan_leaves_a_delivery_whose_lease_is_not_written_yet);
     RUN(test_killed_consumer_leases_come_back);
     RUN(test_crash_after_lease_is_redelivered);
     RUN(test_crash_mid_ack_finishes_the_ack);

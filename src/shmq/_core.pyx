@@ -15,6 +15,7 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndS
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.float cimport PyFloat_CheckExact
 from cpython.long cimport PyLong_CheckExact
+from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.memoryview cimport PyMemoryView_FromMemory, PyMemoryView_FromObject
 from libc.stdlib cimport free, malloc
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
@@ -397,6 +398,7 @@ cdef class Core:
     cdef uint64_t _fwd_token
     cdef uint64_t _fwd_id
     cdef object _fwd_lock       # one forward into this handle at a time (it rides on the fields above)
+    cdef unsigned long _fwd_thread  # the thread whose forward the fields above belong to
     cdef uint64_t _vis_ns       # receive(copy=False): the queue's lease length, read once
 
     def __cinit__(self):
@@ -687,6 +689,8 @@ cdef class Core:
         cdef int dup = 0
         cdef PyThreadState *ts
         cdef Core src = self._fwd_src   # forward: the source queue of the held delivery, else None
+        if src is not None and self._fwd_thread != PyThread_get_thread_ident():
+            src = None                  # another thread's own send while this handle forwards: a plain send
         while True:
             self._enter()
             if src is not None:
@@ -1326,6 +1330,7 @@ cdef class Core:
             self._fwd_lock = _threading.Lock()
         self._fwd_lock.acquire()   # the forward's source rides on this object for one call
         try:
+            self._fwd_thread = PyThread_get_thread_ident()
             self._fwd_src = src
             self._fwd_token = token
             self._fwd_id = mid

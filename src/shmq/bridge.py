@@ -85,7 +85,7 @@ class Bridge:
             from .message import dedup_key
             d = self.dest
             args = []
-            for (kind, payload), hdr, mid, _ts, _count, prio, _tok in recs:
+            for (kind, payload), hdr, mid, _ts, _count, prio, _tok, *_grp in recs:   # shm adds the group
                 args += pack_args(kind, bytes(payload), hdr, prio, -1, -1, dedup_key(f"bridge:{src_name}:{mid}").hex())
             with _io(d):
                 out = d._scripts["send"](keys=[d._p], args=args)   # one script for the batch
@@ -93,10 +93,13 @@ class Bridge:
                 raise Full(f"bridge destination {d.name!r} is full (maxsize)")
             return
         from .message import dedup_key
-        for (kind, payload), hdr, mid, _ts, _count, prio, _tok in recs:
+        for (kind, payload), hdr, mid, _ts, _count, prio, _tok, *_grp in recs:   # shm adds the group
             if self._dest_ack:      # shared memory
+                grp = _grp[0] if _grp and _grp[0] is not None else (None, 0)   # a group stays a group
+                if grp[0] is not None and self.dest._core._flags_value & _core.F_JOURNAL:
+                    grp = (None, 0)   # a journaled queue takes no groups yet (docs/guide/groups.md)
                 self.dest._core._send(payload, hdr, prio, _core.USE_DEFAULT, _core.USE_DEFAULT,
-                                      dedup_key(f"bridge:{src_name}:{mid}"), True, None, kind)
+                                      dedup_key(f"bridge:{src_name}:{mid}"), True, None, kind, grp[0], grp[1])
             else:                   # at most once, either backend: no dedup there
                 self.dest.put(_codec.decode(kind, memoryview(payload), False, mid))
 

@@ -240,6 +240,9 @@ def _open(name, attach):
         c._open(path, -1, attach)
     except FileNotFoundError:
         raise QueueNotFound(2, f"no such queue: {name!r}", path) from None
+    if attach and c._flags_value & _core.F_JOURNAL:
+        from . import journal   # what this handle removes (purge, redrive) is recorded as removed
+        journal.wait_ready(c, name)
     return c
 
 

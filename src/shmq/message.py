@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Mapping, NoReturn, Optional, Union
 from . import _core
 from ._codec import decode_headers
 from ._options import seconds_ns
-from .errors import ArgumentError, ArgumentTypeError, LeaseExpiredError
+from .errors import ArgumentError, ArgumentTypeError, LeaseExpiredError, UnsupportedError
 
 if TYPE_CHECKING:
     from .reliable import ReliableQueue
@@ -135,6 +135,13 @@ class Message:
                                     f"{type(dest).__name__}")
         if self._state is not None:
             raise ArgumentError(f"message {self.id} was {self._state}: this delivery is over")
+        if getattr(dest, "_url", None) is not None or getattr(self._q, "_url", None) is not None:
+            raise UnsupportedError("forward() works between shared-memory queues only (one crash-atomic step "
+                                   "in one host's memory); on Redis: send the result, then ack")
+        if self._pin is not None and self._pin() is not None:
+            # its views point into this delivery's storage, which the forward's ack would free
+            raise ArgumentError(f"forward() of message {self.id} while its zero-copy views are alive: receive "
+                                "with copy=True to forward, or copy what you need and release the views first")
         block = timeout = None
         if send_options:
             if "dedup_id" in send_options:
@@ -150,6 +157,8 @@ class Message:
         else:
             priority = send_options.pop("priority", None)
             hdr, prio, d, t, gkey, gtype = _reliable._send_args(headers, **send_options)
+            if gkey is not None:
+                _reliable._check_groups(dest)
             if priority is not None:
                 prio = dest._priority_of(priority)   # a priority queue checks against its levels
         if block is None:

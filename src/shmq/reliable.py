@@ -6,7 +6,7 @@ from typing import Any, Iterable, Mapping, Optional, Union
 
 from . import _aio, _codec, _core, _options
 from ._handle import _live, _live_lock
-from .errors import ArgumentError, ArgumentTypeError, Empty, QueueNotFound, QueuePermissionError
+from .errors import ArgumentError, ArgumentTypeError, Empty, QueueNotFound, QueuePermissionError, UnsupportedError
 from .message import Message, _lease_expired_many, dedup_key
 from .queue import Queue, _create_dlq
 
@@ -111,8 +111,8 @@ class ReliableQueue(_aio.AsyncReliableOps, Queue):
         hdr, _, d, t, gkey, gtype = _send_args(headers, None, delay, ttl, group)
         prio = self._priority_of(priority)
         key = None if dedup_id is None else dedup_key(dedup_id)
-        if gkey is not None and not self._core._flags_value & _core.F_GROUPS:
-            raise _unsupported_groups(self._name)
+        if gkey is not None:
+            _check_groups(self)
         mid, _dup = self._core._send(body, hdr, prio, d, t, key, block, timeout, 0, gkey, gtype)
         return mid
 
@@ -205,6 +205,18 @@ def _group_key(group):
     if len(raw) > GROUP_KEY_MAX:
         raise ArgumentError(f"group key is {len(raw)} bytes (UTF-8); at most {GROUP_KEY_MAX} are allowed")
     return raw, kind
+
+
+def _check_groups(q):
+    """Raise where send(group=) cannot keep its promise: a queue made before groups, or one with
+    a journal (recovery does not rebuild a group's chain yet: its members would come back as
+    never-due delayed messages, so we refuse rather than lose them)."""
+    flags = q._core._flags_value
+    if not flags & _core.F_GROUPS:
+        raise _unsupported_groups(q._name)
+    if flags & _core.F_JOURNAL:
+        raise UnsupportedError(f"queue {q._name!r} has a journal: send(group=) is not supported on journaled "
+                               "queues yet (recovery does not rebuild message groups)")
 
 
 def _unsupported_groups(name):

@@ -590,10 +590,12 @@ class Requester:
             p = self._pending.pop(corr, None)
             if p is None:
                 self._counts["late_replies"] += 1
-                try:
-                    self._inbox._core._hist_count_late()  # shared memory too: metrics.render() sees it
-                except ShmqError:
-                    pass
+                core = getattr(self._inbox, "_core", None)   # None: an inbox on the Redis backend
+                if core is not None:
+                    try:
+                        core._hist_count_late()  # shared memory too: metrics.render() sees it
+                    except ShmqError:
+                        pass
                 return
             self._counts["replied" if status == _OK else "remote_errors"] += 1
         self._finish(p, (status, payload))

@@ -415,3 +415,25 @@ def test_next_segment_built_ahead_of_need(make_queue, jdir):
     q.put_many([b"s" * 300] * 150)           # the rotation takes the spare: renamed, not built
     assert not (set(spares) & set(os.listdir(jdir)))
     assert len([f for f in os.listdir(jdir) if f.endswith(".wal")]) == created + 1
+
+
+def test_a_cli_purge_is_journaled(qname, jdir):
+    """`shmq purge` opens the queue with a bare handle: its removals must be recorded too, or
+    the purged messages come back at the next recovery."""
+    q = shmq.Queue(qname, create=True, journal=jdir, fsync="never", journal_segment_size=SEG)
+    try:
+        for i in range(5):
+            q.put(i)
+        r = subprocess.run([sys.executable, "-m", "shmq", "purge", qname], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert "purged 5" in r.stdout
+        q.put("after")
+    finally:
+        q.close()
+    q = reopen(qname, jdir, fsync="never", journal_segment_size=SEG)
+    try:
+        assert drain(q) == ["after"]
+    finally:
+        q.close()
+        shmq.unlink(qname)

@@ -1,6 +1,8 @@
 """The kinds built side by side, used together: message groups on an at-least-once priority
 queue (docs/guide/groups.md, "groups and priorities"), forward into a priority queue, and
 shmq.open on every kind."""
+import threading
+
 import pytest
 
 import shmq
@@ -133,3 +135,80 @@ def test_latency_figures_on_a_priority_queue(made, qname):
     st = pq.stats()
     assert st["wait_p50_s"] is not None and st["wait_p50_s"] >= 0
     assert st["process_p50_s"] is not None and st["process_p99_s"] >= st["process_p50_s"]
+
+
+class _SendsWhilePickled:
+    """A body whose pickling (inside forward, while the destination handle is forwarding) has
+    another thread send to the same destination and waits for that send to finish."""
+
+    def __init__(self, dest):
+        self.dest = dest
+        self.other_id = None
+
+    def __reduce__(self):
+        t = threading.Thread(target=lambda: setattr(self, "other_id", self.dest.send("plain")))
+        t.start()
+        t.join(10)
+        return (str, ("forwarded",))
+
+
+def test_a_send_from_another_thread_during_a_forward_stays_a_plain_send(made, qname):
+    src = shmq.Queue(qname, create=True, ack=True, capacity="1MiB")
+    dest = shmq.Queue(qname + "-d", create=True, ack=True, capacity="1MiB")
+    made += [src, dest]
+    src.send("in")
+    m = src.receive(timeout=1)
+    body = _SendsWhilePickled(dest)
+    fid = m.forward(dest, body)
+    assert body.other_id is not None and body.other_id != fid
+    got = sorted((x.body for x in [dest.receive(timeout=1), dest.receive(timeout=1)]))
+    assert got == ["forwarded", "plain"]
+    assert src.stats()["acked"] == 1 and src.qsize() == 0
+
+
+def test_forward_of_a_zero_copy_delivery_is_refused_while_its_views_live(made, qname):
+    src = shmq.Queue(qname, create=True, ack=True, capacity="1MiB")
+    dest = shmq.Queue(qname + "-d", create=True, ack=True, capacity="1MiB")
+    made += [src, dest]
+    src.send(b"x" * 4096)
+    m = src.receive(timeout=1, copy=False)
+    with pytest.raises(ValueError, match="zero-copy views"):
+        m.forward(dest, b"y")
+    assert dest.qsize() == 0 and bytes(m.body) == b"x" * 4096   # nothing sent, storage intact
+    m.ack()
+
+
+def test_groups_are_refused_on_a_journaled_queue(made, qname, tmp_path):
+    q = shmq.Queue(qname, create=True, ack=True, capacity="1MiB", journal=str(tmp_path / "j"), fsync="never")
+    made.append(q)
+    with pytest.raises(shmq.UnsupportedError, match="journal"):
+        q.send("a", group="g")
+    assert q.qsize() == 0
+    q.send("b")                                   # ungrouped sends work as before
+    assert q.receive(timeout=1).body == "b"
+
+
+def test_the_bridge_moves_a_grouped_message_between_shared_memory_queues(made, qname):
+    import subprocess
+    import sys
+    src = shmq.Queue(qname, create=True, ack=True, capacity="1MiB")
+    dest = shmq.Queue(qname + "-d", create=True, ack=True, capacity="1MiB")
+    made += [src, dest]
+    src.send("one", group="g")
+    src.send("two", group="g")
+    src.send("free")
+    r = subprocess.run([sys.executable, "-m", "shmq", "bridge", src.name, dest.name, "--idle-exit", "0.3"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    first = []
+    while True:
+        try:
+            first.append(dest.receive(timeout=0.2))
+        except shmq.Empty:
+            break
+    assert sorted((m.body, m.group) for m in first) == [("free", None), ("one", "g")]   # two waits for one
+    for m in first:
+        m.ack()
+    last = dest.receive(timeout=1)
+    assert (last.body, last.group) == ("two", "g")
+    last.ack()

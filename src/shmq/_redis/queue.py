@@ -383,7 +383,13 @@ class RedisQueue(Queue):
                   dequeued=int(meta.get("dequeued", 0)), repairs=0, corrupt_skipped=0, unfinished=0,
                   creator_pid=None, created_at=int(meta.get("created_at", 0)) / 1e3, attached=None,
                   producers=None, consumers=None, areas=0, max_slots=0, last_repair_ms=0.0, skipped_cells=0,
-                  oldest_age_s=0.0, backend=self._url)
+                  oldest_age_s=0.0, backend=self._url,
+                  # the latency figures and the journal's keys of shared memory: Redis keeps none of
+                  # these (its own persistence is AOF/RDB); present, so one dashboard reads both
+                  wait_p50_s=None, wait_p99_s=None, process_p50_s=None, process_p99_s=None,
+                  nacked=int(meta.get("nacked", 0)), late_replies=0, journal_bytes=0, journal_segments=0,
+                  journal_durable_position=0, journal_position=0, journal_syncs=0, journal_fsync_errors=0,
+                  journal_last_sync_age_s=None, journal_mode=None)
         for k in _options.ACK_COUNTERS:
             st[k] = int(meta.get(k, 0))
         self._fill(st, meta, res[1:])
