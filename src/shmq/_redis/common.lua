@@ -10,6 +10,24 @@
 -- are due again; "dl" the reason of a dead-letter move that waits for room.
 local P = KEYS[1]
 local META, S, L, D, W, DL = P .. 'meta', P .. 's', P .. 'l', P .. 'd', P .. 'w', P .. 'dl'
+-- A priority queue (meta field levels > 0) has these four per level k: s<k>, l<k>, w<k>, dl<k>
+-- (the delayed set d is shared); use_level(k) points S, L, W, DL at level k's, and a stream id
+-- handed to a client carries its level as "k/id" (TAG).
+local LEVELS = tonumber(redis.call('HGET', META, 'levels') or '0') or 0
+local TAG = ''
+local function use_level(k)
+  k = tostring(k)
+  S, L, W, DL = P .. 's' .. k, P .. 'l' .. k, P .. 'w' .. k, P .. 'dl' .. k
+  TAG = k .. '/'
+end
+local function split_sid(s)
+  local k, sid = string.match(s, '^(%d+)/(.+)$')
+  if LEVELS > 0 then          -- a priority queue's stamp must name a level it has
+    if not k or tonumber(k) >= LEVELS then return nil end
+    use_level(k); return sid
+  end
+  return s
+end
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -37,8 +55,17 @@ end
 local function dead_letter(sid, f, reason, count, now, last)
   local dlq = redis.call('HGET', META, 'dlq_prefix')
   if dlq and dlq ~= '' then
-    local dmax = tonumber(redis.call('HGET', dlq .. 'meta', 'maxsize') or '0')
-    if dmax > 0 and redis.call('XLEN', dlq .. 's') >= dmax then
+    local dm = redis.call('HMGET', dlq .. 'meta', 'maxsize', 'levels')
+    local dmax, dlv = tonumber(dm[1] or '0'), tonumber(dm[2] or '0') or 0
+    local dheld = 0
+    if dmax > 0 then
+      if dlv > 0 then
+        for k = 0, dlv - 1 do dheld = dheld + redis.call('XLEN', dlq .. 's' .. k) end
+      else
+        dheld = redis.call('XLEN', dlq .. 's')
+      end
+    end
+    if dmax > 0 and dheld >= dmax then
       redis.call('HINCRBY', META, 'dead_letter_failed', 1)
       redis.call('HSET', DL, sid, reason)
       redis.call('ZREM', L, sid)
@@ -58,7 +85,9 @@ local function dead_letter(sid, f, reason, count, now, last)
       .. hdr('x-original-id', field(f, 'i')) .. hdr('x-original-timestamp', string.format('%.3f', t / 1000))
     set_field(g, 'm', struct.pack('<BBdI', kind, prio, now, #h) .. h .. body)
     set_field(g, 'i', tostring(nid)); set_field(g, 'x', '0')
-    redis.call('XADD', dlq .. 's', '*', unpack(g))
+    local ds = dlq .. 's'
+    if dlv > 0 then ds = ds .. math.min(prio, dlv - 1) end   -- the same level in the priority DLQ
+    redis.call('XADD', ds, '*', unpack(g))
     redis.call('HINCRBY', dlq .. 'meta', 'enqueued', 1)
     redis.call('HINCRBY', META, 'dead_lettered', 1)
   end

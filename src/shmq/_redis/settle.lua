@@ -22,9 +22,12 @@ local stale = {}
 local acks = {}
 local maxd = tonumber(redis.call('HGET', META, 'max_deliveries'))
 for j = first, #ARGV, 2 do
-  local sid, count = ARGV[j], tonumber(ARGV[j + 1])
-  local pe = redis.call('XPENDING', S, 'g', sid, sid, 1)
-  if op == 'drop' then
+  local sid, count = split_sid(ARGV[j]), tonumber(ARGV[j + 1])   -- (a priority queue's "k/id": level k)
+  local pe = {}
+  if sid then pe = redis.call('XPENDING', S, 'g', sid, sid, 1) end
+  if not sid then
+    stale[#stale + 1] = (j - first + 2) / 2
+  elseif op == 'drop' then
     -- a request whose responders died, at its requester's timeout: removed, whoever holds it
     redis.call('XACK', S, 'g', sid); redis.call('XDEL', S, sid); redis.call('ZREM', L, sid); redis.call('ZREM', W, sid)
   elseif op == 'withdraw' then
@@ -32,6 +35,11 @@ for j = first, #ARGV, 2 do
     if #pe == 0 then redis.call('XDEL', S, sid) else stale[#stale + 1] = (j - first + 2) / 2 end
   elseif #pe == 0 or pe[1][2] ~= consumer or tonumber(pe[1][4]) ~= count then
     stale[#stale + 1] = (j - first + 2) / 2
+  elseif op == 'ack' and TAG ~= '' then
+    -- a priority queue's delivery: its level's keys now (the batch below is for one stream)
+    redis.call('XACK', S, 'g', sid); redis.call('XDEL', S, sid)
+    redis.call('ZREM', L, sid); redis.call('ZREM', W, sid); redis.call('HDEL', DL, sid)
+    redis.call('HINCRBY', META, 'acked', 1)
   elseif op == 'ack' then
     acks[#acks + 1] = sid          -- removed together below (one call per structure)
   elseif op == 'extend' then
