@@ -151,6 +151,21 @@ def shmq_redis_pipelined(srv, n, batch):
     return el
 
 
+def shmq_redis_priority(srv, n, batch):
+    """The peer of "shmq on redis" on a PriorityQueue(ack=True) with 10 levels (a stream per
+    level): the cost of walking the levels in the receive script."""
+    q = shmq.PriorityQueue("bench-prio", create=True, ack=True, levels=10, backend=srv.url)
+    t0 = time.perf_counter()
+    for i in range(n):
+        q.send(BODY, priority=i % 10)
+    for _ in range(n):
+        q.receive(timeout=5).ack()
+    el = time.perf_counter() - t0
+    q.close()
+    shmq.unlink("bench-prio", backend=srv.url)
+    return el
+
+
 def bridge_local_to_redis(srv, n, batch):
     name = f"bench-bridge-{os.getpid()}"
     src = shmq.Queue(name, create=True, ack=True, capacity="64MiB", backend="shm")
@@ -176,7 +191,8 @@ def bridge_local_to_redis(srv, n, batch):
 WORKLOADS = [("raw redis-py streams", raw_streams), ("shmq on redis", shmq_redis),
              ("raw redis-py streams, pipelined", raw_streams_pipelined), ("shmq on redis, batched", shmq_redis_pipelined),
              ("celery-style LPUSH/BRPOP", celery_lists), ("celery-style lists, pipelined", celery_lists_pipelined),
-             ("bridge shm -> redis (forwarded/s)", bridge_local_to_redis)]
+             ("bridge shm -> redis (forwarded/s)", bridge_local_to_redis),
+             ("shmq priority queue on redis, 10 levels", shmq_redis_priority)]
 
 
 def main(argv=None):
