@@ -30,7 +30,8 @@ def open(name: str, **options: Any) -> Any:  # noqa: A001 - the public name of D
         from ._redis.queue import kind_of
         from .priority import PriorityQueue
         from .queue import Queue
-        return {"queue": Queue, "priority": PriorityQueue}[kind_of(name, url)](name, **options)
+        from .topic import Topic
+        return {"queue": Queue, "priority": PriorityQueue, "topic": Topic}[kind_of(name, url)](name, **options)
     path = _names.path_of(name)
     try:
         kind = inspect_path(path)["kind"]

@@ -99,3 +99,39 @@ local function dead_letter(sid, f, reason, count, now, last)
   redis.call('HDEL', DL, sid)
   return true
 end
+-- Topics (shmq._redis.topic): the stream S holds message seq as entry id "<seq>-0"; meta "seq"
+-- is the last seq published, "entries" the most the log keeps, "retention_ms" its age limit.
+local function seq_of(id) return tonumber(string.match(id, '^(%d+)')) end
+local function first_seq()
+  local e = redis.call('XRANGE', S, '-', '+', 'COUNT', 1)
+  if e[1] then return seq_of(e[1][1]) end
+  return tonumber(redis.call('HGET', META, 'seq') or '0') + 1
+end
+-- drop the messages older than retention (counted in "dropped"), oldest first
+local function trim_old(now)
+  local ret = tonumber(redis.call('HGET', META, 'retention_ms') or '0') or 0
+  if ret <= 0 then return end
+  local cutoff = now - ret
+  while true do
+    local e = redis.call('XRANGE', S, '-', '+', 'COUNT', 128)
+    local k = 0
+    for _, x in ipairs(e) do
+      local _, _, t = struct.unpack('<BBd', field(x[2], 'm'))
+      if t >= cutoff then break end
+      k = k + 1
+    end
+    if k == 0 then return end
+    redis.call('XTRIM', S, 'MINID', (seq_of(e[k][1]) + 1) .. '-0')
+    redis.call('HINCRBY', META, 'dropped', k)
+    if k < #e then return end
+  end
+end
+-- {group name -> the seq it delivered last}
+local function group_seqs()
+  local out = {}
+  if redis.call('EXISTS', S) == 0 then return out end
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', S)) do
+    out[field(g, 'name')] = seq_of(field(g, 'last-delivered-id'))
+  end
+  return out
+end

@@ -144,7 +144,8 @@ def _create(r, url, spec, is_dlq, kind="queue", levels=0):
         raise QueueNotFound(2, f"no such queue: {name!r} on {url} (create it with create=True)")
     meta = _meta_dict(flat)
     if meta.get("kind") != kind:
-        words = {"queue": ("a FIFO queue", "shmq.Queue"), "priority": ("a priority queue", "shmq.PriorityQueue")}
+        words = {"queue": ("a FIFO queue", "shmq.Queue"), "priority": ("a priority queue", "shmq.PriorityQueue"),
+                 "topic": ("a topic", "shmq.Topic")}
         have, cls = words.get(meta.get("kind"), (f"of kind {meta.get('kind')!r}", "shmq.open"))
         raise IncompatibleQueueError(f"queue {name!r} on {url} is {have}, not {words[kind][0]}: open it with "
                                      f"{cls}({name!r}) or shmq.open(name)")
@@ -179,7 +180,7 @@ def kind_of(name, url):
         r.close()
     if kind is None:
         raise QueueNotFound(2, f"no such queue: {name!r} on {url} (create it with create=True)")
-    if kind not in ("queue", "priority"):
+    if kind not in ("queue", "priority", "topic"):
         raise IncompatibleQueueError(f"queue {name!r} on {url} is of kind {kind!r}, which this shmq cannot open")
     return kind
 
