@@ -147,8 +147,6 @@ def test_kinds_gaps_and_pickling(rtopic, redis_url, qname):
         q.close()
     with shmq.open(qname, backend=redis_url) as o:
         assert isinstance(o, shmq.Topic)
-    with pytest.raises(shmq.UnsupportedError, match="ack=True"):
-        t.subscribe("x", ack=True)
     with pytest.raises(shmq.UnsupportedError, match="mode="):
         shmq.Topic(qname + "-m", create=True, mode=0o640, backend=redis_url)
     t2 = pickle.loads(pickle.dumps(t))
@@ -171,3 +169,45 @@ def test_a_foreign_entry_is_a_clear_error(rtopic, redis_url):
     with pytest.raises(shmq.CorruptQueueError):
         s.get(timeout=5)
     r.close()
+
+
+def _take_and_die(url, name, ready):
+    t = shmq.Topic(name, backend=url)
+    s = t.subscribe("jobs", ack=True, visibility_timeout=3600)
+    m = s.get(timeout=10)
+    ready.put(m.seq)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_killed_members_ack_deliveries_come_back_at_once(rtopic, redis_url, qname):
+    t = rtopic()
+    s = t.subscribe("jobs", start="earliest", ack=True, visibility_timeout=3600)   # only the death brings it back
+    other = t.subscribe("audit", start="earliest")                                   # sees everything, unaffected
+    t.publish_many([b"first", b"second"])
+    ctx = mp.get_context("fork")
+    ready = ctx.SimpleQueue()
+    p = ctx.Process(target=_take_and_die, args=(redis_url, qname, ready))
+    p.start()
+    p.join(60)
+    assert ready.get() == 1 and p.exitcode == -signal.SIGKILL
+    got = sorted((m.seq, m.delivery_count) for m in s.get_many(2, timeout=20) + s.get_many(2, timeout=20))
+    assert got == [(1, 2), (2, 1)]                          # the dead member's delivery, counted
+    info = t.stats()["subscriptions"]["jobs"]
+    assert info["redelivered"] == 1 and info["in_flight"] == 2
+    assert [m.body for m in other.get_many(8, timeout=5)] == [b"first", b"second"]
+    ready.close()
+
+
+def test_ack_subscription_dead_letters_to_a_redis_queue(rtopic, redis_url, qname):
+    t = rtopic()
+    s = t.subscribe("w", start="earliest", ack=True, max_deliveries=1)
+    t.publish(b"poison", headers={"k": "v"})
+    s.get(timeout=5).nack()                                  # its next delivery would exceed 1
+    with pytest.raises(shmq.Empty):
+        s.get(timeout=0.2)
+    with shmq.Queue(qname + ".w.dlq", backend=redis_url) as d:
+        m = d.receive(timeout=5)
+        assert (m.body, m.headers["k"], m.headers["x-original-seq"]) == (b"poison", "v", "1")
+        assert m.headers["x-dead-letter-reason"] == "max-deliveries" and m.headers["x-dead-letter-source"] == qname
+        m.ack()
+    assert t.peek(1).body == b"poison"                       # the log keeps it for the other subscriptions

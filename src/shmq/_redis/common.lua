@@ -15,6 +15,12 @@ local META, S, L, D, W, DL = P .. 'meta', P .. 's', P .. 'l', P .. 'd', P .. 'w'
 -- handed to a client carries its level as "k/id" (TAG).
 local LEVELS = tonumber(redis.call('HGET', META, 'levels') or '0') or 0
 local TAG = ''
+-- G: the consumer group. A topic's ack=True subscription (KEYS[2] its name, set at the end of
+-- this file) has the group "g:<name>" on the topic's stream, its own l:/w:/dl: keys, and its
+-- settings and counters in the hash "sub:<name>" (META points there: the queue scripts run
+-- unchanged, except that a settled message stays in the log for the other subscriptions).
+local G = 'g'
+local TOPIC, SUBGONE = false, false
 local function use_level(k)
   k = tostring(k)
   S, L, W, DL = P .. 's' .. k, P .. 'l' .. k, P .. 'w' .. k, P .. 'dl' .. k
@@ -32,6 +38,7 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+local function seq_of(id) return tonumber(string.match(id, '^(%d+)')) end
 local function field(f, name)
   for j = 1, #f, 2 do if f[j] == name then return f[j + 1] end end
   return nil
@@ -78,11 +85,14 @@ local function dead_letter(sid, f, reason, count, now, last)
     local g = {}
     for j = 1, #f do g[j] = f[j] end
     local nid = redis.call('HINCRBY', dlq .. 'meta', 'next_id', 1)
+    local why = reason
+    if TOPIC and reason == 'max_deliveries' then why = 'max-deliveries' end   -- (the topics' word)
     local h = h0 .. hdr('x-dead-letter-source', redis.call('HGET', META, 'name'))
-      .. hdr('x-dead-letter-reason', reason) .. hdr('x-delivery-count', tostring(count))
+      .. hdr('x-dead-letter-reason', why) .. hdr('x-delivery-count', tostring(count))
       .. hdr('x-first-delivery', string.format('%.3f', first / 1000))
       .. hdr('x-last-delivery', string.format('%.3f', last / 1000))
-      .. hdr('x-original-id', field(f, 'i')) .. hdr('x-original-timestamp', string.format('%.3f', t / 1000))
+      .. hdr('x-original-timestamp', string.format('%.3f', t / 1000))
+    if TOPIC then h = h .. hdr('x-original-seq', tostring(seq_of(sid))) else h = h .. hdr('x-original-id', field(f, 'i')) end
     set_field(g, 'm', struct.pack('<BBdI', kind, prio, now, #h) .. h .. body)
     set_field(g, 'i', tostring(nid)); set_field(g, 'x', '0')
     local ds = dlq .. 's'
@@ -92,8 +102,8 @@ local function dead_letter(sid, f, reason, count, now, last)
     redis.call('HINCRBY', META, 'dead_lettered', 1)
   end
   if reason == 'expired' then redis.call('HINCRBY', META, 'expired', 1) end
-  redis.call('XACK', S, 'g', sid)
-  redis.call('XDEL', S, sid)
+  redis.call('XACK', S, G, sid)
+  if not TOPIC then redis.call('XDEL', S, sid) end
   redis.call('ZREM', L, sid)
   redis.call('ZREM', W, sid)
   redis.call('HDEL', DL, sid)
@@ -101,15 +111,14 @@ local function dead_letter(sid, f, reason, count, now, last)
 end
 -- Topics (shmq._redis.topic): the stream S holds message seq as entry id "<seq>-0"; meta "seq"
 -- is the last seq published, "entries" the most the log keeps, "retention_ms" its age limit.
-local function seq_of(id) return tonumber(string.match(id, '^(%d+)')) end
 local function first_seq()
   local e = redis.call('XRANGE', S, '-', '+', 'COUNT', 1)
   if e[1] then return seq_of(e[1][1]) end
-  return tonumber(redis.call('HGET', META, 'seq') or '0') + 1
+  return tonumber(redis.call('HGET', P .. 'meta', 'seq') or '0') + 1
 end
 -- drop the messages older than retention (counted in "dropped"), oldest first
 local function trim_old(now)
-  local ret = tonumber(redis.call('HGET', META, 'retention_ms') or '0') or 0
+  local ret = tonumber(redis.call('HGET', P .. 'meta', 'retention_ms') or '0') or 0
   if ret <= 0 then return end
   local cutoff = now - ret
   while true do
@@ -122,7 +131,7 @@ local function trim_old(now)
     end
     if k == 0 then return end
     redis.call('XTRIM', S, 'MINID', (seq_of(e[k][1]) + 1) .. '-0')
-    redis.call('HINCRBY', META, 'dropped', k)
+    redis.call('HINCRBY', P .. 'meta', 'dropped', k)
     if k < #e then return end
   end
 end
@@ -134,4 +143,9 @@ local function group_seqs()
     out[field(g, 'name')] = seq_of(field(g, 'last-delivered-id'))
   end
   return out
+end
+if KEYS[2] then
+  G, L, W, DL, META, TOPIC = 'g:' .. KEYS[2], P .. 'l:' .. KEYS[2], P .. 'w:' .. KEYS[2], P .. 'dl:' .. KEYS[2],
+    P .. 'sub:' .. KEYS[2], true
+  SUBGONE = redis.call('EXISTS', META) == 0
 end

@@ -427,6 +427,7 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
         self._consumer = r.connection_pool.connection_kwargs["client_name"]
         self._stream = self._p + "s"
         self._streams = [self._stream]      # every stream of the queue (a priority queue: one per level)
+        self._group = "g"                   # (a topic's ack=True subscription: "g:<name>", shmq._redis.topic)
         self._scripts = {n: r.register_script(script_source(n)) for n in ("send", "receive", "settle", "reap", "stats")}
         self._reaped = 0.0
 
@@ -521,6 +522,8 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
                 out, nxt, last, now = self._scripts["receive"](keys=[self._p], args=[self._consumer, n, lease_ms])
                 if out:
                     return [self._record(e, raw) for e in out]
+                if int(nxt) == -2:
+                    raise self._gone()          # a topic's subscription was deleted
                 left = _left(dl)
                 if left is not None and left <= 0:
                     raise Empty()
@@ -541,7 +544,7 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
         names = {c.get("name") for c in self._r.client_list()}
         pipe = self._r.pipeline(transaction=False)
         for st in self._streams:
-            pipe.xinfo_consumers(st, "g")
+            pipe.xinfo_consumers(st, self._group)
         dead = sorted({_s(c["name"]) for cs in pipe.execute() for c in cs if _s(c["name"]) not in names})
         if dead:
             self._scripts["reap"](keys=[self._p], args=dead)

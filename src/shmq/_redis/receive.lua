@@ -6,6 +6,7 @@
 -- dead-lettered or dropped. Returns {entries, next deadline ms (-1 none), group's
 -- last-delivered id, server time ms}; an entry is {stream id, delivery count, fields}.
 local consumer, n, timers = ARGV[1], tonumber(ARGV[2]), ARGV[4] == 'timers'
+if SUBGONE then return {{}, -2, '0-0', 0} end     -- a topic subscription deleted (unsubscribe)
 local m = redis.call('HMGET', META, 'visibility_ms', 'max_deliveries')
 local vt = tonumber(ARGV[3]); if vt < 0 then vt = tonumber(m[1]) end
 local maxd = tonumber(m[2])
@@ -26,7 +27,7 @@ end
 local out = {}
 local function expired(f) local x = tonumber(field(f, 'x') or '0'); return x > 0 and x <= now end
 local function claim(sid, given_back)
-  local pe = redis.call('XPENDING', S, 'g', sid, sid, 1)
+  local pe = redis.call('XPENDING', S, G, sid, sid, 1)
   if #pe == 0 then
     redis.call('ZREM', L, sid); redis.call('ZREM', W, sid); redis.call('HDEL', DL, sid)
     return
@@ -38,7 +39,7 @@ local function claim(sid, given_back)
     local e = redis.call('XRANGE', S, sid, sid)
     local f = e[1] and e[1][2]
     if not f then
-      redis.call('XACK', S, 'g', sid); redis.call('ZREM', L, sid); redis.call('ZREM', W, sid)
+      redis.call('XACK', S, G, sid); redis.call('ZREM', L, sid); redis.call('ZREM', W, sid)
     elseif why then
       dead_letter(sid, f, why, count, now, last)
     elseif not given_back and count + 1 > maxd then
@@ -51,10 +52,10 @@ local function claim(sid, given_back)
     end
     return
   end
-  local e = redis.call('XCLAIM', S, 'g', consumer, 0, sid)
+  local e = redis.call('XCLAIM', S, G, consumer, 0, sid)
   local f = e[1] and e[1][2]
   if not f then
-    redis.call('XACK', S, 'g', sid); redis.call('ZREM', L, sid); redis.call('ZREM', W, sid)
+    redis.call('XACK', S, G, sid); redis.call('ZREM', L, sid); redis.call('ZREM', W, sid)
   elseif why then
     dead_letter(sid, f, why, count, now, last)
   elseif count + 1 > maxd then
@@ -82,13 +83,13 @@ local function pass()
     -- unread messages past their ttl (a consumer that reads them would expire them too)
     local last = '0-0'
     for _, g in ipairs(redis.call('XINFO', 'GROUPS', S)) do
-      if field(g, 'name') == 'g' then last = field(g, 'last-delivered-id') end
+      if field(g, 'name') == G then last = field(g, 'last-delivered-id') end
     end
     for _, e in ipairs(redis.call('XRANGE', S, '(' .. last, '+', 'COUNT', 1000)) do
       if expired(e[2]) then dead_letter(e[1], e[2], 'expired', 0, now, 0) end
     end
   elseif #out < n then
-    local r = redis.call('XREADGROUP', 'GROUP', 'g', consumer, 'COUNT', n - #out, 'STREAMS', S, '>')
+    local r = redis.call('XREADGROUP', 'GROUP', G, consumer, 'COUNT', n - #out, 'STREAMS', S, '>')
     if r then
       local z = {}
       for _, e in ipairs(r[1][2]) do
@@ -124,7 +125,7 @@ local function soonest(z)
 end
 local function last_id()
   for _, g in ipairs(redis.call('XINFO', 'GROUPS', S)) do
-    if field(g, 'name') == 'g' then return field(g, 'last-delivered-id') end
+    if field(g, 'name') == G then return field(g, 'last-delivered-id') end
   end
   return '0-0'
 end

@@ -5,7 +5,7 @@ local now = now_ms()
 local out = {}
 local function counts()
   local pending = 0
-  if redis.call('EXISTS', S) == 1 then pending = redis.call('XPENDING', S, 'g')[1] end
+  if redis.call('EXISTS', S) == 1 then pending = redis.call('XPENDING', S, G)[1] end
   for _, v in ipairs({redis.call('XLEN', S), pending, redis.call('ZCOUNT', L, '-inf', now), redis.call('ZCARD', W),
                       redis.call('ZCOUNT', W, '-inf', now)}) do out[#out + 1] = v end
 end

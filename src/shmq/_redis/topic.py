@@ -11,12 +11,12 @@ import struct
 import time
 from typing import Any, Iterable, Mapping, Optional, Union
 
-from .. import _codec, _core, _options
-from ..errors import (ArgumentError, ArgumentTypeError, CorruptQueueError, Empty, Full, MessageTooLargeError,
-                      QueueClosedError, SubscriptionNotFound)
-from ..topic import DEFAULT_CAPACITY, MIN_CAPACITY, Subscription, SubscriptionInfo, Topic, _start
+from .. import _codec, _core, _names, _options
+from ..errors import (ArgumentError, ArgumentTypeError, CorruptQueueError, Empty, Full, LeaseExpiredError,
+                      MessageTooLargeError, QueueClosedError, SubscriptionNotFound)
+from ..topic import MIN_CAPACITY, Subscription, SubscriptionInfo, Topic, TopicDelivery, _start
 from . import client_name, connect, prefix, script_source
-from .queue import _MHEAD, _POLL_S, _create, _deadline, _io, _left, _s, _unsupported, unlink
+from .queue import _MHEAD, _POLL_S, RedisReliableQueue, _create, _deadline, _io, _left, _s, _unsupported, unlink
 
 __all__ = ["open_topic", "RedisTopic", "RedisSubscription"]
 
@@ -223,7 +223,6 @@ class RedisTopic(Topic):
         else:
             if not isinstance(name, str):
                 raise ArgumentTypeError(f"subscription name must be a str, not {type(name).__name__}")
-            from .. import _names
             try:
                 _names.check_name(name)
             except ArgumentError as e:
@@ -233,19 +232,34 @@ class RedisTopic(Topic):
             slow = "block" if on_slow is None else on_slow
             if slow not in ("block", "drop_oldest"):
                 raise ArgumentError(f"on_slow must be 'block' or 'drop_oldest', got {on_slow!r}")
+            extra = []
             if ack:
-                _unsupported("subscribe(ack=True)", "at-least-once topic subscriptions are not mapped to Redis yet; "
-                             "use a Queue(ack=True) per consumer group, or backend='shm'")
-            self._nsub += 1
-            consumer = f"{self._cname}#{self._nsub}"
+                # the queue scripts' settings and counters, in the subscription's hash; its
+                # dead-letter queue is an at-least-once Queue on the same server
+                vis = _options.seconds_ns(visibility_timeout, "visibility_timeout", allow_zero=False)
+                maxd = _options.check_int(max_deliveries, "max_deliveries", 1, 65535)
+                dlq = f"{self.name}.{name}.dlq" if dead_letter is None else _options.name(dead_letter, "dead_letter")
+                _names.check_name(dlq)
+                dspec = _options.resolve(dlq, create=True, exist_ok=True, ack=True, visibility_timeout=vis / 1e9,
+                                         max_deliveries=maxd, is_dlq=True)
+                _create(self._r, self._url, dspec, True)
+                extra = ["visibility_ms", max(1, vis // 1_000_000), "max_deliveries", maxd, "dlq_prefix", prefix(dlq),
+                         "dead_letter", dlq, "name", self._name, "acked", 0, "redelivered", 0, "dead_lettered", 0]
+                consumer = self._cname      # the liveness check (CLIENT LIST) needs the connection's own name
+            else:
+                self._nsub += 1
+                consumer = f"{self._cname}#{self._nsub}"
             with _io(self):
                 status, have = self._scripts["tsub"](keys=[self._p], args=[name, slow, kinds[kind],
                                                                            arg / 1e6 if kind == _core.TSTART_TIME
-                                                                           else arg, consumer])
+                                                                           else arg, consumer, int(bool(ack)), *extra])
             if _s(status) == "other":
                 raise ArgumentError(f"subscription {name!r} of topic {self._name!r} exists with other options: "
-                                    f"on_slow={_s(have)!r}")
-            sub = RedisSubscription(self, name, slow, consumer=consumer)
+                                    f"on_slow={_s(have)}")
+            if ack:
+                sub = RedisAckSubscription(self, name, slow, consumer=consumer)
+            else:
+                sub = RedisSubscription(self, name, slow, consumer=consumer)
         self._subs.append(sub)
         return sub
 
@@ -259,7 +273,7 @@ class RedisTopic(Topic):
     def _forget(self, sub):
         if sub in self._subs:
             self._subs.remove(sub)
-        if sub._name is not None and not self._closed_flag:
+        if sub._name is not None and not sub._ack and not self._closed_flag:   # (an ack one keeps its leases)
             with contextlib.suppress(Exception), _io(self):
                 self._scripts["tadmin"](keys=[self._p], args=["leave", sub._name, sub._consumer])
 
@@ -278,10 +292,13 @@ class RedisTopic(Topic):
             alive = {c.get("name") for c in self._r.client_list()}
         last, first, xlen = (int(x) for x in res[:3])
         subs = {}
-        for name, slow, missed, delivered, lag, cs in res[3:]:
+        for name, slow, missed, delivered, lag, cs, acks in res[3:]:
             live = [c for c in cs if _s(c).split("#")[0] in alive]
             subs[_s(name)] = dict(lag=int(lag), missed=int(missed), consumers=len(live), durable=True,
                                   on_slow=_s(slow), delivered=int(delivered))
+            if acks:
+                subs[_s(name)].update(ack=True, acked=int(acks[0]), redelivered=int(acks[1]),
+                                      dead_lettered=int(acks[2]), in_flight=int(acks[3]))
         return last, first, xlen, subs
 
     def subscriptions(self) -> list[SubscriptionInfo]:
@@ -457,3 +474,122 @@ class RedisSubscription(Subscription):
     def __repr__(self) -> str:
         what = f"named {self._name!r}" if self._name else "private"
         return f"<shmq.Subscription {what} of {self._topic.name!r} on {self._topic.backend}{' closed' if self.closed else ''}>"
+
+
+class _SubLeases(RedisReliableQueue):
+    """The at-least-once machinery of the Redis queues (receive/settle/reap scripts, the reap
+    of dead consumers, waiting) pointed at one ack=True subscription of a topic: the scripts get
+    the subscription's name as KEYS[2] (common.lua then uses its group and keys)."""
+
+    def __init__(self):      # (built by _for; never through Queue())
+        pass
+
+    @classmethod
+    def _for(cls, sub):
+        t = sub._topic
+        self = _core.HandleBase.__new__(cls)
+        self._sub, self._r, self._url, self._name, self._p = sub, t._r, t._url, t._name, t._p
+        self._meta, self._raw, self._maxsize, self._max_message = {}, False, 0, t._max_message
+        self._stash, self._consumer, self._reaped = [], sub._consumer, 0.0
+        self._stream = t._stream
+        self._streams = [t._stream]
+        self._group = "g:" + sub._name
+        self._closed_flag = False
+        self._scripts = {n: self._with_name(t._r.register_script(script_source(n))) for n in ("receive", "settle", "reap")}
+        return self
+
+    def _with_name(self, script):
+        # the queue code calls script(keys=[prefix], args=...): add the subscription's name as KEYS[2]
+        def call(keys=None, args=(), client=None):
+            return script(keys=[self._p, self._sub._name], args=args, client=client)
+        return call
+
+    def _check(self):
+        self._sub._live()
+
+    def _gone(self):
+        return SubscriptionNotFound(f"subscription {self._sub._name!r} of topic {self._name!r} was deleted "
+                                    "(unsubscribe)")
+
+    def _record(self, e, raw=False):
+        sid, count, f = e
+        return self._sub._topic._message((sid, f)), int(count), (sid, int(count))
+
+    def close(self):
+        pass
+
+
+class RedisTopicDelivery(TopicDelivery):
+    """A delivery of an ack=True subscription on Redis: settled by the queue's settle script,
+    checked against the subscription group's pending-entries list (stream id, count, consumer)."""
+
+    __slots__ = ()
+
+    def _settle(self, op, ms, what):
+        if self._sub._leases._settle(op, ms, [self._token]):
+            e = LeaseExpiredError(f"topic message {self.seq}: this delivery's lease expired and it was delivered "
+                                  f"again (or it was settled already, or the subscription deleted); {what} changed "
+                                  "nothing")
+            e.ids = [self.seq]
+            raise e
+
+    def ack(self) -> bool:
+        if self._state == "acked":
+            return False
+        if self._state is not None:
+            raise ArgumentError(f"topic message {self.seq} was {self._state}: this delivery is over")
+        self._settle("ack", 0, "ack")
+        self._state = "acked"
+        return True
+
+    def nack(self, requeue: bool = True) -> None:
+        if self._state is not None:
+            raise ArgumentError(f"topic message {self.seq} was {self._state}: this delivery is over")
+        self._settle("requeue" if requeue else "nack", 0, "nack")
+        self._state = "nacked"
+
+    def extend(self, seconds: float) -> None:
+        ns = _options.seconds_ns(seconds, "extend(seconds)")
+        if self._state is not None:
+            raise ArgumentError(f"topic message {self.seq} was {self._state}: this delivery is over")
+        self._settle("extend", max(1, ns // 1_000_000), "extend")
+
+
+class RedisAckSubscription(RedisSubscription):
+    """A member of a named ack=True subscription on Redis: get() returns a TopicDelivery to ack;
+    leases, redelivery (a dead member's at once), max_deliveries and the dead-letter queue are
+    the at-least-once queue's (shmq._redis.queue) on the subscription's group."""
+
+    def __init__(self, topic, name, on_slow, consumer):
+        super().__init__(topic, name, on_slow, consumer=consumer)
+        self._ack = True
+        self._leases = _SubLeases._for(self)
+
+    def _deliveries(self, n, block, timeout):
+        self._live()
+        return [RedisTopicDelivery(self, msg, token, count) for msg, count, token in
+                self._leases._take(n, block, timeout)]
+
+    def _receive(self, block, timeout):
+        return self._deliveries(1, block, timeout)[0]
+
+    def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
+        return self._deliveries(1, block, timeout)[0]
+
+    def get_many(self, max_items: int = 64, timeout: Optional[float] = None, block: bool = True) -> list:
+        n = _options.check_int(max_items, "max_items", 1, _options.MAX_COUNT)
+        return self._deliveries(n, block, timeout)
+
+    async def _async(self, n, timeout):
+        # in the executor in short slices; a delivery taken by a call cancelled meanwhile stays
+        # leased and comes back after its visibility timeout (at least once)
+        loop = asyncio.get_running_loop()
+        dl = _deadline(timeout)
+        while True:
+            left = _left(dl)
+            piece = _WAIT_S if left is None else min(left, _WAIT_S)
+            try:
+                return await loop.run_in_executor(None, self._deliveries, n, True, piece)
+            except Empty:
+                if left is not None and left <= _WAIT_S:
+                    raise

@@ -13,6 +13,11 @@ if #blockers > 0 then
   local first = first_seq()
   for _, name in ipairs(blockers) do
     local d = gs['g:' .. name]
+    if d and redis.call('HGET', P .. 'sub:' .. name, 'ack') == '1' then
+      -- an ack=True subscription holds the gate at its oldest unacked message too
+      local pe = redis.call('XPENDING', S, 'g:' .. name)
+      if tonumber(pe[1]) > 0 then d = math.min(d, seq_of(pe[2]) - 1) end
+    end
     if d then
       d = math.max(d, first - 1)   -- what retention dropped does not hold anyone
       if gate == nil or d < gate then gate = d end
