@@ -85,7 +85,7 @@ class Bridge:
             from .message import dedup_key
             d = self.dest
             args = []
-            for (kind, payload), hdr, mid, _ts, _count, prio, _tok in recs:
+            for (kind, payload), hdr, mid, _ts, _count, prio, _tok, *_group in recs:   # (shm records carry a group)
                 args += pack_args(kind, bytes(payload), hdr, prio, -1, -1, dedup_key(f"bridge:{src_name}:{mid}").hex())
             with _io(d):
                 out = d._scripts["send"](keys=[d._p], args=args)   # one script for the batch
@@ -93,7 +93,7 @@ class Bridge:
                 raise Full(f"bridge destination {d.name!r} is full (maxsize)")
             return
         from .message import dedup_key
-        for (kind, payload), hdr, mid, _ts, _count, prio, _tok in recs:
+        for (kind, payload), hdr, mid, _ts, _count, prio, _tok, *_group in recs:
             if self._dest_ack:      # shared memory
                 self.dest._core._send(payload, hdr, prio, _core.USE_DEFAULT, _core.USE_DEFAULT,
                                       dedup_key(f"bridge:{src_name}:{mid}"), True, None, kind)

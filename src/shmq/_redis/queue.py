@@ -408,6 +408,12 @@ class RedisQueue(Queue):
                   oldest_age_s=0.0, backend=self._url)
         for k in _options.ACK_COUNTERS:
             st[k] = int(meta.get(k, 0))
+        # keys of features with no Redis counterpart (the journal: Redis persists itself; the
+        # latency figures of shared memory's histograms), so both backends show the same keys
+        st.update(nacked=int(meta.get("nacked", 0)), late_replies=int(meta.get("late_replies", 0)), journal_bytes=0,
+                  journal_durable_position=0, journal_fsync_errors=0, journal_last_sync_age_s=None, journal_mode=None,
+                  journal_position=0, journal_segments=0, journal_syncs=0, process_p50_s=None, process_p99_s=None,
+                  wait_p50_s=None, wait_p99_s=None)
         self._fill(st, meta, res[1:])
         st["name"] = self._name
         return st

@@ -55,10 +55,12 @@ for j = first, #ARGV, 2 do
     if not e[1] then
       redis.call('XACK', S, G, sid); redis.call('ZREM', L, sid)
     elseif op == 'nack' then
+      redis.call('HINCRBY', META, 'nacked', 1)
       dead_letter(sid, e[1][2], 'rejected', count, now, last)
     elseif count + 1 > maxd then
       dead_letter(sid, e[1][2], 'max_deliveries', count, now, last)
     else
+      redis.call('HINCRBY', META, 'nacked', 1)
       -- given back: due again after the delay; the failed delivery is counted now
       redis.call('ZREM', L, sid)
       redis.call('ZADD', W, now + ms, sid)

@@ -360,6 +360,9 @@ class RedisTopic(Topic):
     def _closing(self):
         pass
 
+    def sync(self, *args, **kwargs):
+        _unsupported("Topic.sync()", "Redis persists with its own AOF/RDB settings (appendfsync)")
+
 
 class RedisSubscription(Subscription):
     """A subscription of a topic on Redis: private (its own cursor, XRANGE/XREAD) or a member
