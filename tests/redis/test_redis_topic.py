@@ -211,3 +211,24 @@ def test_ack_subscription_dead_letters_to_a_redis_queue(rtopic, redis_url, qname
         assert m.headers["x-dead-letter-reason"] == "max-deliveries" and m.headers["x-dead-letter-source"] == qname
         m.ack()
     assert t.peek(1).body == b"poison"                       # the log keeps it for the other subscriptions
+
+
+def test_the_same_stats_keys_as_a_shared_memory_topic(rtopic, qname):
+    t = rtopic()
+    t.subscribe("a", ack=True)
+    t.subscribe("b")
+    local = shmq.Topic(qname + "-local", create=True, capacity="1MiB", backend="shm")
+    try:
+        local.subscribe("a", ack=True)
+        local.subscribe("b")
+        ls, rs = local.stats(), t.stats()
+        assert set(ls) <= set(rs) and rs["backend"] == t.backend
+        for name in ("a", "b"):
+            assert set(ls["subscriptions"][name]) == set(rs["subscriptions"][name])
+    finally:
+        local.close()
+        for n in (qname + "-local", qname + "-local.a.dlq"):
+            try:
+                shmq.unlink(n, backend="shm")
+            except shmq.QueueNotFound:
+                pass

@@ -328,6 +328,12 @@ class RedisTopic(Topic):
                   unfinished=0, creator_pid=None, created_at=int(meta.get("created_at", 0)) / 1e3, attached=None,
                   producers=None, consumers=sum(d["consumers"] for d in subs.values()), areas=0, max_slots=0,
                   last_repair_ms=0.0, skipped_cells=0, oldest_age_s=0.0, backend=self._url)
+        # the keys a shared-memory topic shows for queue settings, the journal and latencies
+        st.update(dead_letter="", dedup_capacity=0, dedup_window=0.0, default_delay=0.0, default_ttl=0.0,
+                  max_deliveries=0, visibility_timeout=0.0, nacked=0, late_replies=0, journal_bytes=0,
+                  journal_durable_position=0, journal_fsync_errors=0, journal_last_sync_age_s=None, journal_mode=None,
+                  journal_position=0, journal_segments=0, journal_syncs=0, process_p50_s=None, process_p99_s=None,
+                  wait_p50_s=None, wait_p99_s=None)
         if head:
             st["oldest_age_s"] = max(0.0, time.time() - _MHEAD.unpack_from(head[0][1][b"m"])[2] / 1e3)
         return st
