@@ -232,3 +232,22 @@ def test_the_same_stats_keys_as_a_shared_memory_topic(rtopic, qname):
                 shmq.unlink(n, backend="shm")
             except shmq.QueueNotFound:
                 pass
+
+
+def test_asyncio_gets(rtopic):
+    import asyncio
+    t = rtopic()
+    p = t.subscribe()
+    a = t.subscribe("acked", ack=True)
+
+    async def main():
+        with pytest.raises(shmq.Empty):
+            await p.get_async(timeout=0.05)
+        t.publish_many([b"x", b"y"])
+        got = [(await p.get_async(timeout=5)).body, [m.body for m in await p.get_many_async(8, timeout=5)]]
+        d = await a.get_async(timeout=5)
+        assert d.ack() is True
+        got.append([m.body for m in await a.get_many_async(8, timeout=5)])
+        return got
+
+    assert asyncio.run(main()) == [b"x", [b"y"], [b"y"]]
