@@ -100,6 +100,13 @@ def test_kind_levels_and_gaps(rpq, redis_url, qname):
             shmq.PriorityQueue(qname + "-x", create=True, journal="/tmp/nope", backend=redis_url)
         with pytest.raises(shmq.QueueNotFound):
             shmq.open(qname + "-none", backend=redis_url)
+        a = shmq.PriorityQueue(qname + "-a", create=True, ack=True, levels=2, backend=redis_url)
+        try:
+            with pytest.raises(shmq.UnsupportedError, match="group="):
+                a.send(b"x", priority=1, group="g1")
+            assert a.stats()["depth"] == 0
+        finally:
+            a.close()
     finally:
         f.close()
     shmq.unlink(qname + "-p", backend=redis_url)

@@ -488,8 +488,10 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
                 self._check()
 
     def send(self, body: Any, headers=None, priority=None, delay=None, ttl=None, dedup_id=None, *,
-             block: bool = True, timeout: Optional[float] = None) -> int:
+             block: bool = True, timeout: Optional[float] = None, group=None) -> int:
         """As shmq.Queue.send on shared memory: returns the message id."""
+        if group is not None:
+            _unsupported("send(group=)", "message groups are not mapped to Redis yet")
         return self._send_raw(self._send_args(body, headers, priority, delay, ttl, dedup_id), block, timeout)[0]
 
     def send_many(self, bodies, headers=None) -> list[int]:
@@ -613,7 +615,9 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
         return [m.body for m in ms]
 
     async def send_async(self, body, headers=None, priority=None, delay=None, ttl=None, dedup_id=None, *,
-                         timeout=None):
+                         timeout=None, group=None):
+        if group is not None:
+            _unsupported("send_async(group=)", "message groups are not mapped to Redis yet")
         args = self._send_args(body, headers, priority, delay, ttl, dedup_id)
         loop = asyncio.get_running_loop()
         return (await loop.run_in_executor(None, self._send_raw, args, True, timeout))[0]
