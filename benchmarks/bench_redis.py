@@ -151,6 +151,39 @@ def shmq_redis_pipelined(srv, n, batch):
     return el
 
 
+def shmq_redis_priority(srv, n, batch):
+    """The peer of "shmq on redis" on a PriorityQueue(ack=True) with 10 levels (a stream per
+    level): the cost of walking the levels in the receive script."""
+    q = shmq.PriorityQueue("bench-prio", create=True, ack=True, levels=10, backend=srv.url)
+    t0 = time.perf_counter()
+    for i in range(n):
+        q.send(BODY, priority=i % 10)
+    for _ in range(n):
+        q.receive(timeout=5).ack()
+    el = time.perf_counter() - t0
+    q.close()
+    shmq.unlink("bench-prio", backend=srv.url)
+    return el
+
+
+def shmq_redis_topic_fanout(srv, n, batch, fan=4):
+    """A topic with `fan` named subscriptions: publish_many in batches, then each subscription
+    reads everything (the rate counts messages published; each is delivered `fan` times)."""
+    t = shmq.Topic("bench-topic", create=True, capacity=f"{max(64, n * 2 // 1024)}MiB", backend=srv.url)
+    subs = [t.subscribe(f"s{i}", start="earliest", on_slow="drop_oldest") for i in range(fan)]
+    t0 = time.perf_counter()
+    for i in range(0, n, batch):
+        t.publish_many([BODY] * min(batch, n - i))
+    for s in subs:
+        got = 0
+        while got < n:
+            got += len(s.get_many(batch, timeout=5))
+    el = time.perf_counter() - t0
+    t.close()
+    shmq.unlink("bench-topic", backend=srv.url)
+    return el
+
+
 def bridge_local_to_redis(srv, n, batch):
     name = f"bench-bridge-{os.getpid()}"
     src = shmq.Queue(name, create=True, ack=True, capacity="64MiB", backend="shm")
@@ -176,7 +209,9 @@ def bridge_local_to_redis(srv, n, batch):
 WORKLOADS = [("raw redis-py streams", raw_streams), ("shmq on redis", shmq_redis),
              ("raw redis-py streams, pipelined", raw_streams_pipelined), ("shmq on redis, batched", shmq_redis_pipelined),
              ("celery-style LPUSH/BRPOP", celery_lists), ("celery-style lists, pipelined", celery_lists_pipelined),
-             ("bridge shm -> redis (forwarded/s)", bridge_local_to_redis)]
+             ("bridge shm -> redis (forwarded/s)", bridge_local_to_redis),
+             ("shmq priority queue on redis, 10 levels", shmq_redis_priority),
+             ("shmq topic on redis, fan-out to 4 (published/s)", shmq_redis_topic_fanout)]
 
 
 def main(argv=None):

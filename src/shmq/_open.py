@@ -24,6 +24,14 @@ def open(name: str, **options: Any) -> Any:  # noqa: A001 - the public name of D
     Raises QueueNotFound, IncompatibleQueueError for a kind this shmq cannot open, and what
     the class raises."""
     _names.check_name(name)
+    from .queue import _pick_backend
+    url = _pick_backend(options.get("backend"))
+    if url is not None:                     # the Redis backend: the kind is in the queue's meta hash
+        from ._redis.queue import kind_of
+        from .priority import PriorityQueue
+        from .queue import Queue
+        from .topic import Topic
+        return {"queue": Queue, "priority": PriorityQueue, "topic": Topic}[kind_of(name, url)](name, **options)
     path = _names.path_of(name)
     try:
         kind = inspect_path(path)["kind"]

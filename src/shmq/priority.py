@@ -43,10 +43,18 @@ def _new(cls: type[_P], name_or_maxsize: Union[str, int], levels: Optional[int],
     lv = _levels(levels)
     mw = 0 if max_wait is None else _options.seconds_ns(max_wait, "max_wait", allow_zero=False)
     backend = options.pop("backend", None)
-    if (isinstance(name_or_maxsize, str) or backend is not None) and _pick_backend(backend) is not None:
-        # DESIGN §11: a stream per level is the plan (docs/guide/redis.md, gaps); not built yet
-        raise UnsupportedError("PriorityQueue is not supported on the Redis backend yet (backend= or "
-                               "$SHMQ_BACKEND): pass backend='shm' for a shared-memory priority queue")
+    url = _pick_backend(backend) if isinstance(name_or_maxsize, str) or backend is not None else None
+    if url is not None and not is_dlq:
+        # DESIGN §11: a list / a stream per level on Redis (shmq._redis.priority)
+        if not isinstance(name_or_maxsize, str):
+            raise ArgumentError("backend= needs a named queue: anonymous queues stay in shared memory")
+        if any(options.get(k) is not None for k in _JOURNAL_ARGS):
+            raise UnsupportedError("journal= is not supported on the Redis backend (Redis persists with its "
+                                   "own AOF/RDB settings): drop it or use backend='shm'")
+        for k in _JOURNAL_ARGS:
+            options.pop(k, None)
+        from ._redis.priority import open_priority
+        return open_priority(cls, name_or_maxsize, url, options, levels and lv, max_wait)  # type: ignore[return-value]
     jargs = {k: options.pop(k, None) for k in _JOURNAL_ARGS}
     spec = _options.resolve(name_or_maxsize, is_dlq=is_dlq, **options)
     jopts = _journal.resolve(*jargs.values(), name=spec.name, max_message=spec.max_message)

@@ -345,10 +345,12 @@ class Topic(Handle, _core.TopicOps):
                 backend: Optional[str] = None) -> Topic:
         name = _options.name(name, "topic name")
         from .queue import _pick_backend
-        if _pick_backend(backend) is not None:
-            # DESIGN §11: a consumer group per named subscription is the plan (docs/guide/redis.md)
-            raise shmq_errors.UnsupportedError("Topic is not supported on the Redis backend yet (backend= or "
-                                               "$SHMQ_BACKEND): pass backend='shm' for a shared-memory topic")
+        url = _pick_backend(backend)
+        if url is not None:
+            # DESIGN §11: a stream, a consumer group per named subscription (shmq._redis.topic)
+            from ._redis.topic import RedisTopic, open_topic
+            return open_topic(RedisTopic, name, url, create, capacity, retention, max_message, mode, exist_ok,
+                              max_participants)
         cap = _options.size(capacity, "capacity")
         if cap < MIN_CAPACITY:
             raise ArgumentError(f"capacity must be at least {MIN_CAPACITY} bytes, got {capacity!r}")

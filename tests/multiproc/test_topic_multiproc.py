@@ -9,6 +9,7 @@ import pytest
 
 import shmq
 
+BACKENDS = ("shm", "redis")   # each test runs on shared memory and on Redis (tests/_redisfix.py; the workers inherit $SHMQ_BACKEND)
 WORKER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "crash", "_topic_worker.py")
 
 

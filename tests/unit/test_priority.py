@@ -12,6 +12,8 @@ import pytest
 import shmq
 
 SHM = "/dev/shm"
+BACKENDS = ("shm", "redis")   # named queues run on shared memory and on Redis (tests/_redisfix.py)
+ANON = "anonymous queues live in shared memory on every backend"
 
 
 @pytest.fixture
@@ -68,6 +70,7 @@ def test_differential_against_queue_priorityqueue(levels, make_pq):
         q.get_nowait()
 
 
+@pytest.mark.shm_only(ANON)
 def test_anonymous_default_levels_and_api():
     q = shmq.PriorityQueue()
     try:
@@ -90,6 +93,7 @@ def test_anonymous_default_levels_and_api():
         q.close()
 
 
+@pytest.mark.shm_only(ANON)
 @pytest.mark.parametrize("bad", [-1, 10, 2**40, 1.0, True, "1", None, 3 + 0j])
 def test_bad_priority_is_valueerror_never_clamped(bad):
     q = shmq.PriorityQueue(levels=10)
@@ -105,6 +109,7 @@ def test_bad_priority_is_valueerror_never_clamped(bad):
         q.close()
 
 
+@pytest.mark.shm_only(ANON)
 @pytest.mark.parametrize("levels", [0, 65, -1, 2.5, True, "10"])
 def test_bad_levels(levels):
     with pytest.raises(ValueError, match="levels"):
@@ -134,6 +139,7 @@ def test_maxsize_full_and_timeouts(make_pq):
     assert _drain(q) == [2, 1, 0]
 
 
+@pytest.mark.shm_only("capacity= sizes a segment's message slots; a Redis queue has none (maxsize= bounds it)")
 def test_out_of_slots_is_full_not_a_hang(make_pq):
     """The smallest capacity: puts fill every message slot; the next one raises Full, whatever
     the level, and a get makes room again."""
@@ -159,6 +165,7 @@ def test_levels_one_is_fifo(make_pq):
         q.put(1, priority=1)
 
 
+@pytest.mark.shm_only("max_wait= (aging) is not mapped to Redis: UnsupportedError (docs/guide/redis.md)")
 def test_aging_serves_an_old_message_first(make_pq):
     """max_wait: a message ready for longer than max_wait goes before younger ones of any level."""
     q = make_pq(levels=3, max_wait=0.05)
@@ -178,6 +185,7 @@ def test_no_aging_by_default(make_pq):
     assert _drain(q) == ["high", "old-low"]
 
 
+@pytest.mark.shm_only("max_wait= (aging) is not mapped to Redis: UnsupportedError (docs/guide/redis.md)")
 def test_aging_no_level_starves(make_pq):
     """A steady stream of high messages: with max_wait the low one still comes out, and early."""
     q = make_pq(levels=2, max_wait=0.02)
@@ -192,6 +200,7 @@ def test_aging_no_level_starves(make_pq):
     assert "low" in served
 
 
+@pytest.mark.shm_only("exact classes and list_queues() are shared memory's; tests/redis/test_redis_priority.py checks the kind on Redis")
 def test_kind_is_part_of_the_segment(make_pq, make_queue, qname):
     make_pq("-p", levels=4)
     make_queue("-q", capacity="1MiB")
@@ -219,6 +228,7 @@ def test_kind_is_part_of_the_segment(make_pq, make_queue, qname):
     assert kinds[qname + "-p"] == "priority" and kinds[qname + "-q"] == "queue"
 
 
+@pytest.mark.shm_only("uses max_wait= (not mapped to Redis); tests/redis/test_redis_priority.py checks levels= there")
 def test_existing_options_must_agree(make_pq, qname):
     make_pq(levels=4, max_wait=1.5)
     with pytest.raises(ValueError, match="levels=5"):
@@ -234,6 +244,7 @@ def test_existing_options_must_agree(make_pq, qname):
         shmq.PriorityQueue(qname, create=True)
 
 
+@pytest.mark.shm_only(ANON)
 def test_asyncio_get_and_put_async():
     import asyncio
 
@@ -256,6 +267,7 @@ def _child_order(q, out):
     q.put("from-child", priority=0)
 
 
+@pytest.mark.shm_only(ANON)
 def test_passes_to_children(mpctx):
     q = shmq.PriorityQueue(levels=3)
     out = shmq.Queue()
@@ -273,6 +285,7 @@ def test_passes_to_children(mpctx):
         out.close()
 
 
+@pytest.mark.shm_only("type(q2) is shmq.PriorityQueue: the Redis class is a subclass; tests/redis/test_redis_priority.py pickles one")
 def test_pickles_through_another_queue(make_pq):
     q = make_pq(levels=3)
     carrier = shmq.Queue()
@@ -318,6 +331,7 @@ def _poke(path, off, data):
     (12, struct.pack("<I", 2)),          # cells_log2 too small
     (256 + 128, struct.pack("<Q", 1 << 40)),  # level 0's tail far beyond its head
 ])
+@pytest.mark.shm_only("a hostile segment: shared memory's priority region")
 def test_corrupt_region_is_refused_at_open(field, data, make_pq, qname):
     q = make_pq(levels=4)
     q.close()
@@ -328,6 +342,7 @@ def test_corrupt_region_is_refused_at_open(field, data, make_pq, qname):
         shmq.PriorityQueue(qname)
 
 
+@pytest.mark.shm_only("a hostile segment: shared memory's priority region")
 def test_garbage_bitmap_never_hangs_or_loses(make_pq, qname):
     """Every bit set (beyond the levels too) and a bogus sequence: gets still find the real
     messages in order, report Empty when there are none, and the bits settle."""
@@ -345,6 +360,7 @@ def test_garbage_bitmap_never_hangs_or_loses(make_pq, qname):
     assert q.get(timeout=1) == "c"
 
 
+@pytest.mark.shm_only("a hostile segment: shared memory's priority region")
 def test_cleared_bitmap_is_rescued(make_pq, qname):
     """A bit lost (a producer killed between its publish and its bit, or a zeroed word):
     a consumer that finds no bit set scans the levels and still delivers everything."""
@@ -357,6 +373,7 @@ def test_cleared_bitmap_is_rescued(make_pq, qname):
     assert _drain(q) == ["a", "b"]
 
 
+@pytest.mark.shm_only("a hostile segment: shared memory's priority region")
 def test_garbage_handles_in_a_level_ring_are_skipped(make_pq, qname):
     """Cells planted FULL with handles naming no descriptor: a consumer skips (and counts) them,
     delivers the real message, and never reads outside the segment."""

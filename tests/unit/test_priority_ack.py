@@ -9,6 +9,7 @@ import pytest
 import shmq
 
 VIS = 0.3
+BACKENDS = ("shm", "redis")   # each test runs on shared memory and on Redis (tests/_redisfix.py)
 
 
 @pytest.fixture
@@ -35,6 +36,7 @@ def ackpq(qname):
                     pass
 
 
+@pytest.mark.shm_only("the class is named RedisReliablePriorityQueue there; tests/redis/test_redis_priority.py checks the DLQ's kind and levels")
 def test_class_and_dlq_kind(ackpq, qname):
     q = ackpq(levels=7)
     assert isinstance(q, shmq.PriorityQueue) and isinstance(q, shmq.Queue)

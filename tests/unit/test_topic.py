@@ -9,6 +9,7 @@ import pytest
 import shmq
 
 SMALL = 64 * 1024   # the smallest topic: 64 log entries
+BACKENDS = ("shm", "redis")   # each test runs on shared memory and on Redis (tests/_redisfix.py)
 
 
 @pytest.fixture
@@ -57,6 +58,7 @@ def test_seq_numbers_and_private_subscription_starts_at_latest(topic):
         s.get_nowait()
 
 
+@pytest.mark.shm_only("bytes_used counts the segment's log; on Redis the message is one stream entry too, but its memory is the server's (no bytes_used)")
 def test_every_subscription_sees_every_message_once_stored(topic):
     t = topic()
     subs = [t.subscribe() for _ in range(5)] + [t.subscribe(f"n{i}") for i in range(3)]
@@ -363,6 +365,7 @@ def test_open_missing_and_bad_arguments(qname, topic):
         pickle.dumps(s)
 
 
+@pytest.mark.shm_only("a segment has a table of 64 subscriptions; on Redis a subscription is a consumer group, without a limit")
 def test_subscription_table_full(topic):
     t = topic()
     for i in range(64):
@@ -371,6 +374,7 @@ def test_subscription_table_full(topic):
         t.subscribe("one-too-many")
 
 
+@pytest.mark.shm_only("mode= and list_queues() are shared memory's (mode= raises UnsupportedError on Redis)")
 def test_mode_and_list_queues(topic, qname):
     t = topic(mode=0o640)
     assert os.stat(t.path).st_mode & 0o777 == 0o640
@@ -378,6 +382,7 @@ def test_mode_and_list_queues(topic, qname):
     assert info and info[0].kind == "topic"
 
 
+@pytest.mark.shm_only("the shmq CLI (ls, peek) reads shared memory only")
 def test_cli_shows_topics_subscriptions_and_peeks_by_seq(topic, qname):
     import json
     import subprocess

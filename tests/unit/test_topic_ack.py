@@ -6,6 +6,8 @@ import pytest
 
 import shmq
 
+BACKENDS = ("shm", "redis")   # each test runs on shared memory and on Redis (tests/_redisfix.py)
+
 
 @pytest.fixture
 def topic(qname):

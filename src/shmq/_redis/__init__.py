@@ -5,8 +5,10 @@ Layout (docs/guide/redis.md): every key of queue NAME starts with "shmq:{NAME}:"
 ``meta`` a hash of settings and counters; ``q`` the list of an at-most-once queue; ``s`` the
 stream of an at-least-once queue with its consumer group ``g``; ``l`` lease deadlines; ``d``
 delayed message ids with ``m:<id>`` hashes; ``dd:<key>`` dedup ids; ``r:<id>`` a requester's
-reply list. A priority queue would add one stream per level (``s0``..``s63``) and a topic one
-consumer group per named subscription (``g:<name>``) on the same stream; both are gaps for now.
+reply list. A priority queue has a list (``q0``..) or a stream (``s0``..) per level, with that
+level's ``l<k>``, ``w<k>``, ``dl<k>`` (shmq._redis.priority); a topic has the stream ``s``
+with its seqs as entry ids and one consumer group per named subscription (``g:<name>``),
+``sub:<name>`` hashes and the ``subs``/``block`` sets (shmq._redis.topic).
 """
 from __future__ import annotations
 

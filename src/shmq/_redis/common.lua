@@ -10,10 +10,35 @@
 -- are due again; "dl" the reason of a dead-letter move that waits for room.
 local P = KEYS[1]
 local META, S, L, D, W, DL = P .. 'meta', P .. 's', P .. 'l', P .. 'd', P .. 'w', P .. 'dl'
+-- A priority queue (meta field levels > 0) has these four per level k: s<k>, l<k>, w<k>, dl<k>
+-- (the delayed set d is shared); use_level(k) points S, L, W, DL at level k's, and a stream id
+-- handed to a client carries its level as "k/id" (TAG).
+local LEVELS = tonumber(redis.call('HGET', META, 'levels') or '0') or 0
+local TAG = ''
+-- G: the consumer group. A topic's ack=True subscription (KEYS[2] its name, set at the end of
+-- this file) has the group "g:<name>" on the topic's stream, its own l:/w:/dl: keys, and its
+-- settings and counters in the hash "sub:<name>" (META points there: the queue scripts run
+-- unchanged, except that a settled message stays in the log for the other subscriptions).
+local G = 'g'
+local TOPIC, SUBGONE = false, false
+local function use_level(k)
+  k = tostring(k)
+  S, L, W, DL = P .. 's' .. k, P .. 'l' .. k, P .. 'w' .. k, P .. 'dl' .. k
+  TAG = k .. '/'
+end
+local function split_sid(s)
+  local k, sid = string.match(s, '^(%d+)/(.+)$')
+  if LEVELS > 0 then          -- a priority queue's stamp must name a level it has
+    if not k or tonumber(k) >= LEVELS then return nil end
+    use_level(k); return sid
+  end
+  return s
+end
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+local function seq_of(id) return tonumber(string.match(id, '^(%d+)')) end
 local function field(f, name)
   for j = 1, #f, 2 do if f[j] == name then return f[j + 1] end end
   return nil
@@ -37,8 +62,17 @@ end
 local function dead_letter(sid, f, reason, count, now, last)
   local dlq = redis.call('HGET', META, 'dlq_prefix')
   if dlq and dlq ~= '' then
-    local dmax = tonumber(redis.call('HGET', dlq .. 'meta', 'maxsize') or '0')
-    if dmax > 0 and redis.call('XLEN', dlq .. 's') >= dmax then
+    local dm = redis.call('HMGET', dlq .. 'meta', 'maxsize', 'levels')
+    local dmax, dlv = tonumber(dm[1] or '0'), tonumber(dm[2] or '0') or 0
+    local dheld = 0
+    if dmax > 0 then
+      if dlv > 0 then
+        for k = 0, dlv - 1 do dheld = dheld + redis.call('XLEN', dlq .. 's' .. k) end
+      else
+        dheld = redis.call('XLEN', dlq .. 's')
+      end
+    end
+    if dmax > 0 and dheld >= dmax then
       redis.call('HINCRBY', META, 'dead_letter_failed', 1)
       redis.call('HSET', DL, sid, reason)
       redis.call('ZREM', L, sid)
@@ -51,22 +85,67 @@ local function dead_letter(sid, f, reason, count, now, last)
     local g = {}
     for j = 1, #f do g[j] = f[j] end
     local nid = redis.call('HINCRBY', dlq .. 'meta', 'next_id', 1)
+    local why = reason
+    if TOPIC and reason == 'max_deliveries' then why = 'max-deliveries' end   -- (the topics' word)
     local h = h0 .. hdr('x-dead-letter-source', redis.call('HGET', META, 'name'))
-      .. hdr('x-dead-letter-reason', reason) .. hdr('x-delivery-count', tostring(count))
+      .. hdr('x-dead-letter-reason', why) .. hdr('x-delivery-count', tostring(count))
       .. hdr('x-first-delivery', string.format('%.3f', first / 1000))
       .. hdr('x-last-delivery', string.format('%.3f', last / 1000))
-      .. hdr('x-original-id', field(f, 'i')) .. hdr('x-original-timestamp', string.format('%.3f', t / 1000))
+      .. hdr('x-original-timestamp', string.format('%.3f', t / 1000))
+    if TOPIC then h = h .. hdr('x-original-seq', tostring(seq_of(sid))) else h = h .. hdr('x-original-id', field(f, 'i')) end
     set_field(g, 'm', struct.pack('<BBdI', kind, prio, now, #h) .. h .. body)
     set_field(g, 'i', tostring(nid)); set_field(g, 'x', '0')
-    redis.call('XADD', dlq .. 's', '*', unpack(g))
+    local ds = dlq .. 's'
+    if dlv > 0 then ds = ds .. math.min(prio, dlv - 1) end   -- the same level in the priority DLQ
+    redis.call('XADD', ds, '*', unpack(g))
     redis.call('HINCRBY', dlq .. 'meta', 'enqueued', 1)
     redis.call('HINCRBY', META, 'dead_lettered', 1)
   end
   if reason == 'expired' then redis.call('HINCRBY', META, 'expired', 1) end
-  redis.call('XACK', S, 'g', sid)
-  redis.call('XDEL', S, sid)
+  redis.call('XACK', S, G, sid)
+  if not TOPIC then redis.call('XDEL', S, sid) end
   redis.call('ZREM', L, sid)
   redis.call('ZREM', W, sid)
   redis.call('HDEL', DL, sid)
   return true
+end
+-- Topics (shmq._redis.topic): the stream S holds message seq as entry id "<seq>-0"; meta "seq"
+-- is the last seq published, "entries" the most the log keeps, "retention_ms" its age limit.
+local function first_seq()
+  local e = redis.call('XRANGE', S, '-', '+', 'COUNT', 1)
+  if e[1] then return seq_of(e[1][1]) end
+  return tonumber(redis.call('HGET', P .. 'meta', 'seq') or '0') + 1
+end
+-- drop the messages older than retention (counted in "dropped"), oldest first
+local function trim_old(now)
+  local ret = tonumber(redis.call('HGET', P .. 'meta', 'retention_ms') or '0') or 0
+  if ret <= 0 then return end
+  local cutoff = now - ret
+  while true do
+    local e = redis.call('XRANGE', S, '-', '+', 'COUNT', 128)
+    local k = 0
+    for _, x in ipairs(e) do
+      local _, _, t = struct.unpack('<BBd', field(x[2], 'm'))
+      if t >= cutoff then break end
+      k = k + 1
+    end
+    if k == 0 then return end
+    redis.call('XTRIM', S, 'MINID', (seq_of(e[k][1]) + 1) .. '-0')
+    redis.call('HINCRBY', P .. 'meta', 'dropped', k)
+    if k < #e then return end
+  end
+end
+-- {group name -> the seq it delivered last}
+local function group_seqs()
+  local out = {}
+  if redis.call('EXISTS', S) == 0 then return out end
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', S)) do
+    out[field(g, 'name')] = seq_of(field(g, 'last-delivered-id'))
+  end
+  return out
+end
+if KEYS[2] then
+  G, L, W, DL, META, TOPIC = 'g:' .. KEYS[2], P .. 'l:' .. KEYS[2], P .. 'w:' .. KEYS[2], P .. 'dl:' .. KEYS[2],
+    P .. 'sub:' .. KEYS[2], true
+  SUBGONE = redis.call('EXISTS', META) == 0
 end

@@ -10,6 +10,11 @@ local kv = {}
 for j = 4, #ARGV do kv[#kv + 1] = ARGV[j] end
 redis.call('HSET', META, 'next_id', 0, 'created_at', now_ms(), unpack(kv))
 if ack then
-  redis.call('XGROUP', 'CREATE', S, 'g', '0', 'MKSTREAM')
+  local lv = tonumber(redis.call('HGET', META, 'levels') or '0') or 0
+  if lv > 0 then
+    for k = 0, lv - 1 do redis.call('XGROUP', 'CREATE', S .. k, 'g', '0', 'MKSTREAM') end
+  else
+    redis.call('XGROUP', 'CREATE', S, 'g', '0', 'MKSTREAM')
+  end
 end
 return {'created', redis.call('HGETALL', META)}

@@ -111,13 +111,15 @@ def open_queue(cls, name, url, options, is_dlq=False):
     return self
 
 
-def _create(r, url, spec, is_dlq):
+def _create(r, url, spec, is_dlq, kind="queue", levels=0):
     name = spec.name
-    kv = dict(name=name, kind="queue", raw=int(bool(spec.flags & _core.F_RAW)), maxsize=spec.maxsize,
+    kv = dict(name=name, kind=kind, raw=int(bool(spec.flags & _core.F_RAW)), maxsize=spec.maxsize,
               capacity=0 if spec.flags & _core.F_GROWABLE or not spec.capacity else spec.capacity,
               max_message=spec.max_message or (spec.capacity // 4 if spec.capacity and not spec.flags & _core.F_GROWABLE
                                               else REDIS_MAX_MESSAGE),
               ack=0, is_dlq=int(is_dlq))
+    if levels:
+        kv["levels"] = levels          # a priority queue (shmq._redis.priority)
     if spec.ack is not None:
         a = spec.ack
         kv.update(ack=1, visibility_ms=max(1, a["visibility_ns"] // 1_000_000), max_deliveries=a["max_deliveries"],
@@ -129,7 +131,7 @@ def _create(r, url, spec, is_dlq):
             dspec = _options.resolve(a["dead_letter"], create=True, exist_ok=True, ack=True,
                                      visibility_timeout=a["visibility_ns"] / 1e9, max_deliveries=a["max_deliveries"],
                                      is_dlq=True)
-            _create(r, url, dspec, True)
+            _create(r, url, dspec, True, kind, levels)   # a priority queue's: the same levels
     args = [int(spec.create), int(spec.exist_ok), kv["ack"]]
     for k, v in kv.items():
         args += [k, v]
@@ -141,8 +143,12 @@ def _create(r, url, spec, is_dlq):
     if status == "missing":
         raise QueueNotFound(2, f"no such queue: {name!r} on {url} (create it with create=True)")
     meta = _meta_dict(flat)
-    if meta.get("kind") != "queue":
-        raise IncompatibleQueueError(f"{name!r} on {url} is a {meta.get('kind')}, not a queue")
+    if meta.get("kind") != kind:
+        words = {"queue": ("a FIFO queue", "shmq.Queue"), "priority": ("a priority queue", "shmq.PriorityQueue"),
+                 "topic": ("a topic", "shmq.Topic")}
+        have, cls = words.get(meta.get("kind"), (f"of kind {meta.get('kind')!r}", "shmq.open"))
+        raise IncompatibleQueueError(f"queue {name!r} on {url} is {have}, not {words[kind][0]}: open it with "
+                                     f"{cls}({name!r}) or shmq.open(name)")
     if is_dlq and meta.get("ack") != "1":
         raise ArgumentError(f"dead-letter queue {name!r} on {url} exists without ack=True; an at-least-once "
                             "queue's dead letters need an at-least-once queue")
@@ -161,6 +167,22 @@ def unlink(name, url):
                 r.delete(*keys[i:i + 500])
     finally:
         r.close()
+
+
+def kind_of(name, url):
+    """The kind of queue `name` on the server ("queue", "priority"), for shmq.open(). Raises
+    QueueNotFound, IncompatibleQueueError for a kind this shmq cannot open."""
+    r = connect(url, client_name("admin"))
+    try:
+        with _io(url):
+            kind = _s(r.hget(prefix(name) + "meta", "kind"))
+    finally:
+        r.close()
+    if kind is None:
+        raise QueueNotFound(2, f"no such queue: {name!r} on {url} (create it with create=True)")
+    if kind not in ("queue", "priority", "topic"):
+        raise IncompatibleQueueError(f"queue {name!r} on {url} is of kind {kind!r}, which this shmq cannot open")
+    return kind
 
 
 def _rebuild(cls, name, url):
@@ -383,15 +405,15 @@ class RedisQueue(Queue):
                   dequeued=int(meta.get("dequeued", 0)), repairs=0, corrupt_skipped=0, unfinished=0,
                   creator_pid=None, created_at=int(meta.get("created_at", 0)) / 1e3, attached=None,
                   producers=None, consumers=None, areas=0, max_slots=0, last_repair_ms=0.0, skipped_cells=0,
-                  oldest_age_s=0.0, backend=self._url,
-                  # the latency figures and the journal's keys of shared memory: Redis keeps none of
-                  # these (its own persistence is AOF/RDB); present, so one dashboard reads both
-                  wait_p50_s=None, wait_p99_s=None, process_p50_s=None, process_p99_s=None,
-                  nacked=int(meta.get("nacked", 0)), late_replies=0, journal_bytes=0, journal_segments=0,
-                  journal_durable_position=0, journal_position=0, journal_syncs=0, journal_fsync_errors=0,
-                  journal_last_sync_age_s=None, journal_mode=None)
+                  oldest_age_s=0.0, backend=self._url)
         for k in _options.ACK_COUNTERS:
             st[k] = int(meta.get(k, 0))
+        # keys of features with no Redis counterpart (the journal: Redis persists itself; the
+        # latency figures of shared memory's histograms), so both backends show the same keys
+        st.update(nacked=int(meta.get("nacked", 0)), late_replies=int(meta.get("late_replies", 0)), journal_bytes=0,
+                  journal_durable_position=0, journal_fsync_errors=0, journal_last_sync_age_s=None, journal_mode=None,
+                  journal_position=0, journal_segments=0, journal_syncs=0, process_p50_s=None, process_p99_s=None,
+                  wait_p50_s=None, wait_p99_s=None)
         self._fill(st, meta, res[1:])
         st["name"] = self._name
         return st
@@ -410,12 +432,21 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
         super()._setup(r, url, name, meta)
         self._consumer = r.connection_pool.connection_kwargs["client_name"]
         self._stream = self._p + "s"
+        self._streams = [self._stream]      # every stream of the queue (a priority queue: one per level)
+        self._group = "g"                   # (a topic's ack=True subscription: "g:<name>", shmq._redis.topic)
         self._scripts = {n: r.register_script(script_source(n)) for n in ("send", "receive", "settle", "reap", "stats")}
         self._reaped = 0.0
 
     @property
     def dead_letter_queue(self) -> Optional[str]:
         return self._meta.get("dead_letter") or None
+
+    _prio = staticmethod(lambda p: _priority(p))
+    _reap_first = False     # look for dead consumers before taking too, not only before waiting
+
+    def _wait_new(self, last, wait):
+        """Sleep until a new entry arrives after `last` (receive.lua's answer) or `wait` s pass."""
+        self._r.xread({self._stream: last}, count=1, block=max(1, int(wait * 1000)))
 
     def _attached(self):
         pass
@@ -434,7 +465,7 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
             raise MessageTooLargeError(f"message of {len(payload)} bytes is larger than queue {self._name!r}'s "
                                        f"max_message ({self._max_message} bytes)")
         hdr = _codec.encode_headers(headers)
-        prio = 0 if priority is None else _priority(priority)
+        prio = 0 if priority is None else self._prio(priority)
         d = -1 if delay is None else _options.seconds_ns(delay, "delay") // 1_000_000
         t = -1 if ttl is None else max(1, _options.seconds_ns(ttl, "ttl", allow_zero=False) // 1_000_000)
         key = "" if dedup_id is None else dedup_key(dedup_id).hex()
@@ -457,8 +488,10 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
                 self._check()
 
     def send(self, body: Any, headers=None, priority=None, delay=None, ttl=None, dedup_id=None, *,
-             block: bool = True, timeout: Optional[float] = None) -> int:
+             block: bool = True, timeout: Optional[float] = None, group=None) -> int:
         """As shmq.Queue.send on shared memory: returns the message id."""
+        if group is not None:
+            _unsupported("send(group=)", "message groups are not mapped to Redis yet")
         return self._send_raw(self._send_args(body, headers, priority, delay, ttl, dedup_id), block, timeout)[0]
 
     def send_many(self, bodies, headers=None) -> list[int]:
@@ -492,9 +525,13 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
         dl = _deadline(timeout, block)
         with _io(self):
             while True:
+                if self._reap_first and time.monotonic() - self._reaped >= REAP_S:
+                    self._reap()      # a priority queue: a dead consumer's higher message goes first
                 out, nxt, last, now = self._scripts["receive"](keys=[self._p], args=[self._consumer, n, lease_ms])
                 if out:
                     return [self._record(e, raw) for e in out]
+                if int(nxt) == -2:
+                    raise self._gone()          # a topic's subscription was deleted
                 left = _left(dl)
                 if left is not None and left <= 0:
                     raise Empty()
@@ -505,7 +542,7 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
                 if int(nxt) >= 0:
                     wait = min(wait, max(0.0, (int(nxt) - int(now)) / 1e3))
                 if wait >= 0.001:
-                    self._r.xread({self._stream: last}, count=1, block=max(1, int(wait * 1000)))
+                    self._wait_new(last, wait)
                 self._check()
 
     def _reap(self):
@@ -513,8 +550,10 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
         their leases end now, so their messages are delivered again at once."""
         self._reaped = time.monotonic()
         names = {c.get("name") for c in self._r.client_list()}
-        dead = [_s(c["name"]) for c in self._r.xinfo_consumers(self._stream, "g")
-                if _s(c["name"]) not in names]
+        pipe = self._r.pipeline(transaction=False)
+        for st in self._streams:
+            pipe.xinfo_consumers(st, self._group)
+        dead = sorted({_s(c["name"]) for cs in pipe.execute() for c in cs if _s(c["name"]) not in names})
         if dead:
             self._scripts["reap"](keys=[self._p], args=dead)
 
@@ -576,7 +615,9 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
         return [m.body for m in ms]
 
     async def send_async(self, body, headers=None, priority=None, delay=None, ttl=None, dedup_id=None, *,
-                         timeout=None):
+                         timeout=None, group=None):
+        if group is not None:
+            _unsupported("send_async(group=)", "message groups are not mapped to Redis yet")
         args = self._send_args(body, headers, priority, delay, ttl, dedup_id)
         loop = asyncio.get_running_loop()
         return (await loop.run_in_executor(None, self._send_raw, args, True, timeout))[0]

@@ -6,6 +6,7 @@
 -- dead-lettered or dropped. Returns {entries, next deadline ms (-1 none), group's
 -- last-delivered id, server time ms}; an entry is {stream id, delivery count, fields}.
 local consumer, n, timers = ARGV[1], tonumber(ARGV[2]), ARGV[4] == 'timers'
+if SUBGONE then return {{}, -2, '0-0', 0} end     -- a topic subscription deleted (unsubscribe)
 local m = redis.call('HMGET', META, 'visibility_ms', 'max_deliveries')
 local vt = tonumber(ARGV[3]); if vt < 0 then vt = tonumber(m[1]) end
 local maxd = tonumber(m[2])
@@ -13,14 +14,20 @@ local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', D, '-inf', now, 'LIMIT', 0, 256)
 for _, id in ipairs(due) do
   local f = redis.call('HGETALL', P .. 'm:' .. id)
-  if #f > 0 then redis.call('XADD', S, '*', unpack(f)) end
+  if #f > 0 then
+    if LEVELS > 0 then
+      local _, prio = struct.unpack('<BB', field(f, 'm'))
+      use_level(math.min(prio, LEVELS - 1))
+    end
+    redis.call('XADD', S, '*', unpack(f))
+  end
   redis.call('DEL', P .. 'm:' .. id)
   redis.call('ZREM', D, id)
 end
 local out = {}
 local function expired(f) local x = tonumber(field(f, 'x') or '0'); return x > 0 and x <= now end
 local function claim(sid, given_back)
-  local pe = redis.call('XPENDING', S, 'g', sid, sid, 1)
+  local pe = redis.call('XPENDING', S, G, sid, sid, 1)
   if #pe == 0 then
     redis.call('ZREM', L, sid); redis.call('ZREM', W, sid); redis.call('HDEL', DL, sid)
     return
@@ -32,7 +39,7 @@ local function claim(sid, given_back)
     local e = redis.call('XRANGE', S, sid, sid)
     local f = e[1] and e[1][2]
     if not f then
-      redis.call('XACK', S, 'g', sid); redis.call('ZREM', L, sid); redis.call('ZREM', W, sid)
+      redis.call('XACK', S, G, sid); redis.call('ZREM', L, sid); redis.call('ZREM', W, sid)
     elseif why then
       dead_letter(sid, f, why, count, now, last)
     elseif not given_back and count + 1 > maxd then
@@ -45,10 +52,10 @@ local function claim(sid, given_back)
     end
     return
   end
-  local e = redis.call('XCLAIM', S, 'g', consumer, 0, sid)
+  local e = redis.call('XCLAIM', S, G, consumer, 0, sid)
   local f = e[1] and e[1][2]
   if not f then
-    redis.call('XACK', S, 'g', sid); redis.call('ZREM', L, sid); redis.call('ZREM', W, sid)
+    redis.call('XACK', S, G, sid); redis.call('ZREM', L, sid); redis.call('ZREM', W, sid)
   elseif why then
     dead_letter(sid, f, why, count, now, last)
   elseif count + 1 > maxd then
@@ -59,54 +66,78 @@ local function claim(sid, given_back)
     redis.call('ZREM', W, sid)
     redis.call('ZADD', L, now + vt, sid)
     if not given_back then redis.call('HINCRBY', META, 'redelivered', 1) end
-    out[#out + 1] = {sid, count + 1, f}
+    out[#out + 1] = {TAG .. sid, count + 1, f}
   end
 end
-local lim = n; if timers then lim = 256 end
-for _, sid in ipairs(redis.call('ZRANGEBYSCORE', W, '-inf', now, 'LIMIT', 0, lim)) do
-  if timers or #out < n then claim(sid, true) end
-end
-if timers or #out < n then
-  for _, sid in ipairs(redis.call('ZRANGEBYSCORE', L, '-inf', now, 'LIMIT', 0, lim)) do
-    if timers or #out < n then claim(sid, false) end
+local function pass()
+  local lim = n; if timers then lim = 256 end
+  for _, sid in ipairs(redis.call('ZRANGEBYSCORE', W, '-inf', now, 'LIMIT', 0, lim)) do
+    if timers or #out < n then claim(sid, true) end
   end
-end
-if timers then
-  -- unread messages past their ttl (a consumer that reads them would expire them too)
-  local last = '0-0'
-  for _, g in ipairs(redis.call('XINFO', 'GROUPS', S)) do
-    if field(g, 'name') == 'g' then last = field(g, 'last-delivered-id') end
-  end
-  for _, e in ipairs(redis.call('XRANGE', S, '(' .. last, '+', 'COUNT', 1000)) do
-    if expired(e[2]) then dead_letter(e[1], e[2], 'expired', 0, now, 0) end
-  end
-elseif #out < n then
-  local r = redis.call('XREADGROUP', 'GROUP', 'g', consumer, 'COUNT', n - #out, 'STREAMS', S, '>')
-  if r then
-    local z = {}
-    for _, e in ipairs(r[1][2]) do
-      local sid, f = e[1], e[2]
-      if expired(f) then
-        dead_letter(sid, f, 'expired', 1, now, now)
-      else
-        z[#z + 1] = now + vt; z[#z + 1] = sid
-        out[#out + 1] = {sid, 1, f}
-      end
+  if timers or #out < n then
+    for _, sid in ipairs(redis.call('ZRANGEBYSCORE', L, '-inf', now, 'LIMIT', 0, lim)) do
+      if timers or #out < n then claim(sid, false) end
     end
-    if #z > 0 then redis.call('ZADD', L, unpack(z)) end
   end
+  if timers then
+    -- unread messages past their ttl (a consumer that reads them would expire them too)
+    local last = '0-0'
+    for _, g in ipairs(redis.call('XINFO', 'GROUPS', S)) do
+      if field(g, 'name') == G then last = field(g, 'last-delivered-id') end
+    end
+    for _, e in ipairs(redis.call('XRANGE', S, '(' .. last, '+', 'COUNT', 1000)) do
+      if expired(e[2]) then dead_letter(e[1], e[2], 'expired', 0, now, 0) end
+    end
+  elseif #out < n then
+    local r = redis.call('XREADGROUP', 'GROUP', G, consumer, 'COUNT', n - #out, 'STREAMS', S, '>')
+    if r then
+      local z = {}
+      for _, e in ipairs(r[1][2]) do
+        local sid, f = e[1], e[2]
+        if expired(f) then
+          dead_letter(sid, f, 'expired', 1, now, now)
+        else
+          z[#z + 1] = now + vt; z[#z + 1] = sid
+          out[#out + 1] = {TAG .. sid, 1, f}
+        end
+      end
+      if #z > 0 then redis.call('ZADD', L, unpack(z)) end
+    end
+  end
+end
+-- a priority queue: the highest level first, each level's redeliveries before its new messages
+if LEVELS > 0 then
+  for k = LEVELS - 1, 0, -1 do
+    use_level(k); pass()
+    if not timers and #out >= n then break end
+  end
+else
+  pass()
 end
 if #out > 0 then
   redis.call('HINCRBY', META, 'dequeued', #out)
   return {out, -1, '', now}
 end
 local nxt = -1
-for _, z in ipairs({L, W, D}) do
+local function soonest(z)
   local a = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
   if a[2] and (nxt < 0 or tonumber(a[2]) < nxt) then nxt = tonumber(a[2]) end
 end
-local last = '0-0'
-for _, g in ipairs(redis.call('XINFO', 'GROUPS', S)) do
-  if field(g, 'name') == 'g' then last = field(g, 'last-delivered-id') end
+local function last_id()
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', S)) do
+    if field(g, 'name') == G then return field(g, 'last-delivered-id') end
+  end
+  return '0-0'
 end
-return {out, nxt, last, now}
+soonest(D)
+if LEVELS > 0 then
+  -- a priority queue: each level's stream and the id its group last delivered, to wait on
+  local lasts = {}
+  for k = 0, LEVELS - 1 do
+    use_level(k); soonest(L); soonest(W)
+    lasts[#lasts + 1] = S; lasts[#lasts + 1] = last_id()
+  end
+  return {out, nxt, lasts, now}
+end
+soonest(L); soonest(W)
+return {out, nxt, last_id(), now}

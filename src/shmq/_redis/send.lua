@@ -5,7 +5,14 @@
 local m = redis.call('HMGET', META, 'maxsize', 'delay_ms', 'ttl_ms', 'dedup_window_ms')
 local maxsize = tonumber(m[1] or '0')
 local held = 0
-if maxsize > 0 then held = redis.call('XLEN', S) + redis.call('ZCARD', D) end
+if maxsize > 0 then
+  if LEVELS > 0 then
+    for k = 0, LEVELS - 1 do held = held + redis.call('XLEN', P .. 's' .. k) end
+    held = held + redis.call('ZCARD', D)
+  else
+    held = redis.call('XLEN', S) + redis.call('ZCARD', D)
+  end
+end
 local now = now_ms()
 local out = {}
 local sent = 0
@@ -26,6 +33,11 @@ for j = 1, #ARGV, 4 do
     local ttl = tonumber(ARGV[j + 2]); if ttl < 0 then ttl = tonumber(m[3] or '0') end
     local exp = 0; if ttl > 0 then exp = now + ttl end
     local f = {'i', id, 'x', exp, 'm', ARGV[j]}
+    if LEVELS > 0 then
+      local _, prio = struct.unpack('<BB', ARGV[j])
+      if prio >= LEVELS then return redis.error_reply('priority out of range') end
+      use_level(prio)
+    end
     local sid = ''
     if delay > 0 then
       redis.call('HSET', P .. 'm:' .. id, unpack(f))

@@ -11,27 +11,40 @@ if op == 'reply' then
   first = 6
   local inbox = ARGV[3]
   if string.sub(inbox, 1, #P + 2) ~= P .. 'r:' then return redis.error_reply('reply list outside the queue') end
-  local pe = redis.call('XPENDING', S, 'g', ARGV[6], ARGV[6], 1)
+  local pe = redis.call('XPENDING', S, G, ARGV[6], ARGV[6], 1)
   if #pe == 0 or pe[1][2] ~= consumer or tonumber(pe[1][4]) ~= tonumber(ARGV[7]) then return {1} end
   redis.call('RPUSH', inbox, ARGV[4])
   redis.call('PEXPIRE', inbox, ARGV[5])
   op = 'ack'
+end
+if SUBGONE then            -- a topic subscription deleted meanwhile (unsubscribe): every delivery is over
+  local all = {}
+  for j = first, #ARGV, 2 do all[#all + 1] = (j - first + 2) / 2 end
+  return all
 end
 local now = now_ms()
 local stale = {}
 local acks = {}
 local maxd = tonumber(redis.call('HGET', META, 'max_deliveries'))
 for j = first, #ARGV, 2 do
-  local sid, count = ARGV[j], tonumber(ARGV[j + 1])
-  local pe = redis.call('XPENDING', S, 'g', sid, sid, 1)
-  if op == 'drop' then
+  local sid, count = split_sid(ARGV[j]), tonumber(ARGV[j + 1])   -- (a priority queue's "k/id": level k)
+  local pe = {}
+  if sid then pe = redis.call('XPENDING', S, G, sid, sid, 1) end
+  if not sid then
+    stale[#stale + 1] = (j - first + 2) / 2
+  elseif op == 'drop' then
     -- a request whose responders died, at its requester's timeout: removed, whoever holds it
-    redis.call('XACK', S, 'g', sid); redis.call('XDEL', S, sid); redis.call('ZREM', L, sid); redis.call('ZREM', W, sid)
+    redis.call('XACK', S, G, sid); redis.call('XDEL', S, sid); redis.call('ZREM', L, sid); redis.call('ZREM', W, sid)
   elseif op == 'withdraw' then
     -- a request nobody took (not in the pending list): removed; one that was taken is stale
     if #pe == 0 then redis.call('XDEL', S, sid) else stale[#stale + 1] = (j - first + 2) / 2 end
   elseif #pe == 0 or pe[1][2] ~= consumer or tonumber(pe[1][4]) ~= count then
     stale[#stale + 1] = (j - first + 2) / 2
+  elseif op == 'ack' and TAG ~= '' then
+    -- a priority queue's delivery: its level's keys now (the batch below is for one stream)
+    redis.call('XACK', S, G, sid); redis.call('XDEL', S, sid)
+    redis.call('ZREM', L, sid); redis.call('ZREM', W, sid); redis.call('HDEL', DL, sid)
+    redis.call('HINCRBY', META, 'acked', 1)
   elseif op == 'ack' then
     acks[#acks + 1] = sid          -- removed together below (one call per structure)
   elseif op == 'extend' then
@@ -40,12 +53,14 @@ for j = first, #ARGV, 2 do
     local e = redis.call('XRANGE', S, sid, sid)
     local last = now - tonumber(pe[1][3])
     if not e[1] then
-      redis.call('XACK', S, 'g', sid); redis.call('ZREM', L, sid)
+      redis.call('XACK', S, G, sid); redis.call('ZREM', L, sid)
     elseif op == 'nack' then
+      redis.call('HINCRBY', META, 'nacked', 1)
       dead_letter(sid, e[1][2], 'rejected', count, now, last)
     elseif count + 1 > maxd then
       dead_letter(sid, e[1][2], 'max_deliveries', count, now, last)
     else
+      redis.call('HINCRBY', META, 'nacked', 1)
       -- given back: due again after the delay; the failed delivery is counted now
       redis.call('ZREM', L, sid)
       redis.call('ZADD', W, now + ms, sid)
@@ -54,7 +69,8 @@ for j = first, #ARGV, 2 do
   end
 end
 if #acks > 0 then
-  redis.call('XACK', S, 'g', unpack(acks)); redis.call('XDEL', S, unpack(acks))
+  redis.call('XACK', S, G, unpack(acks))
+  if not TOPIC then redis.call('XDEL', S, unpack(acks)) end   -- a topic's log keeps it for the others
   redis.call('ZREM', L, unpack(acks)); redis.call('ZREM', W, unpack(acks)); redis.call('HDEL', DL, unpack(acks))
   redis.call('HINCRBY', META, 'acked', #acks)
 end
