@@ -244,12 +244,13 @@ def _register(handle) -> None:
 
 
 def _run():
+    global _thread
     while True:
         with _lock:
             hs = [h for h in _handles if not h.closed]
-        if not hs:
-            time.sleep(0.05)
-            continue
+            if not hs:              # nothing journaled is open: the thread ends (the next
+                _thread = None      # attached handle starts another), never polls forever
+                return
         time.sleep(min(h._jinterval for h in hs))
         now = time.monotonic()
         for h in hs:
@@ -267,10 +268,14 @@ def _run():
 
 
 def _after_fork():
-    global _thread
+    # The parent's sync thread may have held _lock at the fork: the child's copy would stay locked
+    # forever (a forked child then hung in this very hook, or in its own fork's). A new lock.
+    global _thread, _lock
+    _lock = threading.Lock()
     _thread = None
-    if len(_handles):
-        _register(next(iter(_handles)))
+    live = [h for h in list(_handles) if not h.closed]
+    if live:
+        _register(live[0])
 
 
 os.register_at_fork(after_in_child=_after_fork)

@@ -437,3 +437,38 @@ def test_a_cli_purge_is_journaled(qname, jdir):
     finally:
         q.close()
         shmq.unlink(qname)
+
+
+def test_a_fork_while_the_sync_thread_holds_its_lock_does_not_hang_the_child(qname, jdir):
+    """The batch-sync thread takes the module's lock every round: a fork at that instant must not
+    leave the child (or its own children) with a lock nobody will release."""
+    q = shmq.Queue(qname, create=True, journal=jdir, fsync="batch", journal_segment_size=SEG)
+    try:
+        with J._lock:                             # the instant of a fork during the thread's round
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    ok = J._lock.acquire(timeout=5)   # the child's lock is free
+                    if ok:
+                        J._lock.release()
+                        q.put("from the child")       # and the child's journal still works
+                        code = 0
+                finally:
+                    os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert q.get(timeout=5) == "from the child"
+    finally:
+        q.close()
+        shmq.unlink(qname)
+
+
+def test_the_sync_thread_ends_when_no_journaled_queue_is_open(qname, jdir):
+    q = shmq.Queue(qname, create=True, journal=jdir, fsync="batch", journal_segment_size=SEG)
+    t = J._thread
+    assert t is not None and t.is_alive()
+    q.close()
+    shmq.unlink(qname)
+    t.join(5)
+    assert not t.is_alive()
