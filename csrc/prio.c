@@ -1,5 +1,6 @@
 #include "prio.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -289,16 +290,23 @@ int shmq_prio_bind(shmq_seg_t *q)
 {
     uint64_t size;
     shmq_prio_hdr_t *h = (shmq_prio_hdr_t *)shmq_seg_region(q, SHMQ_REGION_PRIO, &size);
-    if (!h || region_check(q, h, size) != SHMQ_OK)
+    if (!h)
+        return SHMQ_ECORRUPT;
+    /* untrusted and shared: validate a private copy of the geometry and use only the copy (a
+     * writer changing levels or cells_log2 after the check cannot widen the rings past the region) */
+    shmq_prio_hdr_t copy;
+    memset(&copy, 0, sizeof copy);
+    memcpy(&copy, h, offsetof(shmq_prio_hdr_t, _pad0)); /* the options block, not the live bitmap */
+    if (region_check(q, &copy, size) != SHMQ_OK)
         return SHMQ_ECORRUPT;
     prio_state_t *s = calloc(1, sizeof *s);
     if (!s)
         return SHMQ_ENOMEM;
     s->hdr = h;
-    s->levels = h->levels; /* validated above; the copy is what every bound uses from now on */
+    s->levels = copy.levels; /* validated above; the copy is what every bound uses from now on */
     s->mask = s->levels == 64 ? ~0ull : (1ull << s->levels) - 1;
-    s->max_wait_ns = h->max_wait_ns;
-    rings_of(h, s->levels, h->cells_log2, s->rings);
+    s->max_wait_ns = copy.max_wait_ns;
+    rings_of(h, s->levels, copy.cells_log2, s->rings);
     for (uint32_t p = 0; p < s->levels; p++)
         if (!shmq_ring_valid(&s->rings[p])) {
             free(s);
