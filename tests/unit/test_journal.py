@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import warnings
 
 import pytest
@@ -456,7 +457,15 @@ def test_a_fork_while_the_sync_thread_holds_its_lock_does_not_hang_the_child(qna
                         code = 0
                 finally:
                     os._exit(code)
-        _, status = os.waitpid(pid, 0)
+        deadline = time.monotonic() + 20
+        done, status = 0, 0
+        while not done and time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            time.sleep(0.01)
+        if not done:                              # hung in its fork hook on the inherited lock
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        assert done, "the forked child hung on the journal's lock"
         assert os.waitstatus_to_exitcode(status) == 0
         assert q.get(timeout=5) == "from the child"
     finally:
