@@ -1,5 +1,6 @@
 """Every script in examples/ runs to completion against the installed package."""
 import os
+import signal
 import subprocess
 import sys
 
@@ -18,6 +19,19 @@ def test_examples_exist():
 def test_example_runs(script, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SHMQ_CRASH_AT")}
     # From a temporary directory, so the source tree cannot shadow the installed package.
-    r = subprocess.run([sys.executable, os.path.join(EXAMPLES, script)], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, f"{script} exited with {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+    # In its own session: if it hangs, the whole group goes (the processes and the redis-server an
+    # example may have started), not only the script, whose children would outlive the test.
+    p = subprocess.Popen([sys.executable, os.path.join(EXAMPLES, script)], cwd=tmp_path, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
+        pytest.fail(f"{script} did not finish in 60 s\nstdout:\n{out}\nstderr:\n{err}")
+    finally:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)   # what it left running (normally nothing)
+        except ProcessLookupError:
+            pass
+    assert p.returncode == 0, f"{script} exited with {p.returncode}\nstdout:\n{out}\nstderr:\n{err}"
