@@ -8,6 +8,7 @@
 int shmq_crash_armed = 0;
 static char crash_name[64];
 static long crash_countdown = 1;
+static int crash_signal = SIGKILL; /* ":stop": SIGSTOP instead, to hold a process at the point */
 
 #define SHMQ_X_NAME(n, w) #n,
 #define SHMQ_X_WHERE(n, w) w,
@@ -31,8 +32,11 @@ __attribute__((constructor)) static void shmq_crash_init(void)
     memcpy(crash_name, spec, n);
     crash_name[n] = 0;
     if (colon) {
-        long c = strtol(colon + 1, NULL, 10);
+        char *end = NULL;
+        long c = strtol(colon + 1, &end, 10);
         crash_countdown = c > 0 ? c : 1;
+        if (end && strcmp(end, ":stop") == 0)
+            crash_signal = SIGSTOP;
     }
     shmq_crash_armed = 1;
 }
@@ -43,5 +47,5 @@ void shmq_crash_hit(const char *name)
         return;
     /* Atomic so that several threads hitting the point kill exactly at the n-th hit. */
     if (__atomic_sub_fetch(&crash_countdown, 1, __ATOMIC_SEQ_CST) == 0)
-        kill(getpid(), SIGKILL);
+        kill(getpid(), crash_signal); /* SIGSTOP: the whole process stops here until SIGCONT */
 }

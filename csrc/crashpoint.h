@@ -1,8 +1,9 @@
 /* crashpoint.h - named points where a test makes the process SIGKILL itself.
  *
  * Contract: every build carries the points as one never-taken branch on a process-global
- * flag, armed once at load time from SHMQ_CRASH_AT=<point>[:<n>] (kill at the n-th hit,
- * default 1). Unarmed cost: one predictable load and branch. The table below is the single
+ * flag, armed once at load time from SHMQ_CRASH_AT=<point>[:<n>[:stop]] (kill at the n-th hit,
+ * default 1; with ":stop" the process stops there instead, holding whatever it holds, so a
+ * test can act while it sits at the point and then kill or continue it). Unarmed cost: one predictable load and branch. The table below is the single
  * list of points; tests/crash/ must kill a process at every one (a lint test checks).
  */
 #ifndef SHMQ_CRASHPOINT_H
@@ -52,7 +53,8 @@
     X(journal_rotate_prepared, "journal rotation: next segment file built and renamed into place, END not yet written") \
     X(journal_rotate_ended, "journal rotation: END written and synced, appends not yet moved to the next segment") \
     X(journal_rotate_switched, "journal rotation: appends moved on, old segments not yet retired") \
-    X(journal_mid_recycle, "journal retention: a retired file's header invalidated, not yet renamed .spare")
+    X(journal_mid_recycle, "journal retention: a retired file's header invalidated, not yet renamed .spare") \
+    X(journal_spare_built, "journal spare: a spare file built and synced under its temporary name, append lock held, not yet renamed .spare")
 
 extern int shmq_crash_armed;
 void shmq_crash_hit(const char *name);

@@ -32,8 +32,11 @@
  * EIO. SHMQ_JOURNAL_ENOSPC_FILE=path: while path exists, creating a segment file fails with
  * ENOSPC. SHMQ_JOURNAL_SHADOW=dir: a simulated disk: before each fdatasync the file's bytes are
  * copied to dir (what a power loss would keep); SHMQ_JOURNAL_SHADOW_NOSYNC=1 skips the copies
- * (the negative control: a "sync" that syncs nothing). */
+ * (the negative control: a "sync" that syncs nothing). SHMQ_JOURNAL_SYNC_DELAY_US=N: a slow disk:
+ * every fdatasync of a journal file (spares included) takes N microseconds more, which widens
+ * every window that contains one (the spare race test). */
 static int fault_ready;
+static long fault_delay_us;
 static long fault_eio_at;
 static long fault_syncs;
 static const char *fault_enospc;
@@ -50,6 +53,10 @@ static void fault_init(void)
     fault_shadow = getenv("SHMQ_JOURNAL_SHADOW");
     s = getenv("SHMQ_JOURNAL_SHADOW_NOSYNC");
     fault_shadow_nosync = s && *s == '1';
+    s = getenv("SHMQ_JOURNAL_SYNC_DELAY_US");
+    fault_delay_us = s ? strtol(s, NULL, 10) : 0;
+    if (fault_delay_us < 0 || fault_delay_us > 1000000)
+        fault_delay_us = 0;
     __atomic_store_n(&fault_ready, 1, __ATOMIC_RELEASE); /* release: the settings before the flag */
 }
 
@@ -95,8 +102,18 @@ static void shadow_remove(const char *name)
 
 /* fdatasync through the fault layer. limit: the bytes this sync covers (UINT64_MAX: all);
  * flush: a sync of appended records (the negative control leaves those out of the shadow). */
+static void fault_slow_disk(void)
+{
+    if (fault_delay_us > 0) {
+        struct timespec ts = {fault_delay_us / 1000000, (fault_delay_us % 1000000) * 1000};
+        while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+            ;
+    }
+}
+
 static int j_fdatasync_ex(int fd, const char *name, uint64_t limit, int flush)
 {
+    fault_slow_disk();
     if (!(flush && fault_shadow_nosync))
         shadow_copy(fd, name, limit);
     if (fault_eio_at > 0 && __atomic_add_fetch(&fault_syncs, 1, __ATOMIC_SEQ_CST) == fault_eio_at) {
@@ -771,6 +788,10 @@ int shmq_journal_prepare_spare(shmq_seg_t *q)
     int lrc = shmq_lock_acquire(q, &b->spare_lock, &j->spare_busy, shmq_now_mono_ns() + 1000000ull);
     if (lrc == SHMQ_TIMEOUT)
         return SHMQ_OK; /* another process builds one; a dead builder's lock is taken (SHMQ_EAGAIN) */
+    if (shmq_load_relaxed(&b->spare_seg)) { /* built by the holder we waited for */
+        shmq_lock_release(q, &b->spare_lock, &j->spare_busy);
+        return SHMQ_OK;
+    }
     uint64_t n = W / j->seg_size + 1; /* named after the segment it will most likely become */
     char tmp[SHMQ_JOURNAL_DIR_MAX + 80], path[SHMQ_JOURNAL_DIR_MAX + 80];
     /* its own temporary name: a rotation may be building .<n>.tmp at the same time */
@@ -790,10 +811,10 @@ int shmq_journal_prepare_spare(shmq_seg_t *q)
         file_hdr(&h, SHMQ_JSPARE_MAGIC, 0, n, j->seg_size);
         if (w == 0)
             w = write_all(fd, &h, sizeof h, 0);
-        if (w == 0)
+        if (w == 0) {
+            fault_slow_disk();
             w = fdatasync(fd);
-        if (w == 0)
-            w = rename(tmp, path);
+        }
         int e = errno;
         close(fd);
         if (w != 0) {
@@ -805,17 +826,25 @@ int shmq_journal_prepare_spare(shmq_seg_t *q)
     if (fd < 0) {
         q->err = errno;
         rc = SHMQ_EJOURNAL;
-    } else {
-        dir_sync(j);
-        shmq_fetch_add_relaxed(&b->segments_created, 1);
-        /* publish under the append lock: retire() writes spare_seg there too */
-        if (lock_append(q, j) == SHMQ_OK) {
-            if (!b->spare_seg)
-                b->spare_seg = n;
-            else
-                unlink(path); /* a retired file became the spare meanwhile */
-            shmq_lock_release(q, &b->append_lock, &j->append_busy);
+    } else if (lock_append(q, j) == SHMQ_OK) {
+        /* Rename and publish under the append lock, never outside it. The file was built slowly
+         * (a zero fill and an fdatasync), and meanwhile appends may have moved past segment n,
+         * retired it, and made it the spare under the name n.spare: a rename outside the lock
+         * could replace that file while a rotation holds it open to rewrite its header, and the
+         * rotation's rename would then put this file, still marked spare, in place as the live
+         * segment, whose records recovery would ignore. Rotation and retirement touch spare
+         * files only under the append lock, so here nothing else does. */
+        SHMQ_CRASH_POINT(journal_spare_built);
+        if (!b->spare_seg && rename(tmp, path) == 0) {
+            b->spare_seg = n;
+            shmq_fetch_add_relaxed(&b->segments_created, 1);
+        } else {
+            unlink(tmp); /* a retired file became the spare meanwhile (or the rename failed) */
         }
+        shmq_lock_release(q, &b->append_lock, &j->append_busy);
+        dir_sync(j);
+    } else {
+        unlink(tmp);
     }
     shmq_lock_release(q, &b->spare_lock, &j->spare_busy);
     return rc;

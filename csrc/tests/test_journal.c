@@ -378,6 +378,8 @@ static int role_cycler(int argc, char **argv)
         memcpy(rec + 1, &id, 8);
         if (write(out, rec, 9) != 9)
             return 4;
+        if (i % 50 == 49 && shmq_journal_prepare_spare(&q) != SHMQ_OK) /* what the maintenance thread does */
+            return 7;
         if (i % 4 == 3)
             continue; /* some stay: retention keeps their segments */
         shmq_msg_t m;
@@ -396,7 +398,7 @@ static int role_cycler(int argc, char **argv)
 static void test_kill_at_every_journal_point(void)
 {
     const char *pts[] = {"journal_mid_append", "journal_mid_sync", "journal_rotate_prepared", "journal_rotate_ended",
-                         "journal_rotate_switched", "journal_mid_recycle"};
+                         "journal_rotate_switched", "journal_mid_recycle", "journal_spare_built"};
     for (unsigned i = 0; i < sizeof pts / sizeof pts[0]; i++) {
         fresh_dir();
         char path[128];
