@@ -863,17 +863,31 @@ int shmq_journal_on_tmpfs(const char *dir)
 /* ------------------------------------------------------------ scan and recovery */
 typedef struct {
     uint64_t id;
-    const shmq_jput_t *put; /* NULL: removed before its put was seen (or never journaled) */
+    const shmq_jput_t *put; /* the first PUT record seen for this id */
     const uint8_t *payload;
     uint32_t deliveries;
     uint8_t removed;
 } jent_t;
 
+/* The messages of a scan, by id. Entries are made by PUT records only: a message's put precedes
+ * every REMOVE and DELIVER of it in lsn order (queue.c appends the put before READY), so one of
+ * those for an id without an entry is about a message put in a retired segment, and is dropped.
+ * Ids are dense and mostly rising (next_id order, give or take producers that waited for the
+ * append lock), so a direct window dmap[id - dbase] finds almost every id, with no hashing and
+ * with the locality of the journal's own order, and walking the window gives id order without a
+ * sort. Ids outside the window (below its base, or so far above it that growing it would not be
+ * dense: an id put by a producer stalled a long time, or garbage that passed the CRC) go to an
+ * open-addressing hash, sorted on their own and merged at the walk. */
+#define DWIN_SLACK 65536u /* ids this far below the first put still fit the window */
+
 typedef struct {
-    jent_t *ents;
+    jent_t *ents; /* first-seen order */
     uint64_t n, cap;
-    uint64_t *slots; /* open addressing: index + 1, 0 = empty */
-    uint64_t nslots;
+    uint32_t *dmap; /* entry index + 1, 0 = none */
+    uint64_t dbase, dcap;
+    int dset;
+    uint64_t *slots; /* the hash: entry index + 1, 0 = empty */
+    uint64_t nslots, nhash;
 } jtab_t;
 
 static uint64_t hash64(uint64_t x)
@@ -884,27 +898,37 @@ static uint64_t hash64(uint64_t x)
     return x;
 }
 
-static int tab_grow(jtab_t *t)
+static void hash_put(uint64_t *s, uint64_t ns, const jtab_t *t, uint64_t idx)
+{
+    uint64_t h = hash64(t->ents[idx].id) & (ns - 1);
+    while (s[h])
+        h = (h + 1) & (ns - 1);
+    s[h] = idx + 1;
+}
+
+static int hash_grow(jtab_t *t)
 {
     uint64_t ns = t->nslots ? t->nslots * 2 : 1024;
     uint64_t *s = calloc(ns, sizeof *s);
     if (!s)
         return -1;
-    for (uint64_t i = 0; i < t->n; i++) {
-        uint64_t h = hash64(t->ents[i].id) & (ns - 1);
-        while (s[h])
-            h = (h + 1) & (ns - 1);
-        s[h] = i + 1;
-    }
+    for (uint64_t i = 0; i < t->nslots; i++)
+        if (t->slots[i])
+            hash_put(s, ns, t, t->slots[i] - 1);
     free(t->slots);
     t->slots = s;
     t->nslots = ns;
     return 0;
 }
 
-static jent_t *tab_get(jtab_t *t, uint64_t id, int create)
+static jent_t *tab_find(const jtab_t *t, uint64_t id)
 {
-    if (t->nslots) {
+    if (t->dset && id >= t->dbase && id - t->dbase < t->dcap) {
+        uint32_t k = t->dmap[id - t->dbase];
+        if (k)
+            return &t->ents[k - 1];
+    }
+    if (t->nhash) {
         uint64_t h = hash64(id) & (t->nslots - 1);
         while (t->slots[h]) {
             jent_t *e = &t->ents[t->slots[h] - 1];
@@ -913,26 +937,103 @@ static jent_t *tab_get(jtab_t *t, uint64_t id, int create)
             h = (h + 1) & (t->nslots - 1);
         }
     }
-    if (!create)
-        return NULL;
-    if ((t->n + 1) * 2 > t->nslots && tab_grow(t) != 0)
-        return NULL;
+    return NULL;
+}
+
+/* The entry of id, made if new. NULL: out of memory. */
+static jent_t *tab_add(jtab_t *t, uint64_t id)
+{
+    jent_t *e = tab_find(t, id);
+    if (e)
+        return e;
     if (t->n == t->cap) {
         uint64_t nc = t->cap ? t->cap * 2 : 1024;
+        if (nc >= UINT32_MAX)
+            return NULL;
         jent_t *ne = realloc(t->ents, nc * sizeof *ne);
         if (!ne)
             return NULL;
         t->ents = ne;
         t->cap = nc;
     }
-    jent_t *e = &t->ents[t->n];
+    if (!t->dset) {
+        t->dbase = id > DWIN_SLACK ? id - DWIN_SLACK : 0;
+        t->dset = 1;
+    }
+    uint64_t idx = t->n;
+    int direct = 0;
+    if (id >= t->dbase) {
+        uint64_t off = id - t->dbase;
+        /* dense enough: the window stays within a few times the entries (4 bytes per id) */
+        if (off < t->dcap)
+            direct = 1;
+        else if (off < 8 * (t->n + DWIN_SLACK)) {
+            uint64_t nc = t->dcap ? t->dcap : 2 * DWIN_SLACK;
+            while (nc <= off)
+                nc *= 2;
+            uint32_t *nd = realloc(t->dmap, nc * sizeof *nd);
+            if (!nd)
+                return NULL;
+            memset(nd + t->dcap, 0, (nc - t->dcap) * sizeof *nd);
+            t->dmap = nd;
+            t->dcap = nc;
+            direct = 1;
+        }
+    }
+    if (!direct && (t->nhash + 1) * 2 > t->nslots && hash_grow(t) != 0)
+        return NULL;
+    e = &t->ents[idx];
     memset(e, 0, sizeof *e);
     e->id = id;
-    uint64_t h = hash64(id) & (t->nslots - 1);
-    while (t->slots[h])
-        h = (h + 1) & (t->nslots - 1);
-    t->slots[h] = ++t->n;
+    t->n++;
+    if (direct)
+        t->dmap[id - t->dbase] = (uint32_t)(idx + 1);
+    else {
+        hash_put(t->slots, t->nslots, t, idx);
+        t->nhash++;
+    }
     return e;
+}
+
+static int cmp_ent_id(const void *a, const void *b, void *ctx)
+{
+    const jent_t *ents = ctx;
+    uint64_t x = ents[*(const uint32_t *)a].id, y = ents[*(const uint32_t *)b].id;
+    return x < y ? -1 : x > y;
+}
+
+/* Every entry's index in id order (*out, t->n of them, to free). -1: out of memory. */
+static int tab_order(const jtab_t *t, uint32_t **out)
+{
+    uint32_t *ord = malloc((t->n ? t->n : 1) * sizeof *ord), *hs = NULL;
+    if (!ord)
+        return -1;
+    uint64_t nh = 0, k = 0, hi = 0;
+    if (t->nhash) {
+        hs = malloc(t->nhash * sizeof *hs);
+        if (!hs) {
+            free(ord);
+            return -1;
+        }
+        for (uint64_t i = 0; i < t->nslots; i++)
+            if (t->slots[i])
+                hs[nh++] = (uint32_t)(t->slots[i] - 1);
+        qsort_r(hs, nh, sizeof *hs, cmp_ent_id, t->ents);
+    }
+    for (uint64_t d = 0; d < t->dcap; d++) {
+        uint32_t x = t->dmap[d];
+        if (!x)
+            continue;
+        uint64_t id = t->dbase + d;
+        while (hi < nh && t->ents[hs[hi]].id < id) /* merge: the hashed ids below this one */
+            ord[k++] = hs[hi++];
+        ord[k++] = x - 1;
+    }
+    while (hi < nh)
+        ord[k++] = hs[hi++];
+    free(hs);
+    *out = ord;
+    return 0;
 }
 
 typedef struct {
@@ -953,11 +1054,6 @@ static int cmp_u64(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-static int cmp_ent(const void *a, const void *b)
-{
-    const jent_t *x = a, *y = b;
-    return x->id < y->id ? -1 : x->id > y->id;
-}
 
 /* untrusted: a record at off of file f that validates (bounds, salt, crc, type). */
 static int rec_at(const jfile_t *f, uint64_t off, const shmq_jrec_t **out)
@@ -975,13 +1071,31 @@ static int rec_at(const jfile_t *f, uint64_t off, const shmq_jrec_t **out)
 }
 
 /* The next offset >= off in f where a valid record starts, or 0. */
+_Static_assert(offsetof(shmq_jrec_t, len) == 0, "resync's zero skip: a record starts with its len");
+
 static uint64_t resync(const jfile_t *f, uint64_t off)
 {
     const shmq_jrec_t *r;
-    for (off = JALIGN(off); off + SHMQ_JREC_HDR <= f->size; off += 8) {
+    off = JALIGN(off);
+    for (;;) {
+        /* A record's first 4 bytes, its len, are never 0: when the 64 bytes at off are all
+         * zero, no record starts in them, and they are skipped at once (the unused tail of the
+         * last segment is most of a scan's bytes otherwise). */
+        while (off % 64 == 0 && off + 64 + SHMQ_JREC_HDR <= f->size) {
+            const uint64_t *w = (const uint64_t *)(f->map + off);
+            uint64_t any = 0;
+            for (int k = 0; k < 8; k++)
+                any |= w[k];
+            if (any)
+                break;
+            off += 64;
+        }
+        if (off + SHMQ_JREC_HDR > f->size)
+            break;
         const shmq_jrec_t *c = (const shmq_jrec_t *)(f->map + off);
         if (c->salt == f->salt && rec_at(f, off, &r)) /* the salt first: a cheap filter */
             return off;
+        off += 8;
     }
     return 0;
 }
@@ -1048,6 +1162,7 @@ int shmq_journal_scan(const char *dir, uint32_t flags, shmq_seg_t *q, shmq_jrepo
         qsort(segs, nseg, sizeof *segs, cmp_u64);
     jfile_t *files = calloc(nseg ? nseg : 1, sizeof *files);
     jtab_t tab = {0};
+    uint32_t *order = NULL;
     int rc = SHMQ_OK;
     if (!files) {
         free(segs);
@@ -1173,7 +1288,7 @@ int shmq_journal_scan(const char *dir, uint32_t flags, shmq_seg_t *q, shmq_jrepo
                 if (plen < sizeof *pp || plen - sizeof *pp != pp->size) /* untrusted */
                     break;
                 rep->puts++;
-                e = tab_get(&tab, pp->id, 1);
+                e = tab_add(&tab, pp->id);
                 if (!e) {
                     rc = SHMQ_ENOMEM;
                     goto done;
@@ -1192,17 +1307,15 @@ int shmq_journal_scan(const char *dir, uint32_t flags, shmq_seg_t *q, shmq_jrepo
                 if (plen < 8)
                     break;
                 memcpy(&id, p, 8);
-                e = tab_get(&tab, id, 1);
-                if (!e) {
-                    rc = SHMQ_ENOMEM;
-                    goto done;
-                }
+                e = tab_find(&tab, id); /* NULL: its put lay in a retired segment */
                 if (r->type == SHMQ_JREC_REMOVE) {
                     rep->removes++;
-                    e->removed = 1;
+                    if (e)
+                        e->removed = 1;
                 } else {
                     rep->delivers++;
-                    e->deliveries++;
+                    if (e)
+                        e->deliveries++;
                 }
                 if (id >= rep->next_id)
                     rep->next_id = id + 1;
@@ -1238,12 +1351,16 @@ int shmq_journal_scan(const char *dir, uint32_t flags, shmq_seg_t *q, shmq_jrepo
     if (nseg)
         rep->last_seg = segs[nseg - 1] > rep->last_seg ? segs[nseg - 1] : rep->last_seg;
     /* live messages, in id order */
-    if (tab.n)
-        qsort(tab.ents, tab.n, sizeof *tab.ents, cmp_ent);
+    if (tab_order(&tab, &order) != 0) {
+        rc = SHMQ_ENOMEM;
+        goto done;
+    }
     free(tab.slots);
     tab.slots = NULL;
+    free(tab.dmap);
+    tab.dmap = NULL;
     for (uint64_t i = 0; i < tab.n; i++) {
-        jent_t *e = &tab.ents[i];
+        jent_t *e = &tab.ents[order[i]];
         if (e->put && !e->removed) {
             if (!rep->live)
                 rep->first_id = e->id;
@@ -1256,7 +1373,7 @@ int shmq_journal_scan(const char *dir, uint32_t flags, shmq_seg_t *q, shmq_jrepo
         shmq_ack_t *k = shmq_ack_of(q);
         uint64_t window = k ? k->blk->dedup_window_ns : 0;
         for (uint64_t i = 0; i < tab.n && rc == SHMQ_OK; i++) {
-            jent_t *e = &tab.ents[i];
+            jent_t *e = &tab.ents[order[i]];
             const shmq_jput_t *pp = e->put;
             if (!pp)
                 continue;
@@ -1345,6 +1462,8 @@ done:
     free(segs);
     free(tab.ents);
     free(tab.slots);
+    free(tab.dmap);
+    free(order);
     rep->elapsed_ns = shmq_now_mono_ns() - t0;
     return rc;
 }

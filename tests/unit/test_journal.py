@@ -2,6 +2,7 @@
 dedup, errors, stats and `shmq journal`."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -332,6 +333,52 @@ def test_corruption_before_tail_and_skip(make_queue, qname, jdir):
     finally:
         q.close()
         shmq.unlink(qname)
+
+
+def _record_starts(path):
+    """Offsets of the records of a segment file, from its first (after the 4096-byte header)."""
+    import struct
+    out, off = [], 4096
+    with open(path, "rb") as f:
+        data = f.read()
+    while off + 24 <= len(data):
+        (ln,) = struct.unpack_from("<I", data, off)
+        if ln == 0:
+            break
+        out.append(off)
+        off += (ln + 7) & ~7
+    return out
+
+
+def test_a_zeroed_hole_before_the_last_record_is_corruption_at_every_alignment(make_queue, qname, jdir):
+    """Recovery's search for valid records after a bad one skips zero runs 64 bytes at a time:
+    a single record after a hole must be found wherever it starts within those 64 bytes (missed,
+    the hole would pass for a torn tail and the record would be dropped without an error)."""
+    def write(n):
+        shutil.rmtree(jdir, ignore_errors=True)
+        q = make_queue(journal=jdir, fsync="never", raw=True)
+        q.put_many([b"h" * (100 + (k * 7) % 23) for k in range(n)])   # uneven frames
+        q.close()
+        shmq.unlink(qname)
+        path = os.path.join(jdir, sorted(f for f in os.listdir(jdir) if f.endswith(".wal"))[0])
+        return path, _record_starts(path)
+
+    seen = {}
+    for n in range(20, 80):
+        _, starts = write(n)
+        seen.setdefault(starts[-1] % 64, n)
+        if len(seen) == 8:
+            break
+    assert sorted(seen) == list(range(0, 64, 8))
+    for n in seen.values():
+        path, starts = write(n)
+        lo, hi = starts[2], starts[-1]       # zeros from the second put up to the last record
+        with open(path, "r+b") as f:
+            f.seek(lo)
+            f.write(b"\0" * (hi - lo))
+        with pytest.raises(shmq.CorruptJournalError) as ei:
+            shmq.Queue(qname, create=True, journal=jdir)
+        assert ei.value.offset == lo, (n, lo, hi)
 
 
 def test_torn_tail_is_cut_and_reported(make_queue, qname, jdir, caplog):
