@@ -254,7 +254,7 @@ class RedisReliablePriorityQueue(_Levels, RedisReliableQueue, ReliablePriorityQu
             given_back += gb
             given_back_due += gb_due
         delayed = int(flat[5 * self._levels])
-        st.update(depth=depth, in_flight=in_flight, delayed=delayed + given_back - given_back_due, levels=levels,
+        st.update(depth=depth + int(meta.get("parked", 0)), in_flight=in_flight, delayed=delayed + given_back - given_back_due, levels=levels,
                   consumers=len({c["name"] for cs in consumers for c in cs}))
         ts = [_MHEAD.unpack_from(h[0][1][b"m"])[2] / 1e3 for h in heads if h]
         if ts:

@@ -15,7 +15,7 @@ from ..errors import (ArgumentError, ArgumentTypeError, BackendConnectionError, 
                       UnsupportedError)
 from ..message import Message, _lease_expired_many, dedup_key
 from ..queue import Queue
-from ..reliable import ReliableQueue
+from ..reliable import ReliableQueue, _group_key
 from . import REAP_S, client_name, connect, prefix, script_source
 
 __all__ = ["RedisQueue", "RedisReliableQueue", "open_queue", "unlink"]
@@ -455,7 +455,7 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
         pass
 
     # -- sending -------------------------------------------------------------------------------
-    def _send_args(self, body, headers, priority, delay, ttl, dedup_id, kind=None):
+    def _send_args(self, body, headers, priority, delay, ttl, dedup_id, kind=None, group=None):
         if kind is None:
             kind, parts = _codec.encode(body, self._raw)
             payload = b"".join(parts)
@@ -469,7 +469,7 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
         d = -1 if delay is None else _options.seconds_ns(delay, "delay") // 1_000_000
         t = -1 if ttl is None else max(1, _options.seconds_ns(ttl, "ttl", allow_zero=False) // 1_000_000)
         key = "" if dedup_id is None else dedup_key(dedup_id).hex()
-        return pack_args(kind, payload, hdr, prio, d, t, key)
+        return pack_args(kind, payload, hdr, prio, d, t, key, group_field(*_group_key(group)))
 
     def _send_raw(self, args, block, timeout):
         self._check()
@@ -489,10 +489,10 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
 
     def send(self, body: Any, headers=None, priority=None, delay=None, ttl=None, dedup_id=None, *,
              block: bool = True, timeout: Optional[float] = None, group=None) -> int:
-        """As shmq.Queue.send on shared memory: returns the message id."""
-        if group is not None:
-            _unsupported("send(group=)", "message groups are not mapped to Redis yet")
-        return self._send_raw(self._send_args(body, headers, priority, delay, ttl, dedup_id), block, timeout)[0]
+        """As shmq.Queue.send on shared memory: returns the message id. group: a message group
+        key (docs/guide/groups.md): one message of the group out at a time, in send order."""
+        return self._send_raw(self._send_args(body, headers, priority, delay, ttl, dedup_id, group=group),
+                              block, timeout)[0]
 
     def send_many(self, bodies, headers=None) -> list[int]:
         """Send each body (one round trip and one script for the batch); returns their ids.
@@ -571,7 +571,9 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
             raise CorruptQueueError(f"queue {self._name!r}: message {mid} is malformed (header past its end)")
         view = memoryview(m)
         body = (kind, bytes(view[end:])) if raw else _codec.decode(kind, view[end:], self._raw, mid)
-        return (body, bytes(view[_MHEAD.size:end]), mid, t / 1e3, int(count), prio, (sid, int(count)))
+        g = d.get(b"g")
+        grp = None if not g else (g[1:], 1 if g[0] else 0)      # (key, type 0 str / 1 bytes), as on shm
+        return (body, bytes(view[_MHEAD.size:end]), mid, t / 1e3, int(count), prio, (sid, int(count)), grp)
 
     def receive(self, timeout: Optional[float] = None, *, block: bool = True) -> Message:
         """As shmq.Queue.receive on shared memory."""
@@ -616,9 +618,7 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
 
     async def send_async(self, body, headers=None, priority=None, delay=None, ttl=None, dedup_id=None, *,
                          timeout=None, group=None):
-        if group is not None:
-            _unsupported("send_async(group=)", "message groups are not mapped to Redis yet")
-        args = self._send_args(body, headers, priority, delay, ttl, dedup_id)
+        args = self._send_args(body, headers, priority, delay, ttl, dedup_id, group=group)
         loop = asyncio.get_running_loop()
         return (await loop.run_in_executor(None, self._send_raw, args, True, timeout))[0]
 
@@ -693,17 +693,24 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
     def _fill(self, st, meta, res):
         (xlen, pending, due_leases, given_back, given_back_due, delayed), head, consumers = res
         # ready: never delivered, or due again; in flight: leases not past their deadline
-        st.update(depth=max(0, xlen - pending + due_leases + given_back_due),
+        # (a message waiting behind its group's head is queued: ready, as on shared memory)
+        st.update(depth=max(0, xlen - pending + due_leases + given_back_due) + int(meta.get("parked", 0)),
                   in_flight=max(0, pending - due_leases - given_back),
                   delayed=delayed + given_back - given_back_due, consumers=len(consumers))
         if head:
             st["oldest_age_s"] = max(0.0, time.time() - _MHEAD.unpack_from(head[0][1][b"m"])[2] / 1e3)
 
 
-def pack_args(kind, payload, hdr, prio, delay_ms, ttl_ms, key):
-    """send.lua's 4 arguments of one message: the packed m field (kind, priority, send time,
-    headers, body), delay, ttl, dedup key."""
-    return [_MHEAD.pack(kind, prio, time.time() * 1e3, len(hdr)) + hdr + payload, delay_ms, ttl_ms, key]
+def pack_args(kind, payload, hdr, prio, delay_ms, ttl_ms, key, group=b""):
+    """send.lua's 5 arguments of one message: the packed m field (kind, priority, send time,
+    headers, body), delay, ttl, dedup key, group field (group_field(); b"" none)."""
+    return [_MHEAD.pack(kind, prio, time.time() * 1e3, len(hdr)) + hdr + payload, delay_ms, ttl_ms, key, group]
+
+
+def group_field(gkey, gtype):
+    """The g field of a grouped message (common.lua): the key's type byte (0 str, 1 bytes),
+    then the key; b"" for no group."""
+    return b"" if gkey is None else bytes((gtype,)) + gkey
 
 
 def _priority(p):

@@ -14,13 +14,7 @@ local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', D, '-inf', now, 'LIMIT', 0, 256)
 for _, id in ipairs(due) do
   local f = redis.call('HGETALL', P .. 'm:' .. id)
-  if #f > 0 then
-    if LEVELS > 0 then
-      local _, prio = struct.unpack('<BB', field(f, 'm'))
-      use_level(math.min(prio, LEVELS - 1))
-    end
-    redis.call('XADD', S, '*', unpack(f))
-  end
+  if #f > 0 then enter_stream(f) end
   redis.call('DEL', P .. 'm:' .. id)
   redis.call('ZREM', D, id)
 end
@@ -30,6 +24,7 @@ local function claim(sid, given_back)
   local pe = redis.call('XPENDING', S, G, sid, sid, 1)
   if #pe == 0 then
     redis.call('ZREM', L, sid); redis.call('ZREM', W, sid); redis.call('HDEL', DL, sid)
+    group_done(sid, now)
     return
   end
   local count, last = tonumber(pe[1][4]), now - tonumber(pe[1][3])
@@ -40,6 +35,7 @@ local function claim(sid, given_back)
     local f = e[1] and e[1][2]
     if not f then
       redis.call('XACK', S, G, sid); redis.call('ZREM', L, sid); redis.call('ZREM', W, sid)
+      group_done(sid, now)
     elseif why then
       dead_letter(sid, f, why, count, now, last)
     elseif not given_back and count + 1 > maxd then
@@ -56,6 +52,7 @@ local function claim(sid, given_back)
   local f = e[1] and e[1][2]
   if not f then
     redis.call('XACK', S, G, sid); redis.call('ZREM', L, sid); redis.call('ZREM', W, sid)
+    group_done(sid, now)
   elseif why then
     dead_letter(sid, f, why, count, now, last)
   elseif count + 1 > maxd then

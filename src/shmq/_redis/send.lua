@@ -1,5 +1,6 @@
--- Send messages. ARGV: 4 values per message: the packed message (common.lua), delay ms
--- (-1: the queue's), ttl ms (-1: the queue's, 0: none), dedup key (hex, '' none). Returns 3
+-- Send messages. ARGV: 5 values per message: the packed message (common.lua), delay ms
+-- (-1: the queue's), ttl ms (-1: the queue's, 0: none), dedup key (hex, '' none), group (the
+-- g field, common.lua; '' none: a group with a message out gets the new one parked). Returns 3
 -- values per message: id, status (0 sent, 1 a duplicate: id is the original's, 2 full:
 -- maxsize, nothing sent from there on), stream id ('' when delayed or not sent).
 local m = redis.call('HMGET', META, 'maxsize', 'delay_ms', 'ttl_ms', 'dedup_window_ms')
@@ -12,11 +13,12 @@ if maxsize > 0 then
   else
     held = redis.call('XLEN', S) + redis.call('ZCARD', D)
   end
+  held = held + tonumber(redis.call('HGET', META, 'parked') or '0')
 end
 local now = now_ms()
 local out = {}
 local sent = 0
-for j = 1, #ARGV, 4 do
+for j = 1, #ARGV, 5 do
   local dk = ARGV[j + 3]
   local old = false
   if dk ~= '' then old = redis.call('GET', P .. 'dd:' .. dk) end
@@ -39,11 +41,29 @@ for j = 1, #ARGV, 4 do
       use_level(prio)
     end
     local sid = ''
-    if delay > 0 then
+    local g = ARGV[j + 4]
+    if g ~= '' then
+      f[#f + 1] = 'g'; f[#f + 1] = g
+      if redis.call('HEXISTS', GH, g) == 1 then
+        -- the group has a message out: this one waits its turn (and its delay after that)
+        local due = 0; if delay > 0 then due = now + delay end
+        f[#f + 1] = 'due'; f[#f + 1] = due
+        redis.call('HSET', P .. 'm:' .. id, unpack(f))
+        redis.call('RPUSH', P .. 'gq:' .. g, id)
+        redis.call('HINCRBY', META, 'parked', 1)
+        delay = -1
+      else
+        redis.call('HSET', GH, g, id)
+      end
+    end
+    if delay < 0 then
+      -- parked
+    elseif delay > 0 then
       redis.call('HSET', P .. 'm:' .. id, unpack(f))
       redis.call('ZADD', D, now + delay, id)
     else
       sid = redis.call('XADD', S, '*', unpack(f))
+      if g ~= '' then redis.call('HSET', GS, TAG .. sid, g) end
     end
     held = held + 1
     sent = sent + 1

@@ -45,6 +45,7 @@ for j = first, #ARGV, 2 do
     redis.call('XACK', S, G, sid); redis.call('XDEL', S, sid)
     redis.call('ZREM', L, sid); redis.call('ZREM', W, sid); redis.call('HDEL', DL, sid)
     redis.call('HINCRBY', META, 'acked', 1)
+    group_done(sid, now)
   elseif op == 'ack' then
     acks[#acks + 1] = sid          -- removed together below (one call per structure)
   elseif op == 'extend' then
@@ -54,6 +55,7 @@ for j = first, #ARGV, 2 do
     local last = now - tonumber(pe[1][3])
     if not e[1] then
       redis.call('XACK', S, G, sid); redis.call('ZREM', L, sid)
+      group_done(sid, now)
     elseif op == 'nack' then
       redis.call('HINCRBY', META, 'nacked', 1)
       dead_letter(sid, e[1][2], 'rejected', count, now, last)
@@ -73,5 +75,6 @@ if #acks > 0 then
   if not TOPIC then redis.call('XDEL', S, unpack(acks)) end   -- a topic's log keeps it for the others
   redis.call('ZREM', L, unpack(acks)); redis.call('ZREM', W, unpack(acks)); redis.call('HDEL', DL, unpack(acks))
   redis.call('HINCRBY', META, 'acked', #acks)
+  for _, sid in ipairs(acks) do group_done(sid, now) end   -- (one EXISTS when the queue has no groups)
 end
 return stale
