@@ -84,7 +84,7 @@ class Bridge:
             from ._redis.queue import _io, group_field, pack_args
             from .message import dedup_key
             d = self.dest
-            args = []
+            args = [5]
             for (kind, payload), hdr, mid, _ts, _count, prio, _tok, *_grp in recs:
                 grp = _grp[0] if _grp and _grp[0] is not None else (None, 0)   # a group stays a group
                 args += pack_args(kind, bytes(payload), hdr, prio, -1, -1, dedup_key(f"bridge:{src_name}:{mid}").hex(),

@@ -111,7 +111,7 @@ def open_queue(cls, name, url, options, is_dlq=False):
     return self
 
 
-def _create(r, url, spec, is_dlq, kind="queue", levels=0):
+def _create(r, url, spec, is_dlq, kind="queue", levels=0, extra=None):
     name = spec.name
     kv = dict(name=name, kind=kind, raw=int(bool(spec.flags & _core.F_RAW)), maxsize=spec.maxsize,
               capacity=0 if spec.flags & _core.F_GROWABLE or not spec.capacity else spec.capacity,
@@ -120,6 +120,8 @@ def _create(r, url, spec, is_dlq, kind="queue", levels=0):
               ack=0, is_dlq=int(is_dlq))
     if levels:
         kv["levels"] = levels          # a priority queue (shmq._redis.priority)
+    if extra:
+        kv.update(extra)               # (a priority queue's max_wait_ms)
     if spec.ack is not None:
         a = spec.ack
         kv.update(ack=1, visibility_ms=max(1, a["visibility_ns"] // 1_000_000), max_deliveries=a["max_deliveries"],
@@ -476,7 +478,7 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
         dl = _deadline(timeout, block)
         with _io(self):
             while True:
-                mid, status, sid = self._scripts["send"](keys=[self._p], args=args)[:3]
+                mid, status, sid = self._scripts["send"](keys=[self._p], args=[5, *args])[:3]
                 if status != 2:
                     return int(mid), sid
                 if dl is not None and time.monotonic() >= dl:
@@ -500,13 +502,29 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
         self._check()
         if self._maxsize:
             _unsupported("send_many on a bounded queue", "a pipeline cannot wait for room")
-        args = []
-        for b in bodies:
-            args += self._send_args(b, headers, None, None, None, None)
-        if not args:
+        if headers is None:
+            # the common case: only the packed message per body, the queue's defaults (send.lua mode 1)
+            raw, mx, now_ms = self._raw, self._max_message, time.time() * 1e3
+            head = _MHEAD.pack
+            args = [1]
+            for b in bodies:
+                kind, parts = _codec.encode(b, raw)
+                payload = parts[0] if len(parts) == 1 else b"".join(parts)
+                if len(payload) > mx:
+                    raise MessageTooLargeError(f"message of {len(payload)} bytes is larger than queue "
+                                               f"{self._name!r}'s max_message ({mx} bytes)")
+                args.append(head(kind, 0, now_ms, 0) + payload)
+        else:
+            args = [5]
+            for b in bodies:
+                args += self._send_args(b, headers, None, None, None, None)
+        if len(args) == 1:
             return []
         with _io(self):
             out = self._scripts["send"](keys=[self._p], args=args)    # one script for the batch
+        if args[0] == 1:
+            first, n = int(out[0]), int(out[1])                       # consecutive ids
+            return list(range(first, first + n))
         return [int(out[i]) for i in range(0, len(out), 3)]
 
     def put(self, obj: Any, block: bool = True, timeout: Optional[float] = None) -> None:
@@ -529,7 +547,7 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
                     self._reap()      # a priority queue: a dead consumer's higher message goes first
                 out, nxt, last, now = self._scripts["receive"](keys=[self._p], args=[self._consumer, n, lease_ms])
                 if out:
-                    return [self._record(e, raw) for e in out]
+                    return self._records(out, raw)
                 if int(nxt) == -2:
                     raise self._gone()          # a topic's subscription was deleted
                 left = _left(dl)
@@ -557,13 +575,16 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
         if dead:
             self._scripts["reap"](keys=[self._p], args=dead)
 
-    def _record(self, e, raw=False):
-        sid, count, f = e
-        d = {f[i]: f[i + 1] for i in range(0, len(f), 2)}
+    def _records(self, out, raw):
+        """The receive script's deliveries (5 values each, receive.lua's emit) as records."""
+        rec = self._record
+        return [rec(out[i], out[i + 1], out[i + 2], out[i + 3], out[i + 4], raw) for i in range(0, len(out), 5)]
+
+    def _record(self, sid, count, i, m, g, raw=False):
         try:                                       # untrusted: anyone who can write the stream wrote it
-            mid, m = int(d[b"i"]), d[b"m"]
+            mid = int(i)
             kind, prio, t, hl = _MHEAD.unpack_from(m)
-        except (KeyError, ValueError, TypeError, struct.error):
+        except (ValueError, TypeError, struct.error):
             raise CorruptQueueError(f"queue {self._name!r}: stream entry {_s(sid)} is not a message of shmq "
                                     "(written by another program?)") from None
         end = _MHEAD.size + hl
@@ -571,9 +592,9 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
             raise CorruptQueueError(f"queue {self._name!r}: message {mid} is malformed (header past its end)")
         view = memoryview(m)
         body = (kind, bytes(view[end:])) if raw else _codec.decode(kind, view[end:], self._raw, mid)
-        g = d.get(b"g")
         grp = None if not g else (g[1:], 1 if g[0] else 0)      # (key, type 0 str / 1 bytes), as on shm
-        return (body, bytes(view[_MHEAD.size:end]), mid, t / 1e3, int(count), prio, (sid, int(count)), grp)
+        count = int(count)
+        return (body, bytes(view[_MHEAD.size:end]) if hl else b"", mid, t / 1e3, count, prio, (sid, count), grp)
 
     def receive(self, timeout: Optional[float] = None, *, block: bool = True) -> Message:
         """As shmq.Queue.receive on shared memory."""

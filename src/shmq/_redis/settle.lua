@@ -26,10 +26,37 @@ local now = now_ms()
 local stale = {}
 local acks = {}
 local maxd = tonumber(redis.call('HGET', META, 'max_deliveries'))
+-- an ack of a batch (not a priority queue's): one XPENDING over the batch's id range, for this
+-- consumer, instead of one per delivery (the range may hold other deliveries of this consumer
+-- too; a reply that fills the limit falls back to one XPENDING per delivery)
+local pend = nil
+if op == 'ack' and LEVELS == 0 and #ARGV - first > 2 then
+  local lo, hi, lms, lsq, hms, hsq = nil, nil, 0, 0, 0, 0
+  local ok = true
+  for j = first, #ARGV, 2 do
+    local ms, sq = string.match(ARGV[j], '^(%d+)-(%d+)$')
+    if not ms then ok = false; break end
+    ms, sq = tonumber(ms), tonumber(sq)
+    if not lo or ms < lms or (ms == lms and sq < lsq) then lo, lms, lsq = ARGV[j], ms, sq end
+    if not hi or ms > hms or (ms == hms and sq > hsq) then hi, hms, hsq = ARGV[j], ms, sq end
+  end
+  if ok then
+    local lim = 2 * (#ARGV - first + 1) + 64
+    local pe = redis.call('XPENDING', S, G, lo, hi, lim, consumer)
+    if #pe < lim then
+      pend = {}
+      for _, e in ipairs(pe) do pend[e[1]] = e end
+    end
+  end
+end
 for j = first, #ARGV, 2 do
   local sid, count = split_sid(ARGV[j]), tonumber(ARGV[j + 1])   -- (a priority queue's "k/id": level k)
   local pe = {}
-  if sid then pe = redis.call('XPENDING', S, G, sid, sid, 1) end
+  if sid and pend then
+    if pend[sid] then pe = {pend[sid]} end
+  elseif sid then
+    pe = redis.call('XPENDING', S, G, sid, sid, 1)
+  end
   if not sid then
     stale[#stale + 1] = (j - first + 2) / 2
   elseif op == 'drop' then
