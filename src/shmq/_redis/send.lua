@@ -23,6 +23,17 @@ local out = {}
 local sent = 0
 local step = tonumber(ARGV[1])
 local nid = tonumber(redis.call('HGET', META, 'next_id') or '0')   -- (written back once, at the end)
+if step == 1 and maxsize == 0 and LEVELS == 0 and tonumber(m[2] or '0') <= 0 and tonumber(m[3] or '0') <= 0 then
+  -- send_many with nothing to apply per message (no bound, delay, ttl, level): the XADDs alone
+  for j = 2, #ARGV do
+    nid = nid + 1
+    redis.call('XADD', S, '*', 'i', nid, 'm', ARGV[j])
+  end
+  local sent = #ARGV - 1
+  redis.call('HSET', META, 'next_id', nid)
+  redis.call('HINCRBY', META, 'enqueued', sent)
+  return {nid - sent + 1, sent}
+end
 for j = 2, #ARGV, step do
   local dk, dly, tl, g = '', -1, -1, ''
   if step == 5 then dk, dly, tl, g = ARGV[j + 3], tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2]), ARGV[j + 4] end

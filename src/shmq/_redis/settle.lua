@@ -100,7 +100,10 @@ end
 if #acks > 0 then
   redis.call('XACK', S, G, unpack(acks))
   if not TOPIC then redis.call('XDEL', S, unpack(acks)) end   -- a topic's log keeps it for the others
-  redis.call('ZREM', L, unpack(acks)); redis.call('ZREM', W, unpack(acks)); redis.call('HDEL', DL, unpack(acks))
+  redis.call('ZREM', L, unpack(acks))
+  -- (given-back deliveries and waiting dead-letter moves are rare: their keys usually do not exist)
+  if redis.call('EXISTS', W) == 1 then redis.call('ZREM', W, unpack(acks)) end
+  if redis.call('EXISTS', DL) == 1 then redis.call('HDEL', DL, unpack(acks)) end
   redis.call('HINCRBY', META, 'acked', #acks)
   for _, sid in ipairs(acks) do group_done(sid, now) end   -- (one EXISTS when the queue has no groups)
 end
