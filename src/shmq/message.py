@@ -210,7 +210,7 @@ _reliable: Any = None
 
 # A named point where a test makes the process SIGKILL itself (SHMQ_CRASH_AT=<point>[:<n>], as
 # the core's points and shmq.rpc's): forward() across backends, sent to dest, source not acked
-# (the kill test: tests/redis/test_redis_forward.py).
+# (the kill test: tests/redis/test_redis_groups_forward.py).
 CRASH_POINTS = {"forward_across_after_send": "forward() across backends: sent to dest, not yet acked at the source"}
 _crash_left: Optional[int] = None
 
@@ -226,6 +226,8 @@ def _crash(name: str) -> None:
     _crash_left -= 1
     if _crash_left == 0:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
 _FORWARD_OPTIONS = frozenset(("priority", "delay", "ttl", "group"))
 _PLAIN_SEND: tuple = (b"", 0, _core.USE_DEFAULT, _core.USE_DEFAULT, None, 0)
 
