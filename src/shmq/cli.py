@@ -366,7 +366,7 @@ def _peek_topic(c, args, st):
 
 def _peek_redis(args, url):
     from ._redis.inspect import peek
-    st, kind, msgs = peek(args.name, url, args.n, args.bytes, args.unpickle)
+    st, kind, msgs = peek(args.name, url, args.n, args.bytes, args.unpickle, args.seq)
     ack = kind == "ack"
     if args.json:
         out = []

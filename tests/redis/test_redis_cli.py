@@ -84,9 +84,15 @@ def test_peek_priority_topic_and_missing(queues, redis_url, qname):
     assert rc == 0, err
     assert "ready per priority, highest first: 2:1 1:0 0:1" in out
     assert [line.split("value=")[1] for line in out.splitlines()[2:]] == ["'hi'", "'lo'"]
+    _q, _held, _p, t = queues
+    t.publish_many([b"hello", {"x": 1}], headers={"h": "v"})
     rc, out, err = cli("peek", qname + "-t", "--backend", redis_url)
     assert rc == 0, err
-    assert out.splitlines()[1].startswith("seq=1 ")
+    assert out.splitlines()[1].startswith("seq=1 ") and "text=hello" in out
+    rc, out, err = cli("peek", qname + "-t", "--backend", redis_url, "--json", "--seq", "3")
+    assert rc == 0, err
+    peek = json.loads(out)
+    assert [p["seq"] for p in peek] == [3] and peek[0]["type"] == "pickle" and "'h': 'v'" in peek[0]["headers"]
     rc, out, err = cli("peek", qname + "-none", "--backend", redis_url)
     assert rc != 0 and "no such queue" in err
 

@@ -112,17 +112,17 @@ def _stream_peek(r, stream, group, n, nbytes, unpickle, given_back):
     return ready, held
 
 
-def peek(name, url, n, nbytes, unpickle):
+def peek(name, url, n, nbytes, unpickle, seq=None):
     """(stats, kind word, [info]) of queue `name`: the next n ready messages (delivery order for
     a plain queue; a priority queue's highest level first), then (at least once) up to n in
-    flight and n delayed. Raises QueueNotFound."""
+    flight and n delayed; a topic's n messages from seq (default the oldest). Raises QueueNotFound."""
     h = open_any(name, url)
     try:
         st = h.stats()
         r, p = h._r, prefix(name)
         with _io(h):
             if st["kind"] == _core.KIND_TOPIC:
-                return st, "topic", _topic_peek(h, n, nbytes, unpickle)
+                return st, "topic", _topic_peek(h, n, nbytes, unpickle, seq)
             levels = st.get("levels")
             ack = bool(st["flags"] & _core.F_ACK)
             if not ack:
@@ -163,9 +163,9 @@ def peek(name, url, n, nbytes, unpickle):
         h.close()
 
 
-def _topic_peek(h, n, nbytes, unpickle):
+def _topic_peek(h, n, nbytes, unpickle, seq):
     out = []
-    first = h.stats()["oldest_seq"]
+    first = h.stats()["oldest_seq"] if seq is None else seq
     for sid, f in h._r.xrange(h._stream, min=f"{first}-0", count=n) if n else []:
         try:
             seq = int(_s(sid).split("-")[0])
