@@ -81,12 +81,14 @@ class Bridge:
     def _forward(self, recs):
         src_name = self.src.name
         if self._dest_redis and self._dest_ack:
-            from ._redis.queue import _io, pack_args
+            from ._redis.queue import _io, group_field, pack_args
             from .message import dedup_key
             d = self.dest
-            args = []
-            for (kind, payload), hdr, mid, _ts, _count, prio, _tok, *_grp in recs:   # shm adds the group
-                args += pack_args(kind, bytes(payload), hdr, prio, -1, -1, dedup_key(f"bridge:{src_name}:{mid}").hex())
+            args = [5]
+            for (kind, payload), hdr, mid, _ts, _count, prio, _tok, *_grp in recs:
+                grp = _grp[0] if _grp and _grp[0] is not None else (None, 0)   # a group stays a group
+                args += pack_args(kind, bytes(payload), hdr, prio, -1, -1, dedup_key(f"bridge:{src_name}:{mid}").hex(),
+                                  group_field(*grp))
             with _io(d):
                 out = d._scripts["send"](keys=[d._p], args=args)   # one script for the batch
             if any(out[i] == 2 for i in range(1, len(out), 3)):

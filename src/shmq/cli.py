@@ -152,8 +152,19 @@ def _table(head, rows):
     return ["  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip() for r in [head] + rows]
 
 
+def _backend(args):
+    """The Redis URL ls/stat/peek look at (--backend, else $SHMQ_BACKEND), or None: shared memory."""
+    from ._redis import pick
+    return pick(getattr(args, "backend", None))
+
+
 def cmd_ls(args):
-    entries = scan()
+    url = _backend(args)
+    if url:
+        from ._redis.inspect import scan as redis_scan
+        entries = redis_scan(url)
+    else:
+        entries = scan()
     if args.json:
         print(json.dumps([_ls_json(qi, st) for qi, st in entries], indent=2))
         return 0
@@ -199,11 +210,20 @@ def _stat_text(st):
 
 
 def cmd_stat(args):
-    path = _resolve(args.name)
-    try:
-        st = inspect_path(path)
-    except FileNotFoundError:
-        raise QueueNotFound(2, f"no such queue: {args.name!r}", path) from None
+    url = _backend(args)
+    if url:
+        from ._redis.inspect import open_any
+        h = open_any(args.name, url)
+        try:
+            st = h.stats()
+        finally:
+            h.close()
+    else:
+        path = _resolve(args.name)
+        try:
+            st = inspect_path(path)
+        except FileNotFoundError:
+            raise QueueNotFound(2, f"no such queue: {args.name!r}", path) from None
     st["name"] = args.name
     st["kind"] = kind_name(st)
     if args.json:
@@ -344,7 +364,44 @@ def _peek_topic(c, args, st):
     return 0
 
 
+def _peek_redis(args, url):
+    from ._redis.inspect import peek
+    st, kind, msgs = peek(args.name, url, args.n, args.bytes, args.unpickle, args.seq)
+    ack = kind == "ack"
+    if args.json:
+        out = []
+        for m in msgs:
+            j = _peek_json(m, ack, args.unpickle)
+            if kind == "topic":
+                j["seq"] = j.pop("id")
+                j["headers"] = _headers(m["headers"])
+            out.append(j)
+        print(json.dumps(out, indent=1))
+        return 0
+    if kind == "topic":
+        print(f"{_show(args.name)}: topic, seq {st['oldest_seq']}..{st['next_seq'] - 1} in the log, "
+              f"{len(st['subscriptions'])} named subscription(s)")
+        for m in msgs:
+            print("seq" + _peek_line(m, False, args.unpickle)[2:] + f" headers={_headers(m['headers'])}")
+    else:
+        if ack:
+            print(f"{_show(args.name)}: {st['depth']} ready, {st['in_flight']} in flight, {st['delayed']} delayed")
+        else:
+            print(f"{_show(args.name)}: {st['depth']} queued")
+        if "levels" in st:
+            print("ready per priority, highest first: "
+                  + " ".join(f"{p}:{n}" for p, n in reversed(list(enumerate(st["levels"])))))
+        for m in msgs:
+            print(_peek_line(m, ack, args.unpickle))
+    if not msgs and args.n:
+        print("(empty)")
+    return 0
+
+
 def cmd_peek(args):
+    url = _backend(args)
+    if url:
+        return _peek_redis(args, url)
     c = _open(args.name, attach=False)
     try:
         st = complete_stats(c, c._raw_stats())
@@ -596,9 +653,15 @@ def build_parser():
                                    "in-flight and delayed messages, age of the oldest ready message, bytes, "
                                    "consumers, producers, attached handles.")
     s.add_argument("--json", action="store_true", help="print JSON")
+    s.add_argument("--backend", default=None, metavar="URL",
+                   help="a Redis server (redis://host:port/db, rediss://, unix://; default $SHMQ_BACKEND, "
+                        "'shm' for shared memory)")
     s = sub.add_parser("stat", help="show one queue's counters", description="Show the counters of one queue.")
     s.add_argument("name", type=_queue_name)
     s.add_argument("--json", action="store_true", help="print JSON")
+    s.add_argument("--backend", default=None, metavar="URL",
+                   help="a Redis server (redis://host:port/db, rediss://, unix://; default $SHMQ_BACKEND, "
+                        "'shm' for shared memory)")
     s = sub.add_parser("rm", help="remove queues", description="Remove queues by name (attached processes keep working).")
     s.add_argument("names", nargs="+", metavar="NAME", type=_queue_name)
     s = sub.add_parser("peek", help="show queued messages without taking them",
@@ -615,6 +678,9 @@ def build_parser():
     s.add_argument("--seq", type=_count(), default=None,
                    help="a topic: the first sequence number to show (default: the oldest in the log)")
     s.add_argument("--json", action="store_true", help="print JSON (a list of messages)")
+    s.add_argument("--backend", default=None, metavar="URL",
+                   help="a Redis server (redis://host:port/db, rediss://, unix://; default $SHMQ_BACKEND, "
+                        "'shm' for shared memory)")
     s = sub.add_parser("purge", help="discard every queued message",
                        description="Take and discard every queued message. With --all, an at-least-once queue's "
                                    "in-flight and delayed messages too: their consumers' leases end (a later ack "

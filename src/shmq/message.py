@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import weakref
 from typing import TYPE_CHECKING, Any, Mapping, NoReturn, Optional, Union
 
 from . import _core
 from ._codec import decode_headers
 from ._options import seconds_ns
-from .errors import ArgumentError, ArgumentTypeError, LeaseExpiredError, UnsupportedError
+from .errors import ArgumentError, ArgumentTypeError, LeaseExpiredError
 
 if TYPE_CHECKING:
     from .reliable import ReliableQueue
@@ -135,9 +137,7 @@ class Message:
                                     f"{type(dest).__name__}")
         if self._state is not None:
             raise ArgumentError(f"message {self.id} was {self._state}: this delivery is over")
-        if getattr(dest, "_url", None) is not None or getattr(self._q, "_url", None) is not None:
-            raise UnsupportedError("forward() works between shared-memory queues only (one crash-atomic step "
-                                   "in one host's memory); on Redis: send the result, then ack")
+        across = getattr(dest, "_url", None) is not None or getattr(self._q, "_url", None) is not None
         if self._pin is not None and self._pin() is not None:
             # its views point into this delivery's storage, which the forward's ack would free
             raise ArgumentError(f"forward() of message {self.id} while its zero-copy views are alive: receive "
@@ -152,21 +152,51 @@ class Message:
             unknown = set(send_options) - _FORWARD_OPTIONS
             if unknown:
                 raise ArgumentTypeError(f"forward() got unexpected send options: {sorted(unknown)}")
+        priority = None
         if headers is None and not send_options:
             hdr, prio, d, t, gkey, gtype = _PLAIN_SEND   # the common case: no options to check
         else:
             priority = send_options.pop("priority", None)
             hdr, prio, d, t, gkey, gtype = _reliable._send_args(headers, **send_options)
-            if gkey is not None:
-                _reliable._check_groups(dest)
-            if priority is not None:
+            if gkey is not None and getattr(dest, "_url", None) is None:
+                _reliable._check_groups(dest)       # (a shared-memory queue's limits)
+            if priority is not None and not across:     # (across: dest's send checks it)
                 prio = dest._priority_of(priority)   # a priority queue checks against its levels
         if block is None:
             block = True
+        if across:
+            return self._forward_across(dest, body, headers, priority, send_options, block, timeout)
         try:
             mid, _dup = dest._core._forward(self._q._core, self._token, self.id, body, hdr, prio, d, t, gkey, gtype,
                                             block, timeout)
         except LeaseExpiredError:
+            self._state = "lease expired"
+            raise
+        self._state = "acked"
+        return mid
+
+    def _forward_across(self, dest, body, headers, priority, options, block, timeout):
+        """forward() where the source or dest is on Redis (no one step spans two backends):
+        the delivery is checked to be ours (its lease renewed for the source's visibility
+        timeout), the new message sent to dest with a dedup id made of this message's backend,
+        queue and id, then this delivery acked. A crash (or a lost lease) between the send and
+        the ack leaves the message delivered again here; its forward then sends nothing new
+        (dest's dedup window) and acks it (docs/guide/redis.md)."""
+        src = self._q
+        vis = src._settings().get("visibility_timeout") or 30.0
+        try:
+            src._extend(self._token, self.id, max(1_000_000, int(vis * 1e9)))   # still ours, or nothing is sent
+        except LeaseExpiredError:
+            self._state = "lease expired"
+            raise
+        where = getattr(src, "_url", None) or "shm"
+        dedup = f"forward:{where}:{src.name}:{self.id}"
+        mid = dest.send(body, headers, priority=priority, dedup_id=dedup, block=block, timeout=timeout, **options)
+        _crash("forward_across_after_send")
+        try:
+            src._ack(self._token, self.id)
+        except LeaseExpiredError:
+            # redelivered meanwhile: that delivery's forward is de-duplicated in dest
             self._state = "lease expired"
             raise
         self._state = "acked"
@@ -177,6 +207,27 @@ class Message:
 
 
 _reliable: Any = None
+
+# A named point where a test makes the process SIGKILL itself (SHMQ_CRASH_AT=<point>[:<n>], as
+# the core's points and shmq.rpc's): forward() across backends, sent to dest, source not acked
+# (the kill test: tests/redis/test_redis_groups_forward.py).
+CRASH_POINTS = {"forward_across_after_send": "forward() across backends: sent to dest, not yet acked at the source"}
+_crash_left: Optional[int] = None
+
+
+def _crash(name: str) -> None:
+    global _crash_left
+    spec = os.environ.get("SHMQ_CRASH_AT", "")
+    point, _, n = spec.partition(":")
+    if point != name:
+        return
+    if _crash_left is None:
+        _crash_left = max(1, int(n)) if n.isdigit() else 1
+    _crash_left -= 1
+    if _crash_left == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 _FORWARD_OPTIONS = frozenset(("priority", "delay", "ttl", "group"))
 _PLAIN_SEND: tuple = (b"", 0, _core.USE_DEFAULT, _core.USE_DEFAULT, None, 0)
 

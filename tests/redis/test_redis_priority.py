@@ -94,17 +94,24 @@ def test_kind_levels_and_gaps(rpq, redis_url, qname):
             shmq.PriorityQueue(qname + "-p", levels=5, backend=redis_url)
         with pytest.raises(shmq.QueueExistsError):
             shmq.PriorityQueue(qname + "-p", create=True, backend=redis_url)
-        with pytest.raises(shmq.UnsupportedError, match="max_wait"):
-            shmq.PriorityQueue(qname + "-x", create=True, max_wait=1, backend=redis_url)
+        with shmq.PriorityQueue(qname + "-x", create=True, max_wait=1, backend=redis_url) as x:
+            assert x.max_wait == 1.0
+        shmq.unlink(qname + "-x", backend=redis_url)
         with pytest.raises(shmq.UnsupportedError, match="journal"):
             shmq.PriorityQueue(qname + "-x", create=True, journal="/tmp/nope", backend=redis_url)
         with pytest.raises(shmq.QueueNotFound):
             shmq.open(qname + "-none", backend=redis_url)
         a = shmq.PriorityQueue(qname + "-a", create=True, ack=True, levels=2, backend=redis_url)
         try:
-            with pytest.raises(shmq.UnsupportedError, match="group="):
-                a.send(b"x", priority=1, group="g1")
-            assert a.stats()["depth"] == 0
+            a.send(b"x", priority=0, group="g1")
+            a.send(b"y", priority=1, group="g1")        # same group, sent later: waits for x
+            assert a.stats()["depth"] == 2
+            m = a.receive(timeout=1)
+            assert (m.body, m.group) == (b"x", "g1")
+            with pytest.raises(shmq.Empty):
+                a.receive(timeout=0.1)
+            m.ack()
+            assert a.receive(timeout=1).body == b"y"
         finally:
             a.close()
     finally:

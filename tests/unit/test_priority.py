@@ -165,7 +165,6 @@ def test_levels_one_is_fifo(make_pq):
         q.put(1, priority=1)
 
 
-@pytest.mark.shm_only("max_wait= (aging) is not mapped to Redis: UnsupportedError (docs/guide/redis.md)")
 def test_aging_serves_an_old_message_first(make_pq):
     """max_wait: a message ready for longer than max_wait goes before younger ones of any level."""
     q = make_pq(levels=3, max_wait=0.05)
@@ -185,7 +184,6 @@ def test_no_aging_by_default(make_pq):
     assert _drain(q) == ["high", "old-low"]
 
 
-@pytest.mark.shm_only("max_wait= (aging) is not mapped to Redis: UnsupportedError (docs/guide/redis.md)")
 def test_aging_no_level_starves(make_pq):
     """A steady stream of high messages: with max_wait the low one still comes out, and early."""
     q = make_pq(levels=2, max_wait=0.02)
@@ -228,7 +226,6 @@ def test_kind_is_part_of_the_segment(make_pq, make_queue, qname):
     assert kinds[qname + "-p"] == "priority" and kinds[qname + "-q"] == "queue"
 
 
-@pytest.mark.shm_only("uses max_wait= (not mapped to Redis); tests/redis/test_redis_priority.py checks levels= there")
 def test_existing_options_must_agree(make_pq, qname):
     make_pq(levels=4, max_wait=1.5)
     with pytest.raises(ValueError, match="levels=5"):

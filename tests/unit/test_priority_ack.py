@@ -210,3 +210,38 @@ def test_put_many_timeout_is_for_the_batch(ackpq):
     with pytest.raises(shmq.Full):
         q.put_many([b"d"], priority=1, block=False)
     assert [q.get(timeout=1) for _ in range(2)] == [b"a", b"b"]
+
+
+def test_aging_serves_an_old_message_first(ackpq):
+    """max_wait on an at-least-once priority queue: a message ready for longer than max_wait is
+    received before younger ones of any level; without it, strict priority."""
+    q = ackpq(max_wait=0.05)
+    q.send("old-low", priority=0)
+    time.sleep(0.15)
+    for i in range(3):
+        q.send(f"high{i}", priority=4)
+    m = q.receive(timeout=1)
+    assert (m.body, m.priority) == ("old-low", 0)
+    m.ack()
+    got = []
+    for _ in range(3):
+        x = q.receive(timeout=1)
+        got.append(x.body)
+        x.ack()
+    assert got == ["high0", "high1", "high2"]
+    strict = ackpq("-strict")
+    strict.send("old-low", priority=0)
+    time.sleep(0.15)
+    strict.send("high", priority=4)
+    assert strict.receive(timeout=1).body == "high"
+
+
+def test_aging_keeps_a_redelivery_old(ackpq):
+    """A nacked old message is still old: it goes before a fresh higher one."""
+    q = ackpq(max_wait=0.05)
+    q.send("low", priority=1)
+    time.sleep(0.15)
+    q.receive(timeout=1).nack()
+    q.send("high", priority=4)
+    m = q.receive(timeout=1)
+    assert (m.body, m.delivery_count) == ("low", 2)

@@ -382,7 +382,7 @@ def test_mode_and_list_queues(topic, qname):
     assert info and info[0].kind == "topic"
 
 
-@pytest.mark.shm_only("the shmq CLI (ls, peek) reads shared memory only")
+@pytest.mark.shm_only("shmq top reads shared memory only (ls, stat and peek of a topic on Redis: tests/redis/test_redis_cli.py)")
 def test_cli_shows_topics_subscriptions_and_peeks_by_seq(topic, qname):
     import json
     import subprocess

@@ -55,6 +55,64 @@ end
 local function hdr(key, value)
   return struct.pack('<HBxI', #key, 0, #value) .. key .. value
 end
+-- Message groups (send(group=), docs/guide/groups.md): a grouped message carries the field g
+-- (key type byte 0 str / 1 bytes, then the key). At most one message of a group is "out" (in a
+-- stream, delivered or not, or in the delayed set): "gh" maps the group to it; the later ones
+-- wait in the list "gq:<g>" as hashes m:<id> (field due: not before then), counted in meta
+-- "parked". "gs" maps a grouped stream entry (its level tag and stream id) to its group, so
+-- whatever removes the entry (ack, dead-letter move, a lost entry) lets the next one out.
+local GH, GS = P .. 'gh', P .. 'gs'
+local function level_stream(prio)
+  if LEVELS > 0 then
+    local k = math.min(prio, LEVELS - 1)
+    return P .. 's' .. k, k .. '/'
+  end
+  return P .. 's', ''
+end
+-- XADD fields f (a message hash's) to the stream of its level; a grouped one is entered in gs
+local function enter_stream(f)
+  local st, tag = level_stream(select(2, struct.unpack('<BB', field(f, 'm'))))
+  local sid = redis.call('XADD', st, '*', unpack(f))
+  local g = field(f, 'g')
+  if g then redis.call('HSET', GS, tag .. sid, g) end
+  return sid
+end
+-- group g's message that was out is over: the next waiting one (if any) goes out
+local function group_release(g, now)
+  while true do
+    local id = redis.call('LPOP', P .. 'gq:' .. g)
+    if not id then redis.call('HDEL', GH, g); return end
+    redis.call('HINCRBY', META, 'parked', -1)
+    local h = P .. 'm:' .. id
+    local f = redis.call('HGETALL', h)
+    redis.call('DEL', h)
+    if #f > 0 then
+      local due, g2 = 0, {}
+      for j = 1, #f, 2 do
+        if f[j] == 'due' then due = tonumber(f[j + 1]) else g2[#g2 + 1] = f[j]; g2[#g2 + 1] = f[j + 1] end
+      end
+      redis.call('HSET', GH, g, id)
+      if due > now then
+        redis.call('HSET', h, unpack(g2))
+        redis.call('ZADD', P .. 'd', due, id)
+      else
+        enter_stream(g2)
+      end
+      return
+    end
+  end
+end
+local HAS_GS = nil
+-- the entry TAG .. sid leaves its stream: if it was a group's message out, the group goes on
+local function group_done(sid, now)
+  if HAS_GS == nil then HAS_GS = redis.call('EXISTS', GS) == 1 end
+  if not HAS_GS then return end
+  local g = redis.call('HGET', GS, TAG .. sid)
+  if g then
+    redis.call('HDEL', GS, TAG .. sid)
+    group_release(g, now)
+  end
+end
 -- The dead-letter move, in the one script that decided it: copy to the dead-letter queue's
 -- stream (a new id there, x-dead-letter-* headers added), then remove from the source. A
 -- full dead-letter queue (maxsize) leaves the message here, counted, retried in a second.
@@ -83,7 +141,9 @@ local function dead_letter(sid, f, reason, count, now, last)
     local first = last
     if count > 1 then first = t end
     local g = {}
-    for j = 1, #f do g[j] = f[j] end
+    for j = 1, #f, 2 do
+      if f[j] ~= 'g' then g[#g + 1] = f[j]; g[#g + 1] = f[j + 1] end   -- the copy has no group
+    end
     local nid = redis.call('HINCRBY', dlq .. 'meta', 'next_id', 1)
     local why = reason
     if TOPIC and reason == 'max_deliveries' then why = 'max-deliveries' end   -- (the topics' word)
@@ -107,6 +167,7 @@ local function dead_letter(sid, f, reason, count, now, last)
   redis.call('ZREM', L, sid)
   redis.call('ZREM', W, sid)
   redis.call('HDEL', DL, sid)
+  group_done(sid, now)
   return true
 end
 -- Topics (shmq._redis.topic): the stream S holds message seq as entry id "<seq>-0"; meta "seq"

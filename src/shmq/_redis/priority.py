@@ -24,9 +24,8 @@ def open_priority(cls, name, url, options, levels, max_wait):
     """PriorityQueue(name, backend=url, ...): validated as on shared memory, then the queue's
     keys created or opened on the server. levels: the checked int or None (default 10 when
     created; must agree with the queue's when given)."""
-    if max_wait is not None:
-        _unsupported("max_wait=", "aging would need every level's oldest ready time compared in the receive "
-                     "script; use strict priority (max_wait=None) or backend='shm'")
+    mw_ms = None if max_wait is None else max(1, _options.seconds_ns(max_wait, "max_wait", allow_zero=False)
+                                               // 1_000_000)
     spec = _options.resolve(name, **options)
     if spec.mode != 0o600:
         _unsupported("mode=", "access to a Redis server is governed by its ACLs (ACL SETUSER), not file modes")
@@ -36,7 +35,7 @@ def open_priority(cls, name, url, options, levels, max_wait):
         _unsupported("dedup_capacity=", "each dedup id is a key with a TTL (dedup_window): there is no table to size")
     r = connect(url, client_name("pq"))
     try:
-        meta = _create(r, url, spec, False, "priority", levels or DEFAULT_LEVELS)
+        meta = _create(r, url, spec, False, "priority", levels or DEFAULT_LEVELS, {"max_wait_ms": mw_ms or 0})
     except BaseException:
         r.close()
         raise
@@ -52,6 +51,8 @@ def open_priority(cls, name, url, options, levels, max_wait):
     problems = _options.problems(spec.explicit, self._settings(), _core.KIND_PRIORITY)
     if levels is not None and levels != have:
         problems.append(f"levels={levels} (the queue has levels={have})")
+    if mw_ms is not None and mw_ms != int(meta.get("max_wait_ms") or 0):
+        problems.append(f"max_wait={max_wait!r} (the queue has max_wait={self.max_wait!r})")
     if problems:
         self.close()
         raise ArgumentError(f"queue {name!r} exists with other options: " + "; ".join(problems))
@@ -76,7 +77,9 @@ class _Levels:
 
     @property
     def max_wait(self) -> Optional[float]:
-        return None          # aging is not mapped to Redis (max_wait= raises UnsupportedError)
+        """Aging: a message ready for longer than this many seconds goes first (None: strict)."""
+        ms = int(self._meta.get("max_wait_ms") or 0)
+        return ms / 1e3 if ms else None
 
     def _prio(self, p):
         if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p < self._levels:
@@ -87,6 +90,7 @@ class _Levels:
     def _settings(self):
         st = super()._settings()
         st["kind"] = _core.KIND_PRIORITY
+        st["max_wait"] = self.max_wait
         return st
 
     def __reduce__(self):
@@ -254,7 +258,7 @@ class RedisReliablePriorityQueue(_Levels, RedisReliableQueue, ReliablePriorityQu
             given_back += gb
             given_back_due += gb_due
         delayed = int(flat[5 * self._levels])
-        st.update(depth=depth, in_flight=in_flight, delayed=delayed + given_back - given_back_due, levels=levels,
+        st.update(depth=depth + int(meta.get("parked", 0)), in_flight=in_flight, delayed=delayed + given_back - given_back_due, levels=levels,
                   consumers=len({c["name"] for cs in consumers for c in cs}))
         ts = [_MHEAD.unpack_from(h[0][1][b"m"])[2] / 1e3 for h in heads if h]
         if ts:

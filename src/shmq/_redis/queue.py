@@ -15,7 +15,7 @@ from ..errors import (ArgumentError, ArgumentTypeError, BackendConnectionError, 
                       UnsupportedError)
 from ..message import Message, _lease_expired_many, dedup_key
 from ..queue import Queue
-from ..reliable import ReliableQueue
+from ..reliable import ReliableQueue, _group_key
 from . import REAP_S, client_name, connect, prefix, script_source
 
 __all__ = ["RedisQueue", "RedisReliableQueue", "open_queue", "unlink"]
@@ -111,7 +111,7 @@ def open_queue(cls, name, url, options, is_dlq=False):
     return self
 
 
-def _create(r, url, spec, is_dlq, kind="queue", levels=0):
+def _create(r, url, spec, is_dlq, kind="queue", levels=0, extra=None):
     name = spec.name
     kv = dict(name=name, kind=kind, raw=int(bool(spec.flags & _core.F_RAW)), maxsize=spec.maxsize,
               capacity=0 if spec.flags & _core.F_GROWABLE or not spec.capacity else spec.capacity,
@@ -120,6 +120,8 @@ def _create(r, url, spec, is_dlq, kind="queue", levels=0):
               ack=0, is_dlq=int(is_dlq))
     if levels:
         kv["levels"] = levels          # a priority queue (shmq._redis.priority)
+    if extra:
+        kv.update(extra)               # (a priority queue's max_wait_ms)
     if spec.ack is not None:
         a = spec.ack
         kv.update(ack=1, visibility_ms=max(1, a["visibility_ns"] // 1_000_000), max_deliveries=a["max_deliveries"],
@@ -455,7 +457,7 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
         pass
 
     # -- sending -------------------------------------------------------------------------------
-    def _send_args(self, body, headers, priority, delay, ttl, dedup_id, kind=None):
+    def _send_args(self, body, headers, priority, delay, ttl, dedup_id, kind=None, group=None):
         if kind is None:
             kind, parts = _codec.encode(body, self._raw)
             payload = b"".join(parts)
@@ -469,14 +471,14 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
         d = -1 if delay is None else _options.seconds_ns(delay, "delay") // 1_000_000
         t = -1 if ttl is None else max(1, _options.seconds_ns(ttl, "ttl", allow_zero=False) // 1_000_000)
         key = "" if dedup_id is None else dedup_key(dedup_id).hex()
-        return pack_args(kind, payload, hdr, prio, d, t, key)
+        return pack_args(kind, payload, hdr, prio, d, t, key, group_field(*_group_key(group)))
 
     def _send_raw(self, args, block, timeout):
         self._check()
         dl = _deadline(timeout, block)
         with _io(self):
             while True:
-                mid, status, sid = self._scripts["send"](keys=[self._p], args=args)[:3]
+                mid, status, sid = self._scripts["send"](keys=[self._p], args=[5, *args])[:3]
                 if status != 2:
                     return int(mid), sid
                 if dl is not None and time.monotonic() >= dl:
@@ -489,10 +491,10 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
 
     def send(self, body: Any, headers=None, priority=None, delay=None, ttl=None, dedup_id=None, *,
              block: bool = True, timeout: Optional[float] = None, group=None) -> int:
-        """As shmq.Queue.send on shared memory: returns the message id."""
-        if group is not None:
-            _unsupported("send(group=)", "message groups are not mapped to Redis yet")
-        return self._send_raw(self._send_args(body, headers, priority, delay, ttl, dedup_id), block, timeout)[0]
+        """As shmq.Queue.send on shared memory: returns the message id. group: a message group
+        key (docs/guide/groups.md): one message of the group out at a time, in send order."""
+        return self._send_raw(self._send_args(body, headers, priority, delay, ttl, dedup_id, group=group),
+                              block, timeout)[0]
 
     def send_many(self, bodies, headers=None) -> list[int]:
         """Send each body (one round trip and one script for the batch); returns their ids.
@@ -500,13 +502,29 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
         self._check()
         if self._maxsize:
             _unsupported("send_many on a bounded queue", "a pipeline cannot wait for room")
-        args = []
-        for b in bodies:
-            args += self._send_args(b, headers, None, None, None, None)
-        if not args:
+        if headers is None:
+            # the common case: only the packed message per body, the queue's defaults (send.lua mode 1)
+            raw, mx, now_ms = self._raw, self._max_message, time.time() * 1e3
+            head = _MHEAD.pack
+            args = [1]
+            for b in bodies:
+                kind, parts = _codec.encode(b, raw)
+                payload = parts[0] if len(parts) == 1 else b"".join(parts)
+                if len(payload) > mx:
+                    raise MessageTooLargeError(f"message of {len(payload)} bytes is larger than queue "
+                                               f"{self._name!r}'s max_message ({mx} bytes)")
+                args.append(head(kind, 0, now_ms, 0) + payload)
+        else:
+            args = [5]
+            for b in bodies:
+                args += self._send_args(b, headers, None, None, None, None)
+        if len(args) == 1:
             return []
         with _io(self):
             out = self._scripts["send"](keys=[self._p], args=args)    # one script for the batch
+        if args[0] == 1:
+            first, n = int(out[0]), int(out[1])                       # consecutive ids
+            return list(range(first, first + n))
         return [int(out[i]) for i in range(0, len(out), 3)]
 
     def put(self, obj: Any, block: bool = True, timeout: Optional[float] = None) -> None:
@@ -529,7 +547,7 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
                     self._reap()      # a priority queue: a dead consumer's higher message goes first
                 out, nxt, last, now = self._scripts["receive"](keys=[self._p], args=[self._consumer, n, lease_ms])
                 if out:
-                    return [self._record(e, raw) for e in out]
+                    return self._records(out, raw)
                 if int(nxt) == -2:
                     raise self._gone()          # a topic's subscription was deleted
                 left = _left(dl)
@@ -557,13 +575,16 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
         if dead:
             self._scripts["reap"](keys=[self._p], args=dead)
 
-    def _record(self, e, raw=False):
-        sid, count, f = e
-        d = {f[i]: f[i + 1] for i in range(0, len(f), 2)}
+    def _records(self, out, raw):
+        """The receive script's deliveries (5 values each, receive.lua's emit) as records."""
+        rec = self._record
+        return [rec(out[i], out[i + 1], out[i + 2], out[i + 3], out[i + 4], raw) for i in range(0, len(out), 5)]
+
+    def _record(self, sid, count, i, m, g, raw=False):
         try:                                       # untrusted: anyone who can write the stream wrote it
-            mid, m = int(d[b"i"]), d[b"m"]
+            mid = int(i)
             kind, prio, t, hl = _MHEAD.unpack_from(m)
-        except (KeyError, ValueError, TypeError, struct.error):
+        except (ValueError, TypeError, struct.error):
             raise CorruptQueueError(f"queue {self._name!r}: stream entry {_s(sid)} is not a message of shmq "
                                     "(written by another program?)") from None
         end = _MHEAD.size + hl
@@ -571,7 +592,9 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
             raise CorruptQueueError(f"queue {self._name!r}: message {mid} is malformed (header past its end)")
         view = memoryview(m)
         body = (kind, bytes(view[end:])) if raw else _codec.decode(kind, view[end:], self._raw, mid)
-        return (body, bytes(view[_MHEAD.size:end]), mid, t / 1e3, int(count), prio, (sid, int(count)))
+        grp = None if not g else (g[1:], 1 if g[0] else 0)      # (key, type 0 str / 1 bytes), as on shm
+        count = int(count)
+        return (body, bytes(view[_MHEAD.size:end]) if hl else b"", mid, t / 1e3, count, prio, (sid, count), grp)
 
     def receive(self, timeout: Optional[float] = None, *, block: bool = True) -> Message:
         """As shmq.Queue.receive on shared memory."""
@@ -616,9 +639,7 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
 
     async def send_async(self, body, headers=None, priority=None, delay=None, ttl=None, dedup_id=None, *,
                          timeout=None, group=None):
-        if group is not None:
-            _unsupported("send_async(group=)", "message groups are not mapped to Redis yet")
-        args = self._send_args(body, headers, priority, delay, ttl, dedup_id)
+        args = self._send_args(body, headers, priority, delay, ttl, dedup_id, group=group)
         loop = asyncio.get_running_loop()
         return (await loop.run_in_executor(None, self._send_raw, args, True, timeout))[0]
 
@@ -693,17 +714,24 @@ class RedisReliableQueue(RedisQueue, ReliableQueue):
     def _fill(self, st, meta, res):
         (xlen, pending, due_leases, given_back, given_back_due, delayed), head, consumers = res
         # ready: never delivered, or due again; in flight: leases not past their deadline
-        st.update(depth=max(0, xlen - pending + due_leases + given_back_due),
+        # (a message waiting behind its group's head is queued: ready, as on shared memory)
+        st.update(depth=max(0, xlen - pending + due_leases + given_back_due) + int(meta.get("parked", 0)),
                   in_flight=max(0, pending - due_leases - given_back),
                   delayed=delayed + given_back - given_back_due, consumers=len(consumers))
         if head:
             st["oldest_age_s"] = max(0.0, time.time() - _MHEAD.unpack_from(head[0][1][b"m"])[2] / 1e3)
 
 
-def pack_args(kind, payload, hdr, prio, delay_ms, ttl_ms, key):
-    """send.lua's 4 arguments of one message: the packed m field (kind, priority, send time,
-    headers, body), delay, ttl, dedup key."""
-    return [_MHEAD.pack(kind, prio, time.time() * 1e3, len(hdr)) + hdr + payload, delay_ms, ttl_ms, key]
+def pack_args(kind, payload, hdr, prio, delay_ms, ttl_ms, key, group=b""):
+    """send.lua's 5 arguments of one message: the packed m field (kind, priority, send time,
+    headers, body), delay, ttl, dedup key, group field (group_field(); b"" none)."""
+    return [_MHEAD.pack(kind, prio, time.time() * 1e3, len(hdr)) + hdr + payload, delay_ms, ttl_ms, key, group]
+
+
+def group_field(gkey, gtype):
+    """The g field of a grouped message (common.lua): the key's type byte (0 str, 1 bytes),
+    then the key; b"" for no group."""
+    return b"" if gkey is None else bytes((gtype,)) + gkey
 
 
 def _priority(p):

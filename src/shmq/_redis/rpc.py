@@ -72,7 +72,7 @@ class RedisResponder(_rpc.Responder):
         dl = None if timeout is None else time.monotonic() + max(0.0, float(timeout))
         while True:
             left = None if dl is None else max(0.0, dl - time.monotonic())
-            body, block, mid, _ts, count, _prio, token = self._q._take(1, True, left)[0]
+            body, block, mid, _ts, count, _prio, token = self._q._take(1, True, left)[0][:7]
             req = self._request(body, block, mid, count, token)
             if req is not None:
                 return req

@@ -520,6 +520,9 @@ class _SubLeases(RedisReliableQueue):
         return SubscriptionNotFound(f"subscription {self._sub._name!r} of topic {self._name!r} was deleted "
                                     "(unsubscribe)")
 
+    def _records(self, out, raw):
+        return [self._record(e) for e in out]     # (receive.lua's topic shape: {stream id, count, fields})
+
     def _record(self, e, raw=False):
         sid, count, f = e
         return self._sub._topic._message((sid, f)), int(count), (sid, int(count))
