@@ -45,7 +45,7 @@
 
 #define SHMQ_REGION_PRIO 2u
 #define SHMQ_PRIO_MAX_LEVELS 64u
-#define SHMQ_PRIO_MAGIC 0x6f697250514d4853ULL /* "SHMQPrio" */
+#define SHMQ_PRIO_MAGIC 0x32697250514d4853ULL /* "SHMQPri2" (2: the level-head block of growth) */
 
 typedef struct {
     uint64_t magic;
@@ -56,8 +56,9 @@ typedef struct {
     uint64_t bits;        /* bit p: level p may hold a message (CAS16 with seq) */
     uint64_t seq;         /* bumped by every publish: a clear fails if anyone published since its look */
     uint8_t _pad1[128 - 16]; /* the bitmap alone on its block (producers and consumers write it) */
+    uint32_t lhead[SHMQ_PRIO_MAX_LEVELS]; /* growable: the area whose ring of level p consumers take from */
 } shmq_prio_hdr_t;
-_Static_assert(sizeof(shmq_prio_hdr_t) == 256, "priority header");
+_Static_assert(sizeof(shmq_prio_hdr_t) == 512, "priority header");
 _Static_assert(offsetof(shmq_prio_hdr_t, bits) % 16 == 0, "bits+seq are one 16-byte CAS");
 
 /* Region size for these options (levels in 1..64, a fixed capacity); 0 if they are invalid. */
