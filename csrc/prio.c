@@ -142,7 +142,15 @@ static inline uint32_t lhead_of(shmq_seg_t *q, prio_state_t *s, uint32_t p, uint
     *tail = shmq_load_acquire(&q->hdr->area_tail); /* after lhead: lhead <= tail always holds */
     if (*tail >= q->max_areas)
         *tail = q->max_areas - 1;
-    return k <= *tail ? k : *tail;
+    if (SHMQ_LIKELY(k <= *tail))
+        return k;
+    /* untrusted: past the tail is garbage. Back to area_head (the rings from there to the true
+     * head are sealed and drained: takes skip them), so no level's messages are stranded. */
+    uint32_t ah = shmq_load_acquire(&q->hdr->area_head);
+    if (ah > *tail)
+        ah = *tail;
+    shmq_cas_acq_rel(&s->hdr->lhead[p], &k, ah);
+    return ah;
 }
 
 /* Messages queued at level p: every ring of its chain. */
@@ -174,7 +182,7 @@ static void heads_advance(shmq_seg_t *q, prio_state_t *s)
         if (ah >= tail || tail >= q->max_areas)
             return;
         for (uint32_t p = 0; p < s->levels; p++) {
-            uint32_t k = shmq_load_acquire(&s->hdr->lhead[p]);
+            uint32_t t, k = lhead_of(q, s, p, &t); /* untrusted: garbage past the tail is reset */
             if (k > ah)
                 continue;
             shmq_ring_t tmp;
@@ -350,8 +358,11 @@ static int level_take(shmq_seg_t *q, prio_state_t *s, uint32_t p, shmq_take_fn t
         uint32_t tail, k = lhead_of(q, s, p, &tail);
         shmq_ring_t tmp;
         const shmq_ring_t *r = ring_at(q, s, k, p, &tmp);
-        if (!r)
-            continue; /* retired (so lhead has moved past it): read lhead again */
+        if (!r) { /* retired (lhead has moved past it, or was garbage): move on */
+            if (k < tail)
+                shmq_cas_acq_rel(&s->hdr->lhead[p], &k, k + 1);
+            continue;
+        }
         int rc = shmq_ring_get_mpmc((shmq_ring_t *)r, take, ctx, handle);
         if (rc == SHMQ_OK)
             return SHMQ_OK;
@@ -487,9 +498,24 @@ static int prio_nth(shmq_seg_t *q, uint64_t *n, uint64_t *handle)
 static void prio_repair(shmq_seg_t *q)
 {
     prio_state_t *s = P(q);
-    bits_rescue(q, s);
-    if (s->growable)
+    if (s->growable) {
+        /* untrusted: a level head moved past a ring that still holds messages (only garbage
+         * does that: a ring is sealed drained) would strand them; move it back to that ring */
+        uint32_t ah = shmq_load_acquire(&q->hdr->area_head), tail;
+        for (uint32_t p = 0; p < s->levels; p++) {
+            uint32_t k = lhead_of(q, s, p, &tail);
+            for (uint32_t j = ah; j < k; j++) {
+                shmq_ring_t tmp;
+                const shmq_ring_t *r = ring_at(q, s, j, p, &tmp);
+                if (r && shmq_ring_count(r) != 0) {
+                    shmq_cas_acq_rel(&s->hdr->lhead[p], &k, j);
+                    break;
+                }
+            }
+        }
         heads_advance(q, s);
+    }
+    bits_rescue(q, s);
 }
 
 static const shmq_ready_ops_t prio_ops = {

@@ -719,6 +719,8 @@ static int try_get(shmq_seg_t *q, shmq_msg_t *m, int mode)
                 continue; /* the kind disposed of it (its TTL passed while it waited) */
             return SHMQ_OK;
         }
+        if (SHMQ_UNLIKELY(q->ready != NULL))
+            return rc; /* the kind's structure moves its own heads (prio.c); the area rings are not ours */
         if (rc == SHMQ_ESEALED) {
             uint32_t exp = ai;
             shmq_cas_acq_rel(&h->area_head, &exp, ai + 1); /* help: the next area is where messages are */
