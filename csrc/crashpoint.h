@@ -47,7 +47,9 @@
     X(topic_mid_subscribe, "topic subscribe: both locks held, the new entry filled, its state not yet LIVE") \
     X(topic_ack_claimed, "topic receive (ack=True): lease reserved with its seq, message copied, group cursor not yet advanced") \
     X(prio_before_bit, "priority put: published in its level's ring, the level's bitmap bit not yet set") \
-    X(prio_mid_clear, "priority get: a level found empty, its bitmap bit not yet cleared") \
+    X(prio_mid_clear, "priority get: a level found empty, its clear announced (CLEARING), its bitmap bit not yet cleared") \
+    X(prio_after_seal, "growable priority get: a level's drained ring below the tail area sealed, the level's head area not yet moved on") \
+    X(prio_before_head, "growable priority get: every level's head past the head area, area_head not yet moved on") \
     X(journal_mid_append, "journal: half of a record's payload written past write_pos, crc not yet written") \
     X(journal_mid_sync, "journal: sync lock held, fdatasync not yet returned, durable position not advanced") \
     X(journal_rotate_prepared, "journal rotation: next segment file built and renamed into place, END not yet written") \

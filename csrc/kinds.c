@@ -67,7 +67,9 @@ int shmq_create(shmq_seg_t *seg, const shmq_create_opts_t *o, int exist_ok, int 
             return rc;
     }
     if (o->kind == SHMQ_KIND_PRIORITY) {
-        int rc = shmq_prio_region(o, &req[n++]);
+        if (o->flags & SHMQ_F_GROWABLE)
+            oo.area_rings = o->levels; /* a grown area carries a ring per level (prio.h) */
+        int rc = shmq_prio_region(&oo, &req[n++]);
         if (rc != SHMQ_OK)
             return rc;
     }

@@ -7,19 +7,34 @@
  *
  * Region SHMQ_REGION_PRIO (2), 64-byte aligned:
  *   0     shmq_prio_hdr_t: magic, levels, cells_log2, max_wait_ns      (written once, before link)
- *   128   {bits, seq}: the non-empty bitmap and its publish sequence   (16-byte CAS, own block)
- *   256   levels x {head block 128 B, tail block 128 B}               (ring cursors, as an area's)
+ *   128   {bits, seq}: the non-empty bitmap and its sequence            (16-byte CAS, own block)
+ *   256   lhead[64]: growable queues, the area whose ring of level p consumers take from
+ *   512   levels x {head block 128 B, tail block 128 B}               (area 0's level rings)
  *   ...   levels x 2^cells_log2 cells of 16 B                          (ring cells, ring.h)
- * Each level ring has as many cells as area 0 has descriptors, so a level never fills before
- * the descriptors do (a priority queue has a fixed capacity: no growth).
+ * Area 0's level rings have as many cells as area 0 has descriptors, so a fixed-capacity queue's
+ * level never fills before the descriptors do.
  *
- * Bitmap rule (so a get never skips a level holding a message whose put returned):
- *   put:  publish into ring[p] (ring.h), then CAS16 {bits | 1<<p, seq + 1}; the put returns after.
- *   get:  p = highest bit; take from ring[p]. Found empty: read seq, see the ring empty, then
- *         CAS16 {bits & ~(1<<p), same seq}: it fails if any publish bumped seq since the read,
- *         so a bit is never cleared over a message published before the clear's look.
- * Every put bumps seq (even when its bit is set already): a put that skipped the bump could
- * return while a clear that looked before its publish lands after it.
+ * Growth (SHMQ_F_GROWABLE): every grown area carries a ring per level (the header's area_rings =
+ * levels; segment.h shmq_area_ring). Level p is a chain of rings: ring p of areas lhead[p] ..
+ * area_tail. Producers publish into the tail area's ring p (a full one grows the queue, as a
+ * FIFO put whose ring is full); consumers take from area lhead[p]'s, and a drained ring below
+ * the tail area is sealed and lhead[p] moved on (as a FIFO consumer moves area_head). area_head
+ * follows the lowest lhead (heads_advance seals the empty rings of idle levels too), so
+ * segment.c's retire_drained gives the memory of drained areas back as for a FIFO queue.
+ *
+ * Bitmap rule (so a get never skips a level holding a message whose put returned): seq's bit 0
+ * is CLEARING, the rest a sequence every change of the pair bumps.
+ *   put:  publish into its ring (ring.h), then read seq, then bits: if the bit is set and no
+ *         clear is announced, nothing is written (the common case); else CAS16 {bits | 1<<p,
+ *         seq + 2} (under CLEARING this bump makes the clear's last CAS fail). Returns after.
+ *   get:  p = highest bit; take from level p. Found empty: CAS16 {bits, seq} -> {bits,
+ *         (seq|CLEARING)+2} (announce), look at the level (empty?), then CAS16 {bits & ~(1<<p),
+ *         that seq + 1} (clears CLEARING too). It fails if any put saw CLEARING and bumped.
+ *   Why: a put that read seq before the announce published before it, so the look sees its
+ *   message; a put that read it after sees CLEARING and bumps, so the clear fails.
+ * A consumer that finds no bit set scans the levels for a dead producer's message (bits_rescue)
+ * at most once per ~1 ms per handle (a spinning consumer would otherwise read every level's
+ * cursors on each poll); the dead producer's repair scans at once.
  * Aging (max_wait_ns > 0): before taking, the head message of each non-empty level is looked at;
  * the oldest one ready (by its put's wall-clock timestamp) for longer than max_wait is served first.
  *
@@ -30,11 +45,17 @@
  *     message is queued but its bit may be clear. Its put never returned, so no ordering promise
  *     covers it; a consumer that finds the bitmap empty scans the levels and sets the bits of
  *     non-empty ones, and the dead producer's repair (shmq_prio_repair) does the same.
- *   - a consumer killed between its empty look and its clearing CAS [prio_mid_clear]: nothing
- *     changed; the bit stays set and the next consumer clears it.
+ *   - a consumer killed between its announce and its clearing CAS [prio_mid_clear]: the bit
+ *     stays set and CLEARING too; puts take the CAS path until the next clear (or withdraw)
+ *     resets it; the next consumer that finds the level empty clears the bit.
+ *   - growable, a consumer killed between sealing a drained ring and moving lhead[p] on
+ *     [prio_after_seal]: the next consumer finds the ring SEALED and moves lhead[p] itself;
+ *     killed before moving area_head [prio_before_head]: the next seal or the dead consumer's
+ *     repair (shmq_prio_repair -> heads_advance) moves it.
  *   - inside a ring: ring.h's windows (after_claim, before_commit, mid_get), repaired as there.
  * untrusted: every field of the region is checked at open (shmq_prio_valid) and at use (levels
- * mask, descriptor priority clamped, handles checked by the queue's take callback).
+ * mask, descriptor priority clamped, lhead clamped to area_tail, handles checked by the
+ * queue's take callback; every loop over levels, areas and cells is bounded).
  */
 #ifndef SHMQ_PRIO_H
 #define SHMQ_PRIO_H
@@ -45,7 +66,7 @@
 
 #define SHMQ_REGION_PRIO 2u
 #define SHMQ_PRIO_MAX_LEVELS 64u
-#define SHMQ_PRIO_MAGIC 0x6f697250514d4853ULL /* "SHMQPrio" */
+#define SHMQ_PRIO_MAGIC 0x32697250514d4853ULL /* "SHMQPri2" (2: the level-head block of growth) */
 
 typedef struct {
     uint64_t magic;
@@ -56,13 +77,15 @@ typedef struct {
     uint64_t bits;        /* bit p: level p may hold a message (CAS16 with seq) */
     uint64_t seq;         /* bumped by every publish: a clear fails if anyone published since its look */
     uint8_t _pad1[128 - 16]; /* the bitmap alone on its block (producers and consumers write it) */
+    uint32_t lhead[SHMQ_PRIO_MAX_LEVELS]; /* growable: the area whose ring of level p consumers take from */
 } shmq_prio_hdr_t;
-_Static_assert(sizeof(shmq_prio_hdr_t) == 256, "priority header");
+_Static_assert(sizeof(shmq_prio_hdr_t) == 512, "priority header");
 _Static_assert(offsetof(shmq_prio_hdr_t, bits) % 16 == 0, "bits+seq are one 16-byte CAS");
 
-/* Region size for these options (levels in 1..64, a fixed capacity); 0 if they are invalid. */
+/* Region size for these options (levels in 1..64); 0 if they are invalid. */
 uint64_t shmq_prio_region_size(uint32_t levels, uint32_t cells_log2);
-/* The region request of a creation (kinds.c): SHMQ_OK, SHMQ_EINVAL (levels out of range, growable). */
+/* The region request of a creation (kinds.c): SHMQ_OK, SHMQ_EINVAL (levels out of range, or a
+ * growable queue whose area_rings is not its levels). */
 int shmq_prio_region(const shmq_create_opts_t *o, shmq_region_req_t *req);
 /* untrusted: the region is well formed (magic, levels, sizes, ring cursors). */
 int shmq_prio_valid(shmq_seg_t *q);

@@ -426,7 +426,7 @@ static int ready_publish_wait(shmq_seg_t *q, uint64_t handle, uint32_t priority,
 {
     ready_ctx r = {handle, priority};
     for (;;) {
-        int rc = q->ready->publish(q, handle, priority);
+        int rc = q->ready->publish(q, handle, priority, grow_until(deadline_ns));
         if (rc != SHMQ_FULL)
             return rc;
         rc = deadline_ns == 0 ? SHMQ_TIMEOUT
@@ -686,7 +686,7 @@ static int try_get(shmq_seg_t *q, shmq_msg_t *m, int mode)
         }
         take_ctx t = {q, NULL, NULL, 0, mode};
         uint64_t handle;
-        if (SHMQ_UNLIKELY(q->ready != NULL)) /* the kind's ready structure (never sealed: no growth) */
+        if (SHMQ_UNLIKELY(q->ready != NULL)) /* the kind's ready structure (prio.c: seals its own rings) */
             rc = q->ready->take(q, take_cb, &t, &handle);
         else
             rc = shmq_ring_get_mpmc(&a->ring, take_cb, &t, &handle);
@@ -719,6 +719,8 @@ static int try_get(shmq_seg_t *q, shmq_msg_t *m, int mode)
                 continue; /* the kind disposed of it (its TTL passed while it waited) */
             return SHMQ_OK;
         }
+        if (SHMQ_UNLIKELY(q->ready != NULL))
+            return rc; /* the kind's structure moves its own heads (prio.c); the area rings are not ours */
         if (rc == SHMQ_ESEALED) {
             uint32_t exp = ai;
             shmq_cas_acq_rel(&h->area_head, &exp, ai + 1); /* help: the next area is where messages are */
@@ -1000,7 +1002,7 @@ int shmq_q_publish(shmq_seg_t *q, uint64_t handle)
         shmq_area_t *a = shmq_seg_area(q, shmq_handle_area(handle), &rc);
         if (!a || shmq_handle_idx(handle) >= a->n_desc) /* untrusted */
             return SHMQ_ECORRUPT;
-        rc = q->ready->publish(q, handle, desc_at(a, shmq_handle_idx(handle))->priority);
+        rc = q->ready->publish(q, handle, desc_at(a, shmq_handle_idx(handle))->priority, grow_until(0));
         if (rc == SHMQ_OK)
             wake_getters(q);
         return rc;

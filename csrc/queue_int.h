@@ -95,8 +95,9 @@ void shmq_q_bind_hooks(shmq_seg_t *q, const shmq_queue_hooks_t *hk);
  * part of the queue (descriptors, arena, repair, lease.c's leases and timers) is shared. */
 typedef struct shmq_ready_ops {
     const char *name;
-    /* publish a READY handle of this priority: SHMQ_OK, SHMQ_FULL (no cell now) */
-    int (*publish)(shmq_seg_t *q, uint64_t handle, uint32_t priority);
+    /* publish a READY handle of this priority: SHMQ_OK, SHMQ_FULL (no cell now). A growable
+     * queue may grow to make room (grow lock waited for until grow_deadline_ns, as shmq_seg_grow). */
+    int (*publish)(shmq_seg_t *q, uint64_t handle, uint32_t priority, uint64_t grow_deadline_ns);
     /* 1 if a publish of this priority could land now */
     int (*room)(shmq_seg_t *q, uint32_t priority);
     /* take the next handle to deliver through take (ring.h's callback): SHMQ_OK, SHMQ_EMPTY */

@@ -50,11 +50,28 @@ void shmq_area_geometry(uint64_t size, uint32_t *cells_log2, uint32_t *n_desc, u
 void shmq_area_geometry_ex(uint64_t size, uint32_t geo, uint32_t *cells_log2, uint32_t *n_desc, uint64_t *meta_off,
                            uint64_t *arena_off, uint64_t *arena_units)
 {
+    shmq_area_geometry_r(size, geo, 1, cells_log2, n_desc, meta_off, arena_off, arena_units);
+}
+
+/* Bytes from the first ring's cells to the descriptors: the rings' cells and extra cursor blocks. */
+static uint64_t rings_bytes(uint64_t cells, uint32_t rings)
+{
+    if (rings == 0)
+        rings = 1;
+    return cells * 16 + (uint64_t)(rings - 1) * (2 * SHMQ_CURSOR_PAD + cells * 16);
+}
+
+void shmq_area_geometry_r(uint64_t size, uint32_t geo, uint32_t rings, uint32_t *cells_log2, uint32_t *n_desc,
+                          uint64_t *meta_off, uint64_t *arena_off, uint64_t *arena_units)
+{
     /* Sizing rule (docs/internals/segment-layout.md): a quarter (dense: seven eighths) of the
-     * area for cells and descriptors (144 bytes per message slot), the rest for the arena and
-     * its metadata. */
+     * area for cells and descriptors (144 bytes per message slot; 128 + 16 per ring with several
+     * rings), the rest for the arena and its metadata. */
+    if (rings == 0 || rings > SHMQ_MAX_AREA_RINGS)
+        rings = 1; /* callers pass validated counts; never index past the table below */
     uint64_t share = geo == SHMQ_GEO_DENSE ? size / 8 * 7 : size / 4;
-    uint64_t cells = pow2floor(share / (16 + SHMQ_DESC_SIZE));
+    uint64_t fixed = (uint64_t)(rings - 1) * 2 * SHMQ_CURSOR_PAD;
+    uint64_t cells = share > fixed ? pow2floor((share - fixed) / (16ull * rings + SHMQ_DESC_SIZE)) : 0;
     if (cells < 16)
         cells = 16;
     if (cells > (1u << 22))
@@ -62,7 +79,7 @@ void shmq_area_geometry_ex(uint64_t size, uint32_t geo, uint32_t *cells_log2, ui
     uint32_t lg = 0;
     while ((1ull << lg) < cells)
         lg++;
-    uint64_t desc_off = SHMQ_AREA_HDR_SIZE + cells * 16;
+    uint64_t desc_off = SHMQ_AREA_HDR_SIZE + rings_bytes(cells, rings);
     uint64_t moff = desc_off + cells * SHMQ_DESC_SIZE;
     uint64_t units = 0;
     if (size > moff + 128)
@@ -79,6 +96,24 @@ void shmq_area_geometry_ex(uint64_t size, uint32_t geo, uint32_t *cells_log2, ui
     *arena_units = units;
 }
 
+int shmq_area_ring(const shmq_area_t *a, uint32_t j, shmq_ring_t *r)
+{
+    if (j >= a->n_rings)
+        return 0;
+    if (j == 0) {
+        *r = a->ring;
+        return 1;
+    }
+    uint64_t cells = 1ull << a->ring.log2;
+    uint8_t *blk = (uint8_t *)a->ring.cells + cells * 16 + (uint64_t)(j - 1) * (2 * SHMQ_CURSOR_PAD + cells * 16);
+    r->head = (uint64_t *)blk;
+    r->tail = (uint64_t *)(blk + SHMQ_CURSOR_PAD);
+    r->cells = (shmq_cell_t *)(blk + 2 * SHMQ_CURSOR_PAD);
+    r->log2 = a->ring.log2;
+    r->mask = a->ring.mask;
+    return 1;
+}
+
 static uint32_t max_order_for(uint64_t units)
 {
     uint32_t o = 0;
@@ -89,17 +124,19 @@ static uint32_t max_order_for(uint64_t units)
 
 uint64_t shmq_area_max_payload(uint64_t size) { return shmq_area_max_payload_ex(size, SHMQ_GEO_DEFAULT); }
 
-uint64_t shmq_area_max_payload_ex(uint64_t size, uint32_t geo)
+uint64_t shmq_area_max_payload_ex(uint64_t size, uint32_t geo) { return shmq_area_max_payload_r(size, geo, 1); }
+
+uint64_t shmq_area_max_payload_r(uint64_t size, uint32_t geo, uint32_t rings)
 {
     uint32_t lg, nd;
     uint64_t mo, ao, units;
-    shmq_area_geometry_ex(size, geo, &lg, &nd, &mo, &ao, &units);
+    shmq_area_geometry_r(size, geo, rings, &lg, &nd, &mo, &ao, &units);
     if (!units)
         return SHMQ_INLINE_MAX;
     return (1ull << max_order_for(units)) * SHMQ_ARENA_UNIT;
 }
 
-static void area_bind(shmq_area_t *a, uint8_t *base, uint64_t size)
+static void area_bind(shmq_area_t *a, uint8_t *base, uint64_t size, uint32_t rings)
 {
     shmq_area_hdr_t *h = (shmq_area_hdr_t *)base;
     a->base = base;
@@ -116,50 +153,63 @@ static void area_bind(shmq_area_t *a, uint8_t *base, uint64_t size)
     a->n_desc = h->n_desc;
     a->arena_units = h->arena_units;
     a->arena_max_order = h->arena_max_order;
+    a->n_rings = rings;
+}
+
+/* Rings of area `index` (validated copy; area 0 always one). */
+static uint32_t rings_of_area(const shmq_seg_t *seg, uint32_t index)
+{
+    return index == 0 || seg->area_rings == 0 ? 1 : seg->area_rings;
 }
 
 /* Build an area in place (zeroed memory not assumed: a dead grower may have left bytes). */
-static void area_init(shmq_area_t *a, uint8_t *base, uint64_t size, uint32_t index, uint32_t geo)
+static void area_init(shmq_area_t *a, uint8_t *base, uint64_t size, uint32_t index, uint32_t geo, uint32_t rings)
 {
     shmq_area_hdr_t *h = (shmq_area_hdr_t *)base;
     memset(h, 0, sizeof *h);
     uint32_t lg, nd;
     uint64_t mo, ao, units;
-    shmq_area_geometry_ex(size, geo, &lg, &nd, &mo, &ao, &units);
+    shmq_area_geometry_r(size, geo, rings, &lg, &nd, &mo, &ao, &units);
     h->geometry = geo;
     h->index = index;
     h->cells_log2 = lg;
     h->n_desc = nd;
     h->size = size;
     h->cells_off = SHMQ_AREA_HDR_SIZE;
-    h->desc_off = SHMQ_AREA_HDR_SIZE + ((uint64_t)1 << lg) * 16;
+    h->desc_off = SHMQ_AREA_HDR_SIZE + rings_bytes(1ull << lg, rings);
     h->meta_off = mo;
     h->arena_off = ao;
     h->arena_units = units;
     h->arena_max_order = max_order_for(units);
-    area_bind(a, base, size);
+    area_bind(a, base, size, rings);
     memset(a->desc, 0, (uint64_t)nd * SHMQ_DESC_SIZE);
     for (uint32_t i = 0; i < nd; i++)
         ((shmq_desc_t *)(a->desc + (uint64_t)i * SHMQ_DESC_SIZE))->chunk = SHMQ_NO_CHUNK;
-    shmq_ring_init(&a->ring);
+    for (uint32_t j = 0; j < rings; j++) {
+        shmq_ring_t r;
+        if (shmq_area_ring(a, j, &r))
+            shmq_ring_init(&r);
+    }
     shmq_arena_rebuild_locked(a); /* not yet shared: no lock needed */
     shmq_store_release(&h->magic, SHMQ_AREA_MAGIC);
 }
 
 /* untrusted: an area header must match the geometry its size implies. */
-static int area_check(const shmq_area_hdr_t *h, uint64_t size, uint32_t index, uint32_t geo)
+static int area_check(const shmq_area_hdr_t *h, uint64_t size, uint32_t index, uint32_t geo, uint32_t rings)
 {
     uint32_t lg, nd;
     uint64_t mo, ao, units;
     if (geo > SHMQ_GEO_DENSE || (index == 0 && geo != SHMQ_GEO_DEFAULT))
         return 0;
-    shmq_area_geometry_ex(size, geo, &lg, &nd, &mo, &ao, &units);
+    shmq_area_geometry_r(size, geo, rings, &lg, &nd, &mo, &ao, &units);
     if (h->magic != SHMQ_AREA_MAGIC || h->index != index || h->size != size || h->geometry != geo)
         return 0;
     if (h->cells_log2 != lg || h->n_desc != nd || h->meta_off != mo || h->arena_off != ao || h->arena_units != units)
         return 0;
-    if (h->cells_off != SHMQ_AREA_HDR_SIZE || h->desc_off != SHMQ_AREA_HDR_SIZE + ((uint64_t)1 << lg) * 16)
+    if (h->cells_off != SHMQ_AREA_HDR_SIZE || h->desc_off != SHMQ_AREA_HDR_SIZE + rings_bytes(1ull << lg, rings))
         return 0;
+    if (mo > size)
+        return 0; /* the geometry never gives this; a size too small for its rings is refused */
     if (h->arena_max_order != max_order_for(units))
         return 0;
     return 1;
@@ -202,6 +252,8 @@ static int header_check(const shmq_header_t *h, uint64_t fsize)
     if (h->area_tail >= h->max_areas || h->area_head > h->area_tail)
         return SHMQ_ECORRUPT;
     if (!(h->flags & SHMQ_F_GROWABLE) && h->area_tail != 0)
+        return SHMQ_ECORRUPT;
+    if (h->area_rings > SHMQ_MAX_AREA_RINGS || (h->area_rings > 1 && !(h->flags & SHMQ_F_GROWABLE)))
         return SHMQ_ECORRUPT;
     /* untrusted: regions lie between the slots and area 0, aligned, in order, not overlapping;
      * unused entries follow the used ones and are zero */
@@ -276,6 +328,7 @@ static int map_main(shmq_seg_t *seg)
         return SHMQ_ECORRUPT;
     seg->max_slots = copy.max_slots;
     seg->max_areas = copy.max_areas; /* untrusted: loops use this copy, never the live word */
+    seg->area_rings = copy.area_rings; /* validated by header_check */
     seg->slots = (shmq_slot_t *)((uint8_t *)p + copy.slots_off);
     int arc;
     if (!shmq_seg_area(seg, 0, &arc))
@@ -318,7 +371,7 @@ int shmq_seg_create(shmq_seg_t *seg, const shmq_create_opts_t *o, const shmq_reg
     if (slots > SHMQ_MAX_SLOTS || o->kind < SHMQ_KIND_QUEUE || o->kind > SHMQ_KIND_TOPIC ||
         o->maxsize > UINT32_MAX - 1) /* units are 32 bits of h->count (queue.c) */
         return SHMQ_EINVAL;
-    if (n_regions > SHMQ_MAX_REGIONS)
+    if (n_regions > SHMQ_MAX_REGIONS || o->area_rings > SHMQ_MAX_AREA_RINGS)
         return SHMQ_EINVAL;
     uint64_t reg_off[SHMQ_MAX_REGIONS];
     uint64_t end = SHMQ_HEADER_SIZE + (uint64_t)slots * sizeof(shmq_slot_t);
@@ -374,6 +427,7 @@ int shmq_seg_create(shmq_seg_t *seg, const shmq_create_opts_t *o, const shmq_reg
     seg->hdr = (shmq_header_t *)p;
     seg->max_slots = slots;
     seg->max_areas = (o->flags & SHMQ_F_GROWABLE) ? SHMQ_MAX_AREAS : 1;
+    seg->area_rings = (o->flags & SHMQ_F_GROWABLE) ? o->area_rings : 0;
     seg->slots = (shmq_slot_t *)((uint8_t *)p + SHMQ_HEADER_SIZE);
     shmq_header_t *h = seg->hdr;
     memset(h, 0, sizeof *h);
@@ -392,6 +446,7 @@ int shmq_seg_create(shmq_seg_t *seg, const shmq_create_opts_t *o, const shmq_reg
     h->mode = o->mode;
     h->max_areas = (o->flags & SHMQ_F_GROWABLE) ? SHMQ_MAX_AREAS : 1;
     h->first_area_size = a0size;
+    h->area_rings = seg->area_rings;
     h->file_size = total;
     h->next_id = 1;
     h->areas[0].off = a0off;
@@ -405,7 +460,7 @@ int shmq_seg_create(shmq_seg_t *seg, const shmq_create_opts_t *o, const shmq_reg
         if (regions[i].init)
             regions[i].init(regions[i].ctx, (uint8_t *)p + reg_off[i], regions[i].size);
     }
-    area_init(&seg->areas[0], (uint8_t *)p + a0off, a0size, 0, SHMQ_GEO_DEFAULT);
+    area_init(&seg->areas[0], (uint8_t *)p + a0off, a0size, 0, SHMQ_GEO_DEFAULT, 1);
     shmq_store_release(&h->init_state, SHMQ_READY); /* release: everything above is visible first */
     e = shmq_tmp_publish(fd, tmp, o->path);
     if (e != 0) {
@@ -483,7 +538,8 @@ static shmq_area_t *area_map_locked(shmq_seg_t *seg, uint32_t i, int *rc)
         }
         base = p;
     }
-    if (!area_check((shmq_area_hdr_t *)base, size, i, geo)) {
+    uint32_t rings = rings_of_area(seg, i);
+    if (!area_check((shmq_area_hdr_t *)base, size, i, geo, rings)) {
         if (i != 0)
             munmap(base, size);
         /* an area given back while we mapped it reads as zeros: that is retired, not corrupt
@@ -495,8 +551,13 @@ static shmq_area_t *area_map_locked(shmq_seg_t *seg, uint32_t i, int *rc)
     }
     shmq_area_t tmp;
     memset(&tmp, 0, sizeof tmp);
-    area_bind(&tmp, base, size);
-    if (!shmq_ring_valid(&tmp.ring)) {
+    area_bind(&tmp, base, size, rings);
+    int rings_ok = 1;
+    for (uint32_t j = 0; j < rings && rings_ok; j++) {
+        shmq_ring_t r;
+        rings_ok = shmq_area_ring(&tmp, j, &r) && shmq_ring_valid(&r);
+    }
+    if (!rings_ok) {
         if (i != 0)
             munmap(base, size);
         return NULL;
@@ -569,7 +630,8 @@ int shmq_seg_grow(shmq_seg_t *seg, uint32_t from, uint64_t need, uint64_t lock_d
     shmq_area_t *prev = from < seg->max_areas && seg->areas[from].base ? &seg->areas[from] : NULL;
     if (need <= SHMQ_INLINE_MAX && prev && shmq_arena_free_units(prev) * 4 >= prev->arena_units * 3)
         geo = SHMQ_GEO_DENSE;
-    while (shmq_area_max_payload_ex(size, geo) < need + 64) {
+    uint32_t rings = rings_of_area(seg, k);
+    while (shmq_area_max_payload_r(size, geo, rings) < need + 64) {
         if (size >= (1ull << 40)) {
             rc = SHMQ_ENOMEM;
             goto out;
@@ -583,7 +645,7 @@ int shmq_seg_grow(shmq_seg_t *seg, uint32_t from, uint64_t need, uint64_t lock_d
         e = posix_fallocate(seg->fd, (off_t)off, (off_t)size);
         /* /dev/shm full: a smaller area may still fit (drained ones were just given back). */
         uint64_t smaller = size / 2;
-        if (e != ENOSPC || smaller < SHMQ_MIN_AREA_SIZE || shmq_area_max_payload_ex(smaller, geo) < need + 64)
+        if (e != ENOSPC || smaller < SHMQ_MIN_AREA_SIZE || shmq_area_max_payload_r(smaller, geo, rings) < need + 64)
             break;
         size = smaller;
     }
@@ -601,7 +663,7 @@ int shmq_seg_grow(shmq_seg_t *seg, uint32_t from, uint64_t need, uint64_t lock_d
     if (seg->areas[k].base) /* a stale local view from a grower that died: drop it */
         munmap(seg->areas[k].base, seg->areas[k].size);
     memset(&seg->areas[k], 0, sizeof seg->areas[k]);
-    area_init(&seg->areas[k], p, size, k, geo);
+    area_init(&seg->areas[k], p, size, k, geo, rings);
     h->areas[k].off = off;
     h->areas[k].size = size;
     h->areas[k].geometry = geo;

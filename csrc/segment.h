@@ -53,6 +53,7 @@
 
 #define SHMQ_HEADER_SIZE 4096u
 #define SHMQ_MAX_AREAS 64u
+#define SHMQ_MAX_AREA_RINGS 64u /* rings per grown area (a priority queue's levels) */
 #define SHMQ_DEFAULT_SLOTS 1023u
 #define SHMQ_LOCK_BYTE_BASE (1ull << 40)
 #define SHMQ_AREA_HDR_SIZE 1024u
@@ -143,7 +144,8 @@ typedef struct {
     uint32_t mode;
     uint32_t max_areas;
     uint64_t first_area_size;
-    uint8_t _pad0[128 - 96]; /* identity in its own 128-byte block: read-mostly */
+    uint32_t area_rings;   /* rings per grown area (0 or 1: the area's own; a growable priority queue: one per level) */
+    uint8_t _pad0[128 - 100]; /* identity in its own 128-byte block: read-mostly */
     /* --- growth (producers, rare) --- */
     uint64_t file_size;    /* bytes the areas cover; grows under grow_lock */
     uint32_t grow_lock;    /* owner-stamped lock (lock.h) */
@@ -228,6 +230,7 @@ typedef struct {
     uint8_t *meta;            /* arena metadata, 1 byte per unit */
     uint8_t *arena;
     uint32_t n_desc;
+    uint32_t n_rings;         /* rings of this area (1, or the segment's area_rings for a grown area) */
     uint64_t arena_units;
     uint32_t arena_max_order;
     uint32_t desc_cursor;     /* allocation hint, process-local */
@@ -259,6 +262,7 @@ typedef struct {
     /* SHMQ_KIND_PRIORITY only (prio.h) */
     uint32_t levels;         /* 1..64 */
     uint64_t max_wait_ns;    /* aging, 0 = strict priority */
+    uint32_t area_rings;     /* rings per grown area (0 = 1; segment.h: shmq_area_ring) */
     const void *journal;     /* NULL, or the journal's options (journal.h shmq_journal_opts_t) */
 } shmq_create_opts_t;
 
@@ -285,6 +289,7 @@ typedef struct shmq_seg {
     shmq_slot_t *slots;
     uint32_t max_slots;
     uint32_t max_areas;       /* open-time copy (validated <= SHMQ_MAX_AREAS): every area loop's bound */
+    uint32_t area_rings;      /* open-time copy (validated <= SHMQ_MAX_AREA_RINGS; 0 read as 1) */
     uint32_t slot;            /* UINT32_MAX when not attached (inspector) */
     uint32_t owner;           /* shmq_owner_make(slot, gen) */
     shmq_area_t areas[SHMQ_MAX_AREAS];
@@ -349,8 +354,18 @@ void shmq_area_geometry_ex(uint64_t size, uint32_t geo, uint32_t *cells_log2, ui
                            uint64_t *arena_off, uint64_t *arena_units);
 void shmq_area_geometry(uint64_t size, uint32_t *cells_log2, uint32_t *n_desc, uint64_t *meta_off,
                         uint64_t *arena_off, uint64_t *arena_units);
+/* Several rings per area (a growable priority queue: one per level, header's area_rings). Areas
+ * 1.. of such a segment carry `rings` rings of 2^cells_log2 cells each: ring 0 is the area's own
+ * (cursors in the area header), ring j >= 1 follows ring 0's cells as a 256-byte cursor block
+ * (head, tail) and its cells; then the descriptors. Every message slot costs 128 + 16 * rings
+ * bytes of the share. rings = 1 is shmq_area_geometry_ex. Area 0 always has one ring. */
+void shmq_area_geometry_r(uint64_t size, uint32_t geo, uint32_t rings, uint32_t *cells_log2, uint32_t *n_desc,
+                          uint64_t *meta_off, uint64_t *arena_off, uint64_t *arena_units);
+/* Ring j of a mapped area (0 <= j < a->n_rings): 1 with *r filled, 0 if j is out of range. */
+int shmq_area_ring(const shmq_area_t *a, uint32_t j, shmq_ring_t *r);
 /* Largest payload an area of this size (and geometry) can hold in one arena block. */
 uint64_t shmq_area_max_payload(uint64_t size);
 uint64_t shmq_area_max_payload_ex(uint64_t size, uint32_t geo);
+uint64_t shmq_area_max_payload_r(uint64_t size, uint32_t geo, uint32_t rings);
 
 #endif

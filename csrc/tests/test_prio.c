@@ -80,8 +80,6 @@ static void test_bad_arguments(void)
     o.levels = 65;
     CHECK_EQ(shmq_create(s, &o, 0, &created), SHMQ_EINVAL);
     o.levels = 4;
-    o.flags = SHMQ_F_GROWABLE; /* a level ring is sized by area 0: no growth */
-    CHECK_EQ(shmq_create(s, &o, 0, &created), SHMQ_EINVAL);
     o.flags = 0;
     shmq_seg_t *q = th_create(&o);
     CHECK(q != NULL);
@@ -117,7 +115,7 @@ static void test_corrupt_region_refused(void)
         CHECK_EQ(shmq_open(o2, path, -1), SHMQ_ECORRUPT);
     }
     h->levels = saved;
-    uint64_t *tail0 = (uint64_t *)((uint8_t *)h + 256 + 128);
+    uint64_t *tail0 = (uint64_t *)((uint8_t *)h + sizeof *h + 128);
     *tail0 = 1ull << 40; /* a tail far past its head */
     shmq_seg_t *o3 = th_seg();
     CHECK_EQ(shmq_open(o3, path, -1), SHMQ_ECORRUPT);
@@ -265,8 +263,87 @@ static void test_aging(void)
     CHECK_EQ(v, 2);
 }
 
-static const th_role_t roles[] = {
-    {"produce", child_produce}, {"crash", child_produce_crash}, {"consume", child_consume_crash}, {NULL, NULL}};
+static int child_drain(int argc, char **argv)
+{
+    (void)argc;
+    shmq_seg_t q;
+    memset(&q, 0, sizeof q);
+    if (shmq_open(&q, argv[0], -1) != SHMQ_OK || shmq_attach(&q) != SHMQ_OK)
+        return 2;
+    uint64_t v;
+    while (get_u64(&q, &v, NULL, 0) == SHMQ_OK)
+        ;
+    return 0;
+}
+
+#define GROW_LEVELS 3
+#define GROW_N 3000
+
+/* A growable priority queue: puts past area 0 grow it (each grown area carries a ring per
+ * level), order holds across the rings, and a consumer killed at either growth point
+ * (prio_after_seal: a drained ring sealed, its level not moved on; prio_before_head: every
+ * level moved on, area_head not) held nothing: what it did not take is all there, in order,
+ * and the repair moves the heads on. */
+static void test_growth_and_its_crash_points(void)
+{
+    const char *pts[] = {"prio_after_seal", "prio_before_head"}; /* the first hit of each */
+    for (unsigned i = 0; i < 2; i++) {
+        char path[128];
+        th_path(path, sizeof path, i ? "ghead" : "gseal");
+        shmq_create_opts_t o = prio_opts(path, 64 << 10, GROW_LEVELS);
+        o.flags = SHMQ_F_GROWABLE;
+        shmq_seg_t *q = th_create(&o);
+        CHECK(q != NULL);
+        CHECK_EQ(q->area_rings, GROW_LEVELS);
+        for (uint64_t v = 0; v < GROW_N; v++)
+            CHECK_EQ(put_u64(q, v, (uint32_t)(v % GROW_LEVELS), 0), SHMQ_OK);
+        CHECK(q->hdr->area_tail >= 2); /* grew twice at least */
+        CHECK_EQ(shmq_depth(q), GROW_N);
+        pid_t pid = th_spawn(pts[i], "drain", path, NULL, NULL, NULL);
+        CHECK(th_killed(th_wait(pid, 20000)));
+        shmq_repair_dead(q);
+        CHECK(q->hdr->area_head >= (i ? 1u : 0u)); /* prio_before_head: the repair moved it */
+        /* each level's rest is a suffix of its sequence (FIFO, nothing lost in between), and
+         * the levels come highest first */
+        uint64_t left = shmq_depth(q), n = 0, v, next[GROW_LEVELS] = {0};
+        int seen[GROW_LEVELS] = {0};
+        uint32_t p, lastp = GROW_LEVELS - 1;
+        while (get_u64(q, &v, &p, 0) == SHMQ_OK) {
+            CHECK(p < GROW_LEVELS && p <= lastp && v % GROW_LEVELS == p);
+            if (seen[p])
+                CHECK_EQ(v, next[p]);
+            seen[p] = 1;
+            next[p] = v + GROW_LEVELS;
+            lastp = p;
+            n++;
+        }
+        CHECK_EQ(n, left);
+        CHECK(n > 0);
+        for (uint32_t l = 0; l < GROW_LEVELS; l++)
+            CHECK(!seen[l] || next[l] >= GROW_N); /* each level drained to its last message */
+        shmq_check_t ck;
+        shmq_check(q, &ck);
+        CHECK_EQ(ck.orphan_ready + ck.dead_owned + ck.queued + ck.owned_desc, 0);
+        /* still usable: a second round grows on and keeps the order */
+        for (uint64_t v2 = 0; v2 < GROW_N; v2++)
+            CHECK_EQ(put_u64(q, v2, (uint32_t)(v2 % GROW_LEVELS), 0), SHMQ_OK);
+        lastp = GROW_LEVELS - 1;
+        n = 0;
+        while (get_u64(q, &v, &p, 0) == SHMQ_OK) {
+            CHECK(p <= lastp);
+            lastp = p;
+            n++;
+        }
+        CHECK_EQ(n, GROW_N);
+        CHECK(q->hdr->area_head >= 1); /* the heads moved on past drained areas */
+    }
+}
+
+static const th_role_t roles[] = {{"produce", child_produce},
+                                  {"crash", child_produce_crash},
+                                  {"consume", child_consume_crash},
+                                  {"drain", child_drain},
+                                  {NULL, NULL}};
 
 int main(int argc, char **argv)
 {
@@ -278,5 +355,6 @@ int main(int argc, char **argv)
     RUN(test_killed_before_bit);
     RUN(test_killed_before_clear);
     RUN(test_aging);
+    RUN(test_growth_and_its_crash_points);
     TH_SUMMARY();
 }

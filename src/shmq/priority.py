@@ -15,9 +15,6 @@ __all__ = ["PriorityQueue", "ReliablePriorityQueue"]
 
 DEFAULT_LEVELS = 10
 MAX_LEVELS = 64
-# An anonymous PriorityQueue has a fixed capacity (a level's ring holds as many handles as the
-# queue has message slots, so the queue cannot grow; docs/internals/priority.md).
-ANON_CAPACITY = 8 * 1024 * 1024
 
 _P = TypeVar("_P", bound="PriorityQueue")
 
@@ -34,12 +31,6 @@ def _levels(levels):
 
 def _new(cls: type[_P], name_or_maxsize: Union[str, int], levels: Optional[int], max_wait: Optional[float],
          is_dlq: bool = False, **options: Any) -> _P:
-    capacity = options.get("capacity", _options.DEFAULT)
-    if capacity is None:
-        raise ArgumentError("a PriorityQueue has a fixed capacity (capacity=None, a queue that grows, is not "
-                            "supported for priority queues): pass capacity='64MiB' or another size")
-    if not isinstance(name_or_maxsize, str) and capacity == _options.DEFAULT:
-        options["capacity"] = ANON_CAPACITY
     lv = _levels(levels)
     mw = 0 if max_wait is None else _options.seconds_ns(max_wait, "max_wait", allow_zero=False)
     backend = options.pop("backend", None)
@@ -82,8 +73,9 @@ class PriorityQueue(_core.PriorityOps, Queue):
     message of the highest priority (0 <= priority < levels, higher first; FIFO within a level).
 
     ``PriorityQueue()`` / ``PriorityQueue(maxsize)``: anonymous (passes to children like Queue;
-    a fixed 8 MiB unless capacity= says otherwise). ``PriorityQueue("name", create=True, ...)``:
-    named, with every option of a named Queue (ack=True included) except capacity=None, plus
+    it grows as needed unless capacity= says otherwise, as an anonymous Queue).
+    ``PriorityQueue("name", create=True, ...)``: named, with every option of a named Queue
+    (ack=True and capacity=None, a queue that grows, included), plus
     ``levels`` (1..64, default 10) and ``max_wait`` (seconds: a message ready for longer is
     served before any younger one, whatever its level; None = strict priority).
 

@@ -21,6 +21,8 @@ LEVELS = 4
 PRIO_SCENARIOS = {
     "prio_before_bit": ("produce", 3),
     "prio_mid_clear": ("consume", 1),
+    "prio_after_seal": ("consume", 1),    # growable: tests/crash/test_prio_crash.py::test_growth_points
+    "prio_before_head": ("consume", 1),
 }
 
 
@@ -106,6 +108,38 @@ def test_consumer_killed_before_its_clear(pq, qname, tmp_path):
     assert _drain(pq) == [100, 5, 6, 7, 8, 9]
     _consistent(pq)
     _still_usable(pq, qname, tmp_path)
+
+
+@pytest.mark.parametrize("point", ["prio_after_seal", "prio_before_head"])
+def test_growth_points(point, qname, tmp_path):
+    """A growable queue grown over several areas; a consumer killed after sealing a drained
+    level ring (its level not moved on) or after moving every level on (area_head not): it held
+    nothing, so what it did not take is all delivered once, in priority then FIFO order; the
+    heads move on and drained areas are given back at the next growth."""
+    q = shmq.PriorityQueue(qname, create=True, levels=LEVELS, capacity=None)
+    try:
+        n = 3000
+        for seq in range(n):
+            q.put(struct.pack("<Q", seq) + bytes((seq * 37) % 500), priority=seq % LEVELS)
+        peak = q.stats()["areas"]
+        assert peak >= 3
+        rec = str(tmp_path / "rec")
+        r = _run(["consume", qname, str(n), rec], crash_at=f"{point}:1")
+        assert r.returncode == -9, r.stderr
+        taken = [s for (s,) in _records(rec, "c")]
+        assert taken, "the consumer took messages before the point"
+        got = _drain(q)
+        assert sorted(taken + got) == list(range(n))          # none lost, none twice
+        assert got == sorted(got, key=lambda s: (-(s % LEVELS), s))
+        _consistent(q)
+        for seq in range(n):                                   # grows again: drained areas retire
+            q.put(struct.pack("<Q", seq) + bytes((seq * 37) % 500), priority=seq % LEVELS)
+        assert q.stats()["areas"] < peak + 3
+        assert _drain(q) == sorted(range(n), key=lambda s: (-(s % LEVELS), s))
+        assert q.stats()["bytes_used"] == 0
+    finally:
+        q.close()
+        shmq.unlink(qname)
 
 
 # The queue's points, met inside a level's ring or around it: (role, hit)

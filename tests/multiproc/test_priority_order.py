@@ -82,10 +82,11 @@ def _child(fn):
     return pid
 
 
+@pytest.mark.parametrize("capacity", ["4MiB", None])   # None: grows (level rings in each new area)
 @pytest.mark.parametrize("ack", [False, True])
-def test_two_producers_two_consumers_obey_the_rule(qname, tmp_path, ack):
+def test_two_producers_two_consumers_obey_the_rule(qname, tmp_path, ack, capacity):
     opts = dict(ack=True, visibility_timeout=30) if ack else {}
-    q = shmq.PriorityQueue(qname, create=True, levels=LEVELS, capacity="4MiB", **opts)
+    q = shmq.PriorityQueue(qname, create=True, levels=LEVELS, capacity=capacity, **opts)
 
     def producer(tag):
         rng = random.Random(tag)

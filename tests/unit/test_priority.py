@@ -116,13 +116,11 @@ def test_bad_levels(levels):
         shmq.PriorityQueue(levels=levels)
 
 
-def test_bad_max_wait_and_capacity_none(qname):
+def test_bad_max_wait(qname):
     with pytest.raises(ValueError, match="max_wait"):
         shmq.PriorityQueue(max_wait=-1)
     with pytest.raises(ValueError, match="max_wait"):
         shmq.PriorityQueue(max_wait=0)
-    with pytest.raises(ValueError, match="fixed capacity"):
-        shmq.PriorityQueue(qname, create=True, capacity=None)
 
 
 def test_maxsize_full_and_timeouts(make_pq):
@@ -326,7 +324,7 @@ def _poke(path, off, data):
     (8, struct.pack("<I", 0xFFFFFFFF)),  # levels garbage (region size overflow)
     (12, struct.pack("<I", 40)),         # cells_log2 beyond any region
     (12, struct.pack("<I", 2)),          # cells_log2 too small
-    (256 + 128, struct.pack("<Q", 1 << 40)),  # level 0's tail far beyond its head
+    (512 + 128, struct.pack("<Q", 1 << 40)),  # level 0's tail far beyond its head
 ])
 @pytest.mark.shm_only("a hostile segment: shared memory's priority region")
 def test_corrupt_region_is_refused_at_open(field, data, make_pq, qname):
@@ -381,8 +379,8 @@ def test_garbage_handles_in_a_level_ring_are_skipped(make_pq, qname):
         f.seek(off)
         h = f.read(16)
     _magic, levels, lg = struct.unpack_from("<QII", h)
-    cells = off + 256 + levels * 256 + 1 * (16 << lg)   # level 1's cells
-    tail1 = off + 256 + 1 * 256 + 128
+    cells = off + 512 + levels * 256 + 1 * (16 << lg)   # level 1's cells (after the 512-byte header)
+    tail1 = off + 512 + 1 * 256 + 128
     bogus = [0xFF << 56, (0 << 56) | (0xFFFFFF << 32) | 7, 12345]
     for i, handle in enumerate(bogus):   # FULL at lap 0: word = state FULL(2) << 30
         _poke(path, cells + 16 * i, struct.pack("<QQ", 2 << 30, handle))
