@@ -49,6 +49,7 @@ def main():
         start = args[3] if len(args) > 3 else "latest"
         on_slow = args[4] if len(args) > 4 else None
         delay = float(args[5]) if len(args) > 5 else 0.0
+        first = float(args[6]) if len(args) > 6 else idle   # how long to wait for the first message
         kw = {} if on_slow in (None, "-") else {"on_slow": on_slow}
         sub = t.subscribe(None if sub_name == "-" else sub_name, start=start if start in ("latest", "earliest")
                           else int(start), **kw)
@@ -56,7 +57,7 @@ def main():
         got = 0
         while got < limit:
             try:
-                m = sub.get(timeout=idle)
+                m = sub.get(timeout=idle if got else first)
             except shmq.Empty:
                 break
             pi = check(m.body)

@@ -99,11 +99,13 @@ def test_publishers_and_every_kind_of_subscription(topic_name, tmp_path):
         t.subscribe("group", start="earliest").close()
         t.subscribe("lossy", start="earliest", on_slow="drop_oldest").close()
         files = {k: str(tmp_path / k) for k in ("private", "solo", "g1", "g2", "lossy")}
-        readers = [spawn("read", topic_name, files["private"], "-", 3, total, "latest"),
-                   spawn("read", topic_name, files["solo"], "solo", 3, total),
-                   spawn("read", topic_name, files["g1"], "group", 3, total),
-                   spawn("read", topic_name, files["g2"], "group", 3, total),
-                   spawn("read", topic_name, files["lossy"], "lossy", 3, total, "latest", "drop_oldest")]
+        # readers wait up to 60 s for their first message (the publishers start after them, and
+        # a loaded machine takes seconds to start Python), then 3 s of quiet ends them
+        readers = [spawn("read", topic_name, files["private"], "-", 3, total, "latest", "-", 0, 60),
+                   spawn("read", topic_name, files["solo"], "solo", 3, total, "latest", "-", 0, 60),
+                   spawn("read", topic_name, files["g1"], "group", 3, total, "latest", "-", 0, 60),
+                   spawn("read", topic_name, files["g2"], "group", 3, total, "latest", "-", 0, 60),
+                   spawn("read", topic_name, files["lossy"], "lossy", 3, total, "latest", "drop_oldest", 0, 60)]
         for f in files.values():
             wait_for(f, "READY")
         pubs = [spawn("publish", topic_name, str(tmp_path / f"p{i}"), per, i, 1 + 7 * i) for i in range(n_pub)]
