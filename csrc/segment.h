@@ -199,7 +199,9 @@ typedef struct {
     uint64_t arena_off;
     uint64_t arena_units; /* arena size in 64-byte units */
     uint32_t geometry;    /* SHMQ_GEO_*, the same as the area entry's */
-    uint8_t _pad0[128 - 76];
+    uint32_t parked_hint; /* 1 once a FREE descriptor of this area kept its chunk (arena.h: parked
+                           * chunks); never reset; lets stats skip the descriptor scan otherwise */
+    uint8_t _pad0[128 - 80];
     /* --- arena: lock, accounting and free lists (lock holders only) --- */
     uint32_t arena_lock;
     uint32_t returning;       /* RETURNING descriptors to reclaim: a hint, reset by the reclaimer */
