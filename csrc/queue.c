@@ -31,12 +31,46 @@ int shmq_q_payload_valid(shmq_area_t *a, shmq_desc_t *d)
                                         size <= ((uint64_t)SHMQ_ARENA_UNIT << d->chunk_order));
 }
 
+/* Whether FREE descriptor d would serve a put of chunk order want (UINT32_MAX: inline) without
+ * the arena lock: a hint read without owning d (parked_fits re-checks once it is ours). */
+static inline int desc_warm(shmq_desc_t *d, uint32_t want)
+{
+    uint32_t ch = shmq_load_relaxed(&d->chunk);
+    if (want == UINT32_MAX)
+        return ch == SHMQ_NO_CHUNK;
+    return ch != SHMQ_NO_CHUNK && shmq_load_relaxed(&d->chunk_order) == want;
+}
+
+static int desc_try(shmq_seg_t *q, shmq_area_t *a, uint32_t i, uint64_t w, uint32_t *idx, uint32_t *dgen)
+{
+    uint32_t n = a->n_desc;
+    shmq_desc_t *d = desc_at(a, i);
+    uint32_t g = (shmq_desc_dgen(w) + 1) & SHMQ_DGEN_MASK;
+    /* seq_cst: acquire for the previous owner's writes (chunk reference); ordered before
+     * our later load of the area's state (retire_drained's handshake, segment.c) */
+    if (!shmq_cas_seq(&d->word, &w, shmq_desc_word(g, SHMQ_D_WRITING, q->owner)))
+        return 0;
+    __atomic_store_n(&a->desc_cursor, i + 1 < n ? i + 1 : 0, __ATOMIC_RELAXED);
+    *idx = i;
+    *dgen = g;
+    return 1;
+}
+
+#define SHMQ_WARM_PROBES 8u
+
 /* Claim a FREE descriptor: a scan from this process's cursor. Frees happen in roughly FIFO
- * order, so the next descriptor after the last one claimed is usually free. */
-static int desc_claim(shmq_seg_t *q, shmq_area_t *a, uint32_t *idx, uint32_t *dgen)
+ * order, so the next descriptor after the last one claimed is usually free. Parked chunks
+ * (arena.h): when that descriptor is cold for this payload (no parked chunk of its order, or a
+ * chunk an inline payload would have to return), up to SHMQ_WARM_PROBES others are tried first:
+ * for a chunk, those at the start of the table (the cursor goes back there, so a steady flow
+ * cycles over a working set as deep as the queue, whose chunks stay parked: without this the
+ * cursor laps the whole table and the arena runs out of parked room before it comes round), for
+ * an inline payload the next ones. Bounded: at most 8 extra loads per cold claim. */
+static int desc_claim(shmq_seg_t *q, shmq_area_t *a, uint32_t want, uint32_t *idx, uint32_t *dgen)
 {
     uint32_t n = a->n_desc;
     uint32_t start = __atomic_load_n(&a->desc_cursor, __ATOMIC_RELAXED);
+    int probed = 0;
     for (uint32_t k = 0; k < n; k++) {
         uint32_t i = start + k;
         if (i >= n)
@@ -45,15 +79,19 @@ static int desc_claim(shmq_seg_t *q, shmq_area_t *a, uint32_t *idx, uint32_t *dg
         uint64_t w = shmq_load_relaxed(&d->word);
         if (shmq_desc_state(w) != SHMQ_D_FREE)
             continue;
-        uint32_t g = (shmq_desc_dgen(w) + 1) & SHMQ_DGEN_MASK;
-        /* seq_cst: acquire for the previous owner's writes (chunk reference); ordered before
-         * our later load of the area's state (retire_drained's handshake, segment.c) */
-        if (shmq_cas_seq(&d->word, &w, shmq_desc_word(g, SHMQ_D_WRITING, q->owner))) {
-            __atomic_store_n(&a->desc_cursor, i + 1 < n ? i + 1 : 0, __ATOMIC_RELAXED);
-            *idx = i;
-            *dgen = g;
-            return SHMQ_OK;
+        if (SHMQ_UNLIKELY(!probed && !desc_warm(d, want))) {
+            probed = 1;
+            uint32_t base = want == UINT32_MAX ? i + 1 : 0;
+            for (uint32_t j = 0; j < SHMQ_WARM_PROBES && j < n; j++) {
+                uint32_t pi = (base + j) % n;
+                shmq_desc_t *pd = desc_at(a, pi);
+                uint64_t pw = shmq_load_relaxed(&pd->word);
+                if (pi != i && shmq_desc_state(pw) == SHMQ_D_FREE && desc_warm(pd, want) && desc_try(q, a, pi, pw, idx, dgen))
+                    return SHMQ_OK;
+            }
         }
+        if (desc_try(q, a, i, w, idx, dgen))
+            return SHMQ_OK;
     }
     return SHMQ_FULL;
 }
@@ -124,6 +162,33 @@ static inline int parked_fits(shmq_area_t *a, shmq_desc_t *d, uint32_t want)
 {
     uint32_t unit = d->chunk, order = d->chunk_order;
     return order == want && shmq_arena_ref_valid(a, unit, order) && a->meta[unit] == (SHMQ_META_USED | order);
+}
+
+/* The arena lock stayed held (a stopped holder): claim a FREE descriptor that needs no lock for
+ * this payload, one parking a fitting chunk (or, for an inline payload, none). A scan of the
+ * area's descriptors: only when the lock is unavailable. */
+static int claim_fit(shmq_seg_t *q, shmq_area_t *a, uint32_t want, uint32_t *idx, uint32_t *dgen)
+{
+    for (uint32_t k = 0; k < a->n_desc; k++) {
+        shmq_desc_t *d = desc_at(a, k);
+        uint64_t w = shmq_load_relaxed(&d->word);
+        if (shmq_desc_state(w) != SHMQ_D_FREE)
+            continue;
+        uint32_t ch = shmq_load_relaxed(&d->chunk);
+        if (want == UINT32_MAX ? ch != SHMQ_NO_CHUNK : (ch == SHMQ_NO_CHUNK || shmq_load_relaxed(&d->chunk_order) != want))
+            continue;
+        uint32_t g = (shmq_desc_dgen(w) + 1) & SHMQ_DGEN_MASK;
+        if (!shmq_cas_seq(&d->word, &w, shmq_desc_word(g, SHMQ_D_WRITING, q->owner)))
+            continue;
+        /* re-check now that it is ours (it may have changed hands in between) */
+        if (want == UINT32_MAX ? d->chunk == SHMQ_NO_CHUNK : parked_fits(a, d, want)) {
+            *idx = k;
+            *dgen = g;
+            return SHMQ_OK;
+        }
+        shmq_exchange_seq(&d->word, shmq_desc_word(g, SHMQ_D_FREE, 0));
+    }
+    return SHMQ_FULL;
 }
 
 uint64_t shmq_q_parked_units(shmq_area_t *a)
@@ -392,7 +457,8 @@ static int reserve_room(shmq_seg_t *q, put_ctx *c)
                 continue; /* retired since we read the index: read it again */
             return rc == SHMQ_ESEALED ? SHMQ_ECORRUPT : rc;
         }
-        if (desc_claim(q, a, &c->idx, &c->dgen) == SHMQ_OK) {
+        uint32_t want = c->total <= SHMQ_INLINE_MAX ? UINT32_MAX : shmq_arena_order_for(c->total);
+        if (desc_claim(q, a, want, &c->idx, &c->dgen) == SHMQ_OK) {
             SHMQ_CRASH_POINT(after_desc_claim);
             shmq_desc_t *d = desc_at(a, c->idx);
             /* seq_cst, pairs with retire_drained: a stale area_tail may name an area being given
@@ -402,7 +468,6 @@ static int reserve_room(shmq_seg_t *q, put_ctx *c)
                 continue;
             }
             c->a = a;
-            uint32_t want = c->total <= SHMQ_INLINE_MAX ? UINT32_MAX : shmq_arena_order_for(c->total);
             if (d->chunk == SHMQ_NO_CHUNK) {
                 if (want == UINT32_MAX)
                     return SHMQ_OK;
@@ -419,10 +484,18 @@ static int reserve_room(shmq_seg_t *q, put_ctx *c)
             rc = shmq_lock_try_once(q, &a->hdr->arena_lock, &a->arena_busy);
             if (rc != SHMQ_OK)
                 rc = shmq_lock_acquire(q, &a->hdr->arena_lock, &a->arena_busy, lock_until(c->deadline_ns));
-            if (rc == SHMQ_TIMEOUT) { /* held (by a stopped process?): no room now */
+            if (rc == SHMQ_TIMEOUT) { /* held (by a stopped process?) */
                 desc_release(q, a, d); /* a parked chunk stays with the descriptor */
                 c->a = NULL;
-                q->full_why = SHMQ_WHY_BUSY;
+                if (claim_fit(q, a, want, &c->idx, &c->dgen) == SHMQ_OK) {
+                    /* another FREE descriptor parks what we need: no lock needed */
+                    if (SHMQ_LIKELY(shmq_load_seq(&h->areas[ai].state) == 1)) {
+                        c->a = a;
+                        return SHMQ_OK;
+                    }
+                    desc_release(q, a, desc_at(a, c->idx)); /* being given back (see above) */
+                }
+                q->full_why = SHMQ_WHY_BUSY; /* no room now */
                 return SHMQ_FULL;
             }
             if (rc == SHMQ_EAGAIN)
