@@ -41,16 +41,16 @@ static inline int desc_warm(shmq_desc_t *d, uint32_t want)
     return ch != SHMQ_NO_CHUNK && shmq_load_relaxed(&d->chunk_order) == want;
 }
 
-static int desc_try(shmq_seg_t *q, shmq_area_t *a, uint32_t i, uint64_t w, uint32_t *idx, uint32_t *dgen)
+/* Claim FREE descriptor i (its word was w); the cursor moves to next. */
+static int desc_try(shmq_seg_t *q, shmq_area_t *a, uint32_t i, uint32_t next, uint64_t w, uint32_t *idx, uint32_t *dgen)
 {
-    uint32_t n = a->n_desc;
     shmq_desc_t *d = desc_at(a, i);
     uint32_t g = (shmq_desc_dgen(w) + 1) & SHMQ_DGEN_MASK;
     /* seq_cst: acquire for the previous owner's writes (chunk reference); ordered before
      * our later load of the area's state (retire_drained's handshake, segment.c) */
     if (!shmq_cas_seq(&d->word, &w, shmq_desc_word(g, SHMQ_D_WRITING, q->owner)))
         return 0;
-    __atomic_store_n(&a->desc_cursor, i + 1 < n ? i + 1 : 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&a->desc_cursor, next, __ATOMIC_RELAXED);
     *idx = i;
     *dgen = g;
     return 1;
@@ -86,11 +86,12 @@ static int desc_claim(shmq_seg_t *q, shmq_area_t *a, uint32_t want, uint32_t *id
                 uint32_t pi = (base + j) % n;
                 shmq_desc_t *pd = desc_at(a, pi);
                 uint64_t pw = shmq_load_relaxed(&pd->word);
-                if (pi != i && shmq_desc_state(pw) == SHMQ_D_FREE && desc_warm(pd, want) && desc_try(q, a, pi, pw, idx, dgen))
+                if (pi != i && shmq_desc_state(pw) == SHMQ_D_FREE && desc_warm(pd, want) &&
+                    desc_try(q, a, pi, pi, pw, idx, dgen)) /* next claim starts here: freed again by then? */
                     return SHMQ_OK;
             }
         }
-        if (desc_try(q, a, i, w, idx, dgen))
+        if (desc_try(q, a, i, i + 1 < n ? i + 1 : 0, w, idx, dgen))
             return SHMQ_OK;
     }
     return SHMQ_FULL;
