@@ -164,8 +164,8 @@ void shmq_arena_rebuild_locked(shmq_area_t *a)
     /* Mark every unit of each referenced block USED; the first unit carries the order. */
     for (uint32_t i = 0; i < a->n_desc; i++) {
         shmq_desc_t *d = (shmq_desc_t *)(a->desc + (uint64_t)i * SHMQ_DESC_SIZE);
-        uint64_t w = shmq_load_acquire(&d->word);
-        if (shmq_desc_state(w) == SHMQ_D_FREE || d->chunk == NIL)
+        /* every state, FREE too: a FREE descriptor may keep a parked chunk (arena.h) */
+        if (d->chunk == NIL)
             continue;
         uint32_t unit = d->chunk, order = d->chunk_order;
         int ok = shmq_arena_ref_valid(a, unit, order);

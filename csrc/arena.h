@@ -8,9 +8,17 @@
  * held for O(log n) list operations, never across a payload copy.
  *
  * The invariant at every lock release: each block is free (in its list) or recorded in a
- * descriptor (shmq_desc_t.chunk/chunk_order). alloc writes the block into the descriptor and
- * free clears the descriptor's reference inside the same critical section, so a crash right
- * after either leaves nothing unaccounted for.
+ * descriptor (shmq_desc_t.chunk/chunk_order), in any state, FREE included. alloc writes the
+ * block into the descriptor and free clears the descriptor's reference inside the same critical
+ * section, so a crash right after either leaves nothing unaccounted for.
+ *
+ * Parked chunks (the hot path off this lock, docs/internals/arena.md): a descriptor that goes
+ * back to FREE keeps its chunk. The next put that claims it (a CAS on the descriptor word, no
+ * lock) reuses the chunk when its order is the one the payload needs; otherwise it returns the
+ * chunk and allocates under the lock (queue.c reserve_room). A put that finds the arena full
+ * takes the parked chunks of FREE descriptors back (FREE -> WRITING(us) by CAS, free, FREE).
+ * A block changes hands only with the descriptor that records it, so a parked chunk is never
+ * unaccounted for: the rebuild, the consistency walker and stats count it (stats as free room).
  *
  * Crash windows: a holder killed with the lists half updated: the next acquirer steals the
  * lock (lock.h) and calls shmq_arena_rebuild, which recomputes every list from the

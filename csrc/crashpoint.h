@@ -15,6 +15,9 @@
 #define SHMQ_CRASH_POINTS(X)                                                                  \
     X(after_desc_claim, "put: descriptor claimed (WRITING), payload not yet written")        \
     X(after_alloc, "put: arena chunk recorded in the descriptor, payload not yet written")    \
+    X(chunk_reused, "put: claimed a FREE descriptor whose parked chunk fits, payload not yet written") \
+    X(chunk_mid_swap, "put: arena lock held, the claimed descriptor's parked chunk returned, new one not yet allocated") \
+    X(chunk_mid_unpark, "put (arena full): a FREE descriptor with a parked chunk taken over (WRITING), chunk not yet returned") \
     X(mid_copy, "put: half of the payload written")                                           \
     X(after_claim, "put: descriptor READY, the publishing 16-byte CAS on the cell not yet done") \
     X(before_commit, "put: published by the cell CAS, tail index not yet advanced")           \

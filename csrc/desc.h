@@ -4,9 +4,10 @@
  *   FREE     -> WRITING(owner)   producer claims (CAS), bumps dgen
  *   WRITING  -> READY            producer, after the payload is written, before the ring publish
  *   READY    -> READING(owner)   consumer claims the handle it took from the ring (CAS, checks dgen)
- *   READING  -> FREE             consumer, after copying out (chunk returned first, under the arena lock)
- *   READING  -> RETURNING(owner) consumer, when the arena lock stays held > 1 ms (a stopped holder):
- *                                whoever next holds the lock and needs room returns the chunk
+ *   READING  -> FREE             consumer, after copying out; the chunk stays recorded ("parked",
+ *                                arena.h): the next put that claims it reuses it, no arena lock
+ *   RETURNING(owner)             no longer entered (before parking: a consumer that found the arena
+ *                                lock held > 1 ms); still reclaimed by arena-lock holders and repair
  * At-least-once queues (SHMQ_F_ACK, lease.h) add:
  *   READY    -> INFLIGHT(g+1, owner) receive: the generation is bumped, so every delivery has
  *                                its own stamp; deadline_ns = lease end
@@ -20,7 +21,8 @@
  * A handle = area:8 | index:24 | dgen:32 (28 used); a stale handle fails the dgen check.
  * Crash windows: a descriptor in WRITING or READING whose owner is dead is freed by repair
  * (the put had not returned / at-most-once: the dead consumer's message is the one lost).
- * Payload: inline if it fits, else one arena block (chunk, chunk_order).
+ * Payload: inline if it fits, else one arena block (chunk, chunk_order). A FREE descriptor may
+ * still record a block (parked, arena.h): chunk is meaningful in every state.
  * untrusted: size, chunk and chunk_order are checked against the area before every use.
  */
 #ifndef SHMQ_DESC_H

@@ -21,7 +21,8 @@ void shmq_stats(shmq_seg_t *q, shmq_stats_t *st)
     shmq_area_t *a;
     for (uint32_t i = 0; (a = shmq_q_area_next(q, &i)) != NULL; i++) {
         st->areas++;
-        uint64_t fu = shmq_arena_free_units(a);
+        /* parked chunks (arena.h) are room any put reuses or takes back: counted as free */
+        uint64_t fu = shmq_arena_free_units(a) + shmq_q_parked_units(a);
         used += (a->arena_units > fu ? a->arena_units - fu : 0) * SHMQ_ARENA_UNIT;
     }
     st->bytes_used = used + st->depth * SHMQ_DESC_SIZE;
@@ -227,6 +228,14 @@ void shmq_check(shmq_seg_t *q, shmq_check_t *out)
             uint32_t st = shmq_desc_state(w);
             if (st == SHMQ_D_FREE) {
                 out->free_desc++;
+                if (d->chunk != SHMQ_NO_CHUNK) { /* a parked chunk (arena.h): held, not leaked */
+                    if (shmq_arena_ref_valid(a, d->chunk, d->chunk_order)) {
+                        used += 1ull << d->chunk_order;
+                        out->parked_chunks++;
+                    } else {
+                        out->bad_chunks++;
+                    }
+                }
                 continue;
             }
             if (st == SHMQ_D_READY) {

@@ -66,6 +66,7 @@ typedef struct {
     uint64_t arena_mismatch;/* areas whose free + referenced units != arena size */
     uint64_t bad_areas;     /* areas that fail validation */
     uint64_t queued;        /* ring count over all areas */
+    uint64_t parked_chunks; /* FREE descriptors keeping a chunk for reuse (arena.h): counted as referenced */
 } shmq_check_t;
 
 /* Bind the plain queue's hooks (repair) to an opened segment (kinds.c). */

@@ -31,12 +31,46 @@ int shmq_q_payload_valid(shmq_area_t *a, shmq_desc_t *d)
                                         size <= ((uint64_t)SHMQ_ARENA_UNIT << d->chunk_order));
 }
 
+/* Whether FREE descriptor d would serve a put of chunk order want (UINT32_MAX: inline) without
+ * the arena lock: a hint read without owning d (parked_fits re-checks once it is ours). */
+static inline int desc_warm(shmq_desc_t *d, uint32_t want)
+{
+    uint32_t ch = shmq_load_relaxed(&d->chunk);
+    if (want == UINT32_MAX)
+        return ch == SHMQ_NO_CHUNK;
+    return ch != SHMQ_NO_CHUNK && shmq_load_relaxed(&d->chunk_order) == want;
+}
+
+/* Claim FREE descriptor i (its word was w); the cursor moves to next. */
+static int desc_try(shmq_seg_t *q, shmq_area_t *a, uint32_t i, uint32_t next, uint64_t w, uint32_t *idx, uint32_t *dgen)
+{
+    shmq_desc_t *d = desc_at(a, i);
+    uint32_t g = (shmq_desc_dgen(w) + 1) & SHMQ_DGEN_MASK;
+    /* seq_cst: acquire for the previous owner's writes (chunk reference); ordered before
+     * our later load of the area's state (retire_drained's handshake, segment.c) */
+    if (!shmq_cas_seq(&d->word, &w, shmq_desc_word(g, SHMQ_D_WRITING, q->owner)))
+        return 0;
+    __atomic_store_n(&a->desc_cursor, next, __ATOMIC_RELAXED);
+    *idx = i;
+    *dgen = g;
+    return 1;
+}
+
+#define SHMQ_WARM_PROBES 8u
+
 /* Claim a FREE descriptor: a scan from this process's cursor. Frees happen in roughly FIFO
- * order, so the next descriptor after the last one claimed is usually free. */
-static int desc_claim(shmq_seg_t *q, shmq_area_t *a, uint32_t *idx, uint32_t *dgen)
+ * order, so the next descriptor after the last one claimed is usually free. Parked chunks
+ * (arena.h): when that descriptor is cold for this payload (no parked chunk of its order, or a
+ * chunk an inline payload would have to return), up to SHMQ_WARM_PROBES others are tried first:
+ * for a chunk, those at the start of the table (the cursor goes back there, so a steady flow
+ * cycles over a working set as deep as the queue, whose chunks stay parked: without this the
+ * cursor laps the whole table and the arena runs out of parked room before it comes round), for
+ * an inline payload the next ones. Bounded: at most 8 extra loads per cold claim. */
+static int desc_claim(shmq_seg_t *q, shmq_area_t *a, uint32_t want, uint32_t *idx, uint32_t *dgen)
 {
     uint32_t n = a->n_desc;
     uint32_t start = __atomic_load_n(&a->desc_cursor, __ATOMIC_RELAXED);
+    int probed = 0;
     for (uint32_t k = 0; k < n; k++) {
         uint32_t i = start + k;
         if (i >= n)
@@ -45,40 +79,134 @@ static int desc_claim(shmq_seg_t *q, shmq_area_t *a, uint32_t *idx, uint32_t *dg
         uint64_t w = shmq_load_relaxed(&d->word);
         if (shmq_desc_state(w) != SHMQ_D_FREE)
             continue;
-        uint32_t g = (shmq_desc_dgen(w) + 1) & SHMQ_DGEN_MASK;
-        /* seq_cst: acquire for the previous owner's writes (chunk reference); ordered before
-         * our later load of the area's state (retire_drained's handshake, segment.c) */
-        if (shmq_cas_seq(&d->word, &w, shmq_desc_word(g, SHMQ_D_WRITING, q->owner))) {
-            __atomic_store_n(&a->desc_cursor, i + 1 < n ? i + 1 : 0, __ATOMIC_RELAXED);
-            *idx = i;
-            *dgen = g;
-            return SHMQ_OK;
+        if (SHMQ_UNLIKELY(!probed && !desc_warm(d, want))) {
+            probed = 1;
+            uint32_t base = want == UINT32_MAX ? i + 1 : 0;
+            for (uint32_t j = 0; j < SHMQ_WARM_PROBES && j < n; j++) {
+                uint32_t pi = (base + j) % n;
+                shmq_desc_t *pd = desc_at(a, pi);
+                uint64_t pw = shmq_load_relaxed(&pd->word);
+                if (pi != i && shmq_desc_state(pw) == SHMQ_D_FREE && desc_warm(pd, want) &&
+                    desc_try(q, a, pi, pi, pw, idx, dgen)) /* next claim starts here: freed again by then? */
+                    return SHMQ_OK;
+            }
         }
+        if (desc_try(q, a, i, i + 1 < n ? i + 1 : 0, w, idx, dgen))
+            return SHMQ_OK;
     }
     return SHMQ_FULL;
 }
 
 static uint32_t reclaim_returning_locked(shmq_seg_t *q, shmq_area_t *a);
 
-static void chunk_free(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d)
-{
-    if (d->chunk == SHMQ_NO_CHUNK)
-        return;
-    int rc = shmq_lock_acquire(q, &a->hdr->arena_lock, &a->arena_busy, SHMQ_NO_DEADLINE);
-    if (rc == SHMQ_EAGAIN)
-        shmq_arena_rebuild_locked(a); /* the previous holder died mid-update */
-    shmq_arena_free_locked(a, d);
-    shmq_lock_release(q, &a->hdr->arena_lock, &a->arena_busy);
-}
-
-/* Release a descriptor we own (WRITING or READING) back to FREE. */
+/* Release a descriptor we own (WRITING or READING) back to FREE. Its chunk, if any, stays
+ * recorded in it: parked for the next put that claims the descriptor (arena.h), so neither side
+ * of a put/get takes the arena lock when sizes repeat. No lock here: a stopped process holds no
+ * chunk that another cannot reach. */
 static void desc_release(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d)
 {
-    chunk_free(q, a, d);
+    (void)q;
+    if (d->chunk != SHMQ_NO_CHUNK && SHMQ_UNLIKELY(!shmq_load_relaxed(&a->hdr->parked_hint)))
+        shmq_store_relaxed(&a->hdr->parked_hint, 1u);
     uint64_t w = shmq_load_relaxed(&d->word);
-    /* exchange (a full barrier on x86): the free must be visible before we read the put-waiter
-     * count (lost-wake-up rule, wait.h). */
+    /* exchange (a full barrier on x86): our reads of the payload are done before anyone may
+     * reuse the chunk, and the free is visible before we read the put-waiter count
+     * (lost-wake-up rule, wait.h). */
     shmq_exchange_seq(&d->word, shmq_desc_word(shmq_desc_dgen(w), SHMQ_D_FREE, 0));
+}
+
+/* Arena lock held. Take back the parked chunks of area a's FREE descriptors (the arena is full
+ * for a put): each descriptor is first won by CAS (FREE -> WRITING(us), the same dgen), so a
+ * put claiming it at the same moment either gets it with its chunk or not at all. How many. */
+static uint32_t unpark_locked(shmq_seg_t *q, shmq_area_t *a)
+{
+    uint32_t n = 0;
+    if (!shmq_load_relaxed(&a->hdr->parked_hint))
+        return 0;
+    for (uint32_t k = 0; k < a->n_desc; k++) {
+        shmq_desc_t *d = desc_at(a, k);
+        uint64_t w = shmq_load_relaxed(&d->word);
+        if (shmq_desc_state(w) != SHMQ_D_FREE || shmq_load_relaxed(&d->chunk) == SHMQ_NO_CHUNK)
+            continue;
+        uint64_t exp = w;
+        if (!shmq_cas_acq_rel(&d->word, &exp, shmq_desc_word(shmq_desc_dgen(w), SHMQ_D_WRITING, q->owner)))
+            continue;
+        /* killed here: the lock is stolen and rebuilt (the descriptor still records its chunk),
+         * and repair frees the descriptor we hold (queue_repair_owner: WRITING of a dead owner) */
+        SHMQ_CRASH_POINT(chunk_mid_unpark);
+        if (d->chunk != SHMQ_NO_CHUNK)
+            shmq_arena_free_locked(a, d);
+        shmq_exchange_seq(&d->word, shmq_desc_word(shmq_desc_dgen(w), SHMQ_D_FREE, 0));
+        n++;
+    }
+    return n;
+}
+
+/* Repair only (cold): release a dead owner's descriptor and give its chunk back to the arena
+ * itself, not parked, so a repaired slot leaves its room in the free lists. */
+static void desc_release_to_arena(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d)
+{
+    if (d->chunk != SHMQ_NO_CHUNK) {
+        int rc = shmq_lock_acquire(q, &a->hdr->arena_lock, &a->arena_busy, SHMQ_NO_DEADLINE);
+        if (rc == SHMQ_EAGAIN)
+            shmq_arena_rebuild_locked(a); /* the previous holder died mid-update */
+        shmq_arena_free_locked(a, d);
+        shmq_lock_release(q, &a->hdr->arena_lock, &a->arena_busy);
+    }
+    desc_release(q, a, d);
+}
+
+/* 1 if the chunk parked in d (just claimed by us) is a sane block of the order we need.
+ * untrusted: in the arena, aligned, and the metadata agrees it is a used block of that order
+ * (nobody else changes the metadata of a block a descriptor we hold records). */
+static inline int parked_fits(shmq_area_t *a, shmq_desc_t *d, uint32_t want)
+{
+    uint32_t unit = d->chunk, order = d->chunk_order;
+    return order == want && shmq_arena_ref_valid(a, unit, order) && a->meta[unit] == (SHMQ_META_USED | order);
+}
+
+/* The arena lock stayed held (a stopped holder): claim a FREE descriptor that needs no lock for
+ * this payload, one parking a fitting chunk (or, for an inline payload, none). A scan of the
+ * area's descriptors: only when the lock is unavailable. */
+static int claim_fit(shmq_seg_t *q, shmq_area_t *a, uint32_t want, uint32_t *idx, uint32_t *dgen)
+{
+    for (uint32_t k = 0; k < a->n_desc; k++) {
+        shmq_desc_t *d = desc_at(a, k);
+        uint64_t w = shmq_load_relaxed(&d->word);
+        if (shmq_desc_state(w) != SHMQ_D_FREE)
+            continue;
+        uint32_t ch = shmq_load_relaxed(&d->chunk);
+        if (want == UINT32_MAX ? ch != SHMQ_NO_CHUNK : (ch == SHMQ_NO_CHUNK || shmq_load_relaxed(&d->chunk_order) != want))
+            continue;
+        uint32_t g = (shmq_desc_dgen(w) + 1) & SHMQ_DGEN_MASK;
+        if (!shmq_cas_seq(&d->word, &w, shmq_desc_word(g, SHMQ_D_WRITING, q->owner)))
+            continue;
+        /* re-check now that it is ours (it may have changed hands in between) */
+        if (want == UINT32_MAX ? d->chunk == SHMQ_NO_CHUNK : parked_fits(a, d, want)) {
+            *idx = k;
+            *dgen = g;
+            return SHMQ_OK;
+        }
+        shmq_exchange_seq(&d->word, shmq_desc_word(g, SHMQ_D_FREE, 0));
+    }
+    return SHMQ_FULL;
+}
+
+uint64_t shmq_q_parked_units(shmq_area_t *a)
+{
+    uint64_t n = 0;
+    if (!shmq_load_relaxed(&a->hdr->parked_hint))
+        return 0;
+    for (uint32_t k = 0; k < a->n_desc; k++) {
+        shmq_desc_t *d = desc_at(a, k);
+        if (shmq_desc_state(shmq_load_acquire(&d->word)) != SHMQ_D_FREE)
+            continue;
+        uint32_t unit = shmq_load_relaxed(&d->chunk);
+        uint32_t order = shmq_load_relaxed(&d->chunk_order);
+        if (unit != SHMQ_NO_CHUNK && shmq_arena_ref_valid(a, unit, order))
+            n += 1ull << order;
+    }
+    return n;
 }
 
 /* Publish the CPU we run on (spin policy of the other side). sched_getcpu is a TLS read with
@@ -330,7 +458,8 @@ static int reserve_room(shmq_seg_t *q, put_ctx *c)
                 continue; /* retired since we read the index: read it again */
             return rc == SHMQ_ESEALED ? SHMQ_ECORRUPT : rc;
         }
-        if (desc_claim(q, a, &c->idx, &c->dgen) == SHMQ_OK) {
+        uint32_t want = c->total <= SHMQ_INLINE_MAX ? UINT32_MAX : shmq_arena_order_for(c->total);
+        if (desc_claim(q, a, want, &c->idx, &c->dgen) == SHMQ_OK) {
             SHMQ_CRASH_POINT(after_desc_claim);
             shmq_desc_t *d = desc_at(a, c->idx);
             /* seq_cst, pairs with retire_drained: a stale area_tail may name an area being given
@@ -340,29 +469,57 @@ static int reserve_room(shmq_seg_t *q, put_ctx *c)
                 continue;
             }
             c->a = a;
-            d->chunk = SHMQ_NO_CHUNK;
-            if (c->total <= SHMQ_INLINE_MAX)
+            if (d->chunk == SHMQ_NO_CHUNK) {
+                if (want == UINT32_MAX)
+                    return SHMQ_OK;
+            } else if (SHMQ_LIKELY(parked_fits(a, d, want))) {
+                /* the descriptor's parked chunk fits: the hot path, no arena lock */
+                SHMQ_CRASH_POINT(chunk_reused);
                 return SHMQ_OK;
+            } else if (!shmq_arena_ref_valid(a, d->chunk, d->chunk_order)) {
+                d->chunk = SHMQ_NO_CHUNK; /* untrusted: garbage is never handed to the arena */
+                if (want == UINT32_MAX)
+                    return SHMQ_OK;
+            }
             /* a free lock is the common case: no clock read for a deadline unless we must wait */
             rc = shmq_lock_try_once(q, &a->hdr->arena_lock, &a->arena_busy);
             if (rc != SHMQ_OK)
                 rc = shmq_lock_acquire(q, &a->hdr->arena_lock, &a->arena_busy, lock_until(c->deadline_ns));
-            if (rc == SHMQ_TIMEOUT) { /* held (by a stopped process?): no room now */
-                desc_release(q, a, d);
+            if (rc == SHMQ_TIMEOUT) { /* held (by a stopped process?) */
+                desc_release(q, a, d); /* a parked chunk stays with the descriptor */
                 c->a = NULL;
-                q->full_why = SHMQ_WHY_BUSY;
+                if (claim_fit(q, a, want, &c->idx, &c->dgen) == SHMQ_OK) {
+                    /* another FREE descriptor parks what we need: no lock needed */
+                    if (SHMQ_LIKELY(shmq_load_seq(&h->areas[ai].state) == 1)) {
+                        c->a = a;
+                        return SHMQ_OK;
+                    }
+                    desc_release(q, a, desc_at(a, c->idx)); /* being given back (see above) */
+                }
+                q->full_why = SHMQ_WHY_BUSY; /* no room now */
                 return SHMQ_FULL;
             }
             if (rc == SHMQ_EAGAIN)
                 shmq_arena_rebuild_locked(a);
             if (SHMQ_UNLIKELY(shmq_load_relaxed(&a->hdr->returning)))
                 reclaim_returning_locked(q, a);
-            rc = shmq_arena_alloc_locked(a, d, c->total);
-            if (rc == SHMQ_FULL && reclaim_returning_locked(q, a))
-                rc = shmq_arena_alloc_locked(a, d, c->total); /* room consumers left to return */
+            if (d->chunk != SHMQ_NO_CHUNK) {
+                /* a parked chunk of another size: swap it (one lock round instead of two) */
+                shmq_arena_free_locked(a, d);
+                SHMQ_CRASH_POINT(chunk_mid_swap);
+            }
+            rc = SHMQ_OK;
+            if (want != UINT32_MAX) {
+                rc = shmq_arena_alloc_locked(a, d, c->total);
+                if (rc == SHMQ_FULL && reclaim_returning_locked(q, a))
+                    rc = shmq_arena_alloc_locked(a, d, c->total); /* room consumers left to return */
+                if (rc == SHMQ_FULL && unpark_locked(q, a))
+                    rc = shmq_arena_alloc_locked(a, d, c->total); /* room parked in FREE descriptors */
+            }
             shmq_lock_release(q, &a->hdr->arena_lock, &a->arena_busy);
             if (rc == SHMQ_OK) {
-                SHMQ_CRASH_POINT(after_alloc);
+                if (want != UINT32_MAX)
+                    SHMQ_CRASH_POINT(after_alloc);
                 return SHMQ_OK;
             }
             desc_release(q, a, d);
@@ -942,35 +1099,9 @@ static uint32_t reclaim_returning_locked(shmq_seg_t *q, shmq_area_t *a)
     return n;
 }
 
-/* Free a taken message's descriptor and chunk. The arena lock is held for a few list operations,
- * so we wait up to 1 ms for it (a dead holder's is stolen). A holder stalled longer (stopped,
- * descheduled) must not stall consumers: the descriptor becomes RETURNING and the chunk goes
- * back when some process holding that lock needs room (put_reserve), or by repair. */
-static void release_taken(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d)
-{
-    if (d->chunk == SHMQ_NO_CHUNK) {
-        desc_release(q, a, d);
-        return;
-    }
-    int rc = shmq_lock_try_once(q, &a->hdr->arena_lock, &a->arena_busy); /* usually free: no clock read */
-    if (rc != SHMQ_OK)
-        rc = shmq_lock_acquire(q, &a->hdr->arena_lock, &a->arena_busy, shmq_now_mono_ns() + SHMQ_DEFER_AFTER_NS);
-    if (rc == SHMQ_TIMEOUT) {
-        uint64_t w = shmq_load_relaxed(&d->word);
-        /* release: our reads of the payload are done before anyone may reuse the chunk */
-        shmq_store_release(&d->word, shmq_desc_word(shmq_desc_dgen(w), SHMQ_D_RETURNING, q->owner));
-        shmq_fetch_add_seq(&a->hdr->returning, 1); /* after the mark: see reclaim_returning_locked */
-        return;
-    }
-    if (rc == SHMQ_EAGAIN)
-        shmq_arena_rebuild_locked(a); /* stolen from a dead holder */
-    shmq_arena_free_locked(a, d);
-    if (SHMQ_UNLIKELY(shmq_load_relaxed(&a->hdr->returning)))
-        reclaim_returning_locked(q, a); /* a stalled holder let go: return what waited for it */
-    shmq_lock_release(q, &a->hdr->arena_lock, &a->arena_busy);
-    uint64_t w = shmq_load_relaxed(&d->word);
-    shmq_exchange_seq(&d->word, shmq_desc_word(shmq_desc_dgen(w), SHMQ_D_FREE, 0));
-}
+/* Free a taken message's descriptor: its chunk stays parked in it (desc_release), so a
+ * consumer never waits for the arena lock, even when its holder is stopped. */
+static void release_taken(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d) { desc_release(q, a, d); }
 
 void shmq_get_end(shmq_seg_t *q, shmq_msg_t *m)
 {
@@ -1172,7 +1303,7 @@ static void free_dead_desc(shmq_seg_t *q, shmq_area_t *a, shmq_desc_t *d, uint64
     /* A repairer killed here leaves the descriptor stamped with its own (now dead) id: the
      * repair of the repairer frees it. Nothing is lost that was not already lost. */
     SHMQ_CRASH_POINT(mid_repair);
-    release_with_unit(q, a, d, desc_release);
+    release_with_unit(q, a, d, desc_release_to_arena);
     if (was_ready && (h->flags & SHMQ_F_JOINABLE))
         __atomic_fetch_sub(&h->unfinished, 1, __ATOMIC_SEQ_CST);
 }

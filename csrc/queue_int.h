@@ -20,6 +20,9 @@ shmq_area_t *shmq_q_area_next(shmq_seg_t *q, uint32_t *i);
 
 /* untrusted: the payload of a descriptor we own lies inside it or its arena block. */
 int shmq_q_payload_valid(shmq_area_t *a, shmq_desc_t *d);
+/* Units of area a held as parked chunks by FREE descriptors (arena.h); a scan, 0 at once for an
+ * area that never parked one. For stats and the consistency walk. */
+uint64_t shmq_q_parked_units(shmq_area_t *a);
 
 /* What a kind layered over the queue adds to a put (lease.c: sends). */
 typedef struct {

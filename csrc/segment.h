@@ -37,7 +37,9 @@
 
 #define SHMQ_MAGIC 0x3176514d48530a7fULL /* "\x7f\nSHMQv1" little-endian (the magic of every layout version) */
 #define SHMQ_AREA_MAGIC 0x61657261514d4853ULL /* "SHMQarea" */
-#define SHMQ_LAYOUT_VERSION 2u /* 2: region table (1: a fixed at-least-once block in the header) */
+#define SHMQ_LAYOUT_VERSION 3u /* 3: FREE descriptors may keep a parked chunk (arena.h): a v2 process's
+                                * rebuild would hand such a chunk out twice, so v2 must refuse v3 files.
+                                * 2: region table (1: a fixed at-least-once block in the header) */
 #define SHMQ_READY 0x52454459u /* init_state once fully built */
 
 #define SHMQ_KIND_QUEUE 1u
@@ -201,7 +203,9 @@ typedef struct {
     uint64_t arena_off;
     uint64_t arena_units; /* arena size in 64-byte units */
     uint32_t geometry;    /* SHMQ_GEO_*, the same as the area entry's */
-    uint8_t _pad0[128 - 76];
+    uint32_t parked_hint; /* 1 once a FREE descriptor of this area kept its chunk (arena.h: parked
+                           * chunks); never reset; lets stats skip the descriptor scan otherwise */
+    uint8_t _pad0[128 - 80];
     /* --- arena: lock, accounting and free lists (lock holders only) --- */
     uint32_t arena_lock;
     uint32_t returning;       /* RETURNING descriptors to reclaim: a hint, reset by the reclaimer */

@@ -193,6 +193,74 @@ static void test_killed_while_attaching_or_repairing(void)
     CHECK_EQ(st.bytes_used, 0);
 }
 
+/* Parked chunks (arena.h): a FREE descriptor keeps its chunk for the next put. A putter killed
+ * while reusing one (chunk_reused), while swapping one of another size under the arena lock
+ * (chunk_mid_swap), or while taking parked chunks back from FREE descriptors because the arena
+ * was full (chunk_mid_unpark) leaks nothing: the walker counts parked chunks as referenced and
+ * finds no mismatch, and the whole arena is usable again. */
+static int put_n(shmq_seg_t *q, size_t size, uint64_t deadline)
+{
+    static uint8_t buf[8192];
+    shmq_iov_t iov = {buf, size};
+    int n = 0;
+    while (shmq_put(q, &iov, 1, 1, deadline, NULL) == SHMQ_OK)
+        n++;
+    return n;
+}
+
+static void drain(shmq_seg_t *q)
+{
+    shmq_msg_t m;
+    while (shmq_get_begin(q, &m, 0) == SHMQ_OK)
+        shmq_get_end(q, &m);
+}
+
+static void test_killed_with_parked_chunks(void)
+{
+    /* {point, bytes the parent parks first (0: fill the arena with 1000-byte chunks)} */
+    static const struct {
+        const char *point;
+        size_t warm;
+    } pts[] = {{"chunk_reused", 5000}, {"chunk_mid_swap", 1000}, {"chunk_mid_unpark", 0}};
+    for (unsigned i = 0; i < sizeof pts / sizeof pts[0]; i++) {
+        char path[128];
+        th_path(path, sizeof path, pts[i].point);
+        shmq_create_opts_t o = th_opts(path, 1 << 20, 0, 0);
+        shmq_seg_t *q = th_create(&o);
+        CHECK(q != NULL);
+        static uint8_t buf[8192];
+        shmq_iov_t iov = {buf, pts[i].warm ? pts[i].warm : 1000};
+        int filled = 0;
+        if (pts[i].warm) {
+            CHECK_EQ(shmq_put(q, &iov, 1, 1, 0, NULL), SHMQ_OK);
+        } else {
+            filled = put_n(q, 1000, 0);
+            CHECK(filled > 100);
+        }
+        drain(q); /* every chunk now parked in a FREE descriptor */
+        shmq_check_t ck;
+        shmq_check(q, &ck);
+        CHECK_EQ(ck.parked_chunks, filled ? (uint64_t)filled : 1);
+        CHECK_EQ(ck.arena_mismatch, 0); /* parked is referenced, not leaked */
+        shmq_stats_t st;
+        shmq_stats(q, &st);
+        CHECK_EQ(st.bytes_used, 0); /* parked is free room */
+        CHECK(th_killed(th_wait(th_spawn(pts[i].point, "put", path, "1", "5000", NULL), 20000)));
+        CHECK_CONSISTENT(q);
+        CHECK_EQ(shmq_depth(q), 0);
+        /* the queue goes on: the whole arena is usable by a size nobody parked */
+        int n = put_n(q, 8000, th_after_ms(200));
+        CHECK(n * 8192 >= (int)(((1 << 20) * 3 / 4) * 0.8));
+        drain(q);
+        CHECK_CONSISTENT(q);
+        shmq_stats(q, &st);
+        CHECK_EQ(st.depth, 0);
+        CHECK_EQ(st.bytes_used, 0);
+        shmq_close(q);
+        CHECK_EQ(unlink(path), 0);
+    }
+}
+
 static void test_crash_table(void)
 {
     CHECK(shmq_crash_count() >= 10);
@@ -240,5 +308,6 @@ int main(int argc, char **argv)
     RUN(test_killed_getter_at_every_get_point);
     RUN(test_killed_with_the_grow_lock);
     RUN(test_killed_while_attaching_or_repairing);
+    RUN(test_killed_with_parked_chunks);
     TH_SUMMARY();
 }

@@ -3,6 +3,9 @@
 #define _GNU_SOURCE
 #include <sys/stat.h>
 
+#include "../arena.h"
+#include "../inspect.h"
+#include "../lock.h"
 #include "../queue.h"
 #include "../kinds.h"
 #include "../participants.h"
@@ -249,6 +252,64 @@ static void test_joinable(void)
     CHECK_EQ(st.unfinished, 0);
 }
 
+/* Parked chunks (arena.h): once a size's chunks are parked, puts and gets of that size take
+ * no arena lock, so a holder that never lets go (stopped) stalls neither side; a put of another
+ * size gets no room while the lock is held, and does once it is free. The walker agrees
+ * throughout. */
+static int put_bytes(shmq_seg_t *q, const uint8_t *p, uint64_t n) { return th_put_bytes(q, p, n, 0); }
+static int64_t get_bytes(shmq_seg_t *q, uint8_t *out, uint64_t cap)
+{
+    uint64_t n;
+    return th_get_bytes(q, out, cap, &n, 0) == SHMQ_OK ? (int64_t)n : -1;
+}
+
+static void test_parked_chunks_need_no_lock(void)
+{
+    char path[128];
+    th_path(path, sizeof path, "parked");
+    shmq_create_opts_t o = th_opts(path, 1 << 20, 0, 0);
+    shmq_seg_t *q = th_create(&o);
+    CHECK(q != NULL);
+    shmq_seg_t *holder = th_open(path);
+    CHECK(holder != NULL);
+    static uint8_t buf[20000], out[20000];
+    for (int i = 0; i < 16; i++)
+        CHECK_EQ(put_bytes(q, buf, 1000), SHMQ_OK);
+    for (int i = 0; i < 16; i++)
+        CHECK_EQ(get_bytes(q, out, sizeof out), 1000);
+    shmq_area_t *a = th_area0(q);
+    shmq_area_t *ha = &holder->areas[0];
+    CHECK_EQ(shmq_lock_acquire(holder, &ha->hdr->arena_lock, th_lock_flag(holder, &ha->hdr->arena_lock), SHMQ_NO_DEADLINE),
+             SHMQ_OK);
+    uint64_t free_before = shmq_arena_free_units(a);
+    for (int i = 0; i < 5000; i++) { /* depth 1..3, the same size: always a parked chunk at hand */
+        memset(buf, i & 0xff, 1000);
+        CHECK_EQ(put_bytes(q, buf, 1000), SHMQ_OK);
+        if (i % 3 == 2) {
+            for (int k = 0; k < 3; k++)
+                CHECK_EQ(get_bytes(q, out, sizeof out), 1000);
+            CHECK_EQ(out[0], i & 0xff);
+        }
+    }
+    while (get_bytes(q, out, sizeof out) > 0)
+        ;
+    CHECK_EQ(shmq_arena_free_units(a), free_before); /* no list operation happened */
+    CHECK_EQ(put_bytes(q, buf, 20000), SHMQ_FULL); /* another order needs the lock: no room now */
+    shmq_lock_release(holder, &ha->hdr->arena_lock, th_lock_flag(holder, &ha->hdr->arena_lock));
+    CHECK_EQ(put_bytes(q, buf, 20000), SHMQ_OK);
+    CHECK_EQ(get_bytes(q, out, sizeof out), 20000);
+    shmq_check_t ck;
+    shmq_check(q, &ck);
+    CHECK(ck.parked_chunks >= 2);
+    CHECK_EQ(ck.arena_mismatch + ck.bad_chunks + ck.owned_desc + ck.ready_desc, 0);
+    shmq_stats_t st;
+    shmq_stats(q, &st);
+    CHECK_EQ(st.bytes_used, 0);
+    shmq_close(holder);
+    shmq_close(q);
+    CHECK_EQ(unlink(path), 0);
+}
+
 int main(void)
 {
     RUN(test_fifo_and_sizes);
@@ -259,5 +320,6 @@ int main(void)
     RUN(test_growable_gives_drained_areas_back);
     RUN(test_peek_purge_check);
     RUN(test_joinable);
+    RUN(test_parked_chunks_need_no_lock);
     TH_SUMMARY();
 }

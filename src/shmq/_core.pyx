@@ -1713,7 +1713,8 @@ cdef class Core:
         self._leave()
         return {"free_desc": ck.free_desc, "ready_desc": ck.ready_desc, "owned_desc": ck.owned_desc,
                 "dead_owned": ck.dead_owned, "orphan_ready": ck.orphan_ready, "bad_chunks": ck.bad_chunks,
-                "arena_mismatch": ck.arena_mismatch, "bad_areas": ck.bad_areas, "queued": ck.queued}
+                "arena_mismatch": ck.arena_mismatch, "bad_areas": ck.bad_areas, "queued": ck.queued,
+                "parked_chunks": ck.parked_chunks}
 
     def _validate(self):
         cdef int rc

@@ -164,6 +164,7 @@ cdef extern from "queue.h" nogil:
         uint64_t arena_mismatch
         uint64_t bad_areas
         uint64_t queued
+        uint64_t parked_chunks
     ctypedef struct shmq_peek_t:
         uint64_t id
         uint64_t timestamp_ns

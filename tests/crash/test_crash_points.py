@@ -27,7 +27,39 @@ SCENARIOS = {
     "before_free": ("consume", "bounded", "mixed", 9),
     "attach_locked": ("attach", "bounded", "mixed", 1),
     "mid_repair": ("repair", "bounded", "large", 1),
+    # parked chunks (docs/internals/arena.md): the parent parks chunks first (_warm)
+    "chunk_reused": ("produce", "bounded", "large", 5),
+    "chunk_mid_swap": ("produce", "bounded", "large", 3),
+    "chunk_mid_unpark": ("produce", "bounded", "large", 1),
 }
+
+
+def _warm(q, point):
+    """Leave chunks parked in FREE descriptors, as a worker's puts will find them: of the sizes
+    it puts (chunk_reused), of another size (chunk_mid_swap), or the whole arena in 1000-byte
+    chunks, so its first put must take parked chunks back (chunk_mid_unpark)."""
+    if point == "chunk_reused":
+        for seq in range(60):
+            q.put(struct.pack("<Q", seq) + bytes(3000 + (seq % 7) * 1000))
+    elif point == "chunk_mid_swap":
+        for seq in range(60):
+            q.put(bytes(1000))
+    elif point == "chunk_mid_unpark":
+        n = 0
+        while True:
+            try:
+                q.put_nowait(bytes(1000))
+                n += 1
+            except shmq.Full:
+                break
+        assert n > 500
+    else:
+        return
+    while q.qsize():
+        q.get(timeout=1)
+    ck = q._consistency()
+    assert ck["parked_chunks"] >= 60 and ck["arena_mismatch"] == 0, ck
+    assert q.stats()["bytes_used"] == 0  # parked chunks are free room
 
 
 def test_every_crash_point_has_a_crash_test():
@@ -82,6 +114,7 @@ def test_kill_at_crash_point(point, qname, tmp_path):
     record = str(tmp_path / "record")
     try:
         n = 60
+        _warm(q, point)
         if role == "consume":
             for seq in range(n):
                 q.put(struct.pack("<Q", seq) + bytes(3000 if mode == "large" else (seq * 37) % 2000))

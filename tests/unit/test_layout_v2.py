@@ -50,7 +50,7 @@ def test_version_1_segment_names_both_versions(qname):
         _write(q.path, 8, (1).to_bytes(4, "little"))
         with pytest.raises(shmq.IncompatibleQueueError) as ei:
             shmq.Queue(qname)
-        assert "layout version 1" in str(ei.value) and "layout version 2" in str(ei.value)
+        assert "layout version 1" in str(ei.value) and "layout version 3" in str(ei.value)  # 3: parked chunks
     finally:
         shmq.unlink(qname)
 
