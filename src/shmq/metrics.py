@@ -86,6 +86,31 @@ _HIST_EDGES = tuple(range(0, _latency.N_BUCKETS - 1, 2))   # bucket b's upper ed
 _HIST_LE = tuple(_latency.UPPER_S[b] for b in _HIST_EDGES)
 _HIST_LE_TEXT = tuple(repr(v) for v in _HIST_LE) + ("+Inf",)
 
+# A topic's subscriptions (labels queue = the topic, subscription, kind = "block", "drop_oldest",
+# "ack" or "private"): (metric name, type, key of the subscription's figures, help). A named
+# subscription's figures are its group's, kept in shared memory; the private subscriptions of a
+# topic are one row (subscription="", kind="private") and only have histograms (their cursors
+# and counts are process-local). in_flight and the ack counters only for ack subscriptions.
+_SUB_FAMILIES = (
+    ("shmq_subscription_lag", "gauge", "lag", "Messages published and not yet delivered to the subscription."),
+    ("shmq_subscription_consumers", "gauge", "consumers", "Live handles reading the subscription."),
+    ("shmq_subscription_in_flight", "gauge", "in_flight",
+     "Messages delivered under a lease and not yet acked (ack subscriptions)."),
+    ("shmq_subscription_delivered_total", "counter", "delivered", "Messages delivered to the subscription."),
+    ("shmq_subscription_missed_total", "counter", "missed",
+     "Messages the subscription lost: overrun (drop_oldest) or past retention before delivery."),
+    ("shmq_subscription_acked_total", "counter", "acked", "Deliveries acked (ack subscriptions)."),
+    ("shmq_subscription_redelivered_total", "counter", "redelivered",
+     "Deliveries put back for another try: lease expiry, nack, a member's death (ack subscriptions)."),
+    ("shmq_subscription_dead_lettered_total", "counter", "dead_lettered",
+     "Messages moved to the dead-letter queue (ack subscriptions)."),
+)
+_SUB_HIST_FAMILIES = (
+    ("shmq_subscription_wait_seconds", "wait", "wait_sum_ns", "Time in the log, publish to delivery to the subscription."),
+    ("shmq_subscription_process_seconds", "process", "process_sum_ns",
+     "Processing time, receive to ack (ack subscriptions)."),
+)
+
 # Why an entry named shmq.* of this user was not rendered (shmq_scrape_errors{reason=...}).
 SCRAPE_ERROR_REASONS = ("corrupt", "incompatible", "no-permission", "unreadable", "not-a-queue", "bad-name")
 
@@ -132,7 +157,9 @@ def _scrape_stats(core: _core.Core, prev: Optional[list[Any]] = None) -> dict[st
     with the summed histograms under "histograms", from one call into the core. prev: the cache
     entry of the last scrape ([inode, core, signature, stats]): an empty queue whose figures are
     all unchanged gets its previous stats object back (render() then reuses its lines)."""
-    sig, st, hist = core._scrape(prev[2] if prev is not None and prev[3] is not None else 0)
+    topic = prev is not None and prev[3] is not None and prev[3]["kind"] == _core.KIND_TOPIC
+    # a topic's subscription figures are not in the signature: read them on every scrape
+    sig, st, hist = core._scrape(prev[2] if prev is not None and prev[3] is not None and not topic else 0)
     if st is None:
         assert prev is not None
         if not prev[3]["depth"]:
@@ -155,9 +182,35 @@ def _scrape_stats(core: _core.Core, prev: Optional[list[Any]] = None) -> dict[st
         st["process_p50_s"] = _latency.quantile(p, 0.5) if p else None
         st["process_p99_s"] = _latency.quantile(p, 0.99) if p else None
     st["histograms"] = hist
+    if st["kind"] == _core.KIND_TOPIC:
+        from .topic import latency_keys, sum_hists
+        st["topic_subs"] = rows = _topic_rows(core, hist)
+        # the topic's own histograms: every delivery of every subscription (as Topic.stats())
+        total = sum_hists(h for _s, _k, _f, h in rows)
+        if total is not None:
+            for base in ("wait", "process"):
+                if total[base] is not None and not sum(total[base]):
+                    total[base] = None
+        st["histograms"] = total
+        latency_keys(st, total)
     if prev is not None:
         prev[3] = st
     return st
+
+
+def _topic_rows(core: _core.Core, private: Optional[dict[str, Any]]) -> list[tuple[str, str, dict[str, Any], Any]]:
+    """[(subscription, kind, figures, histograms)] of a topic: its named subscriptions by name,
+    then its private readers' row when they have a sample."""
+    from .topic import sub_kind
+    rows = []
+    for rec in sorted(_core._topic_subscriptions(core), key=lambda r: r[2]):
+        fig: dict[str, Any] = {"lag": rec[7], "consumers": rec[8], "delivered": rec[6], "missed": rec[5]}
+        if rec[3] & _core.TSUB_ACK:
+            fig.update(in_flight=rec[13], acked=rec[10], redelivered=rec[11], dead_lettered=rec[12])
+        rows.append((rec[2], sub_kind(rec[3]), fig, _core._topic_sub_hist(core, rec[0])))
+    if private is not None:
+        rows.append(("", "private", {}, private))
+    return rows
 
 
 def _stats_at(path: str, inode: int, live: set[str], limit: int) -> dict[str, Any]:
@@ -319,6 +372,29 @@ def _samples(found: _Found, errors: dict[str, int], seconds: float) -> Iterator[
             hrows.append((lab, (cum, h[sum_key] / 1e9, n)))
         if hrows:
             yield name, "histogram", text, hrows
+    subs = [(q, sub, kind, fig, h) for q, _kind, st in found for sub, kind, fig, h in st.get("topic_subs") or ()]
+    for name, typ, key, text in _SUB_FAMILIES:
+        rows = [((("queue", q), ("subscription", sub), ("kind", kind)), fig[key])
+                for q, sub, kind, fig, _h in subs if key in fig]
+        if rows:
+            yield name, typ, text, rows
+    for name, base, sum_key, text in _SUB_HIST_FAMILIES:
+        hrows = []
+        for q, sub, kind, _fig, h in subs:
+            counts = h[base] if h else None
+            n = sum(counts) if counts else 0
+            if n <= 0:
+                continue
+            cum, acc, at = [], 0, 0
+            for b in _HIST_EDGES:
+                while at <= b:
+                    acc += counts[at]
+                    at += 1
+                cum.append(acc)
+            cum.append(n)
+            hrows.append(((("queue", q), ("subscription", sub), ("kind", kind)), (cum, h[sum_key] / 1e9, n)))
+        if hrows:
+            yield name, "histogram", text, hrows
     yield from _scrape_families(len(found), errors, seconds)
 
 
@@ -332,6 +408,38 @@ def _scrape_families(n: int, errors: dict[str, int], seconds: float) -> Iterator
 # Formatted lines of each queue, reused while its figures are unchanged (most are, between two
 # scrapes): name -> (figures, lines per family).
 _line_cache: dict[str, tuple[Any, list[str]]] = {}
+
+
+def _hist_text(name: str, inner: str, counts: Optional[list[int]], sum_ns: int) -> str:
+    """The _bucket, _sum and _count lines of one histogram ("" when it has no sample)."""
+    n = sum(counts) if counts else 0
+    if n <= 0:
+        return ""
+    assert counts is not None
+    parts, acc, at = [], 0, 0
+    for le, b in zip(_HIST_LE_TEXT, _HIST_EDGES):
+        while at <= b:
+            acc += counts[at]
+            at += 1
+        parts.append(f'{name}_bucket{{{inner},le="{le}"}} {acc}\n')
+    parts.append(f'{name}_bucket{{{inner},le="+Inf"}} {n}\n')
+    parts.append(f"{name}_sum{{{inner}}} {_num(sum_ns / 1e9)}\n{name}_count{{{inner}}} {n}\n")
+    return "".join(parts)
+
+
+def _sub_lines(q: str, st: dict[str, Any]) -> list[str]:
+    """One string per family of _SUB_FAMILIES and _SUB_HIST_FAMILIES: a topic's subscription lines."""
+    rows = st.get("topic_subs") or ()
+    out = []
+    inners = [f'queue="{_escape_label(q)}",subscription="{_escape_label(sub)}",kind="{kind}"'
+              for sub, kind, _f, _h in rows]
+    for name, _typ, key, _text in _SUB_FAMILIES:
+        out.append("".join(f"{name}{{{inner}}} {fig[key]}\n"
+                           for inner, (_s, _k, fig, _h) in zip(inners, rows) if key in fig))
+    for name, base, sum_key, _text in _SUB_HIST_FAMILIES:
+        out.append("".join(_hist_text(name, inner, h[base], h[sum_key])
+                           for inner, (_s, _k, _f, h) in zip(inners, rows) if h))
+    return out
 
 
 def _lines_of(q: str, kind: str, st: dict[str, Any]) -> list[str]:
@@ -356,27 +464,21 @@ def _lines_of(q: str, kind: str, st: dict[str, Any]) -> list[str]:
                 parts.append(f'{name}{{{inner},quantile="{quantile}"}} {_num(v)}\n')
         lines.append("".join(parts))
     for name, base, sum_key, _text in _HIST_FAMILIES:
-        counts = h[base] if h else None
-        n = sum(counts) if counts else 0
-        if n <= 0:
-            lines.append("")
-            continue
-        parts, acc, at = [], 0, 0
-        for le, b in zip(_HIST_LE_TEXT, _HIST_EDGES):
-            while at <= b:
-                acc += counts[at]
-                at += 1
-            parts.append(f'{name}_bucket{{{inner},le="{le}"}} {acc}\n')
-        parts.append(f'{name}_bucket{{{inner},le="+Inf"}} {n}\n')
-        parts.append(f"{name}_sum{{{inner}}} {_num(h[sum_key] / 1e9)}\n{name}_count{{{inner}}} {n}\n")
-        lines.append("".join(parts))
+        lines.append(_hist_text(name, inner, h[base] if h else None, h[sum_key] if h else 0))
+    if "topic_subs" in st:
+        lines.extend(_sub_lines(q, st))
+    else:
+        lines.extend(_NO_SUB_LINES)
     _line_cache[q] = (key, lines)
     return lines
 
 
 _HEADS = tuple([(name, typ, text) for name, typ, _k, _d, text in _QUEUE_FAMILIES] +
                [(name, "gauge", text) for name, _b, text in _LATENCY_FAMILIES] +
-               [(name, "histogram", text) for name, _b, _s, text in _HIST_FAMILIES])
+               [(name, "histogram", text) for name, _b, _s, text in _HIST_FAMILIES] +
+               [(name, typ, text) for name, typ, _k, text in _SUB_FAMILIES] +
+               [(name, "histogram", text) for name, _b, _s, text in _SUB_HIST_FAMILIES])
+_NO_SUB_LINES = ("",) * (len(_SUB_FAMILIES) + len(_SUB_HIST_FAMILIES))
 
 
 def render() -> str:
@@ -439,7 +541,7 @@ class Collector:
         for name, typ, text, rows in _samples(found, errors, seconds):
             if typ == "histogram":
                 from prometheus_client.core import HistogramMetricFamily
-                hf = HistogramMetricFamily(name, text, labels=["queue", "kind"])
+                hf = HistogramMetricFamily(name, text, labels=[k for k, _ in rows[0][0]])
                 for lab, (cum, total_s, _n) in rows:
                     hf.add_metric([x for _, x in lab], list(zip(_HIST_LE_TEXT, cum)), total_s)
                 yield hf

@@ -41,19 +41,19 @@ def sub_kind(flags: int) -> str:
 
 
 def sum_hists(hists: Iterable[Optional[dict[str, Any]]]) -> Optional[dict[str, Any]]:
-    """The bucket-wise sum of Core._hist()-shaped dicts (None ones skipped; None if all are)."""
+    """The bucket-wise sum of Core._hist()-shaped dicts (None ones skipped; None if all are).
+    A histogram given as None (Core._scrape: no sample) counts as all zeros."""
     out: Optional[dict[str, Any]] = None
     for h in hists:
         if h is None:
             continue
         if out is None:
-            out = {k: (list(v) if isinstance(v, list) else v) for k, v in h.items()}
-            continue
+            out = {"wait": [0] * _latency.N_BUCKETS, "process": [0] * _latency.N_BUCKETS,
+                   "wait_sum_ns": 0, "process_sum_ns": 0, "nacks": 0, "late_replies": 0}
         for k, v in h.items():
-            if isinstance(v, list):
-                out[k] = [a + b for a, b in zip(out[k], v)]
-            else:
-                out[k] += v
+            if v is None or k not in out:
+                continue
+            out[k] = [a + b for a, b in zip(out[k], v)] if isinstance(v, list) else out[k] + v
     return out
 
 
