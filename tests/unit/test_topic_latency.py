@@ -236,3 +236,18 @@ def test_hostile_topic_histograms_never_crash_a_reader(topic, damage):
     finally:
         other.close()
     sub.close()
+
+
+def test_top_shows_each_subscriptions_latency(topic):
+    import json
+    t = topic()
+    private, n, a = fill(t)
+    r = subprocess.run([sys.executable, "-m", "shmq", "top", "--json", "--iterations", "1"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    rows = {row["NAME"].strip(): row for row in json.loads(r.stdout.splitlines()[0])["queues"]}
+    assert rows[t.name]["KIND"] == "topic" and rows[t.name]["WAIT_P50"] != "-"
+    assert rows["a"]["KIND"] == "sub:ack" and rows["a"]["WAIT_P99"] != "-" and rows["a"]["PROC_P50"] != "-"
+    assert rows["a"]["IN_FLIGHT"] == "0"
+    assert rows["n"]["KIND"] == "sub:block" and rows["n"]["WAIT_P50"] != "-" and rows["n"]["PROC_P50"] == "-"
+    assert rows["n"]["DEPTH"] == "2"                   # its lag
