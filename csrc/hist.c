@@ -27,36 +27,58 @@ static void calibrate(void)
     shmq_store_relaxed(&shmq_hist_mult, mult ? mult : 1);
 }
 
-uint64_t shmq_hist_wait_slow(const shmq_desc_t *d)
+uint64_t shmq_hist_wait_coarse(uint64_t ts)
 {
     if (shmq_load_relaxed(&shmq_hist_mult) == 0)
         calibrate(); /* the next sample takes the fast path */
     /* one kernel tick of resolution: the put's coarse wall clock against ours */
-    uint64_t now = shmq_now_wall_coarse_ns(), ts = d->timestamp_ns;
+    uint64_t now = shmq_now_wall_coarse_ns();
     return now > ts ? now - ts : 0;
+}
+
+uint64_t shmq_hist_wait_slow(const shmq_desc_t *d) { return shmq_hist_wait_coarse(d->timestamp_ns); }
+
+/* The dimensions a create asks for (read by region_init during this thread's create). */
+typedef struct {
+    uint32_t n_blocks, n_subs, n_ticks, n_lticks;
+} dims_t;
+
+static uint64_t topic_parts_size(uint32_t n_subs, uint32_t n_ticks, uint32_t n_lticks)
+{
+    return (uint64_t)n_subs * sizeof(shmq_hist_block_t) + 8ull * n_ticks + 8ull * n_lticks;
 }
 
 static void region_init(void *ctx, uint8_t *base, uint64_t size)
 {
     shmq_hist_region_t *r = (shmq_hist_region_t *)base;
-    (void)size; /* shmq_hist_region sized it for ctx blocks */
-    r->n_blocks = (uint32_t)(uintptr_t)ctx;
+    const dims_t *d = ctx;
+    (void)size; /* shmq_hist_region sized it for these dimensions; the rest is zero */
+    r->n_blocks = d->n_blocks;
+    r->n_subs = d->n_subs;
+    r->n_ticks = d->n_ticks;
+    r->n_lticks = d->n_lticks;
     r->n_buckets = SHMQ_HIST_BUCKETS;
     r->base_log2 = SHMQ_HIST_BASE_LOG2;
     r->block_size = (uint32_t)sizeof(shmq_hist_block_t);
     r->magic = SHMQ_HIST_MAGIC; /* the file is linked only after this: no reader sees it half-built */
 }
 
-void shmq_hist_region(uint32_t max_slots, shmq_region_req_t *req)
+void shmq_hist_region_topic(uint32_t max_slots, uint32_t n_subs, uint32_t n_ticks, uint32_t n_lticks,
+                            shmq_region_req_t *req)
 {
+    static __thread dims_t dims;
     uint32_t n = max_slots ? max_slots : SHMQ_DEFAULT_SLOTS;
     if (n > SHMQ_HIST_MAX_BLOCKS)
         n = SHMQ_HIST_MAX_BLOCKS;
+    dims = (dims_t){n, n_subs, n_ticks, n_lticks};
     req->kind = SHMQ_REGION_HIST;
-    req->size = sizeof(shmq_hist_region_t) + (uint64_t)n * sizeof(shmq_hist_block_t);
+    req->size = sizeof(shmq_hist_region_t) + (uint64_t)n * sizeof(shmq_hist_block_t) +
+                topic_parts_size(n_subs, n_ticks, n_lticks);
     req->init = region_init;
-    req->ctx = (void *)(uintptr_t)n;
+    req->ctx = &dims;
 }
+
+void shmq_hist_region(uint32_t max_slots, shmq_region_req_t *req) { shmq_hist_region_topic(max_slots, 0, 0, 0, req); }
 
 /* untrusted: the region header against the region's size; the block count or 0. */
 static uint32_t region_blocks(shmq_seg_t *seg, shmq_hist_region_t **out)
@@ -80,6 +102,49 @@ static uint32_t region_blocks(shmq_seg_t *seg, shmq_hist_region_t **out)
 static shmq_hist_block_t *block_at(shmq_hist_region_t *r, uint32_t i)
 {
     return (shmq_hist_block_t *)((uint8_t *)r + sizeof *r) + i;
+}
+
+int shmq_hist_topic_parts(shmq_seg_t *seg, uint32_t n_subs, uint32_t n_ticks, uint32_t n_lticks,
+                          shmq_hist_topic_t *out)
+{
+    memset(out, 0, sizeof *out);
+    shmq_hist_region_t *r;
+    uint32_t n = region_blocks(seg, &r);
+    uint64_t size = 0;
+    if (!n || !shmq_seg_region(seg, SHMQ_REGION_HIST, &size))
+        return SHMQ_EINVAL;
+    /* untrusted: the counts must be the ones the validated topic header implies, and fit */
+    if (n_subs == 0 || r->n_subs != n_subs || r->n_ticks != n_ticks || r->n_lticks != n_lticks ||
+        sizeof *r + (uint64_t)n * sizeof(shmq_hist_block_t) + topic_parts_size(n_subs, n_ticks, n_lticks) > size)
+        return SHMQ_EINVAL;
+    out->subs = block_at(r, n);
+    out->ticks = (uint64_t *)(out->subs + n_subs);
+    out->lticks = out->ticks + n_ticks;
+    return SHMQ_OK;
+}
+
+void shmq_hist_clear(shmq_hist_block_t *b)
+{
+    uint64_t *w = (uint64_t *)b;
+    for (size_t i = 0; i < sizeof *b / 8; i++)
+        shmq_store_relaxed(&w[i], 0);
+}
+
+int shmq_hist_read_block(const shmq_hist_block_t *b, shmq_hist_sum_t *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!b)
+        return SHMQ_EINVAL;
+    for (uint32_t k = 0; k < SHMQ_HIST_BUCKETS; k++) {
+        out->wait[k] = shmq_load_relaxed(&b->wait[k]);
+        out->process[k] = shmq_load_relaxed(&b->process[k]);
+    }
+    out->wait_sum_ns = shmq_load_relaxed(&b->wait_sum_ns);
+    out->process_sum_ns = shmq_load_relaxed(&b->process_sum_ns);
+    out->nacks = shmq_load_relaxed(&b->nacks);
+    out->late_replies = shmq_load_relaxed(&b->late_replies);
+    out->blocks_read = 1;
+    return SHMQ_OK;
 }
 
 void shmq_hist_bind(shmq_seg_t *seg)

@@ -57,7 +57,12 @@ typedef struct {
     uint32_t n_buckets;  /* SHMQ_HIST_BUCKETS */
     uint32_t base_log2;  /* SHMQ_HIST_BASE_LOG2 */
     uint32_t block_size; /* sizeof(shmq_hist_block_t) */
-    uint8_t _pad0[64 - 24];
+    /* topics only (0 for every other kind; segments made before them read 0 here too): */
+    uint32_t n_subs;     /* subscription blocks after the slot blocks, one per subscription entry */
+    uint32_t n_ticks;    /* u64 publish TSC readings after those, one per log entry */
+    uint32_t n_lticks;   /* u64 delivery times (monotonic ns) after those, one per lease entry */
+    uint32_t _pad1;
+    uint8_t _pad0[64 - 40];
 } shmq_hist_region_t;
 _Static_assert(sizeof(shmq_hist_region_t) == 64, "hist region header");
 
@@ -89,6 +94,27 @@ typedef struct {
 
 /* kinds.c: the region a create asks for (every kind: one block per slot, up to 32). */
 void shmq_hist_region(uint32_t max_slots, shmq_region_req_t *req);
+/* A topic's (topic.c): the slot blocks (its private subscriptions' figures), then n_subs
+ * subscription blocks, n_ticks publish tick words and n_lticks lease delivery times. */
+void shmq_hist_region_topic(uint32_t max_slots, uint32_t n_subs, uint32_t n_ticks, uint32_t n_lticks,
+                            shmq_region_req_t *req);
+
+/* A topic's parts of the region, bounds-checked (shmq_hist_topic_parts): NULL pointers when the
+ * segment has none (made before them, or a bad header) or its counts are not the expected ones. */
+typedef struct {
+    shmq_hist_block_t *subs; /* [n_subs] */
+    uint64_t *ticks;         /* [n_ticks]: the publish's shmq_ticks() of log entry i */
+    uint64_t *lticks;        /* [n_lticks]: monotonic ns of lease i's latest delivery */
+} shmq_hist_topic_t;
+/* SHMQ_OK with every part, SHMQ_EINVAL (none: out zeroed). untrusted: the header's counts must
+ * equal the caller's (from the validated topic header) and fit the region. */
+int shmq_hist_topic_parts(shmq_seg_t *seg, uint32_t n_subs, uint32_t n_ticks, uint32_t n_lticks,
+                          shmq_hist_topic_t *out);
+/* Sum one subscription block (as shmq_hist_read does the slot blocks): SHMQ_EINVAL when the
+ * segment has no such block. */
+int shmq_hist_read_block(const shmq_hist_block_t *b, shmq_hist_sum_t *out);
+/* Clear a block (a subscription entry being created anew: its figures start at zero). */
+void shmq_hist_clear(shmq_hist_block_t *b);
 /* After attach (and the attach of a forked child): point seg->hist_blk at this slot's block,
  * or NULL (no region, a bad one, or not attached). Cheap; idempotent. */
 void shmq_hist_bind(shmq_seg_t *seg);
@@ -102,6 +128,7 @@ void shmq_hist_process(shmq_seg_t *seg, uint64_t ns);
 
 /* Out of line: the calibration and the coarse-clock fallback. */
 uint64_t shmq_hist_wait_slow(const shmq_desc_t *d);
+uint64_t shmq_hist_wait_coarse(uint64_t put_wall_coarse_ns); /* the same from a timestamp */
 extern uint64_t shmq_hist_mult; /* ns per tick << 32, 0 until calibrated (hist.c) */
 
 static inline uint32_t shmq_hist_bucket(uint64_t ns)
@@ -134,6 +161,23 @@ static inline void shmq_hist_on_take(shmq_seg_t *q, const shmq_desc_t *d)
     else
         ns = shmq_hist_wait_slow(d); /* put after the take (TSC skew), garbage, or no ticks */
     shmq_hist_add(b->wait, &b->wait_sum_ns, ns);
+}
+
+/* A topic's wait: put = the publish's tick reading (0: none), now = ours (one per read batch),
+ * ts = the entry's coarse wall-clock timestamp (the fallback). */
+static inline uint64_t shmq_hist_wait_ticks(uint64_t put, uint64_t now, uint64_t ts)
+{
+    uint64_t mult = shmq_load_relaxed(&shmq_hist_mult);
+    if (SHMQ_LIKELY(mult && put > 1 && now - put < (1ull << 50)))
+        return (uint64_t)(((unsigned __int128)(now - put) * mult) >> 32);
+    return shmq_hist_wait_coarse(ts);
+}
+
+/* Add a sample to a block several processes write (a topic subscription's group): atomic adds. */
+static inline void shmq_hist_add_shared(uint64_t *buckets, uint64_t *sum, uint64_t ns)
+{
+    shmq_fetch_add_relaxed(&buckets[shmq_hist_bucket(ns)], 1);
+    shmq_fetch_add_relaxed(sum, ns);
 }
 
 #endif

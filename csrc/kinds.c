@@ -54,6 +54,9 @@ int shmq_create(shmq_seg_t *seg, const shmq_create_opts_t *o, int exist_ok, int 
             return rc != SHMQ_OK ? rc : SHMQ_EINVAL;
         to.capacity = SHMQ_MIN_AREA_SIZE;
         to.max_message = 0;
+        /* latency histograms: the private subscriptions' per slot, the named ones' per entry */
+        to.flags |= SHMQ_F_HIST;
+        shmq_topic_hist_region(&req[0], o->max_slots, &req[n++]);
         return bound(seg, shmq_seg_create(seg, &to, req, n, exist_ok, created));
     }
     shmq_create_opts_t oo = *o;
@@ -78,7 +81,7 @@ int shmq_create(shmq_seg_t *seg, const shmq_create_opts_t *o, int exist_ok, int 
         if (rc != SHMQ_OK)
             return rc;
     }
-    /* every kind but topics: latency histograms and error counters (hist.h) */
+    /* every other kind: latency histograms and error counters (hist.h) */
     oo.flags |= SHMQ_F_HIST;
     shmq_hist_region(o->max_slots, &req[n++]);
     return bound(seg, shmq_seg_create(seg, &oo, req, n, exist_ok, created));

@@ -101,6 +101,22 @@ int shmq_topic_region(uint64_t capacity, uint64_t max_message, uint64_t retentio
     return SHMQ_OK;
 }
 
+void shmq_topic_hist_region(const shmq_region_req_t *topic_req, uint32_t max_slots, shmq_region_req_t *req)
+{
+    const shmq_topic_hdr_t *p = topic_req->ctx;
+    shmq_hist_region_topic(max_slots, p->max_subs, p->n_entries, p->n_leases, req);
+}
+
+int shmq_topic_sub_hist(shmq_seg_t *t, uint32_t idx, shmq_hist_sum_t *out)
+{
+    shmq_topic_t *k = T(t);
+    if (k == NULL || !k->hist.subs || idx >= k->max_subs) {
+        memset(out, 0, sizeof *out);
+        return SHMQ_EINVAL;
+    }
+    return shmq_hist_read_block(&k->hist.subs[idx], out);
+}
+
 /* untrusted: the region's header must describe exactly the layout the rule gives. */
 static int check_region(shmq_seg_t *t, shmq_topic_hdr_t *th, uint64_t size)
 {
@@ -196,6 +212,8 @@ int shmq_topic_bind(shmq_seg_t *t)
     k->data = base + th->data_off;
     k->leases = (shmq_topic_lease_t *)(base + th->leases_off);
     k->n_leases = th->n_leases;
+    /* latency parts: optional (a segment made before them has none), sized by this geometry */
+    (void)shmq_hist_topic_parts(t, k->max_subs, k->n_entries, k->n_leases, &k->hist);
     t->kstate = k;
     t->ops = &topic_hooks.ops;
     return SHMQ_OK;
@@ -319,6 +337,8 @@ static int publish_locked(shmq_seg_t *t, const shmq_topic_pub_t *msgs, uint32_t 
     uint64_t now = shmq_now_wall_coarse_ns();
     if (now > ts)
         ts = now;
+    uint64_t *ticks = k->hist.ticks;
+    uint64_t tk = ticks ? shmq_ticks() : 0; /* the wait histograms' clock (hist.h), one per batch */
     int rc = SHMQ_OK;
     uint32_t i = 0;
     *gated = 0;
@@ -377,6 +397,8 @@ static int publish_locked(shmq_seg_t *t, const shmq_topic_pub_t *msgs, uint32_t 
         e->kind = (uint8_t)msgs[i].kind;
         e->flags = 0;
         e->timestamp_ns = ts;
+        if (ticks)
+            shmq_store_relaxed(&ticks[h & mask], tk);
         shmq_store_relaxed(&e->seq, h);
         if (seqs)
             seqs[i] = h;
@@ -500,7 +522,8 @@ static int copy_from(shmq_topic_t *k, uint64_t from, uint8_t *buf, uint64_t bufs
         }
         memcpy(buf + used, k->data + pos % D, size);
         out[got] = (shmq_topic_msg_t){.seq = s, .timestamp_ns = ts, .data = buf + used, .size = size,
-                                      .hdr_size = hs, .kind = kind};
+                                      .hdr_size = hs, .kind = kind,
+                                      .ticks = k->hist.ticks ? shmq_load_relaxed(&k->hist.ticks[s & mask]) : 0};
         used += len;
         got++;
     }
@@ -521,6 +544,23 @@ static int copy_from(shmq_topic_t *k, uint64_t from, uint8_t *buf, uint64_t bufs
         return odd ? SHMQ_ECORRUPT : SHMQ_EMPTY;
     *n = got;
     return SHMQ_OK;
+}
+
+/* Record the waits (publish -> this delivery) of m[0..n): a private reader's in its slot's
+ * block (one writer), a named subscription's in the subscription's block (its group: atomic). */
+static void record_waits(shmq_seg_t *t, shmq_topic_t *k, uint32_t sub, const shmq_topic_msg_t *m, uint32_t n)
+{
+    shmq_hist_block_t *b = sub == UINT32_MAX ? t->hist_blk : k->hist.subs ? &k->hist.subs[sub] : NULL;
+    if (b == NULL)
+        return;
+    uint64_t now = shmq_ticks();
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t ns = shmq_hist_wait_ticks(m[i].ticks, now, m[i].timestamp_ns);
+        if (sub == UINT32_MAX)
+            shmq_hist_add(b->wait, &b->wait_sum_ns, ns);
+        else
+            shmq_hist_add_shared(b->wait, &b->wait_sum_ns, ns);
+    }
 }
 
 typedef struct {
@@ -590,6 +630,7 @@ int shmq_topic_read(shmq_seg_t *t, shmq_topic_reader_t *r, uint8_t *buf, uint64_
             }
             if (t->slot < t->max_slots)
                 t->slots[t->slot].dequeued += got;
+            record_waits(t, k, s ? r->sub : UINT32_MAX, out, got);
             *n = got;
             return SHMQ_OK;
         }
@@ -722,6 +763,8 @@ int shmq_topic_subscribe(shmq_seg_t *t, const char *name, uint32_t name_len, uin
             s->name_len = name_len;
             s->flags = flags;
             s->created_ns = shmq_now_wall_ns();
+            if (k->hist.subs)
+                shmq_hist_clear(&k->hist.subs[i]); /* a new subscription's figures start at zero */
             shmq_store_relaxed(&s->cursor, c);
             shmq_store_relaxed(&s->missed, 0);
             shmq_store_relaxed(&s->delivered, 0);
@@ -968,6 +1011,8 @@ int shmq_topic_receive(shmq_seg_t *t, shmq_topic_reader_t *r, uint8_t *buf, uint
             }
             uint32_t g = lw_gen(w) + 1;
             l->deadline_ns = now + vis;
+            if (k->hist.lticks)
+                shmq_store_relaxed(&k->hist.lticks[i], now); /* the processing time counts from here */
             shmq_store_seq(&l->word, lw(g, r->sub, n > maxd ? SHMQ_TL_DEAD : SHMQ_TL_INFLIGHT, me));
             *dead = n > maxd;
             *token = token_make((uint32_t)i, g & 0x3fffffu);
@@ -1024,7 +1069,11 @@ int shmq_topic_receive(shmq_seg_t *t, shmq_topic_reader_t *r, uint8_t *buf, uint
             }
             shmq_fetch_add_relaxed(&s->delivered, 1);
             l->deliveries = 1;
-            l->deadline_ns = shmq_now_mono_ns() + vis;
+            uint64_t dnow = shmq_now_mono_ns();
+            l->deadline_ns = dnow + vis;
+            if (k->hist.lticks)
+                shmq_store_relaxed(&k->hist.lticks[f], dnow);
+            record_waits(t, k, r->sub, out, 1);
             uint32_t g = lw_gen(held);
             shmq_store_seq(&l->word, lw(g, r->sub, maxd < 1 ? SHMQ_TL_DEAD : SHMQ_TL_INFLIGHT, me));
             *dead = maxd < 1;
@@ -1077,9 +1126,18 @@ int shmq_topic_ack(shmq_seg_t *t, uint64_t token)
     int rc = settle_begin(t, token, &l, &held);
     if (rc != SHMQ_OK)
         return rc;
-    shmq_topic_sub_t *s = &T(t)->subs[lw_sub(held) % T(t)->max_subs];
+    shmq_topic_t *k = T(t);
+    uint32_t sub = lw_sub(held) % k->max_subs;
+    shmq_topic_sub_t *s = &k->subs[sub];
     int was_dead = l->deliveries > shmq_load_relaxed(&s->max_deliveries);
+    /* receive -> ack, read while we hold the entry (SETTLING): untrusted, arithmetic only */
+    uint64_t t0 = k->hist.lticks && !was_dead ? shmq_load_relaxed(&k->hist.lticks[(uint32_t)token]) : 0;
     lease_free(l, held);
+    if (t0) {
+        uint64_t now = shmq_now_mono_ns();
+        shmq_hist_block_t *b = &k->hist.subs[sub];
+        shmq_hist_add_shared(b->process, &b->process_sum_ns, now > t0 ? now - t0 : 0);
+    }
     shmq_fetch_add_relaxed(was_dead ? &s->dead_lettered : &s->acked, 1);
     if (shmq_load_relaxed(&s->flags) & SHMQ_TSUB_BLOCK)
         wake_publishers(t);

@@ -49,6 +49,7 @@
 #ifndef SHMQ_TOPIC_H
 #define SHMQ_TOPIC_H
 
+#include "hist.h"
 #include "queue.h"
 #include "segment.h"
 
@@ -183,6 +184,7 @@ typedef struct {
     int pub_busy, sub_busy; /* process-local lock guards (lock.h) */
     uint64_t pend_vis;      /* shmq_topic_subscribe_ack's options for the entry it may create */
     uint32_t pend_maxd;
+    shmq_hist_topic_t hist; /* latency parts (hist.h), checked at bind; NULL pointers: none */
 } shmq_topic_t;
 
 /* One message as a reader got it: data points into the caller's buffer. */
@@ -193,6 +195,7 @@ typedef struct {
     uint32_t size;
     uint32_t hdr_size;
     uint32_t kind;
+    uint64_t ticks;         /* the publish's shmq_ticks() (0: not recorded) */
 } shmq_topic_msg_t;
 
 /* One message to publish: its pieces back to back (header block first). */
@@ -208,6 +211,13 @@ typedef struct {
 int shmq_topic_region(uint64_t capacity, uint64_t max_message, uint64_t retention_ns, uint32_t max_slots,
                       shmq_region_req_t *req);
 int shmq_topic_bind(shmq_seg_t *t);
+/* kinds.c: the histogram region of the topic topic_req describes (hist.h: slot blocks for the
+ * private subscriptions, one block per subscription entry, a tick word per log entry, a
+ * delivery time per lease entry). */
+void shmq_topic_hist_region(const shmq_region_req_t *topic_req, uint32_t max_slots, shmq_region_req_t *req);
+/* The latency figures of subscription entry idx (its block, whatever its state): SHMQ_OK,
+ * SHMQ_EINVAL (no such entry, or the segment has no subscription blocks). Lock-free. */
+int shmq_topic_sub_hist(shmq_seg_t *t, uint32_t idx, shmq_hist_sum_t *out);
 int shmq_topic_valid(shmq_seg_t *t);
 shmq_topic_t *shmq_topic_of(shmq_seg_t *t); /* NULL for any other kind */
 

@@ -61,6 +61,7 @@ cdef extern from "topic.h" nogil:
     int shmq_topic_ack(c.shmq_seg_t *t, uint64_t token)
     int shmq_topic_nack(c.shmq_seg_t *t, uint64_t token)
     int shmq_topic_extend(c.shmq_seg_t *t, uint64_t *token, uint64_t ns)
+    int shmq_topic_sub_hist(c.shmq_seg_t *t, uint32_t idx, c.shmq_hist_sum_t *out)
 
 TSTART_LATEST = SHMQ_TSTART_LATEST
 TSTART_EARLIEST = SHMQ_TSTART_EARLIEST
@@ -145,6 +146,20 @@ def _topic_subscriptions(Core core):
                     si.delivered, si.lag, si.consumers, si.created_ns, si.acked, si.redelivered, si.dead_lettered,
                     si.in_flight, si.visibility_ns, si.max_deliveries))
     return out
+
+
+def _topic_sub_hist(Core core, uint32_t idx):
+    """The latency histograms of subscription entry idx as Core._hist() gives a queue's
+    ({"wait": [32 counts], "process": [...], "wait_sum_ns", "process_sum_ns", ...}), or None
+    when the topic has no subscription blocks (made by an older version) or idx is out of range."""
+    cdef c.shmq_hist_sum_t hs
+    core._check_open()
+    if shmq_topic_of(&core.seg) == NULL or shmq_topic_sub_hist(&core.seg, idx, &hs) != c.SHMQ_OK:
+        return None
+    return {"wait": [hs.wait[i] for i in range(c.SHMQ_HIST_BUCKETS)],
+            "process": [hs.process[i] for i in range(c.SHMQ_HIST_BUCKETS)],
+            "wait_sum_ns": hs.wait_sum_ns, "process_sum_ns": hs.process_sum_ns,
+            "nacks": hs.nacks, "late_replies": hs.late_replies}
 
 
 def _topic_head(Core core):

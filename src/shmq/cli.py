@@ -101,13 +101,21 @@ def _held(st):
 
 def _sub_rows(st, head):
     """A topic's named subscriptions under its row: DEPTH is the subscription's lag, AGE
-    says what it missed."""
+    says what it missed; where the table has latency columns, the subscription's own (publish
+    to delivery, receive to ack) and, for ack ones, IN_FLIGHT."""
     rows = []
     for name, s in sorted(((st or {}).get("subscriptions") or {}).items()):
         row = ["-"] * len(head)
-        row[0], row[1], row[2] = f"  {_show(name)}", f"sub:{s['on_slow']}", str(s["lag"])
+        kind = "ack" if s.get("ack") else s["on_slow"]
+        row[0], row[1], row[2] = f"  {_show(name)}", f"sub:{kind}", str(s["lag"])
         row[head.index("AGE")] = f"missed={s['missed']}"
         row[head.index("CONSUMERS")] = str(s["consumers"])
+        for col, key in (("WAIT_P50", "wait_p50_s"), ("WAIT_P99", "wait_p99_s"), ("PROC_P50", "process_p50_s"),
+                         ("PROC_P99", "process_p99_s")):
+            if col in head:
+                row[head.index(col)] = _fmt_secs(s.get(key))
+        if "IN_FLIGHT" in head and s.get("ack"):
+            row[head.index("IN_FLIGHT")] = str(s["in_flight"])
         rows.append(tuple(row))
     return rows
 def _depth(qi, st):

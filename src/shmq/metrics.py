@@ -86,6 +86,31 @@ _HIST_EDGES = tuple(range(0, _latency.N_BUCKETS - 1, 2))   # bucket b's upper ed
 _HIST_LE = tuple(_latency.UPPER_S[b] for b in _HIST_EDGES)
 _HIST_LE_TEXT = tuple(repr(v) for v in _HIST_LE) + ("+Inf",)
 
+# A topic's subscriptions (labels queue = the topic, subscription, kind = "block", "drop_oldest",
+# "ack" or "private"): (metric name, type, key of the subscription's figures, help). A named
+# subscription's figures are its group's, kept in shared memory; the private subscriptions of a
+# topic are one row (subscription="", kind="private") and only have histograms (their cursors
+# and counts are process-local). in_flight and the ack counters only for ack subscriptions.
+_SUB_FAMILIES = (
+    ("shmq_subscription_lag", "gauge", "lag", "Messages published and not yet delivered to the subscription."),
+    ("shmq_subscription_consumers", "gauge", "consumers", "Live handles reading the subscription."),
+    ("shmq_subscription_in_flight", "gauge", "in_flight",
+     "Messages delivered under a lease and not yet acked (ack subscriptions)."),
+    ("shmq_subscription_delivered_total", "counter", "delivered", "Messages delivered to the subscription."),
+    ("shmq_subscription_missed_total", "counter", "missed",
+     "Messages the subscription lost: overrun (drop_oldest) or past retention before delivery."),
+    ("shmq_subscription_acked_total", "counter", "acked", "Deliveries acked (ack subscriptions)."),
+    ("shmq_subscription_redelivered_total", "counter", "redelivered",
+     "Deliveries put back for another try: lease expiry, nack, a member's death (ack subscriptions)."),
+    ("shmq_subscription_dead_lettered_total", "counter", "dead_lettered",
+     "Messages moved to the dead-letter queue (ack subscriptions)."),
+)
+_SUB_HIST_FAMILIES = (
+    ("shmq_subscription_wait_seconds", "wait", "wait_sum_ns", "Time in the log, publish to delivery to the subscription."),
+    ("shmq_subscription_process_seconds", "process", "process_sum_ns",
+     "Processing time, receive to ack (ack subscriptions)."),
+)
+
 # Why an entry named shmq.* of this user was not rendered (shmq_scrape_errors{reason=...}).
 SCRAPE_ERROR_REASONS = ("corrupt", "incompatible", "no-permission", "unreadable", "not-a-queue", "bad-name")
 
@@ -115,7 +140,8 @@ _Family = tuple[str, str, str, list[tuple[_Labels, Any]]]
 # keeps an unlinked queue's memory allocated). Bounded, so a host with very many queues falls
 # back to opening each one per scrape (the SIGBUS guard protects 4096 segments per process).
 _CACHE_MAX = 2048
-_cache: dict[str, list[Any]] = {}         # path -> [inode, core, signature, stats] of the last scrape
+# path -> [inode, core, signature, stats, oldest] of the last scrape
+_cache: dict[str, list[Any]] = {}
 _lock = threading.Lock()                  # ThreadingHTTPServer scrapes concurrently: one reader at a time
 
 
@@ -130,24 +156,31 @@ def _cache_limit() -> int:
 def _scrape_stats(core: _core.Core, prev: Optional[list[Any]] = None) -> dict[str, Any]:
     """The stats() figures a scrape renders (the same values as q.stats(): tests compare them),
     with the summed histograms under "histograms", from one call into the core. prev: the cache
-    entry of the last scrape ([inode, core, signature, stats]): an empty queue whose figures are
-    all unchanged gets its previous stats object back (render() then reuses its lines)."""
-    sig, st, hist = core._scrape(prev[2] if prev is not None and prev[3] is not None else 0)
+    entry of the last scrape ([inode, core, signature, stats, oldest]): a queue whose figures
+    are all unchanged gets its previous stats object back (render() then reuses its lines), with
+    only oldest_age_s brought up to date (the oldest message is the same one: its timestamp,
+    `oldest`, is kept)."""
+    topic = prev is not None and prev[3] is not None and prev[3]["kind"] == _core.KIND_TOPIC
+    # a topic's subscription figures are not in the signature: read them on every scrape
+    sig, st, hist = core._scrape(prev[2] if prev is not None and prev[3] is not None and not topic else 0)
     if st is None:
         assert prev is not None
-        if not prev[3]["depth"]:
-            return prev[3]                # nothing changed, and no age that grows with time
-        sig, st, hist = core._scrape()
+        old = prev[3]
+        if prev[4]:
+            old["oldest_age_s"] = max(0.0, time.time() - prev[4])
+        return old
     if prev is not None:
         prev[2] = sig
+    oldest = 0.0
     if st["flags"] & _core.F_ACK:
-        oldest = st.pop("oldest_ready_ns")
-        st["oldest_age_s"] = max(0.0, time.time() - oldest / 1e9) if oldest else 0.0
+        oldest_ns = st.pop("oldest_ready_ns")
+        oldest = oldest_ns / 1e9 if oldest_ns else 0.0
     else:
         st.pop("oldest_ready_ns")
         st["in_flight"] = st["delayed"] = 0
         head = core._peek(0, 0) if st["depth"] else None
-        st["oldest_age_s"] = max(0.0, time.time() - head[1]) if head else 0.0
+        oldest = head[1] if head else 0.0
+    st["oldest_age_s"] = max(0.0, time.time() - oldest) if oldest else 0.0
     if hist is not None:
         w, p = hist["wait"], hist["process"]
         st["wait_p50_s"] = _latency.quantile(w, 0.5) if w else None
@@ -155,9 +188,36 @@ def _scrape_stats(core: _core.Core, prev: Optional[list[Any]] = None) -> dict[st
         st["process_p50_s"] = _latency.quantile(p, 0.5) if p else None
         st["process_p99_s"] = _latency.quantile(p, 0.99) if p else None
     st["histograms"] = hist
+    if st["kind"] == _core.KIND_TOPIC:
+        from .topic import latency_keys, sum_hists
+        st["topic_subs"] = rows = _topic_rows(core, hist)
+        # the topic's own histograms: every delivery of every subscription (as Topic.stats())
+        total = sum_hists(h for _s, _k, _f, h in rows)
+        if total is not None:
+            for base in ("wait", "process"):
+                if total[base] is not None and not sum(total[base]):
+                    total[base] = None
+        st["histograms"] = total
+        latency_keys(st, total)
     if prev is not None:
         prev[3] = st
+        prev[4] = oldest
     return st
+
+
+def _topic_rows(core: _core.Core, private: Optional[dict[str, Any]]) -> list[tuple[str, str, dict[str, Any], Any]]:
+    """[(subscription, kind, figures, histograms)] of a topic: its named subscriptions by name,
+    then its private readers' row when they have a sample."""
+    from .topic import sub_kind
+    rows = []
+    for rec in sorted(_core._topic_subscriptions(core), key=lambda r: r[2]):
+        fig: dict[str, Any] = {"lag": rec[7], "consumers": rec[8], "delivered": rec[6], "missed": rec[5]}
+        if rec[3] & _core.TSUB_ACK:
+            fig.update(in_flight=rec[13], acked=rec[10], redelivered=rec[11], dead_lettered=rec[12])
+        rows.append((rec[2], sub_kind(rec[3]), fig, _core._topic_sub_hist(core, rec[0])))
+    if private is not None:
+        rows.append(("", "private", {}, private))
+    return rows
 
 
 def _stats_at(path: str, inode: int, live: set[str], limit: int) -> dict[str, Any]:
@@ -174,7 +234,7 @@ def _stats_at(path: str, inode: int, live: set[str], limit: int) -> dict[str, An
         hit[1]._close()
     core = _core.Core()
     core._open(path, -1, False)
-    entry: list[Any] = [inode, core, 0, None]
+    entry: list[Any] = [inode, core, 0, None, 0.0]
     try:
         st = _scrape_stats(core, entry)
     except BaseException:
@@ -185,6 +245,10 @@ def _stats_at(path: str, inode: int, live: set[str], limit: int) -> dict[str, An
     else:
         core._close()
     return st
+
+
+def _by_name(item: tuple[str, Any]) -> str:
+    return item[0]
 
 
 def _read_all() -> tuple[_Found, dict[str, int], float]:
@@ -206,9 +270,12 @@ def _read_all_locked() -> tuple[_Found, dict[str, int], float]:
             entries = [(e.name, e) for e in it if e.name.startswith(_names.PREFIX) and "~" not in e.name]
     except OSError:
         entries = []                      # no /dev/shm (or not readable): nothing to report
-    for f, e in sorted(entries, key=lambda x: x[0]):
-        name = f[len(_names.PREFIX):]
-        hit = _cache.get(e.path)
+    entries.sort(key=_by_name)
+    plen = len(_names.PREFIX)
+    for f, e in entries:
+        name = f[plen:]
+        path = e.path
+        hit = _cache.get(path)
         if hit is not None and hit[0] == e.inode() and e.is_file(follow_symlinks=False):
             pass                          # the file we opened and checked before (owner, kind)
         else:
@@ -319,6 +386,29 @@ def _samples(found: _Found, errors: dict[str, int], seconds: float) -> Iterator[
             hrows.append((lab, (cum, h[sum_key] / 1e9, n)))
         if hrows:
             yield name, "histogram", text, hrows
+    subs = [(q, sub, kind, fig, h) for q, _kind, st in found for sub, kind, fig, h in st.get("topic_subs") or ()]
+    for name, typ, key, text in _SUB_FAMILIES:
+        rows = [((("queue", q), ("subscription", sub), ("kind", kind)), fig[key])
+                for q, sub, kind, fig, _h in subs if key in fig]
+        if rows:
+            yield name, typ, text, rows
+    for name, base, sum_key, text in _SUB_HIST_FAMILIES:
+        hrows = []
+        for q, sub, kind, _fig, h in subs:
+            counts = h[base] if h else None
+            n = sum(counts) if counts else 0
+            if n <= 0:
+                continue
+            cum, acc, at = [], 0, 0
+            for b in _HIST_EDGES:
+                while at <= b:
+                    acc += counts[at]
+                    at += 1
+                cum.append(acc)
+            cum.append(n)
+            hrows.append(((("queue", q), ("subscription", sub), ("kind", kind)), (cum, h[sum_key] / 1e9, n)))
+        if hrows:
+            yield name, "histogram", text, hrows
     yield from _scrape_families(len(found), errors, seconds)
 
 
@@ -331,21 +421,63 @@ def _scrape_families(n: int, errors: dict[str, int], seconds: float) -> Iterator
 
 # Formatted lines of each queue, reused while its figures are unchanged (most are, between two
 # scrapes): name -> (figures, lines per family).
-_line_cache: dict[str, tuple[Any, list[str]]] = {}
+_line_cache: dict[str, tuple[dict[str, Any], str, list[str]]] = {}
+_AGE_NAME = "shmq_oldest_age_seconds"
+_AGE_COL = [f[0] for f in _QUEUE_FAMILIES].index(_AGE_NAME)
+# The joined sample lines of every family of the last render and the rows they were joined
+# from: a render whose rows are all the same objects (every queue idle) reuses them.
+_bodies: list[Any] = [None, None]
+
+
+def _hist_text(name: str, inner: str, counts: Optional[list[int]], sum_ns: int) -> str:
+    """The _bucket, _sum and _count lines of one histogram ("" when it has no sample)."""
+    n = sum(counts) if counts else 0
+    if n <= 0:
+        return ""
+    assert counts is not None
+    parts, acc, at = [], 0, 0
+    for le, b in zip(_HIST_LE_TEXT, _HIST_EDGES):
+        while at <= b:
+            acc += counts[at]
+            at += 1
+        parts.append(f'{name}_bucket{{{inner},le="{le}"}} {acc}\n')
+    parts.append(f'{name}_bucket{{{inner},le="+Inf"}} {n}\n')
+    parts.append(f"{name}_sum{{{inner}}} {_num(sum_ns / 1e9)}\n{name}_count{{{inner}}} {n}\n")
+    return "".join(parts)
+
+
+def _sub_lines(q: str, st: dict[str, Any]) -> list[str]:
+    """One string per family of _SUB_FAMILIES and _SUB_HIST_FAMILIES: a topic's subscription lines."""
+    rows = st.get("topic_subs") or ()
+    out = []
+    inners = [f'queue="{_escape_label(q)}",subscription="{_escape_label(sub)}",kind="{kind}"'
+              for sub, kind, _f, _h in rows]
+    for name, _typ, key, _text in _SUB_FAMILIES:
+        out.append("".join(f"{name}{{{inner}}} {fig[key]}\n"
+                           for inner, (_s, _k, fig, _h) in zip(inners, rows) if key in fig))
+    for name, base, sum_key, _text in _SUB_HIST_FAMILIES:
+        out.append("".join(_hist_text(name, inner, h[base], h[sum_key])
+                           for inner, (_s, _k, _f, h) in zip(inners, rows) if h))
+    return out
 
 
 def _lines_of(q: str, kind: str, st: dict[str, Any]) -> list[str]:
-    """One string per family (of _QUEUE_FAMILIES, _LATENCY_FAMILIES, _HIST_FAMILIES, in that
-    order) holding this queue's sample lines, "" where it has none."""
-    h = st.get("histograms")
+    """One string per family (of _QUEUE_FAMILIES, _LATENCY_FAMILIES, _HIST_FAMILIES,
+    _SUB_FAMILIES, _SUB_HIST_FAMILIES, in that order) holding this queue's sample lines, "" where
+    it has none; the oldest-age family's entry is its label prefix (render() adds the value,
+    the one figure that changes while a queue is idle). Cached while _scrape_stats hands back
+    the same stats object (nothing read changed)."""
     hit = _line_cache.get(q)
-    if hit is not None and hit[0][0] == kind and hit[0][1] == st:   # the same figures (mostly the same objects)
-        return hit[1]
-    key = (kind, dict(st))                # a snapshot: the figures these lines were made from
+    if hit is not None and hit[0] is st and hit[1] == kind:
+        return hit[2]
+    h = st.get("histograms")
     inner = f'queue="{_escape_label(q)}",kind="{_escape_label(kind)}"'
     lab = "{" + inner + "} "
     lines: list[str] = []
     for name, _typ, k, div, _text in _QUEUE_FAMILIES:
+        if name == _AGE_NAME:
+            lines.append(f"{name}{lab}")
+            continue
         v = st.get(k) if div is None and k != "capacity" else _value(st, k, div)
         lines.append("" if v is None else f"{name}{lab}{v if type(v) is int else _num(v)}\n")
     for name, base, _text in _LATENCY_FAMILIES:
@@ -356,52 +488,58 @@ def _lines_of(q: str, kind: str, st: dict[str, Any]) -> list[str]:
                 parts.append(f'{name}{{{inner},quantile="{quantile}"}} {_num(v)}\n')
         lines.append("".join(parts))
     for name, base, sum_key, _text in _HIST_FAMILIES:
-        counts = h[base] if h else None
-        n = sum(counts) if counts else 0
-        if n <= 0:
-            lines.append("")
-            continue
-        parts, acc, at = [], 0, 0
-        for le, b in zip(_HIST_LE_TEXT, _HIST_EDGES):
-            while at <= b:
-                acc += counts[at]
-                at += 1
-            parts.append(f'{name}_bucket{{{inner},le="{le}"}} {acc}\n')
-        parts.append(f'{name}_bucket{{{inner},le="+Inf"}} {n}\n')
-        parts.append(f"{name}_sum{{{inner}}} {_num(h[sum_key] / 1e9)}\n{name}_count{{{inner}}} {n}\n")
-        lines.append("".join(parts))
-    _line_cache[q] = (key, lines)
+        lines.append(_hist_text(name, inner, h[base] if h else None, h[sum_key] if h else 0))
+    if "topic_subs" in st:
+        lines.extend(_sub_lines(q, st))
+    else:
+        lines.extend(_NO_SUB_LINES)
+    _line_cache[q] = (st, kind, lines)
     return lines
 
 
 _HEADS = tuple([(name, typ, text) for name, typ, _k, _d, text in _QUEUE_FAMILIES] +
                [(name, "gauge", text) for name, _b, text in _LATENCY_FAMILIES] +
-               [(name, "histogram", text) for name, _b, _s, text in _HIST_FAMILIES])
+               [(name, "histogram", text) for name, _b, _s, text in _HIST_FAMILIES] +
+               [(name, typ, text) for name, typ, _k, text in _SUB_FAMILIES] +
+               [(name, "histogram", text) for name, _b, _s, text in _SUB_HIST_FAMILIES])
+_NO_SUB_LINES = ("",) * (len(_SUB_FAMILIES) + len(_SUB_HIST_FAMILIES))
+_HEAD_TEXT = tuple(f"# HELP {name} {_escape_help(text)}\n# TYPE {name} {typ}\n" for name, typ, text in _HEADS)
 
 
 def render() -> str:
     """Every queue of this user in /dev/shm in the Prometheus text format 0.0.4: counters and
     gauges of stats() with the labels `queue` (anonymous queues: @pid-hex) and `kind` (as
-    `shmq ls` shows it), and the latency histograms. Read without attaching: no participant
-    slot is taken and nothing is unpickled. An entry that cannot be read is skipped and counted
-    in shmq_scrape_errors; render() itself never raises for what it finds in /dev/shm."""
+    `shmq ls` shows it), the latency histograms, and the subscriptions of topics. Read without
+    attaching: no participant slot is taken and nothing is unpickled. An entry that cannot be
+    read is skipped and counted in shmq_scrape_errors; render() itself never raises for what it
+    finds in /dev/shm."""
     found, errors, seconds = _read_all()
     with _lock:
         per_queue = [_lines_of(q, kind, st) for q, kind, st in found]
-        names = {q for q, _k, _s in found}
-        for q in [q for q in _line_cache if q not in names]:
-            del _line_cache[q]
+        if len(_line_cache) > len(found):
+            names = {q for q, _k, _s in found}
+            for q in [q for q in _line_cache if q not in names]:
+                del _line_cache[q]
+        rows, bodies = _bodies
+        if rows is None or len(rows) != len(per_queue) or any(a is not b for a, b in zip(rows, per_queue)):
+            columns = list(zip(*per_queue)) if per_queue else [()] * len(_HEADS)
+            bodies = ["".join(col) for col in columns]
+            _bodies[:] = [per_queue, bodies]
+    # the one column that changes while queues are idle: the age of their oldest message
+    ages = []
+    for (_q, _k, st), lines in zip(found, per_queue):
+        v = st["oldest_age_s"]
+        ages.append(f"{lines[_AGE_COL]}{_num(v) if v else '0.0'}\n")
     out: list[str] = []
     n_always = len(_QUEUE_FAMILIES)
-    columns = list(zip(*per_queue)) if per_queue else [()] * len(_HEADS)
     for i, (name, typ, text) in enumerate(_HEADS):
-        body = "".join(columns[i])
+        body = "".join(ages) if i == _AGE_COL else bodies[i]
         if body or i < n_always:
-            out.append(f"# HELP {name} {_escape_help(text)}\n# TYPE {name} {typ}\n")
+            out.append(_HEAD_TEXT[i])
             out.append(body)
-    for name, typ, text, rows in _scrape_families(len(found), errors, seconds):
+    for name, typ, text, srows in _scrape_families(len(found), errors, seconds):
         out.append(f"# HELP {name} {_escape_help(text)}\n# TYPE {name} {typ}\n")
-        for lab, v in rows:
+        for lab, v in srows:
             s = ("{" + ",".join(f'{k}="{_escape_label(x)}"' for k, x in lab) + "} ") if lab else " "
             out.append(f"{name}{s}{v if type(v) is int else _num(v)}\n")
     return "".join(out)
@@ -439,7 +577,7 @@ class Collector:
         for name, typ, text, rows in _samples(found, errors, seconds):
             if typ == "histogram":
                 from prometheus_client.core import HistogramMetricFamily
-                hf = HistogramMetricFamily(name, text, labels=["queue", "kind"])
+                hf = HistogramMetricFamily(name, text, labels=[k for k, _ in rows[0][0]])
                 for lab, (cum, total_s, _n) in rows:
                     hf.add_metric([x for _, x in lab], list(zip(_HIST_LE_TEXT, cum)), total_s)
                 yield hf

@@ -7,7 +7,7 @@ import time
 import weakref
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Optional, Union
 
-from . import _aio, _codec, _core, _names, _options
+from . import _aio, _codec, _core, _latency, _names, _options
 from ._handle import Handle, open_core
 from . import errors as shmq_errors
 from .errors import ArgumentError, ArgumentTypeError, Empty, IncompatibleQueueError, QueueClosedError, _label
@@ -32,6 +32,41 @@ def incompatible(name: Optional[str], path: Optional[str], have: int, want: int)
         f"open it with {_CLASS_OF.get(have, 'shmq.open')} (or shmq.open(name))")
 
 
+def sub_kind(flags: int) -> str:
+    """A named subscription's kind as metrics label it: "ack" (ack=True, either on_slow),
+    "block" or "drop_oldest"; private subscriptions are "private"."""
+    if flags & _core.TSUB_ACK:
+        return "ack"
+    return "block" if flags & _core.TSUB_BLOCK else "drop_oldest"
+
+
+def sum_hists(hists: Iterable[Optional[dict[str, Any]]]) -> Optional[dict[str, Any]]:
+    """The bucket-wise sum of Core._hist()-shaped dicts (None ones skipped; None if all are).
+    A histogram given as None (Core._scrape: no sample) counts as all zeros."""
+    out: Optional[dict[str, Any]] = None
+    for h in hists:
+        if h is None:
+            continue
+        if out is None:
+            out = {"wait": [0] * _latency.N_BUCKETS, "process": [0] * _latency.N_BUCKETS,
+                   "wait_sum_ns": 0, "process_sum_ns": 0, "nacks": 0, "late_replies": 0}
+        for k, v in h.items():
+            if v is None or k not in out:
+                continue
+            out[k] = [a + b for a, b in zip(out[k], v)] if isinstance(v, list) else out[k] + v
+    return out
+
+
+def latency_keys(st: dict[str, Any], hist: Optional[dict[str, Any]]) -> None:
+    """wait_p50_s, wait_p99_s, process_p50_s, process_p99_s of hist into st (None: no sample)."""
+    w = hist["wait"] if hist else None
+    p = hist["process"] if hist else None
+    st["wait_p50_s"] = _latency.quantile(w, 0.5) if w else None
+    st["wait_p99_s"] = _latency.quantile(w, 0.99) if w else None
+    st["process_p50_s"] = _latency.quantile(p, 0.5) if p else None
+    st["process_p99_s"] = _latency.quantile(p, 0.99) if p else None
+
+
 def topic_stats(core: Any, st: dict[str, Any]) -> dict[str, Any]:
     """A topic's figures over the common stats keys (shmq.stats.complete_stats calls this for
     every topic, attached or inspected)."""
@@ -52,13 +87,23 @@ def topic_stats(core: Any, st: dict[str, Any]) -> dict[str, Any]:
     st["retention"] = ts["retention_ns"] / 1e9 if ts["retention_ns"] else None
     st["log_entries"] = ts["n_entries"]
     subs = {}
+    private = core._hist()        # the slot blocks: every private subscription's deliveries
+    hists = [private]
     for rec in _core._topic_subscriptions(core):
         subs[rec[2]] = {"lag": rec[7], "missed": rec[5], "consumers": rec[8], "durable": True,
                         "on_slow": "block" if rec[3] & _core.TSUB_BLOCK else "drop_oldest", "delivered": rec[6]}
         if rec[3] & _core.TSUB_ACK:
             subs[rec[2]].update(ack=True, in_flight=rec[13], acked=rec[10], redelivered=rec[11],
                                 dead_lettered=rec[12])
+        h = _core._topic_sub_hist(core, rec[0])
+        latency_keys(subs[rec[2]], h)
+        hists.append(h)
     st["subscriptions"] = subs
+    # the topic's latency keys: every delivery of every live subscription, private ones included
+    total = sum_hists(hists)
+    latency_keys(st, total)
+    if "histograms" in st:
+        st["histograms"] = total
     st["oldest_age_s"] = 0.0
     if ts["head_seq"] > ts["tail_seq"]:
         m = _core._topic_peek(core, ts["tail_seq"])
@@ -299,6 +344,31 @@ class Subscription:
             return self._reader.missed
         rec = self._info()
         return rec[5] if rec else 0
+
+    def stats(self) -> dict[str, Any]:
+        """This subscription's figures: name, durable, kind ("private", "block", "drop_oldest",
+        "ack"), lag, missed, delivered, consumers, and the latency keys wait_p50_s, wait_p99_s
+        (publish -> delivery to this subscription), process_p50_s, process_p99_s (receive -> ack,
+        ack=True), None where no sample was taken. A named subscription's figures are its
+        group's (every member, every process, since it was created); a private one's are those
+        of every private subscription of this handle (they share the handle's block). ack=True:
+        in_flight, acked, redelivered, dead_lettered too."""
+        core = self._topic._core
+        if self._name is None:
+            st: dict[str, Any] = {"name": None, "durable": False, "kind": "private", "lag": self.lag,
+                                  "missed": self.missed, "delivered": None, "consumers": 1}
+            latency_keys(st, core._hist())
+            return st
+        rec = self._info()
+        if rec is None:
+            raise shmq_errors.SubscriptionNotFound(f"subscription {self._name!r} of topic {self._topic.name!r} "
+                                                   "no longer exists")
+        st = {"name": self._name, "durable": True, "kind": sub_kind(rec[3]), "lag": rec[7], "missed": rec[5],
+              "delivered": rec[6], "consumers": rec[8]}
+        if rec[3] & _core.TSUB_ACK:
+            st.update(in_flight=rec[13], acked=rec[10], redelivered=rec[11], dead_lettered=rec[12])
+        latency_keys(st, _core._topic_sub_hist(core, rec[0]))
+        return st
 
     def close(self) -> None:
         """Stop reading. A named subscription keeps its position for the next subscriber."""

@@ -5,6 +5,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -213,6 +214,7 @@ def test_latency_quantiles_rendered_when_stats_has_them(make_queue, monkeypatch)
             st.update(figures)
         return st
     monkeypatch.setattr(metrics, "_scrape_stats", with_latency)
+    metrics._line_cache.clear()           # the figures change behind the signature: no cached lines
     samples, types = parse(metrics.render())
     lab = (("kind", "queue"), ("quantile", "0.5"), ("queue", q.name))
     lab99 = (("kind", "queue"), ("quantile", "0.99"), ("queue", q.name))
@@ -290,3 +292,29 @@ def test_http_server_serves_metrics_404_elsewhere_and_stops_on_sigterm(make_queu
             p.wait(timeout=30)
         p.stdout.close()
         p.stderr.close()
+
+
+def test_cached_lines_follow_every_change(make_queue):
+    """render() reuses an idle queue's lines and the joined families: the age of its oldest
+    message still moves on, and a queue that changes gets new lines at the next scrape."""
+    q = make_queue(capacity="64KiB")
+    q.put(b"x")
+    age = "shmq_oldest_age_seconds"
+
+    def mine():
+        samples, _ = parse(metrics.render())
+        return {m: v for m, (k, v) in queue_samples(samples, q.name).items()}
+    first = mine()
+    t0 = time.time()
+    while time.time() == t0:
+        pass                              # the clock has moved: the age must have too
+    second = mine()
+    assert second[age] > first[age] > 0
+    assert {k: v for k, v in second.items() if k != age} == {k: v for k, v in first.items() if k != age}
+    q.put(b"y")
+    third = mine()
+    assert third["shmq_depth"] == 2 and third["shmq_enqueued_total"] == 2
+    q.get()
+    q.get()
+    fourth = mine()
+    assert fourth["shmq_depth"] == 0 and fourth[age] == 0 and fourth["shmq_dequeued_total"] == 2
