@@ -215,16 +215,18 @@ def test_ack_subscription_dead_letters_to_a_redis_queue(rtopic, redis_url, qname
 
 def test_the_same_stats_keys_as_a_shared_memory_topic(rtopic, qname):
     t = rtopic()
-    t.subscribe("a", ack=True)
-    t.subscribe("b")
+    rsubs = [t.subscribe("a", ack=True), t.subscribe("b"), t.subscribe()]
     local = shmq.Topic(qname + "-local", create=True, capacity="1MiB", backend="shm")
     try:
-        local.subscribe("a", ack=True)
-        local.subscribe("b")
+        lsubs = [local.subscribe("a", ack=True), local.subscribe("b"), local.subscribe()]
         ls, rs = local.stats(), t.stats()
         assert set(ls) <= set(rs) and rs["backend"] == t.backend
         for name in ("a", "b"):
             assert set(ls["subscriptions"][name]) == set(rs["subscriptions"][name])
+        for lsub, rsub in zip(lsubs, rsubs):      # Subscription.stats(): the same keys and kind
+            lst, rst = lsub.stats(), rsub.stats()
+            assert set(lst) == set(rst) and lst["kind"] == rst["kind"], (lst, rst)
+            assert rst["wait_p50_s"] is None
     finally:
         local.close()
         for n in (qname + "-local", qname + "-local.a.dlq"):

@@ -294,8 +294,10 @@ class RedisTopic(Topic):
         subs = {}
         for name, slow, missed, delivered, lag, cs, acks in res[3:]:
             live = [c for c in cs if _s(c).split("#")[0] in alive]
+            # no latency histograms on Redis: the keys are there, as None (as a queue's)
             subs[_s(name)] = dict(lag=int(lag), missed=int(missed), consumers=len(live), durable=True,
-                                  on_slow=_s(slow), delivered=int(delivered))
+                                  on_slow=_s(slow), delivered=int(delivered), wait_p50_s=None, wait_p99_s=None,
+                                  process_p50_s=None, process_p99_s=None)
             if acks:
                 subs[_s(name)].update(ack=True, acked=int(acks[0]), redelivered=int(acks[1]),
                                       dead_lettered=int(acks[2]), in_flight=int(acks[3]))
@@ -473,6 +475,23 @@ class RedisSubscription(Subscription):
             return self._missed
         d = self._topic._info()[3].get(self._name)
         return d["missed"] if d else 0
+
+    def stats(self) -> dict[str, Any]:
+        """The keys of Subscription.stats() on shared memory; the latency keys are None (the
+        server keeps no histograms)."""
+        lat = dict(wait_p50_s=None, wait_p99_s=None, process_p50_s=None, process_p99_s=None)
+        if self._name is None:
+            return {"name": None, "durable": False, "kind": "private", "lag": self.lag, "missed": self.missed,
+                    "delivered": None, "consumers": 1, **lat}
+        d = self._topic._info()[3].get(self._name)
+        if d is None:
+            raise SubscriptionNotFound(f"subscription {self._name!r} of topic {self._topic.name!r} no longer exists")
+        st = {"name": self._name, "durable": True, "kind": "ack" if d.get("ack") else d["on_slow"], "lag": d["lag"],
+              "missed": d["missed"], "delivered": d["delivered"], "consumers": d["consumers"], **lat}
+        if d.get("ack"):
+            st.update(in_flight=d["in_flight"], acked=d["acked"], redelivered=d["redelivered"],
+                      dead_lettered=d["dead_lettered"])
+        return st
 
     def close(self) -> None:
         if self._closed:
