@@ -392,15 +392,7 @@ def _peek_redis(args, url):
         for m in msgs:
             print("seq" + _peek_line(m, False, args.unpickle)[2:] + f" headers={_headers(m['headers'])}")
     else:
-        if ack:
-            print(f"{_show(args.name)}: {st['depth']} ready, {st['in_flight']} in flight, {st['delayed']} delayed")
-        else:
-            print(f"{_show(args.name)}: {st['depth']} queued")
-        if "levels" in st:
-            print("ready per priority, highest first: "
-                  + " ".join(f"{p}:{n}" for p, n in reversed(list(enumerate(st["levels"])))))
-        for m in msgs:
-            print(_peek_line(m, ack, args.unpickle))
+        _print_peeked_queue(args, st, msgs, ack)
     if not msgs and args.n:
         print("(empty)")
     return 0
@@ -422,6 +414,14 @@ def cmd_peek(args):
     if args.json:
         print(json.dumps([_peek_json(m, ack, args.unpickle) for m in msgs], indent=1))
         return 0
+    _print_peeked_queue(args, st, msgs, ack)
+    if not msgs and args.n:
+        print("(empty)")
+    return 0
+
+
+def _print_peeked_queue(args, st, msgs, ack):
+    """shmq peek's table for a queue or priority queue (either backend)."""
     if ack:
         print(f"{_show(args.name)}: {st['depth']} ready, {st['in_flight']} in flight, {st['delayed']} delayed")
     else:
@@ -431,9 +431,6 @@ def cmd_peek(args):
               + " ".join(f"{p}:{n}" for p, n in reversed(list(enumerate(st["levels"])))))
     for m in msgs:
         print(_peek_line(m, ack, args.unpickle))
-    if not msgs and args.n:
-        print("(empty)")
-    return 0
 
 
 def cmd_purge(args):
