@@ -2,6 +2,7 @@
 import asyncio
 import collections
 import threading
+import time
 
 from . import _core, _options
 from .errors import Empty, Full, QueueClosedError
@@ -147,9 +148,17 @@ class _Watcher:
         while True:
             with self.cv:
                 if self.handoff is None:
-                    self.cv.wait(_THREAD_IDLE_S)
+                    # idle: wait for a handoff, looking every 50 ms whether the loop was closed
+                    # meanwhile (a kick queued just before loop.close() never runs: then nobody
+                    # would end the registration, and every put would pay for a wake-up)
+                    end = time.monotonic() + _THREAD_IDLE_S
+                    while self.handoff is None and time.monotonic() < end and not self.loop.is_closed():
+                        self.cv.wait(0.05)
                 if self.handoff is None:
                     self.thread = None
+                    if self.loop.is_closed():
+                        self.waiting.clear()
+                        self._end()      # nothing of that loop runs now: safe from this thread
                     return
                 token, self.handoff = self.handoff, None
             closed = None
